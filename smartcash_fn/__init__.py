@@ -1,0 +1,44 @@
+"""smartcash_fn: a functional, composable training DSL for PyTorch.
+
+Immutable :class:`TrainState` records flow through pure steps and epochs;
+callbacks are state transformers; a checkpoint is the serialized state, and
+a resumed or replayed run reaches the same bits as the run that never stopped::
+
+    import smartcash_fn as sf
+    state = sf.TrainState.create(make_model, sf.adamw(1e-3), seed=0)
+    loop = sf.Loop(step=sf.make_step(sf.classification_loss), data=sf.TensorData((x, y), 64), epochs=3)
+    state = sf.fit(state, loop)
+"""
+
+__version__ = "0.1.0"
+
+from .callbacks import (  # noqa: E402
+    Monitor,
+    checkpointing,
+    early_stopping,
+    keep_best,
+    memory_cleanup,
+    nan_guard,
+    record_steps,
+    reduce_on_plateau,
+)
+from .checkpoint import load, read, save  # noqa: E402
+from .data import Batches, LoaderData, TensorData  # noqa: E402
+from .errors import CheckpointError, DataError, RecipeError, StateError, UserError  # noqa: E402
+from .events import EVENTS, Callback, emit, on  # noqa: E402
+from .loop import Evaluator, Loop, Validation, classification_metrics, fit, per_sample  # noqa: E402
+from .optim import Optimizer, adam, adamw, frozen, label_by_prefix, multi_transform, sgd  # noqa: E402
+from .replay import Difference, replay, resume, verify  # noqa: E402
+from .state import Best, History, Progress, RunInfo, Stop, TrainState  # noqa: E402
+from .step import Step, accumulate, bf16, classification_loss, clip, ema, fp16, make_step  # noqa: E402
+from . import schedule  # noqa: E402
+
+__all__ = [
+    "EVENTS", "Batches", "Best", "Callback", "CheckpointError", "DataError", "Difference", "Evaluator",
+    "History", "LoaderData", "Loop", "Monitor", "Optimizer", "Progress", "RecipeError", "RunInfo", "StateError",
+    "Step", "Stop", "TensorData", "TrainState", "UserError", "Validation", "accumulate", "adam", "adamw", "bf16",
+    "checkpointing", "classification_loss", "classification_metrics", "clip", "early_stopping", "ema", "emit",
+    "fit", "fp16", "frozen", "keep_best", "label_by_prefix", "load", "memory_cleanup", "multi_transform",
+    "nan_guard", "on", "per_sample", "read", "record_steps", "reduce_on_plateau", "replay", "resume", "save",
+    "schedule", "sgd", "verify",
+]

@@ -1,0 +1,405 @@
+"""Built-in callbacks: best params, early stopping, checkpoints, plateau, NaN guard, memory, step records.
+
+Each factory returns a :class:`~smartcash_fn.events.Callback` (or a tuple of
+them) to register on a :class:`~smartcash_fn.loop.Loop`. Metric callbacks run
+at ``epoch_end``, after the epoch's record is in ``state.history``; they keep
+their own state in ``state.callbacks[name]`` so a resumed run continues
+their counters. The checkpoint writer runs last (priority 1000) so the file
+holds the state every other callback has finished with::
+
+    loop = loop.add(
+        early_stopping([Monitor("val/loss"), Monitor("val/acc", "max", 0.001)], patience=5),
+        reduce_on_plateau(Monitor("val/loss"), factor=0.5, patience=2),
+        checkpointing("runs/a/checkpoints", every_epochs=1, monitor=Monitor("val/acc", "max")),
+        nan_guard(),
+    )
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import os
+from pathlib import Path
+from typing import Sequence
+
+import attrs
+import torch
+
+from . import checkpoint
+from .errors import StateError
+from .events import Callback, emit
+from .state import Best, Stop, TrainState
+
+
+def _check_mode(_: object, __: object, value: str) -> None:
+    if value not in ("min", "max"):
+        raise StateError(f"monitor mode must be 'min' or 'max', got {value!r}")
+
+
+@attrs.frozen
+class Monitor:
+    """A metric to watch: its ``name`` in the epoch record, ``mode`` ('min' or 'max') and ``min_delta``.
+
+    ``Monitor("val/mAP50", "max", 0.001).improved(0.52, best=0.51)`` is True.
+    """
+
+    name: str
+    mode: str = attrs.field(default="min", validator=_check_mode)
+    min_delta: float = 0.0
+
+    def improved(self, value: float, best: float | None) -> bool:
+        """Whether ``value`` beats ``best`` by more than ``min_delta`` (always, when there is no best)."""
+        if best is None or (isinstance(best, float) and math.isnan(best)):
+            return not math.isnan(value)
+        if self.mode == "min":
+            return value < best - self.min_delta
+        return value > best + self.min_delta
+
+    def read(self, state: TrainState) -> float | None:
+        """This epoch's value of the metric, or None when the epoch did not record it."""
+        value = state.history.last().get(self.name)
+        return None if value is None else float(value)
+
+
+def _as_monitors(monitors: Monitor | str | Sequence[Monitor | str]) -> tuple[Monitor, ...]:
+    if isinstance(monitors, (Monitor, str)):
+        monitors = [monitors]
+    out = tuple(Monitor(m) if isinstance(m, str) else m for m in monitors)
+    if not out or not all(isinstance(m, Monitor) for m in out):
+        raise StateError("give one or more monitors: Monitor('val/loss') or Monitor('val/acc', 'max')")
+    return out
+
+
+def _cb_state(state: TrainState, name: str, default: dict) -> dict:
+    return dict(state.callbacks.get(name) or default)
+
+
+def _with_cb_state(state: TrainState, name: str, value: dict) -> TrainState:
+    return state.replace(callbacks={**state.callbacks, name: value})
+
+
+# --------------------------------------------------------------------------- best params
+
+
+def keep_best(monitor: Monitor | str, priority: int = -100) -> Callback:
+    """Keep a reference to the params with the best ``monitor`` value in ``state.best``.
+
+    ``keep_best(Monitor("val/acc", "max"))`` — ``state.best.params`` is the
+    same tensors the state had then: no copy is made (the state is immutable).
+    """
+    (m,) = _as_monitors(monitor)
+
+    def fn(state: TrainState) -> TrainState:
+        value = m.read(state)
+        if value is None:
+            return state
+        prev = state.best.value if state.best is not None and state.best.monitor == m.name else None
+        if not m.improved(value, prev):
+            return state
+        p = state.progress
+        best = Best(monitor=m.name, mode=m.mode, value=value, epoch=p.epoch - 1, step=p.step,
+                    params=state.params, buffers=state.buffers, metrics=dict(state.history.last()))
+        return state.replace(best=best)
+
+    return Callback("epoch_end", fn, priority=priority, name="keep_best")
+
+
+# --------------------------------------------------------------------------- early stopping
+
+
+def early_stopping(monitors: Monitor | str | Sequence[Monitor | str], patience: int = 10,
+                   restore_best: bool = True, name: str = "early_stopping") -> tuple[Callback, ...]:
+    """Stop when none of ``monitors`` has improved for ``patience`` epochs.
+
+    Each monitor keeps its own best value and wait counter; the run stops once
+    every monitor has waited ``patience`` epochs without improving by its
+    ``min_delta``. With ``restore_best`` the first monitor's best params are
+    kept (:func:`keep_best`) and put back at ``training_end``; the result names
+    the epoch restored in ``state.callbacks["early_stopping"]["restored_epoch"]``::
+
+        early_stopping([Monitor("val/loss"), Monitor("val/acc", "max", 0.001)], patience=5)
+    """
+    ms = _as_monitors(monitors)
+    if not isinstance(patience, int) or patience < 1:
+        raise StateError(f"early_stopping: patience must be an int >= 1, got {patience!r}")
+
+    def check(state: TrainState) -> TrainState:
+        st = _cb_state(state, name, {"best": {}, "wait": {}})
+        best, wait = dict(st["best"]), dict(st["wait"])
+        seen = False
+        for m in ms:
+            value = m.read(state)
+            if value is None:
+                continue
+            seen = True
+            if m.improved(value, best.get(m.name)):
+                best[m.name], wait[m.name] = value, 0
+            else:
+                wait[m.name] = wait.get(m.name, 0) + 1
+        st = {**st, "best": best, "wait": wait}
+        state = _with_cb_state(state, name, st)
+        if seen and all(wait.get(m.name, 0) >= patience for m in ms):
+            detail = ", ".join(f"{m.name} best {best.get(m.name, float('nan')):.6g}" for m in ms)
+            epoch = state.progress.epoch - 1
+            state = _with_cb_state(state, name, {**st, "stopped_epoch": epoch})
+            return state.replace(stop=Stop(
+                f"early stop after epoch {epoch + 1}: no improvement for {patience} epochs ({detail})"))
+        return state
+
+    def restore(state: TrainState) -> TrainState:
+        b = state.best
+        if b is None or b.monitor != ms[0].name or state.params is b.params:
+            return state
+        st = _cb_state(state, name, {})
+        return _with_cb_state(state.replace(params=b.params, buffers=b.buffers), name,
+                              {**st, "restored_epoch": b.epoch, "restored_value": b.value})
+
+    cbs = (Callback("epoch_end", check, priority=-50, name=name),)
+    if restore_best:
+        cbs = (keep_best(ms[0]),) + cbs + (Callback("training_end", restore, priority=-100, name=name),)
+    return cbs
+
+
+# --------------------------------------------------------------------------- plateau
+
+
+def reduce_on_plateau(monitor: Monitor | str, factor: float = 0.1, patience: int = 10,
+                      threshold: float = 1e-4, threshold_mode: str = "rel", cooldown: int = 0,
+                      min_scale: float = 0.0, name: str = "plateau") -> Callback:
+    """Multiply ``state.lr_scale`` by ``factor`` after ``patience`` epochs without improvement.
+
+    The rule of ``torch.optim.lr_scheduler.ReduceLROnPlateau`` (relative or
+    absolute ``threshold``, ``cooldown``), applied to the lr multiplier that
+    every optimizer reads, so parameter groups keep their ratios::
+
+        reduce_on_plateau(Monitor("val/loss"), factor=0.5, patience=3)
+    """
+    (m,) = _as_monitors(monitor)
+    if not 0.0 < factor < 1.0:
+        raise StateError(f"reduce_on_plateau: factor must be in (0, 1), got {factor}")
+    if threshold_mode not in ("rel", "abs"):
+        raise StateError(f"reduce_on_plateau: threshold_mode must be 'rel' or 'abs', got {threshold_mode!r}")
+
+    def better(value: float, best: float) -> bool:
+        if m.mode == "min":
+            return value < (best * (1.0 - threshold) if threshold_mode == "rel" else best - threshold)
+        return value > (best * (threshold + 1.0) if threshold_mode == "rel" else best + threshold)
+
+    def fn(state: TrainState) -> TrainState:
+        value = m.read(state)
+        if value is None:
+            return state
+        st = _cb_state(state, name, {"best": math.inf if m.mode == "min" else -math.inf, "bad": 0, "cooldown": 0})
+        if better(value, st["best"]):
+            st["best"], st["bad"] = value, 0
+        else:
+            st["bad"] += 1
+        if st["cooldown"] > 0:
+            st["cooldown"] -= 1
+            st["bad"] = 0
+        scale = state.lr_scale
+        if st["bad"] > patience:
+            new = max(scale * factor, min_scale)
+            if scale - new > 1e-8:
+                scale = new
+            st["cooldown"], st["bad"] = cooldown, 0
+        return _with_cb_state(state.replace(lr_scale=scale), name, st)
+
+    return Callback("epoch_end", fn, priority=-40, name=name)
+
+
+# --------------------------------------------------------------------------- NaN guard
+
+
+def nan_guard(name: str = "nan_guard") -> Callback:
+    """Stop the run when a step's loss (or any recorded metric) is NaN or Inf.
+
+    Runs first at ``batch_end``; the stop is marked failed, so the checkpoint
+    writer keeps the last good checkpoint instead of saving the broken state::
+
+        nan_guard()   # state.stop.reason names the step, epoch and batch
+    """
+
+    def fn(state: TrainState) -> TrainState:
+        if not state.metrics:
+            return state
+        values = torch.stack([v.detach().float().reshape(()) for v in state.metrics.values()])
+        if bool(torch.isfinite(values).all()):
+            return state
+        bad = [k for k, v in state.metrics.items() if not bool(torch.isfinite(v).all())]
+        p = state.progress
+        reason = (f"non-finite {', '.join(bad)} at step {p.step} (epoch {p.epoch}, batch {p.batch}); "
+                  "stopped, the last good checkpoint is kept")
+        return _with_cb_state(state.replace(stop=Stop(reason, failed=True)), name, {"tripped_step": p.step})
+
+    return Callback("batch_end", fn, priority=-1000, name=name)
+
+
+# --------------------------------------------------------------------------- memory
+
+
+def memory_cleanup(every_epochs: int = 1, name: str = "memory_cleanup") -> Callback:
+    """Run the garbage collector (and empty the CUDA cache) every ``every_epochs`` epochs; 0 is off."""
+
+    def fn(state: TrainState) -> TrainState:
+        if every_epochs and state.progress.epoch % every_epochs == 0:
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        return state
+
+    return Callback("epoch_end", fn, priority=900, name=name)
+
+
+# --------------------------------------------------------------------------- step records
+
+
+def record_steps(every: int = 1, name: str = "record_steps") -> Callback:
+    """Append the step metrics (as floats) to ``state.history.steps`` every ``every`` steps.
+
+    ``record_steps(10)`` — each record holds ``step``, ``epoch`` and the metrics.
+    """
+    if not isinstance(every, int) or every < 1:
+        raise StateError(f"record_steps: every must be an int >= 1, got {every!r}")
+
+    def fn(state: TrainState) -> TrainState:
+        p = state.progress
+        if p.step % every:
+            return state
+        rec = {"step": p.step, "epoch": p.epoch, **{k: float(v) for k, v in state.metrics.items()}}
+        h = state.history
+        return state.replace(history=attrs.evolve(h, steps=h.steps + (rec,)))
+
+    return Callback("batch_end", fn, priority=-10, name=name)
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """Make ``dst`` the same file as ``src`` atomically (a hard link, or a copy where links fail)."""
+    tmp = dst.with_name(f".{dst.name}.link-{os.getpid()}")
+    try:
+        if tmp.exists():
+            tmp.unlink()
+        os.link(src, tmp)
+    except OSError:
+        import shutil
+
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def checkpointing(directory: str | os.PathLike, every_epochs: int = 1, every_steps: int = 0,
+                  monitor: Monitor | str | None = None, top_k: int = 1, keep_periodic: int = 0,
+                  name: str = "checkpoint") -> tuple[Callback, ...]:
+    """Write checkpoints into ``directory``: periodic, ``last.pt``, ``best.pt`` and the top-k.
+
+    - ``every_epochs`` / ``every_steps``: ``epoch-NNNN.pt`` at epoch ends and
+      ``step-NNNNNNNN.pt`` every N steps (0 is off; both may be on); a step
+      that ends its epoch is saved at the epoch's end, after validation;
+    - ``last.pt`` is always the newest checkpoint, also at ``training_end``
+      (kept as ``final-NNNNNNNN.pt`` too when a period is set);
+    - with ``monitor``: ``best.pt`` holds the best epoch, and the ``top_k``
+      best epochs are kept as ``top-epoch-NNNN.pt`` (``top_k`` 0: only best.pt);
+    - ``keep_periodic`` keeps only the newest N periodic files (0 keeps all);
+      an epoch saved only because it is best or in the top-k gets no periodic
+      file of its own.
+
+    Nothing is written for a state stopped by a failure (NaN guard), nor at
+    all with both periods 0 and no ``monitor``. Each save
+    fires ``checkpoint_saved``; ``state.callbacks["checkpoint"]`` says the
+    ``last`` path and whether it ``is_best``::
+
+        checkpointing("runs/a/checkpoints", every_epochs=1, every_steps=500, monitor=Monitor("val/acc", "max"))
+    """
+    directory = Path(directory)
+    for arg, v in (("every_epochs", every_epochs), ("every_steps", every_steps), ("top_k", top_k),
+                   ("keep_periodic", keep_periodic)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise StateError(f"checkpointing: {arg} must be an int >= 0, got {v!r}")
+    mon = None if monitor is None else _as_monitors(monitor)[0]
+    written: list[TrainState] = []  # the newest state this writer saved (in this process)
+
+    def enters_top(state: TrainState, value: float | None) -> bool:
+        """Whether an epoch with ``value`` would be one of the ``top_k`` kept."""
+        if mon is None or value is None or not top_k or math.isnan(value):
+            return False
+        top = _cb_state(state, name, {}).get("top") or []
+        if len(top) < top_k:
+            return True
+        worst = top[-1][0]
+        return value < worst if mon.mode == "min" else value > worst
+
+    def write(state: TrainState, filename: str, is_best_value: float | None, periodic: bool = True) -> TrainState:
+        """Save ``state``; a periodic save is kept as ``filename``, any other only as best/top/last."""
+        st = _cb_state(state, name, {"saved": 0, "periodic": [], "top": [], "best_value": None})
+        written[:] = [state]
+        path = directory / filename
+        periodic_files = list(st["periodic"]) + ([str(path)] if periodic else [])
+        drop = periodic_files[:-keep_periodic] if keep_periodic else []
+        periodic_files = periodic_files[-keep_periodic:] if keep_periodic else periodic_files
+        top, best_value, is_best, drop_top = list(st["top"]), st["best_value"], False, []
+        top_file = str(directory / f"top-{filename}")
+        if mon is not None and is_best_value is not None:
+            if mon.improved(is_best_value, best_value):
+                best_value, is_best = is_best_value, True
+            if top_k:
+                top.append([is_best_value, top_file])
+                top.sort(key=lambda e: e[0], reverse=(mon.mode == "max"))
+                drop_top = [p for _, p in top[top_k:]]
+                top = top[:top_k]
+        in_top = any(p == top_file for _, p in top)
+        if not periodic:  # no file of its own: write it straight to where it is kept
+            path = Path(top_file) if in_top else directory / ("best.pt" if is_best else "last.pt")
+        st = {"saved": st["saved"] + 1, "periodic": periodic_files, "top": top, "best_value": best_value,
+              "last": str(path), "is_best": is_best, "epoch": state.progress.epoch, "step": state.progress.step}
+        state = _with_cb_state(state, name, st)
+        checkpoint.save(state, path)
+        targets = [directory / "last.pt"] + ([directory / "best.pt"] if is_best else [])
+        targets += [Path(top_file)] if in_top else []
+        for target in targets:
+            if target != path:
+                _link_or_copy(path, target)
+        for p in drop + drop_top:
+            Path(p).unlink(missing_ok=True)
+        return emit(state, "checkpoint_saved")
+
+    def on_batch(state: TrainState) -> TrainState:
+        p = state.progress
+        if (not every_steps or p.step % every_steps or state.stop is not None
+                or p.batch >= state.run.batches):  # the epoch-end save covers the last batch
+            return state
+        return write(state, f"step-{p.step:08d}.pt", None)
+
+    def on_epoch(state: TrainState) -> TrainState:
+        if state.stop is not None and state.stop.failed:
+            return state
+        p = state.progress
+        by_epoch = bool(every_epochs) and p.epoch % every_epochs == 0
+        by_step = bool(every_steps) and p.step % every_steps == 0
+        value = mon.read(state) if mon is not None else None
+        wants_best = value is not None and mon.improved(value, _cb_state(state, name, {}).get("best_value"))
+        if not (by_epoch or by_step or wants_best or enters_top(state, value)):
+            return state
+        filename = f"epoch-{p.epoch:04d}.pt" if by_epoch or not by_step else f"step-{p.step:08d}.pt"
+        return write(state, filename, value, periodic=by_epoch or by_step)
+
+    def on_end(state: TrainState) -> TrainState:
+        if (state.stop is not None and state.stop.failed) or not (every_epochs or every_steps or mon is not None):
+            return state  # a failed state is not saved; a writer with every policy off writes nothing
+        st = state.callbacks.get(name) or {}
+        p = state.progress
+        same = (st.get("step") == p.step and st.get("epoch") == p.epoch and st.get("last") and written
+                and written[0].params is state.params and written[0].callbacks.keys() == state.callbacks.keys()
+                and all(written[0].callbacks[k] is state.callbacks[k] for k in state.callbacks if k != name))
+        if same:
+            return state  # the newest checkpoint already holds this state (nothing changed it since)
+        return write(state, f"final-{p.step:08d}.pt", None, periodic=bool(every_epochs or every_steps))
+
+    return (
+        Callback("batch_end", on_batch, priority=1000, name=name, writes=True),
+        Callback("epoch_end", on_epoch, priority=1000, name=name, writes=True),
+        Callback("training_end", on_end, priority=1000, name=name, writes=True),
+    )

@@ -1,0 +1,338 @@
+"""Checkpoint = the serialized TrainState: one file, written atomically, verified on load.
+
+The file is a ``torch.save`` of a dict of tensors and plain data only, so
+``torch.load(path, weights_only=True)`` reads it and loading never unpickles
+code. It carries a format version, the library and torch versions, and a
+digest of the state that :func:`read` checks. ``docs/checkpoint-format.md``
+describes the layout for other tools::
+
+    save(state, "runs/a/checkpoints/last.pt")
+    state = load("runs/a/checkpoints/last.pt", like=template)   # model/optimizer from the template
+    info = read("runs/a/checkpoints/last.pt")                   # the verified raw dict
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import os
+import struct
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from . import __version__
+from .errors import CheckpointError, StateError
+from .state import Best, History, Progress, Stop, TrainState
+
+FORMAT = "smartcash_fn.checkpoint"
+FORMAT_VERSION = 1
+
+
+# --------------------------------------------------------------------------- tree conversion
+
+
+def _to_cpu(obj: Any, memo: dict[int, Any]) -> Any:
+    """``obj`` with every tensor detached on the CPU; a tensor met twice stays one object."""
+    if isinstance(obj, torch.Tensor):
+        hit = memo.get(id(obj))
+        if hit is None:
+            hit = memo[id(obj)] = obj.detach().cpu()
+        return hit
+    if isinstance(obj, Mapping):
+        return {k: _to_cpu(v, memo) for k, v in obj.items()}
+    if isinstance(obj, tuple):
+        return tuple(_to_cpu(v, memo) for v in obj)
+    if isinstance(obj, list):
+        return [_to_cpu(v, memo) for v in obj]
+    return obj
+
+
+def to_tree(state: TrainState) -> dict[str, Any]:
+    """The serializable part of ``state`` as plain nested data (tensors on the CPU)."""
+    memo: dict[int, Any] = {}
+    best = None
+    if state.best is not None:
+        b = state.best
+        best = {"monitor": b.monitor, "mode": b.mode, "value": b.value, "epoch": b.epoch, "step": b.step,
+                "params": b.params, "buffers": b.buffers, "metrics": dict(b.metrics)}
+    p = state.progress
+    tree = {
+        "params": dict(state.params),
+        "buffers": dict(state.buffers),
+        "opt_state": state.opt_state,
+        "progress": {"epoch": p.epoch, "step": p.step, "batch": p.batch},
+        "seed": state.seed,
+        "history": {"epochs": [dict(e) for e in state.history.epochs],
+                    "steps": [dict(s) for s in state.history.steps]},
+        "metrics": dict(state.metrics),
+        "running": dict(state.running),
+        "extras": dict(state.extras),
+        "callbacks": dict(state.callbacks),
+        "best": best,
+        "stop": None if state.stop is None else {"reason": state.stop.reason, "failed": state.stop.failed},
+        "lr_scale": float(state.lr_scale),
+        "recipe": state.recipe,
+    }
+    return _to_cpu(tree, memo)
+
+
+def _to_device(obj: Any, device: torch.device, memo: dict[int, Any]) -> Any:
+    if isinstance(obj, torch.Tensor):
+        hit = memo.get(id(obj))
+        if hit is None:
+            hit = memo[id(obj)] = obj.to(device)
+        return hit
+    if isinstance(obj, dict):
+        return {k: _to_device(v, device, memo) for k, v in obj.items()}
+    if isinstance(obj, tuple):
+        return tuple(_to_device(v, device, memo) for v in obj)
+    if isinstance(obj, list):
+        return [_to_device(v, device, memo) for v in obj]
+    return obj
+
+
+def _match(where: str, kind: str, got: Mapping[str, torch.Tensor], want: Mapping[str, torch.Tensor]) -> None:
+    missing = [k for k in want if k not in got]
+    extra = [k for k in got if k not in want]
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"missing {kind} {missing[:3]}{' ...' if len(missing) > 3 else ''}")
+        if extra:
+            parts.append(f"unexpected {kind} {extra[:3]}{' ...' if len(extra) > 3 else ''}")
+        raise StateError(f"{where}: the checkpoint does not fit the model: " + "; ".join(parts))
+    for k, v in want.items():
+        if tuple(got[k].shape) != tuple(v.shape):
+            raise StateError(f"{where}: {kind[:-1]} {k!r} has shape {tuple(got[k].shape)} in the checkpoint, "
+                             f"{tuple(v.shape)} in the model")
+
+
+def from_tree(tree: Mapping[str, Any], like: TrainState | None = None, where: str = "checkpoint") -> TrainState:
+    """Rebuild a :class:`TrainState` from :func:`to_tree`'s output.
+
+    With ``like``, names and shapes are checked against its params and
+    buffers, tensors move to its device, and its model and optimizer ride along.
+    """
+    device = torch.device("cpu")
+    if like is not None:
+        if not isinstance(like, TrainState):
+            raise StateError(f"{where}: like must be a TrainState, got {type(like).__name__}")
+        _match(where, "params", tree["params"], like.params)
+        _match(where, "buffers", tree["buffers"], like.buffers)
+        if like.params:
+            device = next(iter(like.params.values())).device
+    tree = _to_device(dict(tree), device, {})
+    b = tree["best"]
+    best = None if b is None else Best(**{**b, "metrics": dict(b["metrics"])})
+    stop = None if tree["stop"] is None else Stop(**tree["stop"])
+    return TrainState(
+        params=tree["params"],
+        buffers=tree["buffers"],
+        opt_state=tree["opt_state"],
+        progress=Progress(**tree["progress"]),
+        seed=int(tree["seed"]),
+        history=History(epochs=tuple(tree["history"]["epochs"]), steps=tuple(tree["history"]["steps"])),
+        metrics=tree["metrics"],
+        running=tree["running"],
+        extras=tree["extras"],
+        callbacks=tree["callbacks"],
+        best=best,
+        stop=stop,
+        lr_scale=float(tree["lr_scale"]),
+        recipe=tree["recipe"],
+        model=None if like is None else like.model,
+        optimizer=None if like is None else like.optimizer,
+    )
+
+
+# --------------------------------------------------------------------------- digest
+
+
+_PLAIN = (type(None), bool, int, float, str)
+
+
+def digest(tree: Any) -> str:
+    """A BLAKE2b-256 digest of nested plain data and tensors (dtype, shape and bytes), order-sensitive.
+
+    ``docs/checkpoint-format.md`` spells out the byte stream, so other tools
+    can recompute it. A value that ``torch.load(weights_only=True)`` could not
+    read back (any type but tensors, dicts, lists, tuples, str, int, float,
+    bool and None) raises :class:`CheckpointError` naming where it sits::
+
+        digest({"a": torch.zeros(2), "b": [1, "x"]})   # 'blake2b-256:…'
+    """
+    h = hashlib.blake2b(digest_size=32)
+    seen: dict[int, int] = {}
+
+    def walk(obj: Any, where: str) -> None:
+        if isinstance(obj, torch.Tensor):
+            ref = seen.get(id(obj))
+            if ref is not None:
+                h.update(b"R" + struct.pack("<q", ref))
+                return
+            seen[id(obj)] = len(seen)
+            t = obj.detach().cpu().contiguous()
+            h.update(b"T" + str(t.dtype).encode() + repr(tuple(t.shape)).encode())
+            if t.numel():
+                h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+        elif isinstance(obj, dict):
+            h.update(b"D" + struct.pack("<q", len(obj)))
+            for k, v in obj.items():
+                walk(k, f"{where}[{k!r}] (the key)")
+                walk(v, f"{where}[{k!r}]")
+        elif type(obj) in (list, tuple):
+            h.update((b"L" if isinstance(obj, list) else b"U") + struct.pack("<q", len(obj)))
+            for i, v in enumerate(obj):
+                walk(v, f"{where}[{i}]")
+        elif type(obj) in _PLAIN:
+            h.update(b"S" + type(obj).__name__.encode() + b":" + repr(obj).encode() + b"\x00")
+        else:
+            raise CheckpointError(
+                f"cannot checkpoint the value at {where or 'the top'}, of type {type(obj).__name__}: a checkpoint "
+                "holds tensors, dicts, lists, tuples, str, int, float, bool and None only; convert it "
+                "(e.g. float(x), str(path)) before it enters the state")
+
+    walk(tree, "")
+    return "blake2b-256:" + h.hexdigest()
+
+
+def _body(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """What the digest covers: every top-level key but ``digest`` itself, in file order."""
+    return {k: v for k, v in obj.items() if k != "digest"}
+
+
+# --------------------------------------------------------------------------- files
+
+
+def write_atomic(path: str | os.PathLike, obj: Any) -> Path:
+    """``torch.save(obj)`` to ``path`` atomically: a temp file in the same folder, fsync, ``os.replace``.
+
+    A reader sees the old file or the new one, never half of one; a crash
+    mid-write leaves the old file intact.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    try:
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+    return path
+
+
+def save(state: TrainState, path: str | os.PathLike, **meta: Any) -> Path:
+    """Write ``state`` as a checkpoint file at ``path`` (atomically); ``meta`` adds plain top-level keys.
+
+    ``save(state, "ckpt.pt")`` — returns the path.
+    """
+    if not isinstance(state, TrainState):
+        raise StateError(f"save: expected a TrainState, got {type(state).__name__}")
+    obj = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "library_version": __version__,
+        "torch_version": str(torch.__version__),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "digest": "",
+        "meta": dict(meta),
+        "state": to_tree(state),
+    }
+    try:
+        obj["digest"] = digest(_body(obj))
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: not written: {e}") from None
+    try:
+        return write_atomic(path, obj)
+    except OSError as e:
+        raise CheckpointError(f"{path}: could not write the checkpoint ({e.strerror or e}); a file that was "
+                              "there is intact. Check the folder exists, is writable and has space") from None
+
+
+# What torch's weights-only unpickler says when a file asks for code (a global, a class, an object build).
+_UNSAFE = ("Unsupported global", "unsupported GLOBAL", "Can only create new object", "Can only build")
+
+
+def _reason(e: Exception) -> str:
+    """The line of torch's load error that says what went wrong (without its advice to trust the file)."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    for ln in lines:
+        detail = ln.split("WeightsUnpickler error:", 1)[-1].strip()
+        if detail.startswith(("Unsupported", "Can only", "Trying")):
+            return detail.split(" Please use", 1)[0]
+    return f"{type(e).__name__}: {lines[0].split('. ', 1)[0]}" if lines else type(e).__name__
+
+
+def read(path: str | os.PathLike) -> dict[str, Any]:
+    """The checkpoint dict at ``path`` after every check: readable, safe, right format, digest intact."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: not a file (give a checkpoint file, e.g. {path}/last.pt)")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except PermissionError as e:
+        raise CheckpointError(f"{path}: cannot read the checkpoint: {e.strerror}") from None
+    except Exception as e:  # noqa: BLE001 - every failure to read is reported as bad input
+        text, first = str(e), _reason(e)
+        if any(m in text for m in _UNSAFE):
+            raise CheckpointError(
+                f"{path}: refused to load: the file asks to unpickle something other than tensors and plain "
+                f"data (a pickled callable or object); nothing in it was run ({first})"
+            ) from None
+        raise CheckpointError(
+            f"{path}: unreadable checkpoint: truncated or corrupt, or not written by torch.save ({first})"
+        ) from None
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a smartcash_fn checkpoint (no 'format': {FORMAT!r} key)")
+    version = obj.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format version {version!r}; this smartcash_fn {__version__} reads version "
+            f"{FORMAT_VERSION}. Load it with the smartcash_fn that wrote it (library_version "
+            f"{obj.get('library_version')!r})"
+        )
+    for key in ("digest", "state"):
+        if key not in obj:
+            raise CheckpointError(f"{path}: checkpoint is missing its {key!r} key")
+    try:
+        actual = digest(_body(obj))
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    if actual != obj["digest"]:
+        raise CheckpointError(
+            f"{path}: integrity check failed: the state's digest is {actual}, the file says {obj['digest']}; "
+            "the file is corrupt — use another checkpoint"
+        )
+    return obj
+
+
+def load(path: str | os.PathLike, like: TrainState | None = None) -> TrainState:
+    """The :class:`TrainState` stored at ``path``, verified; ``like`` supplies model and optimizer.
+
+    ``state = load("last.pt", like=TrainState.create(make_model, adamw(1e-3)))``
+    """
+    obj = read(path)
+    try:
+        return from_tree(obj["state"], like, where=str(path))
+    except (KeyError, TypeError) as e:
+        raise CheckpointError(f"{path}: the checkpoint's state is malformed ({type(e).__name__}: {e})") from None

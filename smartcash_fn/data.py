@@ -1,0 +1,215 @@
+"""Data sources that feed batches in a deterministic order, from any batch on.
+
+The order of epoch ``e`` is ``rng.permutation(seed, e, n)`` (or ``range(n)``
+without shuffling), whatever the source. Two sources share it:
+
+- :class:`TensorData` — the fast path for in-memory tensors: a batch is a
+  gather by index (``index_select``), no per-sample collate;
+- :class:`LoaderData` — any ``torch.utils.data.Dataset`` through a
+  ``DataLoader`` with workers. A dataset that defines
+  ``sample(index, generator)`` gets a generator seeded from
+  ``(seed, "augment", epoch, index)``, so augmentation does not depend on the
+  number of workers or on where a run resumed.
+
+Both start at any batch without reading the batches before it::
+
+    data = TensorData((x, y), batch_size=64)
+    for batch in data.batches(seed=0, epoch=3, start=10): ...
+    len(data)   # batches per epoch
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator, Protocol, Sequence
+
+import attrs
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from . import rng
+from .errors import DataError
+
+
+class Data(Protocol):
+    """What the loop needs of a data source: its length in batches and the batches of an epoch."""
+
+    def __len__(self) -> int: ...
+
+    def batches(self, seed: int, epoch: int, start: int = 0) -> Iterator[Any]: ...
+
+
+def epoch_order(seed: int, epoch: int, n: int, shuffle: bool) -> torch.Tensor:
+    """The sample order of ``epoch``: a seeded permutation, or ``arange(n)`` without shuffling."""
+    return rng.permutation(seed, epoch, n) if shuffle else torch.arange(n)
+
+
+def _num_batches(n: int, batch_size: int, drop_last: bool) -> int:
+    return n // batch_size if drop_last else -(-n // batch_size)
+
+
+def _check_batching(where: str, n: int, batch_size: int) -> None:
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise DataError(f"{where}: batch_size must be an int >= 1, got {batch_size!r}")
+    if n == 0:
+        raise DataError(f"{where}: the dataset is empty")
+
+
+@attrs.frozen
+class TensorData:
+    """In-memory tensors sharing their first dimension, batched by gathering indices.
+
+    ``TensorData((x, y), batch_size=64)`` yields ``(x[idx], y[idx])`` tuples.
+    """
+
+    tensors: tuple[torch.Tensor, ...] = attrs.field(converter=tuple)
+    batch_size: int = 32
+    shuffle: bool = True
+    drop_last: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        if not self.tensors or not all(isinstance(t, torch.Tensor) for t in self.tensors):
+            raise DataError("TensorData: tensors must be a non-empty sequence of torch.Tensor")
+        n = self.tensors[0].shape[0] if self.tensors[0].ndim else 0
+        for i, t in enumerate(self.tensors):
+            if t.ndim == 0 or t.shape[0] != n:
+                raise DataError(
+                    f"TensorData: tensor {i} has shape {tuple(t.shape)}; every tensor needs first dimension {n}"
+                )
+        _check_batching("TensorData", n, self.batch_size)
+
+    @property
+    def num_samples(self) -> int:
+        return self.tensors[0].shape[0]
+
+    def __len__(self) -> int:
+        return _num_batches(self.num_samples, self.batch_size, self.drop_last)
+
+    def batches(self, seed: int, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, ...]]:
+        order = epoch_order(seed, epoch, self.num_samples, self.shuffle)
+        bs = self.batch_size
+        for b in range(start, len(self)):
+            idx = order[b * bs:(b + 1) * bs]
+            yield tuple(t.index_select(0, idx.to(t.device)) for t in self.tensors)
+
+
+@attrs.frozen
+class _Keyed(Dataset):
+    """Maps a ``(seed, epoch, index)`` key to a sample, seeding augmentation from the key."""
+
+    dataset: Any
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int, int]) -> Any:
+        seed, epoch, index = key
+        sample = getattr(self.dataset, "sample", None)
+        if sample is not None:
+            return sample(index, rng.generator(seed, "augment", epoch, index))
+        return self.dataset[index]
+
+
+@attrs.frozen
+class LoaderData:
+    """A ``Dataset`` read through a ``DataLoader`` in the deterministic order, with ``workers`` processes.
+
+    ``LoaderData(my_dataset, batch_size=16, workers=2, collate_fn=my_collate)``
+    """
+
+    dataset: Any
+    batch_size: int = 32
+    shuffle: bool = True
+    drop_last: bool = False
+    workers: int = 0
+    collate_fn: Callable[[list[Any]], Any] | None = None
+    pin_memory: bool = False
+    prefetch_factor: int | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if not hasattr(self.dataset, "__len__") or not (
+            hasattr(self.dataset, "__getitem__") or hasattr(self.dataset, "sample")
+        ):
+            raise DataError(
+                f"LoaderData: dataset must define __len__ and __getitem__ (or sample), got {type(self.dataset).__name__}"
+            )
+        _check_batching("LoaderData", len(self.dataset), self.batch_size)
+        if not isinstance(self.workers, int) or self.workers < 0:
+            raise DataError(f"LoaderData: workers must be an int >= 0, got {self.workers!r}")
+
+    def __len__(self) -> int:
+        return _num_batches(len(self.dataset), self.batch_size, self.drop_last)
+
+    def batch_keys(self, seed: int, epoch: int, start: int = 0) -> list[list[tuple[int, int, int]]]:
+        """The sample keys of each batch from ``start`` on."""
+        order = epoch_order(seed, epoch, len(self.dataset), self.shuffle).tolist()
+        bs = self.batch_size
+        return [[(seed, epoch, i) for i in order[b * bs:(b + 1) * bs]] for b in range(start, len(self))]
+
+    def batches(self, seed: int, epoch: int, start: int = 0) -> Iterator[Any]:
+        keys = self.batch_keys(seed, epoch, start)
+        if not keys:
+            return iter(())
+        kwargs: dict[str, Any] = {}
+        if self.workers > 0 and self.prefetch_factor is not None:
+            kwargs["prefetch_factor"] = self.prefetch_factor
+        loader = DataLoader(
+            _Keyed(self.dataset),
+            batch_sampler=keys,
+            num_workers=self.workers,
+            collate_fn=self.collate_fn,
+            pin_memory=self.pin_memory,
+            **kwargs,
+        )
+        return iter(loader)
+
+
+def as_data(source: Any, batch_size: int = 32, **kwargs: Any) -> Data:
+    """Wrap ``source`` as a :class:`Data`: tensors become :class:`TensorData`, a Dataset :class:`LoaderData`.
+
+    An object that already has ``batches`` and ``__len__`` is returned as is.
+    """
+    if hasattr(source, "batches") and hasattr(source, "__len__"):
+        return source
+    if isinstance(source, torch.Tensor):
+        return TensorData((source,), batch_size=batch_size, **kwargs)
+    if isinstance(source, Sequence) and source and all(isinstance(t, torch.Tensor) for t in source):
+        return TensorData(tuple(source), batch_size=batch_size, **kwargs)
+    if hasattr(source, "__getitem__") and hasattr(source, "__len__"):
+        return LoaderData(source, batch_size=batch_size, **kwargs)
+    raise DataError(
+        f"as_data: cannot batch a {type(source).__name__}; pass tensors, a Dataset, or an object with "
+        "batches(seed, epoch, start) and __len__"
+    )
+
+
+@attrs.frozen
+class Batches:
+    """The user's own batches: a sequence of batches, or a function ``epoch -> iterable of batches``.
+
+    A sequence is indexed, so a resume skips batches without touching them; a
+    function's iterable is advanced past the skipped batches (they are read).
+    ``length`` is needed for a function (batches per epoch)::
+
+        Batches([(x0, y0), (x1, y1)])
+        Batches(lambda epoch: my_stream(epoch), length=100)
+    """
+
+    source: Any
+    length: int | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if callable(self.source) and not isinstance(self.source, Sequence):
+            if not isinstance(self.length, int) or self.length < 1:
+                raise DataError("Batches: a function of the epoch needs length=<batches per epoch>")
+        elif not isinstance(self.source, Sequence) or len(self.source) == 0:
+            raise DataError(f"Batches: source must be a non-empty sequence of batches or a function, "
+                            f"got {type(self.source).__name__}")
+
+    def __len__(self) -> int:
+        return len(self.source) if isinstance(self.source, Sequence) else int(self.length)
+
+    def batches(self, seed: int, epoch: int, start: int = 0) -> Iterator[Any]:
+        if isinstance(self.source, Sequence):
+            return (self.source[i] for i in range(start, len(self.source)))
+        import itertools
+        return itertools.islice(iter(self.source(epoch)), start, len(self))

@@ -1,0 +1,34 @@
+"""Errors that speak to the person running the code.
+
+Every failure caused by input (a recipe, a command line, a dataset, a
+checkpoint, an argument handed to the API) is a :class:`UserError`: its
+message names the file, the key or line, what was expected and what to do.
+The command line prints the message and exits with status 2, never a
+traceback::
+
+    raise CheckpointError("runs/a/last.pt: integrity hash mismatch")
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """Bad input: the message alone tells the user what to fix (exit code 2)."""
+
+    exit_code = 2
+
+
+class CheckpointError(UserError):
+    """A checkpoint that is missing, unreadable, corrupt, unsafe or of another format."""
+
+
+class RecipeError(UserError):
+    """A recipe (TOML) that cannot be read, merged, structured or validated."""
+
+
+class DataError(UserError):
+    """A dataset, batch or data file that does not fit what was declared."""
+
+
+class StateError(UserError):
+    """A TrainState or its parts that do not fit each other (names, shapes, types)."""

@@ -1,0 +1,258 @@
+"""Epochs and ``fit``: pure functions over batches, composed into a run.
+
+A :class:`Loop` names what a run repeats — the step, the training data, the
+number of epochs, the validation and the callbacks. :func:`fit` carries a
+state through it; each epoch is ``toolz.pipe(state, start, train, validate,
+end)``. A state at any point (an epoch boundary or mid-epoch) continues from
+where it stands, skipping the batches it already trained on::
+
+    loop = Loop(step=make_step(loss_fn), data=TensorData((x, y), 64), epochs=3,
+                validation=Validation(TensorData((xv, yv), 256), accuracy()))
+    state = fit(state, loop)
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any, Callable, Mapping
+
+import attrs
+import toolz
+import torch
+import torch.nn.functional as F
+
+from .data import Data, as_data
+from .errors import StateError
+from .events import Callback, by_event, fire, flatten
+from .state import History, Progress, RunInfo, TrainState
+
+Apply = Callable[..., Any]
+
+
+@attrs.frozen
+class Evaluator:
+    """How validation turns batches into metrics: ``init() -> acc``, ``update(acc, apply, batch) -> acc``, ``finish(acc) -> {name: float}``.
+
+    :func:`per_sample` builds one from a function of per-sample values.
+    """
+
+    init: Callable[[], Any]
+    update: Callable[[Any, Apply, Any], Any]
+    finish: Callable[[Any], Mapping[str, float]]
+
+
+def per_sample(fn: Callable[[Apply, Any], Mapping[str, torch.Tensor]]) -> Evaluator:
+    """An :class:`Evaluator` averaging per-sample values over the whole validation set.
+
+    ``fn(apply, batch)`` returns ``{name: tensor of shape [batch]}``; the
+    result is each name's mean over all samples (exact, not a mean of means)::
+
+        per_sample(lambda apply, b: {"loss": F.cross_entropy(apply(b[0]), b[1], reduction="none")})
+    """
+
+    def update(acc: dict, apply: Apply, batch: Any) -> dict:
+        values = fn(apply, batch)
+        out = dict(acc)
+        for k, v in values.items():
+            v = v.detach().double()
+            s, n = out.get(k, (0.0, 0))
+            out[k] = (s + v.sum(), n + v.numel())
+        return out
+
+    def finish(acc: dict) -> dict[str, float]:
+        return {k: float(s) / n for k, (s, n) in acc.items() if n}
+
+    return Evaluator(init=dict, update=update, finish=finish)
+
+
+def classification_metrics() -> Evaluator:
+    """Validation loss (cross-entropy) and accuracy for a batch ``(x, y)`` of a classifier."""
+
+    def fn(apply: Apply, batch: Any) -> dict[str, torch.Tensor]:
+        x, y = batch
+        logits = apply(x)
+        return {"loss": F.cross_entropy(logits, y, reduction="none"), "acc": (logits.argmax(-1) == y).float()}
+
+    return per_sample(fn)
+
+
+@attrs.frozen
+class Validation:
+    """Validation data and the evaluator run on it; ``every`` epochs (0: never).
+
+    Metrics land in the epoch's history prefixed ``val/`` (``val/loss``); with
+    ``use_ema`` the EMA params (``state.extras["ema"]``) are evaluated.
+    """
+
+    data: Any = attrs.field(converter=as_data)
+    evaluator: Evaluator = attrs.field(factory=classification_metrics)
+    every: int = 1
+    use_ema: bool = False
+
+
+@attrs.frozen
+class Loop:
+    """What a run repeats: ``step`` over ``data`` for ``epochs``, then ``validation``, with ``callbacks``.
+
+    ``loop.add(cb, ...)`` returns a loop with more callbacks.
+    """
+
+    step: Callable[[TrainState, Any], TrainState]
+    data: Any = attrs.field(converter=as_data)
+    epochs: int = 1
+    validation: Validation | None = None
+    callbacks: tuple[Callback, ...] = attrs.field(default=(), converter=flatten)
+
+    def __attrs_post_init__(self) -> None:
+        if not isinstance(self.epochs, int) or isinstance(self.epochs, bool) or self.epochs < 0:
+            raise StateError(f"Loop: epochs must be an int >= 0, got {self.epochs!r}")
+        if not callable(self.step):
+            raise StateError(f"Loop: step must be callable (state, batch) -> state, got {type(self.step).__name__}")
+
+    def add(self, *callbacks: Any) -> "Loop":
+        """This loop with ``callbacks`` registered after the present ones."""
+        return attrs.evolve(self, callbacks=self.callbacks + flatten(callbacks))
+
+
+def _advance(state: TrainState) -> TrainState:
+    """Count one trained batch and add its metrics to the epoch's running sums."""
+    p = state.progress
+    running = dict(state.running)
+    for k, v in state.metrics.items():
+        prev = running.get(k)
+        running[k] = v if prev is None else prev + v
+    return state.replace(progress=Progress(epoch=p.epoch, step=p.step + 1, batch=p.batch + 1), running=running)
+
+
+def train_epoch(state: TrainState, loop: Loop, table: Mapping, to_step: int | None = None) -> TrainState:
+    """Train on the rest of the current epoch's batches, firing ``batch_end`` after each.
+
+    Stops early when a callback stops the run or ``progress.step`` reaches ``to_step``.
+    """
+    if state.model is not None:
+        state.model.train(True)
+    p = state.progress
+    if p.batch >= len(loop.data) or (to_step is not None and p.step >= to_step):
+        return state
+    step = loop.step
+    has_batch_end = bool(table.get("batch_end"))
+    for batch in loop.data.batches(state.seed, p.epoch, p.batch):
+        state = _advance(step(state, batch))
+        if has_batch_end:
+            state = fire(state, "batch_end", table)
+        if state.stop is not None or (to_step is not None and state.progress.step >= to_step):
+            break
+    return state
+
+
+def epoch_done(state: TrainState, loop: Loop) -> bool:
+    """Whether every batch of the current epoch has been trained."""
+    return state.progress.batch >= len(loop.data)
+
+
+def validate(state: TrainState, validation: Validation) -> dict[str, float]:
+    """Run the evaluator over the validation data (eval mode, no gradient); metrics prefixed ``val/``."""
+    model = state.model
+    if model is None:
+        raise StateError("validate: the state carries no model template")
+    params, buffers = state.params, state.buffers
+    if validation.use_ema and "ema" in state.extras:
+        params, buffers = state.extras["ema"]["params"], state.extras["ema"]["buffers"]
+    was_training = model.training
+    model.train(False)
+    try:
+        with torch.no_grad():
+            apply = partial(_apply, model, params, buffers)
+            ev = validation.evaluator
+            acc = ev.init()
+            for batch in validation.data.batches(state.seed, 0, 0):
+                acc = ev.update(acc, apply, batch)
+            return {f"val/{k}": float(v) for k, v in ev.finish(acc).items()}
+    finally:
+        model.train(was_training)
+
+
+def _apply(model, params, buffers, *inputs):
+    return torch.func.functional_call(model, (params, buffers), inputs, strict=False, tie_weights=False)
+
+
+def _epoch_record(state: TrainState, val: Mapping[str, float]) -> dict[str, float]:
+    p = state.progress
+    n = max(p.batch, 1)
+    record: dict[str, float] = {"epoch": p.epoch, "step": p.step}
+    for k, v in state.running.items():
+        record[f"train/{k}"] = float(v) / n
+    lrs = getattr(state.optimizer, "lrs", None)
+    if lrs is not None:
+        for label, lr in lrs(state.opt_state, state.lr_scale).items():
+            record["lr" if label == "" else f"lr/{label}"] = float(lr)
+    record.update(val)
+    return record
+
+
+def finish_epoch(state: TrainState, loop: Loop, table: Mapping) -> TrainState:
+    """Validate (when due), record the epoch in the history, fire ``validation_end`` and ``epoch_end``.
+
+    The history entry is appended before ``validation_end`` so callbacks there
+    see the full record; ``progress`` moves to the next epoch before ``epoch_end``.
+    """
+    v = loop.validation
+    due = v is not None and v.every > 0 and (state.progress.epoch + 1) % v.every == 0
+    val = validate(state, v) if due else {}
+    record = _epoch_record(state, val)
+    state = state.replace(history=History(epochs=state.history.epochs + (record,), steps=state.history.steps))
+    if due:
+        state = fire(state, "validation_end", table)
+    p = state.progress
+    state = state.replace(progress=Progress(epoch=p.epoch + 1, step=p.step, batch=0), running={})
+    return fire(state, "epoch_end", table)
+
+
+def _check_state(state: TrainState) -> None:
+    if not isinstance(state, TrainState):
+        raise StateError(f"fit: expected a TrainState, got {type(state).__name__}")
+    if state.model is None or state.optimizer is None:
+        raise StateError("fit: the state has no model or optimizer; load a checkpoint with like=<a template state>")
+
+
+def fit(state: TrainState, loop: Loop, *, to_step: int | None = None) -> TrainState:
+    """Train ``state`` through ``loop`` until ``loop.epochs`` are done, a callback stops it, or ``to_step``.
+
+    Fires ``training_start`` first and ``training_end`` last (also on a stop).
+    With ``to_step`` the run halts after that step's ``batch_end`` — or, when
+    that step ends its epoch, after the epoch's end — and skips ``training_end``::
+
+        state = fit(state, loop)
+        state.history.last()["val/acc"], state.stop
+    """
+    _check_state(state)
+    table = by_event(loop.callbacks)
+    v = loop.validation
+    state = state.replace(run=RunInfo(epochs=loop.epochs, batches=len(loop.data),
+                                      val_batches=0 if v is None else len(v.data),
+                                      batch_size=int(getattr(loop.data, "batch_size", 0) or 0)))
+    state = fire(state, "training_start", table)
+
+    def reached(s: TrainState) -> bool:
+        return to_step is not None and s.progress.step >= to_step and not epoch_done(s, loop)
+
+    def one_epoch(s: TrainState) -> TrainState:
+        return toolz.pipe(
+            s,
+            lambda s: fire(s, "epoch_start", table) if s.progress.batch == 0 else s,
+            lambda s: train_epoch(s, loop, table, to_step),
+            lambda s: finish_epoch(s, loop, table) if epoch_done(s, loop) and not _failed(s) else s,
+        )
+
+    while state.progress.epoch < loop.epochs and state.stop is None and not reached(state):
+        if to_step is not None and state.progress.step >= to_step and state.progress.batch == 0:
+            break
+        state = one_epoch(state)
+    if to_step is None or state.stop is not None:
+        state = fire(state, "training_end", table)
+    return state
+
+
+def _failed(state: TrainState) -> bool:
+    return state.stop is not None and state.stop.failed
+

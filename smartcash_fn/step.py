@@ -1,0 +1,352 @@
+"""Pure training steps and the transformers that compose them.
+
+A step is ``(state, batch) -> state``. :func:`make_step` builds one from a
+loss function ``loss_fn(apply, batch) -> loss`` or ``-> (loss, parts)``,
+where ``apply(*inputs)`` runs the model with the state's params through
+``torch.func.functional_call``. The step is a :class:`Step` record of three
+phases — ``forward`` (loss), ``backward`` (gradients) and ``update`` (apply
+them) — so a step transformer (``Step -> Step``) can wrap exactly the phase it
+changes. Transformers compose with ``toolz.compose`` and read outside-in, in
+the order the gradients flow::
+
+    step = toolz.compose(accumulate(4), clip(10.0), ema(0.999))(make_step(loss_fn))
+    state = step(state, batch)
+    state.metrics["loss"], state.metrics["grad_norm"]
+
+A plain function ``(state, batch) -> state`` is a step too; the loop needs
+nothing more.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import weakref
+from typing import Any, Callable, Mapping
+
+import attrs
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import rng
+from .errors import StateError
+from .state import TrainState, Tensors
+
+Batch = Any
+LossFn = Callable[[Callable[..., Any], Batch], Any]
+Forward = Callable[[TrainState, Tensors, Batch], "tuple[torch.Tensor, dict[str, torch.Tensor], Tensors]"]
+Backward = Callable[[TrainState, torch.Tensor, Tensors], Tensors]
+Update = Callable[[TrainState, Tensors], TrainState]
+
+
+@attrs.frozen
+class Step:
+    """A training step split into phases; calling it runs ``forward``, ``backward``, ``update``.
+
+    - ``forward(state, params, batch) -> (loss, metrics, buffers)``: the loss,
+      its parts (detached) and the buffers after the forward pass;
+    - ``backward(state, loss, leaves) -> grads``: gradients of ``loss`` with
+      respect to the trainable ``leaves`` (name -> tensor requiring grad);
+    - ``update(state, grads) -> state``: applies the gradients.
+
+    ``step(state, batch)`` returns a new state whose ``metrics`` hold the loss
+    and its parts.
+    """
+
+    forward: Forward
+    backward: Backward
+    update: Update
+
+    def __call__(self, state: TrainState, batch: Batch) -> TrainState:
+        trains = _trainable(state)
+        leaves = {k: state.params[k].detach().requires_grad_(True) for k in trains}
+        params = {**state.params, **leaves} if len(leaves) < len(state.params) else leaves
+        loss, metrics, buffers = self.forward(state, params, batch)
+        grads = self.backward(state, loss, leaves)
+        return self.update(state.replace(buffers=buffers, metrics=metrics), grads)
+
+
+_TRAINABLE_CACHE: dict[int, tuple[Callable[[], Any], tuple[str, ...], tuple[str, ...]]] = {}
+
+
+def _ref(obj: Any) -> Callable[[], Any]:
+    """A weak reference to ``obj`` where it allows one, else a strong one (called the same way)."""
+    try:
+        return weakref.ref(obj)
+    except TypeError:
+        return lambda: obj
+
+
+def _trainable(state: TrainState) -> tuple[str, ...]:
+    """Names of the params the optimizer trains, in params order (cached per optimizer and name set).
+
+    The cache is keyed by ``id``, which Python reuses once an object is freed,
+    so each entry also holds a reference that must still name this optimizer.
+    """
+    opt = state.optimizer
+    if opt is None:
+        raise StateError("step: the state carries no optimizer; build it with TrainState.create or load(..., like=)")
+    names = tuple(state.params)
+    hit = _TRAINABLE_CACHE.get(id(opt))
+    if hit is not None and hit[0]() is opt and hit[1] == names:
+        return hit[2]
+    trains = getattr(opt, "trains", lambda _: True)
+    chosen = tuple(k for k in names if trains(k))
+    if len(_TRAINABLE_CACHE) > 256:
+        _TRAINABLE_CACHE.clear()
+    _TRAINABLE_CACHE[id(opt)] = (_ref(opt), names, chosen)
+    return chosen
+
+
+def _has_randomness(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.dropout._DropoutNd) for m in model.modules())
+
+
+def make_step(loss_fn: LossFn, *, stochastic: bool | None = None) -> Step:
+    """A :class:`Step` training ``state.model`` on ``loss_fn(apply, batch)``.
+
+    ``loss_fn`` returns the scalar loss or ``(loss, {"part": tensor, ...})``;
+    the parts are recorded (detached) in ``state.metrics`` beside ``"loss"``.
+    Buffers (BatchNorm statistics) are updated on fresh copies, never in place.
+    ``stochastic`` seeds torch's generator from ``(seed, "dropout", step)``
+    around the forward pass; by default it is on when the model holds dropout::
+
+        def loss_fn(apply, batch):
+            x, y = batch
+            return F.cross_entropy(apply(x), y)
+        step = make_step(loss_fn)
+    """
+    randomness: dict[int, tuple[Callable[[], Any], bool]] = {}  # id(model) -> (reference, holds dropout)
+
+    def forward(state: TrainState, params: Tensors, batch: Batch):
+        model = state.model
+        if model is None:
+            raise StateError("step: the state carries no model template; build it with TrainState.create")
+        buffers = {k: v.clone() for k, v in state.buffers.items()} if state.buffers else state.buffers
+
+        def apply(*inputs: Any) -> Any:
+            return torch.func.functional_call(model, (params, buffers), inputs, strict=False, tie_weights=False)
+
+        seeded = stochastic
+        if seeded is None:
+            hit = randomness.get(id(model))
+            if hit is not None and hit[0]() is model:
+                seeded = hit[1]
+            else:
+                seeded = _has_randomness(model)
+                if len(randomness) > 256:
+                    randomness.clear()
+                randomness[id(model)] = (_ref(model), seeded)
+        ctx = rng.seeded(state.seed, "dropout", state.progress.step) if seeded else contextlib.nullcontext()
+        with ctx:
+            out = loss_fn(apply, batch)
+        loss, parts = out if isinstance(out, tuple) else (out, {})
+        if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
+            raise StateError(
+                f"step: the loss function must return a scalar tensor (or (loss, parts)), got "
+                f"{type(loss).__name__}{'' if not isinstance(loss, torch.Tensor) else ' of shape ' + str(tuple(loss.shape))}"
+            )
+        metrics = {"loss": loss.detach()}
+        for k, v in parts.items():
+            metrics[k] = v.detach() if isinstance(v, torch.Tensor) else torch.tensor(float(v))
+        return loss, metrics, buffers
+
+    return Step(forward=forward, backward=autograd_backward, update=optimizer_update)
+
+
+def autograd_backward(state: TrainState, loss: torch.Tensor, leaves: Tensors) -> Tensors:
+    """Gradients of ``loss`` w.r.t. ``leaves`` by ``torch.autograd.grad``; unused leaves get zeros."""
+    if not leaves:
+        return {}
+    names = list(leaves)
+    grads = torch.autograd.grad(loss, [leaves[k] for k in names], allow_unused=True)
+    return {k: (torch.zeros_like(leaves[k]) if g is None else g) for k, g in zip(names, grads)}
+
+
+def optimizer_update(state: TrainState, grads: Tensors) -> TrainState:
+    """Apply ``grads`` with ``state.optimizer`` (scaled by ``state.lr_scale``)."""
+    params, opt_state = state.optimizer.update(grads, state.opt_state, state.params, state.lr_scale)
+    return state.replace(params=params, opt_state=opt_state)
+
+
+def classification_loss(apply: Callable[..., Any], batch: Batch) -> torch.Tensor:
+    """Cross-entropy of ``apply(x)`` against ``y`` for a batch ``(x, y)``: the default for classifiers."""
+    x, y = batch
+    return F.cross_entropy(apply(x), y)
+
+
+# --------------------------------------------------------------------------- transformers
+
+
+def _tensors(grads: Tensors) -> tuple[list[str], list[torch.Tensor]]:
+    names = list(grads)
+    return names, [grads[k] for k in names]
+
+
+def clip(max_norm: float, norm_type: float = 2.0) -> Callable[[Step], Step]:
+    """Clip the gradients to a total ``norm_type`` norm of ``max_norm`` before the update.
+
+    The pre-clip norm is recorded as ``metrics["grad_norm"]``. Same rule as
+    ``torch.nn.utils.clip_grad_norm_``, out of place::
+
+        step = clip(10.0)(make_step(loss_fn))
+    """
+    if not max_norm > 0:
+        raise StateError(f"clip: max_norm must be > 0, got {max_norm}")
+
+    def transform(inner: Step) -> Step:
+        def update(state: TrainState, grads: Tensors) -> TrainState:
+            if not grads:
+                return inner.update(state, grads)
+            names, gs = _tensors(grads)
+            norms = torch._foreach_norm(gs, norm_type)
+            total = torch.linalg.vector_norm(torch.stack(norms), norm_type)
+            coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+            clipped = dict(zip(names, torch._foreach_mul(gs, coef)))
+            state = state.replace(metrics={**state.metrics, "grad_norm": total.detach()})
+            return inner.update(state, clipped)
+
+        return attrs.evolve(inner, update=update)
+
+    return transform
+
+
+def accumulate(every: int) -> Callable[[Step], Step]:
+    """Average the gradients of ``every`` consecutive batches, then update once.
+
+    The running sum and its count live in ``state.extras["accumulate"]``, so
+    a checkpoint taken between updates resumes exactly::
+
+        step = accumulate(4)(make_step(loss_fn))     # an update every 4 batches
+    """
+    if not isinstance(every, int) or every < 1:
+        raise StateError(f"accumulate: every must be an int >= 1, got {every!r}")
+    if every == 1:
+        return lambda inner: inner
+
+    def transform(inner: Step) -> Step:
+        def update(state: TrainState, grads: Tensors) -> TrainState:
+            acc = state.extras.get("accumulate")
+            names, gs = _tensors(grads)
+            if acc is None:
+                total, count = gs, 1
+            else:
+                total = torch._foreach_add([acc["sum"][k] for k in names], gs)
+                count = acc["count"] + 1
+            if count < every:
+                extras = {**state.extras, "accumulate": {"sum": dict(zip(names, total)), "count": count}}
+                return state.replace(extras=extras)
+            extras = {k: v for k, v in state.extras.items() if k != "accumulate"}
+            mean = dict(zip(names, torch._foreach_div(total, float(every))))
+            return inner.update(state.replace(extras=extras), mean)
+
+        return attrs.evolve(inner, update=update)
+
+    return transform
+
+
+def ema(decay: float, every: int = 1) -> Callable[[Step], Step]:
+    """Keep an exponential moving average of the params in ``state.extras["ema"]``.
+
+    After each update ``ema = ema + (1 - decay) * (params - ema)``; buffers are
+    copied by reference. Evaluate with ``state.apply(x, params=state.extras["ema"]["params"])``::
+
+        step = ema(0.999)(make_step(loss_fn))
+    """
+    if not 0.0 <= decay < 1.0:
+        raise StateError(f"ema: decay must be in [0, 1), got {decay}")
+
+    def transform(inner: Step) -> Step:
+        def update(state: TrainState, grads: Tensors) -> TrainState:
+            new = inner.update(state, grads)
+            if new.params is state.params:  # the update was skipped (accumulating or fp16 overflow)
+                return new
+            prev = new.extras.get("ema")
+            if prev is None:
+                avg, count = dict(new.params), 1
+            else:
+                count = prev["count"] + 1
+                if count % every:
+                    return new.replace(extras={**new.extras, "ema": {**prev, "count": count}})
+                names = list(new.params)
+                avg = dict(zip(names, torch._foreach_lerp(
+                    [prev["params"][k] for k in names], [new.params[k] for k in names], 1.0 - decay)))
+            entry = {"params": avg, "buffers": dict(new.buffers), "count": count}
+            return new.replace(extras={**new.extras, "ema": entry})
+
+        return attrs.evolve(inner, update=update)
+
+    return transform
+
+
+def _autocast(state: TrainState, dtype: torch.dtype):
+    device = next(iter(state.params.values())).device.type if state.params else "cpu"
+    return torch.autocast(device_type=device, dtype=dtype)
+
+
+def bf16() -> Callable[[Step], Step]:
+    """Run the forward pass under bfloat16 autocast; params and updates stay float32.
+
+    ``step = bf16()(make_step(loss_fn))``
+    """
+
+    def transform(inner: Step) -> Step:
+        def forward(state: TrainState, params: Tensors, batch: Batch):
+            with _autocast(state, torch.bfloat16):
+                loss, metrics, buffers = inner.forward(state, params, batch)
+            return loss.float(), metrics, buffers
+
+        return attrs.evolve(inner, forward=forward)
+
+    return transform
+
+
+def fp16(init_scale: float = 2.0**16, growth_factor: float = 2.0, backoff_factor: float = 0.5,
+         growth_interval: int = 2000) -> Callable[[Step], Step]:
+    """Float16 autocast with dynamic loss scaling; the scale lives in ``state.extras["loss_scale"]``.
+
+    The loss is multiplied by the scale before the backward pass and the
+    gradients divided by it before the update. A step whose gradients hold
+    Inf/NaN is skipped (``metrics["skipped"] == 1``) and the scale shrinks by
+    ``backoff_factor``; after ``growth_interval`` good steps it grows by
+    ``growth_factor`` — the rule of ``torch.amp.GradScaler``::
+
+        step = fp16()(make_step(loss_fn))
+    """
+    if not (growth_factor > 1.0 and 0.0 < backoff_factor < 1.0 and growth_interval >= 1 and init_scale > 0):
+        raise StateError(
+            "fp16: need init_scale > 0, growth_factor > 1, 0 < backoff_factor < 1, growth_interval >= 1; got "
+            f"init_scale={init_scale!r}, growth_factor={growth_factor!r}, backoff_factor={backoff_factor!r}, "
+            f"growth_interval={growth_interval!r}")
+
+    def scale_of(state: TrainState) -> dict:
+        return state.extras.get("loss_scale") or {"scale": float(init_scale), "good_steps": 0}
+
+    def transform(inner: Step) -> Step:
+        def forward(state: TrainState, params: Tensors, batch: Batch):
+            with _autocast(state, torch.float16):
+                loss, metrics, buffers = inner.forward(state, params, batch)
+            return loss.float(), metrics, buffers
+
+        def backward(state: TrainState, loss: torch.Tensor, leaves: Tensors) -> Tensors:
+            return inner.backward(state, loss * scale_of(state)["scale"], leaves)
+
+        def update(state: TrainState, grads: Tensors) -> TrainState:
+            sc = scale_of(state)
+            names, gs = _tensors(grads)
+            unscaled = torch._foreach_mul(gs, 1.0 / sc["scale"]) if gs else []
+            finite = bool(torch.stack([torch.isfinite(g).all() for g in unscaled]).all()) if gs else True
+            if not finite:
+                new_sc = {"scale": sc["scale"] * backoff_factor, "good_steps": 0}
+                metrics = {**state.metrics, "skipped": torch.tensor(1.0)}
+                return state.replace(extras={**state.extras, "loss_scale": new_sc}, metrics=metrics)
+            good = sc["good_steps"] + 1
+            new_sc = ({"scale": sc["scale"] * growth_factor, "good_steps": 0} if good >= growth_interval
+                      else {"scale": sc["scale"], "good_steps": good})
+            state = state.replace(extras={**state.extras, "loss_scale": new_sc},
+                                  metrics={**state.metrics, "skipped": torch.tensor(0.0)})
+            return inner.update(state, dict(zip(names, unscaled)))
+
+        return attrs.evolve(inner, forward=forward, backward=backward, update=update)
+
+    return transform

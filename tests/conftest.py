@@ -1,0 +1,99 @@
+"""Shared test helpers: tiny models and tiny data, small enough for a 2-core CI machine.
+
+Plain functions (importable as ``from conftest import make_mlp``, also from a
+script run beside this file) and fixtures wrapping them::
+
+    state = TrainState.create(make_mlp, adamw(1e-2), seed=0)
+    x, y = tiny_xy()
+    imgs, labels = tiny_images()
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+D_IN, HIDDEN, CLASSES = 8, 16, 4
+IMG_CHANNELS, IMG_SIZE, IMG_CLASSES = 1, 6, 3
+
+
+def make_mlp(dropout: float = 0.0) -> nn.Module:
+    """An 8 -> 16 -> 4 classifier; ``dropout > 0`` puts a Dropout between the layers.
+
+    ``TrainState.create(make_mlp, sgd(0.1))`` or ``partial(make_mlp, dropout=0.3)``.
+    """
+    layers: list[nn.Module] = [nn.Linear(D_IN, HIDDEN), nn.ReLU()]
+    if dropout:
+        layers.append(nn.Dropout(dropout))
+    layers.append(nn.Linear(HIDDEN, CLASSES))
+    return nn.Sequential(*layers)
+
+
+def make_cnn(dropout: float = 0.25) -> nn.Module:
+    """A tiny image classifier with BatchNorm (running statistics as buffers) and Dropout.
+
+    Input ``[N, 1, 6, 6]``, output ``[N, 3]``: ``TrainState.create(make_cnn, adamw(1e-2))``.
+    """
+    return nn.Sequential(
+        nn.Conv2d(IMG_CHANNELS, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Dropout(dropout),
+        nn.Flatten(),
+        nn.Linear(4 * IMG_SIZE * IMG_SIZE, IMG_CLASSES),
+    )
+
+
+def tiny_xy(n: int = 48, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` random 8-feature inputs and labels in ``range(4)`` that depend on them (learnable)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, D_IN, generator=g)
+    y = (x[:, :CLASSES].argmax(1) + (torch.rand(n, generator=g) < 0.2).long()) % CLASSES
+    return x, y
+
+
+def tiny_images(n: int = 32, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` random ``1x6x6`` images and labels in ``range(3)`` for :func:`make_cnn`."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, IMG_CHANNELS, IMG_SIZE, IMG_SIZE, generator=g)
+    y = torch.randint(0, IMG_CLASSES, (n,), generator=g)
+    return x, y
+
+
+class NoisyDataset(torch.utils.data.Dataset):
+    """A map-style dataset whose ``sample(index, generator)`` adds random noise (an augmentation).
+
+    The noise comes from the generator the data source hands in, so a batch
+    is a function of ``(seed, epoch, index)`` alone, whatever the number of
+    loader workers. ``reads`` lists the indices read in this process::
+
+        ds = NoisyDataset(*tiny_xy()); LoaderData(ds, batch_size=8, workers=2)
+    """
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, noise: float = 0.1):
+        self.x, self.y, self.noise = x, y, noise
+        self.reads: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, index: int):
+        self.reads.append(int(index))
+        return self.x[index], self.y[index]
+
+    def sample(self, index: int, generator: torch.Generator):
+        x, y = self[index]
+        return x + self.noise * torch.randn(x.shape, generator=generator), y
+
+
+@pytest.fixture
+def xy() -> tuple[torch.Tensor, torch.Tensor]:
+    """Tiny classification data for :func:`make_mlp` (48 samples)."""
+    return tiny_xy()
+
+
+@pytest.fixture
+def images() -> tuple[torch.Tensor, torch.Tensor]:
+    """Tiny image data for :func:`make_cnn` (32 samples)."""
+    return tiny_images()

@@ -1,0 +1,185 @@
+"""Data determinism: the order and the augmentation are functions of (seed, epoch, index) alone.
+
+Both sources — :class:`TensorData` (gather by index) and :class:`LoaderData`
+(a Dataset through a DataLoader with workers) — must give the same batches
+for the same coordinates, start at any batch without reading the ones
+before it, and refuse bad arguments with a :class:`DataError`.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import smartcash_fn as sf
+from smartcash_fn import rng
+from smartcash_fn.data import as_data, epoch_order
+from conftest import NoisyDataset, tiny_xy
+
+
+class PlainDataset(torch.utils.data.Dataset):
+    """(x[i], y[i]) by index, no ``sample``: LoaderData reads it with ``__getitem__``."""
+
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.x[i], self.y[i]
+
+
+def as_tuples(batches):
+    return [tuple(b) for b in batches]
+
+
+def same_batches(a, b) -> bool:
+    return len(a) == len(b) and all(
+        len(p) == len(q) and all(torch.equal(s, t) for s, t in zip(p, q)) for p, q in zip(a, b))
+
+
+def test_same_seed_and_epoch_give_the_same_order():
+    x, y = tiny_xy(50)
+    data = sf.TensorData((x, y), 8)
+    assert same_batches(as_tuples(data.batches(3, 2)), as_tuples(data.batches(3, 2)))
+    assert torch.equal(epoch_order(3, 2, 50, True), epoch_order(3, 2, 50, True))
+    assert sorted(epoch_order(3, 2, 50, True).tolist()) == list(range(50))
+
+
+def test_different_epochs_and_seeds_give_different_orders():
+    orders = {tuple(epoch_order(seed, epoch, 50, True).tolist()) for seed in (0, 1) for epoch in range(4)}
+    assert len(orders) == 8
+    x, y = tiny_xy(50)
+    data = sf.TensorData((x, y), 8)
+    assert not same_batches(as_tuples(data.batches(0, 0)), as_tuples(data.batches(0, 1)))
+
+
+def test_order_does_not_depend_on_the_global_generator():
+    torch.manual_seed(1)
+    a = epoch_order(5, 1, 30, True)
+    torch.manual_seed(2)
+    torch.rand(100)
+    b = epoch_order(5, 1, 30, True)
+    assert torch.equal(a, b)
+
+
+def test_rng_keys_are_pure_functions_of_their_coordinates():
+    assert rng.key(0, "order", 3) == rng.key(0, "order", 3)
+    assert len({rng.key(0, "order", 3), rng.key(0, "order", 4), rng.key(0, "init", 3), rng.key(1, "order", 3),
+                rng.key(0, "order", 3, 0)}) == 5
+    assert 0 <= rng.key(123, "augment", 1, 2) < 2**63
+
+
+def test_without_shuffle_the_order_is_the_index_order():
+    x, y = tiny_xy(20)
+    data = sf.TensorData((x, y), 8, shuffle=False)
+    got = as_tuples(data.batches(0, 4))
+    assert [len(b[0]) for b in got] == [8, 8, 4]
+    assert torch.equal(torch.cat([b[0] for b in got]), x)
+
+
+def test_drop_last_counts_and_sizes():
+    x, y = tiny_xy(20)
+    assert len(sf.TensorData((x, y), 8)) == 3
+    kept = sf.TensorData((x, y), 8, drop_last=True)
+    assert len(kept) == 2
+    assert [len(b[0]) for b in kept.batches(0, 0)] == [8, 8]
+    assert len(sf.LoaderData(PlainDataset(x, y), 8, drop_last=True)) == 2
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_tensor_data_and_loader_data_give_identical_batches(shuffle):
+    x, y = tiny_xy(30)
+    t = sf.TensorData((x, y), 7, shuffle=shuffle)
+    loader = sf.LoaderData(PlainDataset(x, y), 7, shuffle=shuffle)
+    assert len(t) == len(loader) == 5
+    for epoch in (0, 3):
+        assert same_batches(as_tuples(t.batches(9, epoch)), as_tuples(loader.batches(9, epoch)))
+
+
+@pytest.mark.parametrize("start", [0, 1, 3, 4, 5])
+def test_start_yields_exactly_the_tail_of_the_epoch(start):
+    x, y = tiny_xy(30)
+    for data in (sf.TensorData((x, y), 7), sf.LoaderData(PlainDataset(x, y), 7)):
+        full = as_tuples(data.batches(2, 1))
+        tail = as_tuples(data.batches(2, 1, start))
+        assert same_batches(tail, full[start:])
+        assert len(tail) == len(data) - start
+
+
+def test_start_skips_batches_without_reading_them():
+    x, y = tiny_xy(30)
+    ds = NoisyDataset(x, y)
+    data = sf.LoaderData(ds, 7)
+    order = epoch_order(4, 2, 30, True).tolist()
+    list(data.batches(4, 2, 3))
+    assert ds.reads == order[21:]
+
+    touched = []
+
+    class Watched(list):
+        def __getitem__(self, i):
+            touched.append(i)
+            return super().__getitem__(i)
+
+    batches = sf.Batches(Watched([(x[i:i + 5], y[i:i + 5]) for i in range(0, 30, 5)]))
+    got = list(batches.batches(0, 0, 4))
+    assert touched == [4, 5] and len(got) == 2
+
+
+def test_augmentation_depends_on_seed_epoch_and_index_not_on_workers():
+    x, y = tiny_xy(24)
+    one = sf.LoaderData(NoisyDataset(x, y), 8, workers=0)
+    two = sf.LoaderData(NoisyDataset(x, y), 8, workers=2)
+    a = as_tuples(one.batches(1, 0))
+    assert same_batches(a, as_tuples(two.batches(1, 0)))
+    assert same_batches(a, as_tuples(one.batches(1, 0)))
+    # a sample's augmentation differs between epochs (the order aside): compare sample 0 in both epochs
+    def sample_zero(epoch):
+        keys = [k for batch in one.batch_keys(1, epoch) for k in batch]
+        flat = torch.cat([b[0] for b in one.batches(1, epoch)])
+        return flat[[k[2] for k in keys].index(0)]
+    assert not torch.equal(sample_zero(0), sample_zero(1))
+    assert not torch.equal(sample_zero(0), x[0])
+
+
+def test_loader_data_batch_keys_carry_seed_epoch_and_index():
+    x, y = tiny_xy(10)
+    keys = sf.LoaderData(PlainDataset(x, y), 4).batch_keys(7, 2, 1)
+    assert [len(k) for k in keys] == [4, 2]
+    assert all(k[:2] == (7, 2) for batch in keys for k in batch)
+    assert [k[2] for k in keys[0]] == epoch_order(7, 2, 10, True).tolist()[4:8]
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def test_tensor_data_with_mismatched_lengths_names_the_tensor():
+    with pytest.raises(sf.DataError, match=r"tensor 1 has shape \(5,\).*first dimension 6"):
+        sf.TensorData((torch.zeros(6, 2), torch.zeros(5)), 2)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, True])
+def test_bad_batch_size_is_refused(bad):
+    x, y = tiny_xy(10)
+    with pytest.raises(sf.DataError, match="batch_size must be an int >= 1"):
+        sf.TensorData((x, y), bad)
+    with pytest.raises(sf.DataError, match="batch_size"):
+        sf.LoaderData(PlainDataset(x, y), bad)
+
+
+def test_other_bad_data_is_refused_with_data_errors():
+    with pytest.raises(sf.DataError, match="non-empty sequence of torch.Tensor"):
+        sf.TensorData(([1, 2, 3],), 2)
+    with pytest.raises(sf.DataError, match="empty"):
+        sf.TensorData((torch.zeros(0, 3),), 2)
+    with pytest.raises(sf.DataError, match="workers must be an int >= 0"):
+        sf.LoaderData(PlainDataset(*tiny_xy(10)), 2, workers=-1)
+    with pytest.raises(sf.DataError, match="__len__ and __getitem__"):
+        sf.LoaderData(object(), 2)
+    with pytest.raises(sf.DataError, match="cannot batch a int"):
+        as_data(3)
+    with pytest.raises(sf.DataError, match="length="):
+        sf.Batches(lambda epoch: [], length=None)
+    assert issubclass(sf.DataError, sf.UserError)
