@@ -362,8 +362,10 @@ def checkpointing(directory: str | os.PathLike, every_epochs: int = 1, every_ste
         for target in targets:
             if target != path:
                 _link_or_copy(path, target)
+        home = directory.resolve()
         for p in drop + drop_top:
-            Path(p).unlink(missing_ok=True)
+            if Path(p).resolve().parent == home:  # never delete another run's files (a resumed copy)
+                Path(p).unlink(missing_ok=True)
         return emit(state, "checkpoint_saved")
 
     def on_batch(state: TrainState) -> TrainState:

@@ -1,0 +1,611 @@
+"""From a recipe to a run: a template :class:`TrainState` and the :class:`Loop` it goes through.
+
+:func:`build` resolves every component the recipe names (see
+:mod:`smartcash_fn.registry`), checks their parameters against their
+signatures, and composes them: the data, a model factory, the optimizer with
+its parameter groups and schedule, the step (``toolz.compose`` of the step
+transformers over ``make_step(loss)``), validation, callbacks, checkpoints
+and loggers. Nothing is trained and nothing is written::
+
+    built = build(recipe.load("recipes/tiny.toml"), run_dir="runs/tiny")
+    state = fit(built.template, built.loop)
+    print(describe(built))
+
+A data factory returns :class:`Splits` (or just the training data): tensors,
+a ``Dataset`` or any object with ``batches`` and ``__len__``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import os
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import attrs
+import toolz
+import torch
+
+from . import optim, registry
+from .callbacks import Monitor, checkpointing, early_stopping, keep_best, reduce_on_plateau
+from .data import LoaderData, TensorData
+from .errors import RecipeError, StateError, UserError
+from .events import EVENTS, Callback, flatten
+from .loop import Loop, Validation
+from .recipe import Recipe, to_dict
+from .state import TrainState
+from .step import Step, make_step
+
+
+@attrs.frozen
+class Splits:
+    """What a data factory returns: training data, optional validation data, and ``info`` for the model.
+
+    ``info`` keys named like the model factory's arguments (``in_features``,
+    ``classes``) fill them when the recipe leaves them out; ``collate_fn`` in
+    ``info`` batches a ``Dataset``'s samples::
+
+        return Splits(train=(x, y), val=(xv, yv), info={"in_features": 16, "classes": 4})
+    """
+
+    train: Any
+    val: Any = None
+    info: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class Built:
+    """A run ready to go: the ``template`` state at step 0, the ``loop``, and what was derived.
+
+    ``batches`` per epoch, ``updates`` (optimizer updates the schedule spans),
+    ``step_text`` (the composed step, for people), ``notes`` (loggers left
+    out, validation off) and ``console`` (names of the terminal loggers'
+    callbacks) — ``fit(built.template, built.loop)``.
+    """
+
+    recipe: Recipe
+    template: TrainState
+    loop: Loop
+    run_dir: Path | None
+    batches: int
+    updates: int
+    step_text: str
+    notes: tuple[str, ...] = ()
+    console: tuple[str, ...] = ()
+
+
+# --------------------------------------------------------------------------- data
+
+
+def _file(recipe: Recipe, *path: str | int) -> Callable[[str | None], str]:
+    """The source file of a component parameter under ``path`` (the recipe's own file for a missing one)."""
+    return lambda name: recipe.origin.of(path + (name,)) if name is not None else recipe.origin.of(path)
+
+
+def _as_source(src: Any, recipe: Recipe, train: bool, info: Mapping[str, Any]) -> Any:
+    cfg = recipe.data
+    where = recipe.where("data", "use")
+    bs = cfg.batch_size if train else (cfg.val_batch_size or cfg.batch_size)
+    shuffle, drop_last = (cfg.shuffle, cfg.drop_last) if train else (False, False)
+    split = "train" if train else "val"
+    try:
+        if hasattr(src, "batches") and hasattr(src, "__len__"):
+            return src
+        if isinstance(src, torch.Tensor):
+            return TensorData((src,), batch_size=bs, shuffle=shuffle, drop_last=drop_last)
+        if isinstance(src, (tuple, list)) and src and all(isinstance(t, torch.Tensor) for t in src):
+            return TensorData(tuple(src), batch_size=bs, shuffle=shuffle, drop_last=drop_last)
+        if hasattr(src, "__getitem__") and hasattr(src, "__len__"):
+            return LoaderData(src, batch_size=bs, shuffle=shuffle, drop_last=drop_last, workers=cfg.workers,
+                              collate_fn=info.get("collate_fn"))
+    except UserError as e:
+        raise RecipeError(f"{where}: the {split} data: {e}") from None
+    raise RecipeError(f"{where}: the data factory's {split} data is a {type(src).__name__}; give tensors, a "
+                      "Dataset, or an object with batches(seed, epoch, start) and __len__")
+
+
+def make_data(recipe: Recipe) -> tuple[Any, Any, Mapping[str, Any]]:
+    """The recipe's training data, validation data (or None) and info: ``train, val, info = make_data(recipe)``."""
+    cfg = recipe.data
+    where = recipe.where("data", "use")
+    fn = registry.resolve("data", cfg.use, where)
+    registry.check_params(fn, cfg.params, _file(recipe, "data", "params"), key="data.params")
+    out = registry.call(fn, where, **cfg.params)
+    if isinstance(out, Mapping) and "train" in out:
+        out = Splits(**out)
+    splits = out if isinstance(out, Splits) else Splits(train=out)
+    info = dict(splits.info)
+    train = _as_source(splits.train, recipe, True, info)
+    val = None if splits.val is None else _as_source(splits.val, recipe, False, info)
+    if len(train) == 0:
+        raise RecipeError(f"{where}: the training data has no batches (batch_size {cfg.batch_size} with "
+                          f"drop_last = true is more than the samples); lower data.batch_size")
+    return train, val, info
+
+
+# --------------------------------------------------------------------------- model
+
+
+def make_model_factory(recipe: Recipe, info: Mapping[str, Any]) -> Callable[[], torch.nn.Module]:
+    """A zero-argument factory of the recipe's model, its arguments filled from ``[model.params]`` and ``info``.
+
+    ``TrainState.create(make_model_factory(recipe, info), opt, seed=recipe.run.seed)``
+    """
+    cfg = recipe.model
+    where = recipe.where("model", "use")
+    fn = registry.resolve("model", cfg.use, where)
+    sig = registry.parameters(fn)
+    filled = {k: v for k, v in info.items() if sig is not None and k in sig and k not in cfg.params}
+    kwargs = {**filled, **cfg.params}
+    registry.check_params(fn, cfg.params, _file(recipe, "model", "params"), supplied=filled, key="model.params")
+
+    def factory() -> torch.nn.Module:
+        model = registry.call(fn, where, **kwargs)
+        if not isinstance(model, torch.nn.Module):
+            raise RecipeError(f"{where}: the model factory returned a {type(model).__name__}, not an nn.Module")
+        return model
+
+    return factory
+
+
+# --------------------------------------------------------------------------- optimizer and schedule
+
+
+def _first_param(fn: Callable[..., Any]) -> str | None:
+    params = registry.parameters(fn)
+    return next(iter(params), None) if params else None
+
+
+def _pass_keys(recipe: Recipe, section: str, fn: Callable[..., Any], keys: tuple[str, ...], use: str) -> dict:
+    """The section's ``keys`` that ``fn`` takes; a key it does not take must keep its default."""
+    cfg = getattr(recipe, section)
+    fields = attrs.fields_dict(type(cfg))
+    out = {}
+    takes = registry.parameters(fn)
+    for k in keys:
+        value = getattr(cfg, k)
+        if takes is None or k in takes:
+            if value is not None:
+                out[k] = list(value) if isinstance(value, tuple) and k != "betas" else value
+            continue
+        default = fields[k].default
+        if value != default:
+            raise recipe.error((section, k), f"{use} takes no {k!r} (its parameters: {', '.join(takes)}); "
+                                             f"remove the key or pick another {section}.use")
+    return out
+
+
+_SCHEDULE_KEYS = ("warmup_steps", "min_lr", "start_factor", "step_size", "milestones", "gamma", "pct_start",
+                  "div_factor", "final_div_factor", "anneal", "three_phase")
+_OPTIMIZER_KEYS = ("momentum", "nesterov", "betas", "eps")
+
+
+def _accumulation(recipe: Recipe) -> int:
+    every = recipe.train.accumulate
+    for s in recipe.train.steps:
+        if s.use == "accumulate" and isinstance(s.params.get("every"), int):
+            every *= max(1, s.params["every"])
+    return every
+
+
+def make_schedule(recipe: Recipe, batches: int) -> tuple[Callable[[float], Any], int]:
+    """A function ``lr -> schedule`` of the recipe's schedule shape, and the updates it spans.
+
+    The updates are ``schedule.total_steps``, or epochs x ``batches`` divided
+    by the gradient accumulation. ``min_lr`` scales with each group's lr::
+
+        schedule_for, updates = make_schedule(recipe, batches=8)
+        schedule_for(1e-3)(0)     # the lr of the first update
+    """
+    cfg = recipe.schedule
+    where = recipe.where("schedule", "use")
+    fn = registry.resolve("schedule", cfg.use, where)
+    updates = cfg.total_steps or max(1, recipe.train.epochs * batches // _accumulation(recipe))
+    kwargs = _pass_keys(recipe, "schedule", fn, _SCHEDULE_KEYS, cfg.use)
+    if registry.accepts(fn, "total_steps"):
+        kwargs["total_steps"] = updates
+    elif cfg.total_steps is not None:
+        raise recipe.error(("schedule", "total_steps"), f"{cfg.use} takes no 'total_steps'; remove the key")
+    lr_name = _first_param(fn) or "lr"
+    fields = attrs.fields_dict(type(cfg))
+    for name, p in (registry.parameters(fn) or {}).items():
+        if p.default is p.empty and name in fields and name not in kwargs and name not in cfg.params:
+            raise recipe.error(("schedule", name), f"schedule {cfg.use!r} needs this key; add it to [schedule]")
+    registry.check_params(fn, cfg.params, _file(recipe, "schedule", "params"),
+                          supplied=(lr_name, *kwargs), key="schedule.params")
+    base_lr = recipe.optimizer.lr
+
+    def for_lr(lr: float) -> Any:
+        kw = {**kwargs, **cfg.params, lr_name: lr}
+        if "min_lr" in kw and base_lr > 0:
+            kw["min_lr"] = kw["min_lr"] * lr / base_lr
+        return registry.call(fn, f"{recipe.origin.of(('schedule',))}: schedule", **kw)
+
+    for_lr(base_lr)  # check the arguments now
+    return for_lr, updates
+
+
+def make_optimizer(recipe: Recipe, schedule_for: Callable[[float], Any]) -> optim.Optimizer:
+    """The recipe's optimizer; with ``[[optimizer.groups]]`` a ``multi_transform`` over name prefixes.
+
+    Params that match no group's prefix train with the section's own settings (label ``default``)::
+
+        schedule_for, updates = make_schedule(recipe, batches=len(train))
+        opt = make_optimizer(recipe, schedule_for)
+    """
+    cfg = recipe.optimizer
+    where = recipe.where("optimizer", "use")
+    fn = registry.resolve("optimizer", cfg.use, where)
+    kwargs = _pass_keys(recipe, "optimizer", fn, _OPTIMIZER_KEYS, cfg.use)
+    lr_name = _first_param(fn) or "lr"
+    wd_ok = registry.accepts(fn, "weight_decay")
+    if cfg.weight_decay is not None and not wd_ok:
+        raise recipe.error(("optimizer", "weight_decay"), f"{cfg.use} takes no 'weight_decay'; remove the key")
+    registry.check_params(fn, cfg.params, _file(recipe, "optimizer", "params"),
+                          supplied=(lr_name, "weight_decay", *kwargs), key="optimizer.params")
+
+    def make(lr: float, weight_decay: float | None, where: str) -> optim.Optimizer:
+        kw = {**kwargs, **cfg.params, lr_name: schedule_for(lr)}
+        if weight_decay is not None:
+            kw["weight_decay"] = weight_decay
+        opt = registry.call(fn, where, **kw)
+        if not (callable(getattr(opt, "init", None)) and callable(getattr(opt, "update", None))):
+            raise RecipeError(f"{where}: the optimizer factory returned a {type(opt).__name__}, not an Optimizer")
+        return opt
+
+    main = make(cfg.lr, cfg.weight_decay, where)
+    if not cfg.groups:
+        return main
+    transforms: dict[str, optim.Optimizer] = {"default": main}
+    prefixes: dict[str, str] = {}
+    for i, g in enumerate(cfg.groups):
+        gwhere = recipe.where("optimizer", "groups", i)
+        label = g.name or g.prefix.rstrip(".") or f"group{i}"
+        if not g.prefix:
+            raise recipe.error(("optimizer", "groups", i, "prefix"), "expected a name prefix such as \"backbone.\"")
+        if label in transforms:
+            raise recipe.error(("optimizer", "groups", i, "name"),
+                               f"the label {label!r} is taken ({'the params outside every group' if label == 'default' else 'by another group'}); give the group another name")
+        if g.prefix in prefixes:
+            raise recipe.error(("optimizer", "groups", i, "prefix"), f"the prefix {g.prefix!r} is in two groups")
+        if g.frozen:
+            if g.lr is not None or g.weight_decay is not None:
+                raise recipe.error(("optimizer", "groups", i, "frozen"), "a frozen group takes no lr or weight_decay")
+            transforms[label] = optim.frozen()
+        else:
+            wd = g.weight_decay if g.weight_decay is not None else cfg.weight_decay
+            transforms[label] = make(cfg.lr if g.lr is None else g.lr, wd, gwhere)
+        prefixes[g.prefix] = label
+    return optim.multi_transform(transforms, optim.label_by_prefix(prefixes, default="default"))
+
+
+# --------------------------------------------------------------------------- loss and step
+
+
+def make_loss(recipe: Recipe) -> Callable[..., Any]:
+    """The recipe's loss function ``(apply, batch) -> loss`` (compiled with ``train.compile``).
+
+    ``loss_fn = make_loss(recipe)``; ``make_step(loss_fn)`` trains on it.
+    """
+    cfg = recipe.train
+    where = recipe.where("train", "loss")
+    fn = registry.resolve("loss", cfg.loss, where)
+    if cfg.loss_params:
+        registry.check_params(fn, cfg.loss_params, _file(recipe, "train", "loss_params"), key="train.loss_params")
+        fn = registry.call(fn, where, **cfg.loss_params)
+    if not callable(fn):
+        raise RecipeError(f"{where}: the loss is a {type(fn).__name__}, not a function (apply, batch) -> loss")
+    if cfg.compile:
+        fn = torch.compile(fn)
+    return fn
+
+
+def _call_text(name: str, params: Mapping[str, Any]) -> str:
+    return f"{name}({', '.join(f'{k}={v!r}' for k, v in params.items())})"
+
+
+def make_train_step(recipe: Recipe, loss_fn: Callable[..., Any]) -> tuple[Callable[..., Any], str]:
+    """The composed step and its description: convenience keys first (precision, accumulate, clip, ema), then ``steps``.
+
+    Each transformer wraps the ones after it: the first is outermost, so with
+    ``precision = "fp16"`` the gradients are unscaled before they are
+    accumulated and clipped, as ``torch.amp.GradScaler.unscale_`` comes
+    before ``clip_grad_norm_``::
+
+        step, text = make_train_step(recipe, make_loss(recipe))
+        text    # 'compose(accumulate(every=4), clip(max_norm=10.0))(make_step(cross_entropy))'
+    """
+    cfg = recipe.train
+    step_mod = importlib.import_module("smartcash_fn.step")
+    chain: list[tuple[str, Callable[[Step], Step]]] = []
+    used = {s.use for s in cfg.steps}
+    convenience = [
+        ("precision", cfg.precision != "fp32", cfg.precision, {}),
+        ("accumulate", cfg.accumulate != 1, "accumulate", {"every": cfg.accumulate}),
+        ("clip", cfg.clip > 0, "clip", {"max_norm": cfg.clip}),
+        ("ema", cfg.ema > 0, "ema", {"decay": cfg.ema}),
+    ]
+    for key, on, name, params in convenience:
+        if not on:
+            continue
+        clash = ({"bf16", "fp16"} if key == "precision" else {name}) & used
+        if clash:
+            i = next(i for i, s in enumerate(cfg.steps) if s.use in clash)
+            raise recipe.error(("train", key), f"given twice: here and as train.steps[{i}] ({cfg.steps[i].use}); "
+                                               "keep one of them")
+        chain.append((_call_text(name, params), getattr(step_mod, name)(**params)))
+    for i, s in enumerate(cfg.steps):
+        where = recipe.where("train", "steps", i, "use")
+        fn = registry.resolve("step", s.use, where)
+        registry.check_params(fn, s.params, _file(recipe, "train", "steps", i), key=f"train.steps[{i}]")
+        transform = registry.call(fn, recipe.where("train", "steps", i), **s.params)
+        if not callable(transform):
+            raise RecipeError(f"{where}: {s.use} returned a {type(transform).__name__}, not a step transformer "
+                              "(Step -> Step)")
+        chain.append((_call_text(s.use, s.params), transform))
+    if cfg.step is None:
+        base, base_text = make_step(loss_fn), f"make_step({cfg.loss})"
+    else:
+        where = recipe.where("train", "step")
+        if not registry.is_import_path(cfg.step):
+            raise RecipeError(f"{where}: expected an import path 'package.module:attr' of a step factory, "
+                              f"got {cfg.step!r}")
+        factory = registry.import_path(cfg.step, where)
+        base, base_text = registry.call(factory, where, loss_fn), f"{cfg.step}({cfg.loss})"
+        if not callable(base):
+            raise RecipeError(f"{where}: the step factory returned a {type(base).__name__}, not a step")
+        if chain and not isinstance(base, Step):
+            raise RecipeError(f"{where}: step transformers need a Step record (forward, backward, update); this "
+                              "factory returned a plain function, so drop train.steps and the convenience keys")
+    if not chain:
+        return base, base_text
+    step = toolz.compose(*[t for _, t in chain])(base)
+    return step, f"compose({', '.join(text for text, _ in chain)})({base_text})"
+
+
+# --------------------------------------------------------------------------- validation and callbacks
+
+
+def make_validation(recipe: Recipe, val: Any) -> Validation | None:
+    """The recipe's validation over ``val`` data, or None when there is none (``every = 0`` or no data).
+
+    ``train, val, info = make_data(recipe)``; ``Loop(..., validation=make_validation(recipe, val))``
+    """
+    cfg = recipe.validation
+    where = recipe.where("validation", "metrics")
+    fn = registry.resolve("metrics", cfg.metrics, where)
+    registry.check_params(fn, cfg.params, _file(recipe, "validation", "params"), key="validation.params")
+    if val is None or cfg.every == 0:
+        return None
+    ev = registry.call(fn, where, **cfg.params)
+    if not all(callable(getattr(ev, a, None)) for a in ("init", "update", "finish")):
+        raise RecipeError(f"{where}: {cfg.metrics} returned a {type(ev).__name__}, not an Evaluator "
+                          "(init, update, finish)")
+    if cfg.use_ema and not (recipe.train.ema > 0 or any(s.use == "ema" for s in recipe.train.steps)):
+        raise recipe.error(("validation", "use_ema"), "there are no EMA params; set train.ema (e.g. 0.999) "
+                                                      "or set use_ema = false")
+    return Validation(val, ev, every=cfg.every, use_ema=cfg.use_ema)
+
+
+def _monitors(monitor: str, mode: str, min_delta: float, monitors: Any) -> list[Monitor]:
+    if monitors:
+        if not (isinstance(monitors, (list, tuple)) and all(isinstance(m, Mapping) for m in monitors)):
+            raise ValueError("monitors must be an array of tables {name = ..., mode = ..., min_delta = ...}")
+        return [Monitor(**m) for m in monitors]
+    return [Monitor(monitor, mode, min_delta)]
+
+
+def early_stopping_callback(monitor: str = "val/loss", mode: str = "min", min_delta: float = 0.0,
+                            patience: int = 10, restore_best: bool = True, monitors: Any = ()) -> tuple[Callback, ...]:
+    """:func:`~smartcash_fn.callbacks.early_stopping` from recipe values; ``monitors`` (tables) watches several.
+
+    ``[[callbacks]]`` ``use = "early_stopping"``, ``monitor = "val/acc"``, ``mode = "max"``, ``patience = 5``
+    """
+    return early_stopping(_monitors(monitor, mode, min_delta, monitors), patience=patience, restore_best=restore_best)
+
+
+def reduce_on_plateau_callback(monitor: str = "val/loss", mode: str = "min", factor: float = 0.1,
+                               patience: int = 10, threshold: float = 1e-4, threshold_mode: str = "rel",
+                               cooldown: int = 0, min_scale: float = 0.0) -> Callback:
+    """:func:`~smartcash_fn.callbacks.reduce_on_plateau` from recipe values.
+
+    ``[[callbacks]]`` ``use = "reduce_on_plateau"``, ``factor = 0.5``, ``patience = 3``
+    """
+    return reduce_on_plateau(Monitor(monitor, mode), factor=factor, patience=patience, threshold=threshold,
+                             threshold_mode=threshold_mode, cooldown=cooldown, min_scale=min_scale)
+
+
+def _needs_arguments(fn: Any) -> list[str]:
+    params = registry.parameters(fn)
+    if not params:
+        return []
+    return [n for n, p in params.items() if p.default is p.empty]
+
+
+def make_callbacks(recipe: Recipe) -> tuple[Callback, ...]:
+    """The ``[[callbacks]]`` of the recipe as Callbacks (checkpoints and loggers are added by :func:`build`).
+
+    A plain ``state -> state`` function named with ``event`` becomes ``Callback(event, fn, priority)``;
+    anything else is a factory called with the table's parameters: ``loop.add(*make_callbacks(recipe))``.
+    """
+    out: list[Callback] = []
+    for i, c in enumerate(recipe.callbacks):
+        where = recipe.where("callbacks", i, "use")
+        obj = registry.resolve("callback", c.use, where)
+        label = c.use.rpartition(":")[2].rpartition(".")[2]
+        if c.event is not None:
+            fn = registry.call(obj, recipe.where("callbacks", i), **c.params) if c.params else obj
+            if not callable(fn):
+                raise RecipeError(f"{where}: {c.use} is a {type(fn).__name__}, not a function state -> state")
+            cbs: tuple[Callback, ...] = (Callback(c.event, fn, priority=c.priority or 0, name=label),)
+        else:
+            need = _needs_arguments(obj)
+            if need and not c.params and registry.is_import_path(c.use):
+                raise RecipeError(
+                    f"{where}: {c.use} needs {', '.join(repr(n) for n in need)}; if it is a plain state -> state "
+                    f"function, add event = \"epoch_end\" (or another of {', '.join(EVENTS)}) to the table")
+            registry.check_params(obj, c.params, _file(recipe, "callbacks", i), key=f"callbacks[{i}]")
+            made = registry.call(obj, recipe.where("callbacks", i), **c.params)
+            try:
+                cbs = flatten([made])
+            except StateError:
+                raise RecipeError(f"{where}: {c.use} returned a {type(made).__name__}, not a Callback or Callbacks; "
+                                  "for a plain state -> state function add event = \"epoch_end\" (or another "
+                                  "event)") from None
+            if c.priority is not None:
+                cbs = tuple(attrs.evolve(cb, priority=c.priority) for cb in cbs)
+        out.extend(cbs)
+    return tuple(out)
+
+
+_LOGGERS = (
+    ("csv", "smartcash_fn.sinks", "csv_log"),
+    ("jsonl", "smartcash_fn.sinks", "jsonl_log"),
+    ("tensorboard", "smartcash_fn.sinks", "tensorboard_log"),
+    ("plots", "smartcash_fn.plots", "plot_curves"),
+    ("summary", "smartcash_fn.summary", "write_summary"),
+    ("console", "smartcash_fn.console", "console"),
+)
+
+
+def make_loggers(recipe: Recipe, run_dir: Path | None,
+                 quiet: bool = False) -> tuple[tuple[Callback, ...], tuple[str, ...], tuple[str, ...]]:
+    """The logger callbacks ``[loggers]`` asks for, notes about those not available, and the console's names.
+
+    Loggers that write files need ``run_dir``; ``console`` gets ``quiet``:
+    ``callbacks, notes, console_names = make_loggers(recipe, Path("runs/a"))``.
+    """
+    cbs: list[Callback] = []
+    notes: list[str] = []
+    console: list[str] = []
+    for key, module_name, attr in _LOGGERS:
+        if not getattr(recipe.loggers, key) or (run_dir is None and key != "console"):
+            continue
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as e:
+            if e.name != module_name:
+                raise
+            notes.append(f"loggers.{key}: left out, {module_name} is not available in this installation")
+            continue
+        factory = getattr(module, attr, None)
+        if factory is None:
+            notes.append(f"loggers.{key}: left out, {module_name} has no {attr}")
+            continue
+        made = flatten([factory(quiet=quiet) if key == "console" else factory(run_dir)])
+        if key == "console":
+            console.extend(c.name for c in made)
+        cbs.extend(made)
+    return tuple(cbs), tuple(notes), tuple(console)
+
+
+# --------------------------------------------------------------------------- the whole run
+
+
+def build(recipe: Recipe, run_dir: str | os.PathLike | None = None, *, quiet: bool = False) -> Built:
+    """The template state and the loop of ``recipe``; with ``run_dir``, checkpoints and file loggers too.
+
+    ``built = build(recipe, "runs/tiny")`` — nothing is written until the loop runs.
+    """
+    if not isinstance(recipe, Recipe):
+        raise StateError(f"build: expected a Recipe (smartcash_fn.recipe.load(...)), got {type(recipe).__name__}")
+    run_dir = None if run_dir is None else Path(run_dir)
+    train, val, info = make_data(recipe)
+    batches = len(train)
+    schedule_for, updates = make_schedule(recipe, batches)
+    optimizer = make_optimizer(recipe, schedule_for)
+    loss_fn = make_loss(recipe)
+    step, step_text = make_train_step(recipe, loss_fn)
+    validation = make_validation(recipe, val)
+    notes: list[str] = []
+    if val is None and recipe.validation.every > 0:
+        notes.append("validation: off, the data factory gives no validation data")
+    callbacks = list(make_callbacks(recipe))
+    cp = recipe.checkpoint
+    monitor = None if cp.monitor is None else Monitor(cp.monitor, cp.mode)
+    if monitor is not None and not any(c.name == "keep_best" for c in callbacks):
+        callbacks.append(keep_best(monitor))
+    if run_dir is not None:
+        callbacks.extend(checkpointing(run_dir / "checkpoints", every_epochs=cp.every_epochs,
+                                       every_steps=cp.every_steps, monitor=monitor, top_k=cp.top_k,
+                                       keep_periodic=cp.keep_periodic))
+    loggers, logger_notes, console = make_loggers(recipe, run_dir, quiet=quiet)
+    callbacks.extend(loggers)
+    notes.extend(logger_notes)
+    try:
+        template = TrainState.create(make_model_factory(recipe, info), optimizer, seed=recipe.run.seed,
+                                     recipe=to_dict(recipe))
+    except ValueError as e:  # a param group's label function or the optimizer's init refused the params
+        raise RecipeError(f"{recipe.where('optimizer')}: {e}") from None
+    loop = Loop(step=step, data=train, epochs=recipe.train.epochs, validation=validation, callbacks=tuple(callbacks))
+    return Built(recipe=recipe, template=template, loop=loop, run_dir=run_dir, batches=batches, updates=updates,
+                 step_text=step_text, notes=tuple(notes), console=console)
+
+
+def probe(built: Built) -> float:
+    """Run one training step (discarded) and one validation batch, so shape mistakes show before training.
+
+    Returns the first batch's loss. A failure is a :class:`RecipeError` that
+    says which part failed: ``probe(build(recipe))``.
+    """
+    recipe, state, loop = built.recipe, built.template, built.loop
+    where = recipe.origin.default
+    try:
+        batch = next(iter(loop.data.batches(state.seed, 0, 0)))
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the user's data failed; say so without a traceback
+        raise RecipeError(f"{where}: data: reading the first training batch failed: {type(e).__name__}: {e}") from None
+    try:
+        after = loop.step(state, batch)
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise RecipeError(
+            f"{where}: a trial step on the first training batch failed: {type(e).__name__}: {_first_line(e)}; "
+            "check that the model (model.params) fits the data (data.params) and the loss (train.loss)") from None
+    loss = after.metrics.get("loss") if isinstance(after, TrainState) else None
+    v = loop.validation
+    if v is not None:
+        try:
+            vbatch = next(iter(v.data.batches(state.seed, 0, 0)))
+            model = state.model
+            was = model.training
+            model.train(False)
+            try:
+                with torch.no_grad():
+                    v.evaluator.update(v.evaluator.init(), lambda *x: state.apply(*x), vbatch)
+            finally:
+                model.train(was)
+        except UserError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            raise RecipeError(f"{where}: validation: the evaluator ({recipe.validation.metrics}) failed on the "
+                              f"first validation batch: {type(e).__name__}: {_first_line(e)}") from None
+    return math.nan if loss is None else float(loss)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else ""
+
+
+def describe(built: Built) -> str:
+    """A few lines for people: the composed step, batches and updates, and the callbacks by event and priority.
+
+    ``print(describe(build(recipe.load("recipes/tiny.toml"))))``
+    """
+    lines = [f"step: {built.step_text}",
+             f"data: {built.batches} batches per epoch x {built.loop.epochs} epochs; schedule spans "
+             f"{built.updates} updates"]
+    v = built.loop.validation
+    lines.append("validation: " + ("off" if v is None else f"every {v.every} epoch(s), {len(v.data)} batches"
+                                   + (", EMA params" if v.use_ema else "")))
+    lines.append("callbacks:")
+    for event in EVENTS:
+        cbs = sorted((c for c in built.loop.callbacks if c.event == event), key=lambda c: c.priority)
+        for c in cbs:
+            lines.append(f"  {event:<16} {c.priority:>6}  {c.name}{'  (writes)' if c.writes else ''}")
+    lines += [f"note: {n}" for n in built.notes]
+    return "\n".join(lines)

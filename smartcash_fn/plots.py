@@ -1,0 +1,356 @@
+"""Plots: metric curves over epochs, confusion matrices and precision-recall curves, as matplotlib figures.
+
+The figure functions are pure — data in, a ``matplotlib.figure.Figure`` out,
+drawn by the Agg backend without pyplot, so nothing depends on a display or
+on pyplot's global figure list. :func:`plot_curves` is the callback that
+saves the curves as PNGs under ``run_dir/plots``::
+
+    loop = loop.add(plot_curves("runs/a"))              # runs/a/plots/curves.png, loss.png, acc.png, ...
+    fig = curves_figure(state.history, state.best)       # the same figure, in hand
+    confusion_matrix_figure(matrix, ["001", "002", "005"]).savefig("cm.png")
+
+Epochs are numbered from 1 on every axis, as the checkpoint files are
+(``epoch-0003.pt`` holds the third epoch).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from .errors import DataError, StateError
+from .events import Callback
+from .sinks import is_main_process, number, run_folder
+from .state import Best, History, TrainState
+
+SPLITS = ("train", "val", "test")
+_SKIP = ("epoch", "step")
+BEST_GID = "best"
+
+
+# --------------------------------------------------------------------------- metric groups
+
+
+def metric_group(key: str) -> tuple[str, str]:
+    """The panel a metric key is drawn in and its label there: ``(group, label)``.
+
+    ``train/loss`` and ``val/loss`` share the panel ``loss`` (labels ``train``
+    and ``val``); ``lr`` and ``lr/head`` share ``lr``; any other key is its own::
+
+        metric_group("val/mAP50")   # ("mAP50", "val")
+    """
+    head, _, rest = key.partition("/")
+    if rest and head in SPLITS:
+        return rest, head
+    if head == "lr":
+        return "lr", key
+    return key, key
+
+
+def metric_groups(history: History) -> dict[str, list[str]]:
+    """The numeric epoch-record keys of ``history`` grouped into panels, in first-seen order.
+
+    ``metric_groups(state.history)`` gives ``{"loss": ["train/loss", "val/loss"], "acc": ["val/acc"], "lr": ["lr"]}``.
+    """
+    groups: dict[str, list[str]] = {}
+    for rec in history.epochs:
+        for k, v in rec.items():
+            if k in _SKIP or number(v) is None:
+                continue
+            g, _ = metric_group(k)
+            keys = groups.setdefault(g, [])
+            if k not in keys:
+                keys.append(k)
+    return groups
+
+
+def _series(history: History, key: str) -> tuple[list[float], list[float]]:
+    xs, ys = [], []
+    for i, rec in enumerate(history.epochs):
+        y = number(rec.get(key))
+        if y is None:
+            continue
+        e = number(rec.get("epoch"))
+        xs.append((i if e is None else e) + 1)
+        ys.append(y)
+    return xs, ys
+
+
+def _figure(width: float, height: float) -> Any:
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=100, layout="constrained")
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.4g}"
+
+
+# --------------------------------------------------------------------------- curves
+
+
+def _draw_group(ax: Any, history: History, group: str, keys: Sequence[str], best: Best | None) -> None:
+    many = len(history.epochs) > 40
+    for key in keys:
+        xs, ys = _series(history, key)
+        _, label = metric_group(key)
+        ax.plot(xs, ys, marker=None if many else "o", markersize=3, linewidth=1.5, label=label)
+    ax.set_title(group)
+    ax.set_xlabel("epoch")
+    ax.grid(True, alpha=0.3)
+    values = [y for k in keys for y in _series(history, k)[1] if math.isfinite(y)]
+    if group == "lr" and values and min(values) > 0 and max(values) / min(values) > 100:
+        ax.set_yscale("log")
+    if best is not None:
+        bx = best.epoch + 1
+        ax.axvline(bx, linestyle="--", linewidth=1, color="0.45", gid=BEST_GID)
+        if best.monitor in keys:
+            ax.plot([bx], [best.value], linestyle="none", marker="*", markersize=14, color="gold",
+                    markeredgecolor="black", zorder=5, gid=BEST_GID,
+                    label=f"best {_fmt(best.value)} (epoch {bx})")
+    if len(keys) > 1 or (best is not None and best.monitor in keys):
+        ax.legend(fontsize=8)
+
+
+def curves_figure(history: History, best: Best | None = None, groups: Mapping[str, Sequence[str]] | None = None) -> Any:
+    """A figure of the metric curves over epochs: one panel per metric, train beside val.
+
+    With ``best`` (``state.best``) every panel has a dashed line at the best
+    epoch and the monitored metric's panel a star at its value (artists with
+    ``gid="best"``). ``groups`` picks panels (default :func:`metric_groups`)::
+
+        curves_figure(state.history, state.best).savefig("curves.png")
+    """
+    groups = dict(metric_groups(history) if groups is None else groups)
+    n = max(len(groups), 1)
+    cols = min(3, n)
+    rows = math.ceil(n / cols)
+    fig = _figure(4.2 * cols, 3.2 * rows)
+    if not groups:
+        ax = fig.add_subplot()
+        ax.text(0.5, 0.5, "no epoch metrics yet", ha="center", va="center")
+        ax.set_axis_off()
+        return fig
+    for i, (group, keys) in enumerate(groups.items()):
+        _draw_group(fig.add_subplot(rows, cols, i + 1), history, group, keys, best)
+    if best is not None:
+        fig.suptitle(f"best {best.monitor} {_fmt(best.value)} at epoch {best.epoch + 1}", fontsize=11)
+    return fig
+
+
+def _safe_name(group: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", group).strip("_") or "metric"
+
+
+def save_figure(figure: Any, path: str | os.PathLike) -> Path:
+    """Save ``figure`` as a PNG at ``path`` atomically (temp file, then ``os.replace``) and release it.
+
+    ``save_figure(curves_figure(state.history), "runs/a/plots/curves.png")``
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        figure.savefig(tmp, format="png")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        figure.clear()
+    return path
+
+
+def write_curves(folder: str | os.PathLike, history: History, best: Best | None = None,
+                 per_metric: bool = True) -> list[Path]:
+    """Write ``curves.png`` (all panels) and, with ``per_metric``, one ``<metric>.png`` per panel.
+
+    ``write_curves("runs/a/plots", state.history, state.best)`` returns the paths written.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [save_figure(curves_figure(history, best), folder / "curves.png")]
+    if per_metric:
+        for group, keys in metric_groups(history).items():
+            fig = curves_figure(history, best, {group: keys})
+            paths.append(save_figure(fig, folder / f"{_safe_name(group)}.png"))
+    return paths
+
+
+def plot_curves(run_dir: str | os.PathLike, every_epochs: int | None = None, per_metric: bool = True,
+                priority: int = 600, name: str = "plot_curves") -> tuple[Callback, ...]:
+    """Callbacks saving the metric curves as PNGs in ``run_dir/plots``, the best epoch marked.
+
+    ``curves.png`` holds every panel and, with ``per_metric``, ``loss.png``,
+    ``acc.png``, ``lr.png``... one each; the best epoch comes from
+    ``state.best`` (its monitor and epoch). They are always written at
+    ``training_end``; during the run every ``every_epochs`` epochs (0: never),
+    or by default at an epoch end once the time since the last drawing is at
+    least 20 times what drawing took, so plots cost at most about 5% of a run
+    whose epochs are short, and are fresh after each epoch of a long one::
+
+        loop = loop.add(keep_best(Monitor("val/acc", "max")), plot_curves("runs/a"))
+    """
+    if every_epochs is not None and (not isinstance(every_epochs, int) or isinstance(every_epochs, bool)
+                                     or every_epochs < 0):
+        raise StateError(f"{name}: every_epochs must be None or an int >= 0, got {every_epochs!r}")
+    if not isinstance(run_dir, (str, os.PathLike)):
+        raise StateError(f"{name}: run_dir must be a path (str or os.PathLike), got {type(run_dir).__name__}")
+    folder = Path(run_dir) / "plots"
+    clock = {"done": None, "took": 0.0}  # wall time lives here, never in the state
+
+    def write(state: TrainState) -> None:
+        t0 = time.perf_counter()
+        run_folder(folder, name)
+        write_curves(folder, state.history, state.best, per_metric)
+        clock["done"] = time.perf_counter()
+        clock["took"] = clock["done"] - t0
+
+    def due(state: TrainState) -> bool:
+        if every_epochs is not None:
+            return bool(every_epochs) and state.progress.epoch % every_epochs == 0
+        return clock["done"] is None or time.perf_counter() - clock["done"] >= 20 * clock["took"]
+
+    def start(state: TrainState) -> TrainState:
+        clock.update(done=time.perf_counter() if every_epochs is None else None, took=0.0)
+        return state
+
+    def epoch_end(state: TrainState) -> TrainState:
+        if is_main_process() and due(state):
+            write(state)
+        return state
+
+    def end(state: TrainState) -> TrainState:
+        if state.history.epochs and is_main_process():
+            write(state)
+        return state
+
+    return (
+        Callback("training_start", start, priority=priority, name=name, writes=True),
+        Callback("epoch_end", epoch_end, priority=priority, name=name, writes=True),
+        Callback("training_end", end, priority=priority + 450, name=name, writes=True),
+    )
+
+
+# --------------------------------------------------------------------------- classes
+
+
+def _as_array(x: Any, what: str) -> Any:
+    import numpy as np
+
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    try:
+        return np.asarray(x, dtype=float)
+    except (TypeError, ValueError) as e:
+        raise DataError(f"{what}: expected numbers, got {type(x).__name__} ({e})") from None
+
+
+def confusion_matrix_figure(matrix: Any, class_names: Sequence[str], normalize: bool = True,
+                            title: str = "Confusion matrix") -> Any:
+    """A heat map of a confusion matrix (rows: true class, columns: predicted class).
+
+    ``matrix`` is ``n x n`` counts (tensor, array or nested lists) and
+    ``class_names`` its ``n`` names (add ``"background"`` yourself for a
+    detector's missed and spurious boxes). With ``normalize`` each row is
+    divided by its total, so the diagonal reads as per-class recall::
+
+        fig = confusion_matrix_figure(cm, ["001", "002", "005"], normalize=True)
+    """
+    import numpy as np
+
+    m = _as_array(matrix, "confusion_matrix_figure: matrix")
+    names = [str(c) for c in class_names]
+    if m.ndim != 2 or m.shape[0] != m.shape[1]:
+        raise DataError(f"confusion_matrix_figure: matrix must be square (n x n), got shape {tuple(m.shape)}")
+    if len(names) != m.shape[0]:
+        raise DataError(f"confusion_matrix_figure: {len(names)} class names for a {m.shape[0]} x {m.shape[0]} "
+                        "matrix; give one name per row")
+    if normalize:
+        totals = m.sum(axis=1, keepdims=True)
+        m = np.divide(m, totals, out=np.zeros_like(m), where=totals > 0)
+    n = m.shape[0]
+    side = max(4.0, 0.45 * n + 2.5)
+    fig = _figure(side + 1.0, side)
+    ax = fig.add_subplot()
+    vmax = 1.0 if normalize else max(float(m.max()), 1.0)
+    image = ax.imshow(m, cmap="Blues", vmin=0.0, vmax=vmax)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    ax.set_xticks(range(n), names, rotation=90 if n > 8 else 45, ha="center" if n > 8 else "right", fontsize=8)
+    ax.set_yticks(range(n), names, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"{title} (normalized)" if normalize else title)
+    if n <= 30:
+        for i in range(n):
+            for j in range(n):
+                v = m[i, j]
+                text = f"{v:.2f}" if normalize else f"{v:.0f}"
+                ax.text(j, i, text, ha="center", va="center", fontsize=7 if n > 12 else 9,
+                        color="white" if v > vmax / 2 else "black")
+    return fig
+
+
+def _sorted_curve(recall: Any, precision: Any, name: str) -> tuple[Any, Any]:
+    import numpy as np
+
+    r = _as_array(recall, f"pr_curve_figure: recall of {name!r}").reshape(-1)
+    p = _as_array(precision, f"pr_curve_figure: precision of {name!r}").reshape(-1)
+    if r.shape != p.shape:
+        raise DataError(f"pr_curve_figure: class {name!r} has {r.size} recall and {p.size} precision values; "
+                        "give one precision per recall")
+    order = np.argsort(r, kind="stable")
+    return r[order], p[order]
+
+
+def pr_curve_figure(curves: Mapping[str, tuple[Any, Any]], ap: Mapping[str, float] | None = None,
+                    title: str = "Precision-recall", grid: int = 101) -> Any:
+    """Precision-recall curves per class and their mean over classes, AP in the legend when given.
+
+    ``curves`` maps a class name to ``(recall, precision)`` arrays; the mean
+    curve averages the classes' precision interpolated on ``grid`` recall
+    points; ``ap`` maps class names to average precision (the mean is the mAP)::
+
+        pr_curve_figure({"001": (r1, p1), "002": (r2, p2)}, ap={"001": 0.91, "002": 0.84})
+    """
+    import numpy as np
+
+    if not isinstance(curves, Mapping) or not curves:
+        raise DataError("pr_curve_figure: curves must be a non-empty mapping class name -> (recall, precision)")
+    fig = _figure(6.5, 5.0)
+    ax = fig.add_subplot()
+    xs = np.linspace(0.0, 1.0, grid)
+    stacked = []
+    show_each = len(curves) <= 20
+    for name, pair in curves.items():
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            raise DataError(f"pr_curve_figure: curves[{name!r}] must be a pair (recall, precision)")
+        r, p = _sorted_curve(pair[0], pair[1], name)
+        if r.size:
+            stacked.append(np.interp(xs, r, p, left=p[0], right=0.0))
+        label = f"{name} {ap[name]:.3f}" if ap and name in ap else str(name)
+        ax.plot(r, p, linewidth=1, alpha=0.8, label=label if show_each else None)
+    if stacked:
+        mean_ap = f" mAP {sum(ap.values()) / len(ap):.3f}" if ap else ""
+        ax.plot(xs, np.mean(stacked, axis=0), linewidth=2.5, color="black", label=f"all classes{mean_ap}")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="lower left")
+    return fig
+
+
+def save_figures(items: Iterable[tuple[str, Any]], folder: str | os.PathLike) -> list[Path]:
+    """Save ``(name, figure)`` pairs as ``folder/<name>.png``; the paths written.
+
+    ``save_figures([("confusion", confusion_matrix_figure(cm, names))], "runs/a/plots")``
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    return [save_figure(fig, folder / f"{_safe_name(name)}.png") for name, fig in items]

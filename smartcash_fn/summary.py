@@ -1,0 +1,158 @@
+"""The run summary: ``summary.md`` written at the end of training.
+
+:func:`write_summary` is a ``training_end`` callback; :func:`summary_markdown`
+is the pure function that builds the text from a state. The summary names the
+run, says how it ended (epochs run, stop reason, wall time of this session),
+lists the best epoch's metrics (``state.best``) and the last epoch's, and
+closes with the resolved recipe as TOML (written by :func:`smartcash_fn.recipe.dumps`)::
+
+    loop = loop.add(write_summary("runs/a"))
+    print(summary_markdown(state, run_name="a"))
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+from .console import fmt_duration, fmt_value
+from .errors import StateError
+from .events import Callback
+from .sinks import is_main_process, number, plain, run_folder, write_text_atomic
+from .state import TrainState
+
+# --------------------------------------------------------------------------- markdown
+
+
+def recipe_block(recipe: Mapping[str, Any] | None) -> str:
+    """The recipe as a fenced TOML block (or JSON when it holds something TOML cannot say).
+
+    ``recipe_block(state.recipe)``
+    """
+    if not recipe:
+        return "_No recipe: the run was built in code._\n"
+    from .recipe import dumps
+
+    try:
+        return f"```toml\n{dumps(plain(recipe))}```\n"
+    except (TypeError, ValueError):
+        return f"```json\n{json.dumps(plain(recipe), indent=2, default=str)}\n```\n"
+
+
+def _cell(text: Any) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _metric_table(record: Mapping[str, Any]) -> list[str]:
+    rows = ["| metric | value |", "|---|---|"]
+    for k, v in record.items():
+        if k in ("epoch", "step"):
+            continue
+        x = number(v)
+        rows.append(f"| {_cell(k)} | {fmt_value(x) if x is not None else _cell(plain(v))} |")
+    return rows
+
+
+def run_name(state: TrainState, default: str = "run") -> str:
+    """The run's name: the recipe's ``name`` (top level or under ``run``), else ``default``.
+
+    ``run_name(state, Path(run_dir).name)``
+    """
+    r = state.recipe or {}
+    for where in (r, r.get("run") if isinstance(r.get("run"), Mapping) else {}):
+        n = where.get("name") if isinstance(where, Mapping) else None
+        if isinstance(n, str) and n:
+            return n
+    return default
+
+
+def summary_markdown(state: TrainState, run_name: str = "run", wall_seconds: float | None = None,
+                     session_epochs: int | None = None) -> str:
+    """The Markdown summary of a finished (or stopped) run.
+
+    ``wall_seconds`` is this session's wall time and ``session_epochs`` the
+    epochs it trained (both measured by :func:`write_summary`)::
+
+        Path("summary.md").write_text(summary_markdown(state, "a", wall_seconds=93.0))
+    """
+    p, h, stop, best = state.progress, state.history, state.stop, state.best
+    planned = state.run.epochs
+    if stop is None:
+        status = "finished"
+        if planned and p.epoch >= planned:
+            reason = f"all {p.epoch} planned epochs ran"
+        else:
+            reason = f"ended after epoch {p.epoch}" + (f" of {planned}" if planned else "")
+    elif stop.failed:
+        status, reason = "failed", stop.reason
+    else:
+        status, reason = "stopped early", stop.reason
+    lines = [f"# Run summary: {run_name}", "", "| | |", "|---|---|", f"| status | {status} |",
+             f"| stop reason | {_cell(reason)} |",
+             f"| epochs run | {p.epoch}" + (f" of {planned}" if planned else "")
+             + (f" ({session_epochs} in this session)" if session_epochs is not None and session_epochs != p.epoch
+                else "") + " |",
+             f"| steps | {p.step} |"]
+    if wall_seconds is not None:
+        lines.append(f"| wall time | {fmt_duration(wall_seconds)}"
+                     + (" (this session)" if session_epochs is not None and session_epochs != p.epoch else "")
+                     + " |")
+    if best is not None:
+        lines.append(f"| best | {_cell(best.monitor)} = {fmt_value(best.value)} at epoch {best.epoch + 1} "
+                     f"({best.mode}) |")
+    for cb in state.callbacks.values():
+        if isinstance(cb, Mapping) and "restored_epoch" in cb:
+            lines.append(f"| params restored | epoch {int(cb['restored_epoch']) + 1} |")
+    ck = state.callbacks.get("checkpoint")
+    if isinstance(ck, Mapping) and ck.get("last"):
+        lines.append(f"| last checkpoint | `{ck['last']}` |")
+    lines.append("")
+    if best is not None:
+        lines += [f"## Best epoch: {best.epoch + 1} (by {best.monitor}, {best.mode})", "",
+                  *_metric_table(best.metrics), ""]
+    last = h.last()
+    if last:
+        e = number(last.get("epoch"))
+        lines += [f"## Last epoch: {int(e) + 1 if e is not None else len(h.epochs)}", "",
+                  *_metric_table(last), ""]
+    else:
+        lines += ["## Last epoch", "", "_No epoch finished._", ""]
+    lines += ["## Recipe", "", recipe_block(state.recipe)]
+    return "\n".join(lines)
+
+
+def write_summary(run_dir: str | os.PathLike, filename: str = "summary.md", priority: int = 1100,
+                  name: str = "summary") -> tuple[Callback, ...]:
+    """Callbacks writing ``run_dir/summary.md`` at ``training_end`` (atomically; after the final checkpoint).
+
+    The wall time is measured from ``training_start`` in this session and kept
+    in the callback, never in the state::
+
+        loop = loop.add(write_summary("runs/a"))
+    """
+    if not isinstance(run_dir, (str, os.PathLike)):
+        raise StateError(f"{name}: run_dir must be a path (str or os.PathLike), got {type(run_dir).__name__}")
+    folder = Path(run_dir)
+    clock: dict[str, Any] = {"t0": None, "epoch0": 0}
+
+    def start(state: TrainState) -> TrainState:
+        clock.update(t0=time.perf_counter(), epoch0=state.progress.epoch)
+        return state
+
+    def end(state: TrainState) -> TrainState:
+        if not is_main_process():
+            return state
+        wall = time.perf_counter() - clock["t0"] if clock["t0"] is not None else None
+        text = summary_markdown(state, run_name(state, folder.resolve().name), wall,
+                                state.progress.epoch - clock["epoch0"])
+        run_folder(folder, name)
+        write_text_atomic(folder / filename, text)
+        return state
+
+    return (
+        Callback("training_start", start, priority=priority, name=name, writes=True),
+        Callback("training_end", end, priority=priority, name=name, writes=True),
+    )
