@@ -18,6 +18,10 @@ class UserError(Exception):
     exit_code = 2
 
 
+class ArgumentError(UserError, ValueError):
+    """A bad argument to a factory (an optimizer, a schedule): also a ``ValueError``."""
+
+
 class CheckpointError(UserError):
     """A checkpoint that is missing, unreadable, corrupt, unsafe or of another format."""
 

@@ -46,6 +46,7 @@ import attrs
 import torch
 from torch import Tensor
 
+from smartcash_fn.errors import ArgumentError
 from smartcash_fn.schedule import Schedule, constant
 
 __all__ = [
@@ -78,16 +79,25 @@ class Optimizer:
     """An optimizer: ``init`` makes the state, ``update`` applies one step of gradients.
 
     ``trains(name)`` tells the step which params need a gradient (``frozen()``
-    says none do). Build one with a factory rather than by hand::
+    says none do); ``lrs(opt_state, lr_scale)`` gives the learning rate the
+    next update will use, by group label (``""`` for a single optimizer) — the
+    loop records it in the history. Build one with a factory rather than by hand::
 
         opt = sgd(0.1, momentum=0.9)
         state = opt.init(params)
         params, state = opt.update(grads, state, params)
+        opt.lrs(state, 1.0)        # {"": 0.1}
     """
 
     init: Callable[[Tensors], OptState]
     update: Callable[..., tuple[dict[str, Tensor], OptState]]
     trains: Callable[[str], bool] = _always_trains
+    lrs: Callable[[OptState, float], dict[str, float]] = lambda opt_state, lr_scale: {}
+
+
+def _next_lrs(schedule: Schedule) -> Callable[[OptState, float], dict[str, float]]:
+    """``lrs`` of a single optimizer: ``schedule(count) * lr_scale`` under the label ``""``."""
+    return lambda opt_state, lr_scale=1.0: {"": float(schedule(opt_state["count"])) * lr_scale}
 
 
 # --------------------------------------------------------------------------
@@ -100,13 +110,13 @@ def _is_real(value: object) -> bool:
 
 def _check_at_least_zero(where: str, name: str, value: object) -> float:
     if not (_is_real(value) and math.isfinite(value) and value >= 0):
-        raise ValueError(f"{where}: {name} must be a finite number >= 0, got {value!r}")
+        raise ArgumentError(f"{where}: {name} must be a finite number >= 0, got {value!r}")
     return float(value)
 
 
 def _check_beta(where: str, name: str, value: object) -> float:
     if not (_is_real(value) and 0.0 <= value < 1.0):
-        raise ValueError(f"{where}: {name} must be a number in [0, 1), got {value!r}")
+        raise ArgumentError(f"{where}: {name} must be a number in [0, 1), got {value!r}")
     return float(value)
 
 
@@ -114,7 +124,7 @@ def _as_schedule(where: str, lr: float | Schedule) -> Schedule:
     if callable(lr):
         return lr
     if not (_is_real(lr) and math.isfinite(lr) and lr >= 0):
-        raise ValueError(f"{where}: lr must be a finite number >= 0 or a schedule (count -> lr), got {lr!r}")
+        raise ArgumentError(f"{where}: lr must be a finite number >= 0 or a schedule (count -> lr), got {lr!r}")
     return constant(float(lr))
 
 
@@ -123,7 +133,7 @@ def _names_with_grads(where: str, grads: Tensors, params: Tensors) -> list[str]:
     names = [name for name in params if name in grads]
     if len(names) != len(grads):
         unknown = sorted(name for name in grads if name not in params)
-        raise ValueError(f"{where}: gradients for names that are not params: {unknown}")
+        raise ArgumentError(f"{where}: gradients for names that are not params: {unknown}")
     return names
 
 
@@ -131,7 +141,7 @@ def _pick(where: str, state: Mapping[str, Tensor], key: str, names: list[str]) -
     try:
         return [state[name] for name in names]
     except KeyError as missing:
-        raise ValueError(
+        raise ArgumentError(
             f"{where}: opt_state[{key!r}] has no entry for param {missing.args[0]!r}; "
             "was the state made by init() on the same params?"
         ) from None
@@ -163,9 +173,9 @@ def sgd(
     dampening = _check_at_least_zero(where, "dampening", dampening)
     weight_decay = _check_at_least_zero(where, "weight_decay", weight_decay)
     if not isinstance(nesterov, bool):
-        raise ValueError(f"{where}: nesterov must be a bool, got {nesterov!r}")
+        raise ArgumentError(f"{where}: nesterov must be a bool, got {nesterov!r}")
     if nesterov and (momentum <= 0 or dampening != 0):
-        raise ValueError(
+        raise ArgumentError(
             f"{where}: nesterov=True needs momentum > 0 and dampening == 0, "
             f"got momentum={momentum!r}, dampening={dampening!r}"
         )
@@ -206,7 +216,7 @@ def sgd(
             new_params.update(zip(names, torch._foreach_add(p, g, alpha=-step_lr)))
         return new_params, new_state
 
-    return Optimizer(init=init, update=update)
+    return Optimizer(init=init, update=update, lrs=_next_lrs(schedule))
 
 
 # --------------------------------------------------------------------------
@@ -223,7 +233,7 @@ def _adam_family(
 ) -> Optimizer:
     schedule = _as_schedule(where, lr)
     if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
-        raise ValueError(f"{where}: betas must be a pair (beta1, beta2), got {betas!r}")
+        raise ArgumentError(f"{where}: betas must be a pair (beta1, beta2), got {betas!r}")
     beta1 = _check_beta(where, "betas[0]", betas[0])
     beta2 = _check_beta(where, "betas[1]", betas[1])
     eps = _check_at_least_zero(where, "eps", eps)
@@ -284,7 +294,7 @@ def _adam_family(
         exp_avg_sq.update(zip(names, v))
         return new_params, new_state
 
-    return Optimizer(init=init, update=update)
+    return Optimizer(init=init, update=update, lrs=_next_lrs(schedule))
 
 
 def adam(
@@ -368,14 +378,14 @@ def label_by_prefix(mapping: Mapping[str, str], default: str) -> PrefixLabels:
         labels("backbone.stem.weight")   # 'backbone'
     """
     if not isinstance(mapping, Mapping):
-        raise ValueError(f"label_by_prefix: mapping must map name prefixes to labels, got {mapping!r}")
+        raise ArgumentError(f"label_by_prefix: mapping must map name prefixes to labels, got {mapping!r}")
     for prefix, label in mapping.items():
         if not (isinstance(prefix, str) and isinstance(label, str)):
-            raise ValueError(
+            raise ArgumentError(
                 f"label_by_prefix: mapping must map str prefixes to str labels, got {prefix!r}: {label!r}"
             )
     if not isinstance(default, str):
-        raise ValueError(f"label_by_prefix: default must be a str label, got {default!r}")
+        raise ArgumentError(f"label_by_prefix: default must be a str label, got {default!r}")
     longest_first = tuple(sorted(mapping.items(), key=lambda item: len(item[0]), reverse=True))
     return PrefixLabels(longest_first, default)
 
@@ -397,30 +407,30 @@ def multi_transform(
     """
     where = "multi_transform"
     if not isinstance(transforms, Mapping) or not transforms:
-        raise ValueError(f"{where}: transforms must be a non-empty mapping label -> Optimizer, got {transforms!r}")
+        raise ArgumentError(f"{where}: transforms must be a non-empty mapping label -> Optimizer, got {transforms!r}")
     for label, opt in transforms.items():
         if not isinstance(label, str):
-            raise ValueError(f"{where}: labels in transforms must be str, got {label!r}")
+            raise ArgumentError(f"{where}: labels in transforms must be str, got {label!r}")
         if not isinstance(opt, Optimizer):
-            raise ValueError(f"{where}: transforms[{label!r}] must be an Optimizer, got {type(opt).__name__}")
+            raise ArgumentError(f"{where}: transforms[{label!r}] must be an Optimizer, got {type(opt).__name__}")
     transforms = dict(transforms)
     if isinstance(labels, Mapping):
         table = dict(labels)
 
         def label_fn(name: str) -> str:
             if name not in table:
-                raise ValueError(f"{where}: labels has no label for param {name!r}")
+                raise ArgumentError(f"{where}: labels has no label for param {name!r}")
             return table[name]
 
     elif callable(labels):
         label_fn = labels
     else:
-        raise ValueError(f"{where}: labels must be a mapping name -> label or a function, got {labels!r}")
+        raise ArgumentError(f"{where}: labels must be a mapping name -> label or a function, got {labels!r}")
 
     def label_of(name: str) -> str:
         label = label_fn(name)
         if label not in transforms:
-            raise ValueError(
+            raise ArgumentError(
                 f"{where}: param {name!r} has label {label!r}, which is not one of the "
                 f"transforms' labels {sorted(transforms)}"
             )
@@ -450,7 +460,7 @@ def multi_transform(
         seen = 0
         for label, opt in transforms.items():
             if label not in opt_state:
-                raise ValueError(f"{where}: opt_state has no state for label {label!r}; was it made by init()?")
+                raise ArgumentError(f"{where}: opt_state has no state for label {label!r}; was it made by init()?")
             names = groups[label]
             sub_grads = {n: grads[n] for n in names if n in grads}
             seen += len(sub_grads)
@@ -460,10 +470,17 @@ def multi_transform(
             merged.update(sub_params)
         if seen != len(grads):
             unknown = sorted(name for name in grads if name not in params)
-            raise ValueError(f"{where}: gradients for names that are not params: {unknown}")
+            raise ArgumentError(f"{where}: gradients for names that are not params: {unknown}")
         return {name: merged[name] for name in params}, new_state
 
     def trains(name: str) -> bool:
         return transforms[label_of(name)].trains(name)
 
-    return Optimizer(init=init, update=update, trains=trains)
+    def lrs(opt_state: OptState, lr_scale: float = 1.0) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for label, opt in transforms.items():
+            for sub, lr in opt.lrs(opt_state[label], lr_scale).items():
+                out[label if sub == "" else f"{label}/{sub}"] = lr
+        return out
+
+    return Optimizer(init=init, update=update, trains=trains, lrs=lrs)

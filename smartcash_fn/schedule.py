@@ -11,7 +11,7 @@ replaying from a checkpoint trivial::
 
 The factories below return small frozen attrs records with ``__call__``:
 they print, compare and hash, and check their arguments when built
-(``ValueError`` naming the argument). Each one follows the curve of the
+(``ArgumentError``, a ``ValueError``, naming the argument). Each one follows the curve of the
 matching ``torch.optim.lr_scheduler`` class, but in closed form: torch's
 recursive updates and these formulas agree to within float rounding.
 Reduce-on-plateau is not a schedule (it depends on metrics); it is a
@@ -27,6 +27,8 @@ from collections.abc import Callable, Iterable
 from typing import Literal
 
 import attrs
+
+from smartcash_fn.errors import ArgumentError
 
 __all__ = [
     "Schedule",
@@ -65,27 +67,27 @@ def _as_float(value: object) -> object:
 
 def _finite_at_least_zero(_instance: object, attribute: attrs.Attribute, value: object) -> None:
     if not (isinstance(value, float) and math.isfinite(value) and value >= 0.0):
-        raise ValueError(f"{attribute.name} must be a finite number >= 0, got {value!r}")
+        raise ArgumentError(f"{attribute.name} must be a finite number >= 0, got {value!r}")
 
 
 def _finite_positive(_instance: object, attribute: attrs.Attribute, value: object) -> None:
     if not (isinstance(value, float) and math.isfinite(value) and value > 0.0):
-        raise ValueError(f"{attribute.name} must be a finite number > 0, got {value!r}")
+        raise ArgumentError(f"{attribute.name} must be a finite number > 0, got {value!r}")
 
 
 def _fraction(_instance: object, attribute: attrs.Attribute, value: object) -> None:
     if not (isinstance(value, float) and 0.0 <= value <= 1.0):
-        raise ValueError(f"{attribute.name} must be a number in [0, 1], got {value!r}")
+        raise ArgumentError(f"{attribute.name} must be a number in [0, 1], got {value!r}")
 
 
 def _positive_int(_instance: object, attribute: attrs.Attribute, value: object) -> None:
     if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
-        raise ValueError(f"{attribute.name} must be an int > 0, got {value!r}")
+        raise ArgumentError(f"{attribute.name} must be an int > 0, got {value!r}")
 
 
 def _int_at_least_zero(_instance: object, attribute: attrs.Attribute, value: object) -> None:
     if not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
-        raise ValueError(f"{attribute.name} must be an int >= 0, got {value!r}")
+        raise ArgumentError(f"{attribute.name} must be an int >= 0, got {value!r}")
 
 
 def _sorted_milestones(value: object) -> object:
@@ -102,12 +104,12 @@ def _milestones_valid(_instance: object, attribute: attrs.Attribute, value: obje
         isinstance(value, tuple)
         and all(isinstance(m, int) and not isinstance(m, bool) and m >= 0 for m in value)
     ):
-        raise ValueError(f"{attribute.name} must be a sequence of ints >= 0, got {value!r}")
+        raise ArgumentError(f"{attribute.name} must be a sequence of ints >= 0, got {value!r}")
 
 
 def _check_count(count: int) -> None:
     if count < 0:
-        raise ValueError(f"a schedule takes the count of updates already applied (>= 0), got {count!r}")
+        raise ArgumentError(f"a schedule takes the count of updates already applied (>= 0), got {count!r}")
 
 
 def _float_field(validator=_finite_at_least_zero, **kwargs):
@@ -190,7 +192,7 @@ class Cosine:
 
     def __attrs_post_init__(self) -> None:
         if self.min_lr > self.lr:
-            raise ValueError(f"min_lr must be <= lr, got min_lr={self.min_lr!r} > lr={self.lr!r}")
+            raise ArgumentError(f"min_lr must be <= lr, got min_lr={self.min_lr!r} > lr={self.lr!r}")
 
     def __call__(self, count: int) -> float:
         _check_count(count)
@@ -219,12 +221,12 @@ class WarmupCosine:
 
     def __attrs_post_init__(self) -> None:
         if self.warmup_steps >= self.total_steps:
-            raise ValueError(
+            raise ArgumentError(
                 f"warmup_steps must be < total_steps, got warmup_steps={self.warmup_steps!r}, "
                 f"total_steps={self.total_steps!r}"
             )
         if self.min_lr > self.lr:
-            raise ValueError(f"min_lr must be <= lr, got min_lr={self.min_lr!r} > lr={self.lr!r}")
+            raise ArgumentError(f"min_lr must be <= lr, got min_lr={self.min_lr!r} > lr={self.lr!r}")
 
     def __call__(self, count: int) -> float:
         _check_count(count)
@@ -266,14 +268,14 @@ class OneCycle:
     @anneal.validator
     def _check_anneal(self, attribute: attrs.Attribute, value: object) -> None:
         if value not in ("cos", "linear"):
-            raise ValueError(f"anneal must be 'cos' or 'linear', got {value!r}")
+            raise ArgumentError(f"anneal must be 'cos' or 'linear', got {value!r}")
 
     @three_phase.validator
     def _check_three_phase(self, attribute: attrs.Attribute, value: object) -> None:
         if not isinstance(value, bool):
-            raise ValueError(f"three_phase must be a bool, got {value!r}")
+            raise ArgumentError(f"three_phase must be a bool, got {value!r}")
         if value and self.pct_start > 0.5:
-            raise ValueError(
+            raise ArgumentError(
                 f"pct_start must be <= 0.5 with three_phase=True (the rise and the fall "
                 f"back each take pct_start of the run), got {self.pct_start!r}"
             )
@@ -317,7 +319,7 @@ class Scaled:
     @schedule.validator
     def _check_schedule(self, attribute: attrs.Attribute, value: object) -> None:
         if not callable(value):
-            raise ValueError(f"schedule must be callable (count -> lr), got {value!r}")
+            raise ArgumentError(f"schedule must be callable (count -> lr), got {value!r}")
 
     def __call__(self, count: int) -> float:
         return self.schedule(count) * self.factor
