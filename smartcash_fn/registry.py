@@ -206,9 +206,9 @@ def call(fn: Callable[..., Any], where: str, /, *args: Any, **kwargs: Any) -> An
 
     try:
         return fn(*args, **kwargs)
-    except UserError as e:
-        raise RecipeError(f"{where}: {e}") from None
-    except (ValueError, TypeError) as e:
+    except (UserError, ValueError, TypeError) as e:
+        if isinstance(e, UserError) and not isinstance(e, ValueError):
+            raise RecipeError(f"{where}: {e}") from None
         label = getattr(fn, "__name__", "component")
         text = str(e)
         raise RecipeError(f"{where}: {text if text.startswith(label) else f'{label}: {text}'}") from None
