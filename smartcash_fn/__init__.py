@@ -27,7 +27,7 @@ from .data import Batches, LoaderData, TensorData  # noqa: E402
 from .errors import CheckpointError, DataError, RecipeError, StateError, UserError  # noqa: E402
 from .events import EVENTS, Callback, emit, on  # noqa: E402
 from .loop import Evaluator, Loop, Validation, classification_metrics, fit, per_sample  # noqa: E402
-from .optim import Optimizer, adam, adamw, frozen, label_by_prefix, multi_transform, sgd  # noqa: E402
+from .optim import Optimizer, adam, adamw, frozen, label_by_prefix, multi_transform, sgd, switch  # noqa: E402
 from .replay import Difference, replay, resume, verify  # noqa: E402
 from .state import Best, History, Progress, RunInfo, Stop, TrainState  # noqa: E402
 from .step import Step, accumulate, bf16, classification_loss, clip, ema, fp16, make_step  # noqa: E402
@@ -40,5 +40,5 @@ __all__ = [
     "checkpointing", "classification_loss", "classification_metrics", "clip", "early_stopping", "ema", "emit",
     "fit", "fp16", "frozen", "keep_best", "label_by_prefix", "load", "memory_cleanup", "multi_transform",
     "nan_guard", "on", "per_sample", "read", "record_steps", "reduce_on_plateau", "replay", "resume", "save",
-    "schedule", "sgd", "verify",
+    "schedule", "sgd", "switch", "verify",
 ]

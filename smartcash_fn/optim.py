@@ -59,6 +59,7 @@ __all__ = [
     "frozen",
     "multi_transform",
     "label_by_prefix",
+    "switch",
 ]
 
 Tensors = Mapping[str, Tensor]
@@ -93,6 +94,9 @@ class Optimizer:
     update: Callable[..., tuple[dict[str, Tensor], OptState]]
     trains: Callable[[str], bool] = _always_trains
     lrs: Callable[[OptState, float], dict[str, float]] = lambda opt_state, lr_scale: {}
+    trains_in: Callable[[OptState], Callable[[str], bool]] | None = None
+    """For an optimizer whose trained set changes as it runs (:func:`switch`): the ``trains``
+    predicate in force for the next update, given the state (the same object while it holds)."""
 
 
 def _next_lrs(schedule: Schedule) -> Callable[[OptState, float], dict[str, float]]:
@@ -483,4 +487,61 @@ def multi_transform(
                 out[label if sub == "" else f"{label}/{sub}"] = lr
         return out
 
-    return Optimizer(init=init, update=update, trains=trains, lrs=lrs)
+    phased = {label: opt.trains_in for label, opt in transforms.items() if opt.trains_in is not None}
+    predicates: dict[tuple[int, ...], Callable[[str], bool]] = {}
+
+    def trains_in(opt_state: OptState) -> Callable[[str], bool]:
+        now = {label: fn(opt_state[label]) for label, fn in phased.items()}
+        key = tuple(id(p) for p in now.values())
+        pred = predicates.get(key)
+        if pred is None:
+            def pred(name: str, now: dict = now) -> bool:
+                label = label_of(name)
+                return now[label](name) if label in now else transforms[label].trains(name)
+
+            predicates[key] = pred
+        return pred
+
+    return Optimizer(init=init, update=update, trains=trains, lrs=lrs, trains_in=trains_in if phased else None)
+
+
+def switch(at: int, first: Optimizer, then: Optimizer) -> Optimizer:
+    """``first`` for the first ``at`` updates, then ``then``, whose state starts fresh at the switch.
+
+    SmartCash trains with a frozen backbone, then fine-tunes it: inside a
+    :func:`multi_transform`, ``switch(5 * batches, frozen(), adamw(5e-6))``
+    keeps the backbone frozen — no gradient is even computed for it — for
+    five epochs of updates, then trains it with its own optimizer (and its
+    own schedule, counted from the switch). The state records the phase, so a
+    resumed run switches at the same update::
+
+        backbone = switch(1000, frozen(), adamw(cosine(5e-6, 9000)))
+    """
+    if not isinstance(at, int) or isinstance(at, bool) or at < 0:
+        raise ArgumentError(f"switch: at must be an int >= 0 (updates), got {at!r}")
+
+    def current(opt_state: OptState) -> Optimizer:
+        return first if opt_state["phase"] == 0 and opt_state["count"] < at else then
+
+    def init(params: Tensors) -> OptState:
+        return {"count": 0, "phase": 0, "state": first.init(params)}
+
+    def update(grads: Tensors, opt_state: OptState, params: Tensors, lr_scale: float = 1.0):
+        sub, phase = opt_state["state"], opt_state["phase"]
+        if phase == 0 and opt_state["count"] >= at:
+            sub, phase = then.init(params), 1
+        opt = first if phase == 0 else then
+        new_params, sub = opt.update(grads, sub, params, lr_scale)
+        return new_params, {"count": opt_state["count"] + 1, "phase": phase, "state": sub}
+
+    def lrs(opt_state: OptState, lr_scale: float = 1.0) -> dict[str, float]:
+        opt = current(opt_state)
+        if opt is then and opt_state["phase"] == 0:
+            return {}  # the next phase's state does not exist yet
+        return opt.lrs(opt_state["state"], lr_scale)
+
+    def trains_in(opt_state: OptState) -> Callable[[str], bool]:
+        return current(opt_state).trains
+
+    return Optimizer(init=init, update=update, trains=lambda n: first.trains(n) or then.trains(n), lrs=lrs,
+                     trains_in=trains_in)

@@ -66,7 +66,7 @@ class Step:
         return self.update(state.replace(buffers=buffers, metrics=metrics), grads)
 
 
-_TRAINABLE_CACHE: dict[int, tuple[Callable[[], Any], tuple[str, ...], tuple[str, ...]]] = {}
+_TRAINABLE_CACHE: dict[int, tuple[Callable[[], Any], tuple[str, ...], Any, tuple[str, ...]]] = {}
 
 
 def _ref(obj: Any) -> Callable[[], Any]:
@@ -87,14 +87,15 @@ def _trainable(state: TrainState) -> tuple[str, ...]:
     if opt is None:
         raise StateError("step: the state carries no optimizer; build it with TrainState.create or load(..., like=)")
     names = tuple(state.params)
+    trains_in = getattr(opt, "trains_in", None)  # an optimizer whose trained set changes with its state
+    trains = trains_in(state.opt_state) if trains_in is not None else getattr(opt, "trains", lambda _: True)
     hit = _TRAINABLE_CACHE.get(id(opt))
-    if hit is not None and hit[0]() is opt and hit[1] == names:
-        return hit[2]
-    trains = getattr(opt, "trains", lambda _: True)
+    if hit is not None and hit[0]() is opt and hit[1] == names and hit[2] is trains:
+        return hit[3]
     chosen = tuple(k for k in names if trains(k))
     if len(_TRAINABLE_CACHE) > 256:
         _TRAINABLE_CACHE.clear()
-    _TRAINABLE_CACHE[id(opt)] = (_ref(opt), names, chosen)
+    _TRAINABLE_CACHE[id(opt)] = (_ref(opt), names, trains, chosen)
     return chosen
 
 

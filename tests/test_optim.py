@@ -516,3 +516,36 @@ def one_param():
 def test_bad_arguments_raise_clear_value_errors(make, message):
     with pytest.raises(ValueError, match=message):
         make()
+
+
+def test_switch_freezes_then_trains_and_resumes_in_the_right_phase(tmp_path):
+    """``switch`` keeps a group frozen (no gradient computed) for ``at`` updates, then trains it;
+    a checkpoint taken before the switch resumes to the same bits."""
+    import smartcash_fn as sf
+    from smartcash_fn.optim import switch
+    from smartcash_fn.step import _trainable
+
+    def make():
+        return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+
+    labels = sf.label_by_prefix({"0.": "backbone"}, default="head")
+    opt = sf.multi_transform({"backbone": switch(3, sf.frozen(), sf.adamw(1e-2)), "head": sf.adamw(1e-2)}, labels)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 4, generator=g), torch.randint(0, 2, (64,), generator=g)
+    step = sf.make_step(sf.classification_loss)
+    s0 = sf.TrainState.create(make, opt, seed=0)
+    states = [s0]
+    for _ in range(6):
+        assert _trainable(states[-1]) == (("2.weight", "2.bias") if len(states) <= 3 else tuple(s0.params))
+        states.append(step(states[-1], (x, y)))
+    assert all(s.params["0.weight"] is s0.params["0.weight"] for s in states[:4])
+    assert not torch.equal(states[4].params["0.weight"], s0.params["0.weight"])
+    assert opt.lrs(states[2].opt_state, 1.0) == {"head": 0.01}
+    assert opt.lrs(states[-1].opt_state, 0.5) == {"backbone": 0.005, "head": 0.005}
+    sf.save(states[2], tmp_path / "early.pt")
+    again = sf.load(tmp_path / "early.pt", like=s0)
+    for _ in range(4):
+        again = step(again, (x, y))
+    assert sf.verify(again, states[-1]) is None
+    with pytest.raises(ValueError, match="switch: at"):
+        switch(-1, sf.frozen(), sf.adamw(1e-3))
