@@ -1,0 +1,433 @@
+"""YOLO-format datasets (the Ultralytics / Roboflow layout SmartCash's data uses).
+
+A ``data.yaml`` names the split folders and the classes; each image
+``…/images/<name>.jpg`` has a label file ``…/labels/<name>.txt`` of lines
+``cls cx cy w h`` (normalized to the image). :func:`read_data_yaml` reads the
+file, :class:`YoloDataset` scans a split — checking every image and label
+line — and serves letterboxed, optionally augmented samples::
+
+    spec = read_data_yaml("datasets/rupiah/data.yaml")
+    ds = YoloDataset.scan(spec, "val", size=640, on_bad="skip")
+    image, target = ds[0]          # [3, 640, 640] in [0, 1]; boxes xyxy pixels, global labels
+    ds.problems                    # the bad files and lines, each with its file and line
+
+Augmentation (``Augment``) uses ``torchvision.transforms.v2`` on
+``tv_tensors.BoundingBoxes`` and is a pure function of the generator the
+loader passes to ``sample(index, generator)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import attrs
+import torch
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+from .errors import DataError
+
+log = logging.getLogger("smartcash_fn")
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+PAD_VALUE = 114 / 255
+
+
+# --------------------------------------------------------------------------- data.yaml
+
+
+def _scalar(text: str, where: str) -> Any:
+    text = text.strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        return text[1:-1].replace("''", "'") if text[0] == "'" else text[1:-1]  # YAML doubles ' inside '…'
+    if text.startswith("[") or text.startswith("{"):
+        if not text.endswith("]" if text.startswith("[") else "}"):
+            raise DataError(f"{where}: unclosed inline list or mapping")
+        inner = text[1:-1].strip()
+        if not inner:
+            return [] if text.startswith("[") else {}
+        parts = _split_inline(inner)
+        if text.startswith("["):
+            return [_scalar(p, where) for p in parts]
+        out = {}
+        for p in parts:
+            if ":" not in p:
+                raise DataError(f"{where}: expected 'key: value' inside {{…}}, got {p!r}")
+            k, v = p.split(":", 1)
+            out[_scalar(k, where)] = _scalar(v, where)
+        return out
+    if text in ("", "~", "null"):
+        return None
+    if len(text) > 1 and text.lstrip("+-")[:1] == "0" and text.lstrip("+-").isdigit():
+        return text  # a zero-padded number is a name ("001", "050"), not the integer it spells
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def _split_inline(inner: str) -> list[str]:
+    parts, cur, quote = [], "", ""
+    for ch in inner:
+        if quote:
+            cur += ch
+            if ch == quote:
+                quote = ""
+        elif ch in "'\"":
+            quote, cur = ch, cur + ch
+        elif ch == ",":
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    if cur.strip():
+        parts.append(cur)
+    return parts
+
+
+def _strip_comment(line: str) -> str:
+    quote = ""
+    for i, ch in enumerate(line):
+        if quote:
+            if ch == quote:
+                quote = ""
+        elif ch in "'\"":
+            quote = ch
+        elif ch == "#" and (i == 0 or line[i - 1] in " \t"):
+            return line[:i]
+    return line
+
+
+def parse_yaml_subset(text: str, source: str) -> dict[str, Any]:
+    """The subset of YAML a ``data.yaml`` uses: top-level ``key: value``, inline lists, and
+    one nested level of ``- item`` or ``key: value`` lines. Errors name ``source`` and the line."""
+    out: dict[str, Any] = {}
+    current: str | None = None
+    for no, raw in enumerate(text.splitlines(), 1):
+        line = _strip_comment(raw).rstrip()
+        if not line.strip():
+            continue
+        where = f"{source}:{no}"
+        indented = line[0] in " \t"
+        body = line.strip()
+        if indented:
+            if current is None:
+                raise DataError(f"{where}: indented line outside a key")
+            if body.startswith("- ") or body == "-":
+                if out[current] is None:
+                    out[current] = []
+                if not isinstance(out[current], list):
+                    raise DataError(f"{where}: a list item under {current!r}, which holds a mapping")
+                out[current].append(_scalar(body[1:], where))
+            elif ":" in body:
+                if out[current] is None:
+                    out[current] = {}
+                if not isinstance(out[current], dict):
+                    raise DataError(f"{where}: a 'key: value' under {current!r}, which holds a list")
+                k, v = body.split(":", 1)
+                out[current][_scalar(k, where)] = _scalar(v, where)
+            else:
+                raise DataError(f"{where}: expected '- item' or 'key: value', got {body!r}")
+            continue
+        if ":" not in body:
+            raise DataError(f"{where}: expected 'key: value', got {body!r}")
+        key, value = body.split(":", 1)
+        current = key.strip()
+        out[current] = _scalar(value, where)
+    return out
+
+
+@attrs.frozen
+class DataSpec:
+    """A read ``data.yaml``: the split image folders (absolute), class names, and each class's layer."""
+
+    source: Path
+    splits: Mapping[str, Path]
+    names: tuple[str, ...]
+    layers: Mapping[str, tuple[str, ...]]
+
+
+def layer_of(name: str) -> str:
+    """SmartCash's layer of a class name: ``l2_…`` nominal, ``l3_…`` security, others banknote."""
+    return "nominal" if name.startswith("l2_") else "security" if name.startswith("l3_") else "banknote"
+
+
+def group_layers(names: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """Class names grouped by :func:`layer_of`, in first-seen order."""
+    out: dict[str, list[str]] = {}
+    for n in names:
+        out.setdefault(layer_of(n), []).append(n)
+    return {k: tuple(v) for k, v in out.items()}
+
+
+def read_data_yaml(path: str | os.PathLike) -> DataSpec:
+    """Read a ``data.yaml`` (Ultralytics / Roboflow layout); errors name the file and the key or line."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "data.yaml"
+    if not path.is_file():
+        raise DataError(f"{path}: no such data.yaml")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read ({e})") from None
+    doc = parse_yaml_subset(text, str(path))
+    names = doc.get("names")
+    if isinstance(names, dict):
+        try:
+            names = [names[k] for k in sorted(names, key=int)]
+        except (TypeError, ValueError):
+            raise DataError(f"{path}: names: a mapping needs integer keys 0..n-1") from None
+    if not isinstance(names, list) or not names:
+        raise DataError(f"{path}: names: expected a list of class names")
+    names = [str(n) for n in names]
+    if "nc" in doc and doc["nc"] != len(names):
+        raise DataError(f"{path}: nc is {doc['nc']} but names lists {len(names)} classes")
+    base = path.parent
+    if doc.get("path"):
+        root = Path(str(doc["path"]))
+        base = root if root.is_absolute() else (path.parent / root)
+    splits = {}
+    for split in ("train", "val", "test"):
+        value = doc.get(split)
+        if value:
+            if not isinstance(value, str):
+                raise DataError(f"{path}: {split}: expected one folder (a path), got {value!r}")
+            p = Path(value)
+            folder = (p if p.is_absolute() else base / p).resolve()
+            if not folder.exists() and value.startswith("../") and (base / value[3:]).exists():
+                folder = (base / value[3:]).resolve()  # Roboflow exports write '../train/images' beside data.yaml
+            splits[split] = folder
+    if not splits:
+        raise DataError(f"{path}: no train, val or test entry")
+    return DataSpec(source=path, splits=splits, names=tuple(names), layers=group_layers(names))
+
+
+# --------------------------------------------------------------------------- scanning
+
+
+@attrs.frozen
+class Problem:
+    """A bad file or line: where it is and what is wrong (``str()`` gives ``file:line: message``)."""
+
+    file: str
+    line: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.message}" if self.line else f"{self.file}: {self.message}"
+
+
+def label_path(image: Path) -> Path:
+    """The label file of an image: ``…/images/…/x.jpg`` → ``…/labels/…/x.txt``."""
+    parts = list(image.parts)
+    for i in range(len(parts) - 1, -1, -1):
+        if parts[i] == "images":
+            parts[i] = "labels"
+            break
+    return Path(*parts).with_suffix(".txt")
+
+
+def parse_labels(path: Path, num_classes: int, tolerance: float = 1e-3) -> tuple[torch.Tensor, list[Problem]]:
+    """The rows ``[cls, cx, cy, w, h]`` of a label file, and a :class:`Problem` for each bad line."""
+    rows, problems = [], []
+    if not path.exists():
+        return torch.zeros((0, 5)), []  # an image without a label file has no objects
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        return torch.zeros((0, 5)), [Problem(str(path), 0, f"unreadable label file ({e})")]
+    for no, line in enumerate(lines, 1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 5:
+            problems.append(Problem(str(path), no, f"expected 5 fields 'cls cx cy w h', got {len(fields)}"))
+            continue
+        try:
+            cls = int(fields[0])
+            cx, cy, w, h = (float(f) for f in fields[1:])
+        except ValueError:
+            problems.append(Problem(str(path), no, f"not numbers: {line.strip()!r}"))
+            continue
+        if not 0 <= cls < num_classes:
+            problems.append(Problem(str(path), no, f"class {cls} outside 0..{num_classes - 1}"))
+            continue
+        if w <= 0 or h <= 0:
+            problems.append(Problem(str(path), no, f"box of non-positive size w={w} h={h}"))
+            continue
+        lo, hi = -tolerance, 1 + tolerance
+        if not (lo <= cx - w / 2 and cx + w / 2 <= hi and lo <= cy - h / 2 and cy + h / 2 <= hi):
+            problems.append(Problem(str(path), no, f"box outside the image (cx={cx} cy={cy} w={w} h={h})"))
+            continue
+        rows.append([cls, cx, cy, w, h])
+    return (torch.tensor(rows, dtype=torch.float32) if rows else torch.zeros((0, 5))), problems
+
+
+def _readable(image: Path) -> str | None:
+    try:
+        from PIL import Image
+
+        with Image.open(image) as im:
+            im.verify()
+        return None
+    except Exception as e:  # noqa: BLE001 - any failure means unreadable
+        return f"unreadable image ({type(e).__name__}: {e})"
+
+
+# --------------------------------------------------------------------------- samples
+
+
+def load_image(path: str | os.PathLike) -> torch.Tensor:
+    """An image file as float32 ``[3, H, W]`` in [0, 1] (RGB)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        rgb = im.convert("RGB")
+        t = torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8).view(rgb.height, rgb.width, 3)
+    return t.permute(2, 0, 1).float().div_(255)
+
+
+def letterbox(image: torch.Tensor, boxes: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Resize keeping the aspect ratio so the long side is ``size``, pad to a square with grey.
+
+    ``boxes`` (xyxy pixels) follow the image.
+    """
+    _, h, w = image.shape
+    r = size / max(h, w)
+    nh, nw = max(1, round(h * r)), max(1, round(w * r))
+    resized = torch.nn.functional.interpolate(image[None], size=(nh, nw), mode="bilinear",
+                                              align_corners=False, antialias=True)[0]
+    top, left = (size - nh) // 2, (size - nw) // 2
+    out = torch.full((3, size, size), PAD_VALUE, dtype=image.dtype)
+    out[:, top:top + nh, left:left + nw] = resized
+    shift = torch.tensor([left, top, left, top], dtype=boxes.dtype)
+    return out, boxes * r + shift
+
+
+@attrs.frozen
+class Augment:
+    """Training augmentation: horizontal flip, random affine and colour jitter, on image and boxes.
+
+    Every draw comes from the generator handed in, so a sample's augmentation
+    is a function of ``(seed, epoch, index)``.
+    ``Augment(flip=0.0, degrees=5, translate=0.1, scale=(0.8, 1.2))``
+    """
+
+    flip: float = 0.0
+    degrees: float = 5.0
+    translate: float = 0.1
+    scale: tuple[float, float] = (0.75, 1.25)
+    brightness: float = 0.3
+    contrast: float = 0.3
+    saturation: float = 0.3
+    hue: float = 0.02
+    min_area: float = 4.0
+
+    def __call__(self, image: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor,
+                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        h, w = image.shape[-2:]
+        pipeline = v2.Compose([
+            v2.RandomHorizontalFlip(self.flip),
+            v2.RandomAffine(degrees=self.degrees, translate=(self.translate, self.translate), scale=self.scale,
+                            fill=PAD_VALUE),
+            v2.ColorJitter(self.brightness, self.contrast, self.saturation, self.hue),
+            v2.ClampBoundingBoxes(),
+        ])
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            img, bb = pipeline(tv_tensors.Image(image),
+                               tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(h, w)))
+        bb = bb.as_subclass(torch.Tensor)
+        area = (bb[:, 2] - bb[:, 0]).clamp(min=0) * (bb[:, 3] - bb[:, 1]).clamp(min=0)
+        keep = area >= self.min_area
+        return img.as_subclass(torch.Tensor).clamp_(0, 1), bb[keep], labels[keep]
+
+
+@attrs.frozen
+class YoloDataset:
+    """One split of a YOLO-format dataset, checked at scan time, serving letterboxed samples.
+
+    ``on_bad`` is ``"skip"`` (leave bad images and lines out, with a warning
+    each) or ``"fail"`` (raise :class:`DataError` at the first); ``problems``
+    lists what was found, so a run summary can count it.
+    """
+
+    images: tuple[Path, ...]
+    labels: tuple[torch.Tensor, ...]
+    names: tuple[str, ...]
+    size: int = 640
+    augment: Augment | None = None
+    problems: tuple[Problem, ...] = ()
+
+    @classmethod
+    def scan(cls, spec: DataSpec, split: str, size: int = 640, augment: Augment | None = None,
+             on_bad: str = "skip") -> "YoloDataset":
+        """Scan ``spec``'s ``split``: list the images, parse their labels, check every file."""
+        if on_bad not in ("skip", "fail"):
+            raise DataError(f"on_bad must be 'skip' or 'fail', got {on_bad!r}")
+        if split not in spec.splits:
+            raise DataError(f"{spec.source}: {split}: the data.yaml has no {split!r} split "
+                            f"(it has {', '.join(spec.splits)})")
+        folder = spec.splits[split]
+        if not folder.is_dir():
+            raise DataError(f"{spec.source}: {split}: folder {folder} does not exist")
+        problems: list[Problem] = []
+        images: list[Path] = []
+        labels: list[torch.Tensor] = []
+
+        def bad(p: Problem) -> None:
+            if on_bad == "fail":
+                raise DataError(f"{p} (data: {spec.source}, split {split})")
+            log.warning("skipping %s", p)
+            problems.append(p)
+
+        found = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        label_dir = label_path(folder / "x.jpg").parent
+        if label_dir.is_dir():
+            stems = {p.with_suffix("").name for p in found}
+            for lp in sorted(label_dir.rglob("*.txt")):
+                if lp.with_suffix("").name not in stems:
+                    bad(Problem(str(lp), 0, "label file without an image (missing image)"))
+        for img in found:
+            why = _readable(img)
+            if why:
+                bad(Problem(str(img), 0, why))
+                continue
+            rows, line_problems = parse_labels(label_path(img), len(spec.names))
+            for p in line_problems:
+                bad(p)
+            images.append(img)
+            labels.append(rows)
+        if not images:
+            raise DataError(f"{spec.source}: {split}: no readable images in {folder}")
+        return cls(images=tuple(images), labels=tuple(labels), names=spec.names, size=size, augment=augment,
+                   problems=tuple(problems))
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return self.sample(index, None)
+
+    def sample(self, index: int, generator: torch.Generator | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Image ``index`` letterboxed to ``size``; augmented when the dataset has ``augment`` and a generator is given."""
+        image = load_image(self.images[index])
+        _, h, w = image.shape
+        rows = self.labels[index]
+        cx, cy, bw, bh = rows[:, 1] * w, rows[:, 2] * h, rows[:, 3] * w, rows[:, 4] * h
+        boxes = torch.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], 1).clamp(min=0)
+        boxes = torch.minimum(boxes, torch.tensor([w, h, w, h], dtype=boxes.dtype))
+        labels = rows[:, 0].long()
+        image, boxes = letterbox(image, boxes, self.size)
+        if self.augment is not None and generator is not None:
+            image, boxes, labels = self.augment(image, boxes, labels, generator)
+        return image, {"boxes": boxes.float(), "labels": labels}

@@ -1,0 +1,415 @@
+"""The YOLO-format loader: data.yaml, label files, bad files, letterbox, augmentation and determinism.
+
+Each test writes a tiny dataset (a few PNGs and label files) under pytest's
+``tmp_path`` in the Ultralytics / Roboflow layout::
+
+    root/data.yaml                      train: train/images, names: [...]
+    root/train/images/a.png             root/train/labels/a.txt  ("cls cx cy w h" per line)
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+
+from smartcash_fn.data import LoaderData
+from smartcash_fn.errors import DataError
+from smartcash_fn.rupiah import CLASSES, LAYERS, collate
+from smartcash_fn.yolo import (PAD_VALUE, Augment, Problem, YoloDataset, group_layers, label_path, layer_of,
+                               letterbox, parse_labels, parse_yaml_subset, read_data_yaml)
+
+NAMES = ("001", "l2_001", "l3_sign")
+
+
+def write_png(path: Path, w: int, h: int, rects=(), background=(0, 0, 0)) -> None:
+    """A ``w`` x ``h`` RGB PNG of ``background`` with filled rectangles ``(x1, y1, x2, y2, (r, g, b))``."""
+    from PIL import Image, ImageDraw
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    im = Image.new("RGB", (w, h), background)
+    draw = ImageDraw.Draw(im)
+    for x1, y1, x2, y2, colour in rects:
+        draw.rectangle([x1, y1, x2 - 1, y2 - 1], fill=colour)  # PIL's rectangle includes its far edge
+    im.save(path)
+
+
+def write_labels(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def write_yaml(root: Path, names=NAMES, extra: str = "") -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "data.yaml").write_text(f"train: train/images\nval: val/images\nnc: {len(names)}\n"
+                                    f"names: {list(names)}\n{extra}")
+    return root / "data.yaml"
+
+
+def tiny_dataset(root: Path, n: int = 4, size: tuple[int, int] = (48, 32)) -> Path:
+    """``n`` images, each with one bright box of class ``i % 3`` at a place that depends on ``i``."""
+    w, h = size
+    for i in range(n):
+        x1, y1 = 4 + 3 * i, 4 + 2 * i
+        box = (x1, y1, x1 + 16, y1 + 12)
+        write_png(root / "train/images" / f"im{i}.png", w, h, [(*box, (250, 200, 40 * i))], background=(30, 60, 90))
+        cx, cy = (box[0] + box[2]) / 2 / w, (box[1] + box[3]) / 2 / h
+        write_labels(root / "train/labels" / f"im{i}.txt", f"{i % 3} {cx} {cy} {16 / w} {12 / h}\n")
+    return write_yaml(root)
+
+
+# --------------------------------------------------------------------------- data.yaml
+
+
+def test_yaml_subset_reads_what_data_yaml_files_hold():
+    text = (
+        "# exported by a labelling tool\n"
+        "path: ../datasets/rupiah   # the root\n"
+        "train: train/images\n"
+        "val: 'valid/images'\n"
+        'test: "test/images # not a comment"\n'
+        "nc: 3\n"
+        "names: ['001', \"l2_001\", l3_sign]  # inline list\n"
+        "roboflow:\n"
+        "  workspace: smartcash\n"
+        "  version: 2\n"
+        "extra:\n"
+        "  - a\n"
+        "  - 'b'\n"
+    )
+    doc = parse_yaml_subset(text, "data.yaml")
+    assert doc == {
+        "path": "../datasets/rupiah", "train": "train/images", "val": "valid/images",
+        "test": "test/images # not a comment", "nc": 3, "names": ["001", "l2_001", "l3_sign"],
+        "roboflow": {"workspace": "smartcash", "version": 2}, "extra": ["a", "b"],
+    }
+
+
+def test_yaml_subset_block_list_mapping_and_inline_mapping():
+    assert parse_yaml_subset("names:\n  - '001'\n  - l2_001   # nominal\n\n  - l3_sign\n", "f") == {
+        "names": ["001", "l2_001", "l3_sign"]}
+    assert parse_yaml_subset("names:\n  0: '001'\n  1: l2_001\n", "f") == {"names": {0: "001", 1: "l2_001"}}
+    assert parse_yaml_subset("names: {0: a, 1: 'b, c'}\nempty: []\nnone:\n", "f") == {
+        "names": {0: "a", 1: "b, c"}, "empty": [], "none": None}
+    assert parse_yaml_subset("path: '/data/rupiah''s # set'\nnames: ['it''s', \"a 'b'\"]\n", "f") == {
+        "path": "/data/rupiah's # set", "names": ["it's", "a 'b'"]}
+
+
+def test_zero_padded_names_stay_names():
+    # SmartCash's class names are "001" ... "100"; unquoted they must not become the integers 1 ... 100
+    doc = parse_yaml_subset("names: [001, 002, 010, 100]\nnc: 4\n", "f")
+    assert doc == {"names": ["001", "002", "010", 100], "nc": 4}
+
+
+@pytest.mark.parametrize("text, line, why", [
+    ("train: a\nnames [x]\n", 2, "expected 'key: value'"),
+    ("  - x\ntrain: a\n", 1, "indented line outside a key"),
+    ("names:\n  - a\n  b: c\n", 3, "under 'names', which holds a list"),
+    ("names:\n  0: a\n  - b\n", 3, "under 'names', which holds a mapping"),
+    ("train: a\nnames: [a, b\n", 2, "unclosed inline list"),
+    ("names:\n  just words\n", 2, "expected '- item' or 'key: value'"),
+])
+def test_a_malformed_line_is_named_with_file_and_line(text, line, why):
+    with pytest.raises(DataError, match=why) as err:
+        parse_yaml_subset(text, "ds/data.yaml")
+    assert str(err.value).startswith(f"ds/data.yaml:{line}: ")
+
+
+def test_read_data_yaml_resolves_splits_and_layers(tmp_path):
+    root = tmp_path / "rupiah"
+    (root / "train/images").mkdir(parents=True)
+    (root / "valid/images").mkdir(parents=True)
+    (root / "data.yaml").write_text("train: train/images\nval: valid/images\nnc: 17\n"
+                                    f"names: [{', '.join(CLASSES)}]\n")
+    spec = read_data_yaml(root)  # a folder means its data.yaml
+    assert spec.source == root / "data.yaml"
+    assert spec.splits == {"train": (root / "train/images").resolve(), "val": (root / "valid/images").resolve()}
+    assert spec.names == CLASSES
+    assert spec.layers == LAYERS == group_layers(CLASSES)
+    assert [layer_of(n) for n in ("100", "l2_050", "l3_thread")] == ["banknote", "nominal", "security"]
+
+
+def test_read_data_yaml_path_key_and_mapping_names(tmp_path):
+    (tmp_path / "data/imgs/tr").mkdir(parents=True)
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg/data.yaml").write_text("path: ../data\ntrain: imgs/tr\nnames:\n  1: b\n  0: a\n")
+    spec = read_data_yaml(tmp_path / "cfg/data.yaml")
+    assert spec.splits == {"train": (tmp_path / "data/imgs/tr").resolve()}
+    assert spec.names == ("a", "b")
+
+
+def test_roboflow_parent_relative_splits_resolve_beside_the_yaml(tmp_path):
+    # Roboflow writes '../train/images' though the folders sit beside data.yaml
+    (tmp_path / "ds/train/images").mkdir(parents=True)
+    (tmp_path / "ds/data.yaml").write_text("train: ../train/images\nval: ../valid/images\nnames: [a]\n")
+    spec = read_data_yaml(tmp_path / "ds/data.yaml")
+    assert spec.splits["train"] == (tmp_path / "ds/train/images").resolve()
+    assert spec.splits["val"] == (tmp_path / "valid/images").resolve()  # exists nowhere: left as written
+
+
+@pytest.mark.parametrize("text, why", [
+    ("train: a\nnc: 4\nnames: [a, b, c]\n", "nc is 4 but names lists 3 classes"),
+    ("train: a\n", "names: expected a list of class names"),
+    ("train: a\nnames: []\n", "names: expected a list of class names"),
+    ("train: a\nnames:\n  x: a\n", "names: a mapping needs integer keys"),
+    ("nc: 1\nnames: [a]\n", "no train, val or test entry"),
+    ("train: [a, b]\nnames: [a]\n", "train: expected one folder"),
+])
+def test_bad_data_yaml_names_the_file(tmp_path, text, why):
+    path = tmp_path / "data.yaml"
+    path.write_text(text)
+    with pytest.raises(DataError, match=why) as err:
+        read_data_yaml(path)
+    assert str(err.value).startswith(f"{path}: ")
+
+
+def test_missing_data_yaml_and_missing_split(tmp_path):
+    with pytest.raises(DataError, match="no such data.yaml") as err:
+        read_data_yaml(tmp_path / "nope.yaml")
+    assert str(tmp_path / "nope.yaml") in str(err.value)
+    spec = read_data_yaml(tiny_dataset(tmp_path / "ds"))
+    with pytest.raises(DataError, match="has no 'test' split"):
+        YoloDataset.scan(spec, "test")
+    with pytest.raises(DataError, match="folder .*val/images does not exist"):
+        YoloDataset.scan(spec, "val")
+    with pytest.raises(DataError, match="on_bad must be 'skip' or 'fail'"):
+        YoloDataset.scan(spec, "train", on_bad="ignore")
+
+
+# --------------------------------------------------------------------------- samples and letterbox
+
+
+def test_label_path_swaps_the_last_images_folder():
+    assert label_path(Path("/d/images/train/images/sub/x.jpg")) == Path("/d/images/train/labels/sub/x.txt")
+
+
+def test_boxes_follow_the_letterbox(tmp_path):
+    # a wide 80x40 image (pads top and bottom) and a tall 40x80 one (pads left and right)
+    write_png(tmp_path / "train/images/wide.png", 80, 40, [(20, 10, 40, 30, (255, 255, 255))])
+    write_labels(tmp_path / "train/labels/wide.txt", "1 0.375 0.5 0.25 0.5\n")
+    write_png(tmp_path / "train/images/tall.png", 40, 80, [(8, 40, 32, 72, (255, 255, 255))])
+    write_labels(tmp_path / "train/labels/tall.txt", "2 0.5 0.7 0.6 0.4\n0 0.5 0.5 1 1\n")
+    ds = YoloDataset.scan(read_data_yaml(write_yaml(tmp_path)), "train", size=64)
+    assert [p.name for p in ds.images] == ["tall.png", "wide.png"] and ds.problems == ()
+
+    image, target = ds[1]  # wide: scale 0.8, 32 rows tall, 16 grey rows above and below
+    assert image.shape == (3, 64, 64) and image.dtype == torch.float32
+    assert torch.allclose(target["boxes"], torch.tensor([[16.0, 24.0, 32.0, 40.0]]))
+    assert target["labels"].tolist() == [1] and target["labels"].dtype == torch.int64
+    assert torch.all(image[:, :16] == PAD_VALUE) and torch.all(image[:, 48:] == PAD_VALUE)
+    assert torch.all(image[:, 26:38, 18:30] > 0.95)  # inside the white box
+    assert torch.all(image[:, 17:23, :] < 0.05) and torch.all(image[:, 42:47, :] < 0.05)  # black outside it
+
+    image, target = ds[0]  # tall: 16 grey columns left and right
+    assert torch.allclose(target["boxes"], torch.tensor([[22.4, 32.0, 41.6, 57.6], [16.0, 0.0, 48.0, 64.0]]))
+    assert target["labels"].tolist() == [2, 0]
+    assert torch.all(image[:, :, :16] == PAD_VALUE) and torch.all(image[:, :, 48:] == PAD_VALUE)
+    assert torch.all(image[:, 34:56, 24:40] > 0.95) and torch.all(image[:, 2:30, 18:46] < 0.05)
+    # the layer of each label, from the class names
+    assert [layer_of(ds.names[i]) for i in target["labels"].tolist()] == ["security", "banknote"]
+
+
+def test_letterbox_maps_boxes_with_the_image():
+    image = torch.zeros(3, 30, 60)
+    image[:, 10:20, 15:45] = 1.0
+    out, boxes = letterbox(image, torch.tensor([[15.0, 10.0, 45.0, 20.0]]), 120)
+    assert torch.allclose(boxes, torch.tensor([[30.0, 50.0, 90.0, 70.0]]))
+    x1, y1, x2, y2 = boxes[0].long().tolist()
+    assert torch.all(out[:, y1 + 1:y2 - 1, x1 + 1:x2 - 1] > 0.99)
+    assert out[:, y1 - 2, x1 - 2].max() < 0.01 and torch.all(out[:, :30] == PAD_VALUE)
+
+
+def test_an_image_without_a_label_file_has_no_objects(tmp_path):
+    write_png(tmp_path / "train/images/empty.png", 32, 32)
+    ds = YoloDataset.scan(read_data_yaml(write_yaml(tmp_path)), "train", size=32)
+    _, target = ds[0]
+    assert target["boxes"].shape == (0, 4) and target["labels"].shape == (0,) and ds.problems == ()
+
+
+# --------------------------------------------------------------------------- bad files
+
+
+def _bad_dataset(root: Path, case: str) -> tuple[Path, int]:
+    """A dataset with two good images and one bad thing; returns the file at fault and its line (0: none)."""
+    write_png(root / "train/images/a.png", 32, 32, [(4, 4, 20, 20, (255, 0, 0))])
+    write_labels(root / "train/labels/a.txt", "0 0.375 0.375 0.5 0.5\n")
+    write_png(root / "train/images/b.png", 32, 32)
+    good = "1 0.5 0.5 0.25 0.25\n"
+    if case == "label without image":
+        bad = root / "train/labels/ghost.txt"
+        write_labels(bad, good)
+        return bad, 0
+    if case == "unreadable image":
+        bad = root / "train/images/c.png"
+        bad.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4)  # a PNG signature, then garbage
+        write_labels(root / "train/labels/c.txt", good)
+        return bad, 0
+    line = {
+        "four fields": "1 0.5 0.5 0.25",
+        "not numbers": "1 0.5 zero 0.25 0.25",
+        "class out of range": "3 0.5 0.5 0.25 0.25",
+        "negative class": "-1 0.5 0.5 0.25 0.25",
+        "box outside the image": "0 0.95 0.5 0.2 0.2",
+        "zero size": "0 0.5 0.5 0 0.2",
+    }[case]
+    bad = root / "train/labels/b.txt"
+    write_labels(bad, good + "\n" + line + "\n" + good)  # the bad line is line 3
+    return bad, 3
+
+
+CASES = ["label without image", "unreadable image", "four fields", "not numbers", "class out of range",
+         "negative class", "box outside the image", "zero size"]
+WHY = {
+    "label without image": "label file without an image", "unreadable image": "unreadable image",
+    "four fields": "expected 5 fields", "not numbers": "not numbers", "class out of range": "class 3 outside 0..2",
+    "negative class": "class -1 outside", "box outside the image": "box outside the image",
+    "zero size": "non-positive size",
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_file_skipped_with_a_problem_naming_file_and_line(tmp_path, case, caplog):
+    bad, line = _bad_dataset(tmp_path, case)
+    with caplog.at_level(logging.WARNING, logger="smartcash_fn"):
+        ds = YoloDataset.scan(read_data_yaml(write_yaml(tmp_path)), "train", size=32, on_bad="skip")
+    (problem,) = ds.problems
+    assert problem == Problem(str(bad), line, problem.message) and WHY[case] in problem.message
+    assert str(problem).startswith(f"{bad}:{line}: " if line else f"{bad}: ")
+    assert any(str(bad) in r.getMessage() for r in caplog.records)  # a warning each
+    assert [p.name for p in ds.images] == ["a.png", "b.png"]  # the bad image is left out, the others stay
+    _, target = ds[1]
+    if line:  # the bad line is dropped, the good lines around it kept
+        assert target["labels"].tolist() == [1, 1]
+    else:
+        assert target["labels"].tolist() == []
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_file_fails_naming_file_and_line(tmp_path, case):
+    bad, line = _bad_dataset(tmp_path, case)
+    spec = read_data_yaml(write_yaml(tmp_path))
+    with pytest.raises(DataError, match=WHY[case]) as err:
+        YoloDataset.scan(spec, "train", size=32, on_bad="fail")
+    where = f"{bad}:{line}: " if line else f"{bad}: "
+    assert str(err.value).startswith(where) and str(spec.source) in str(err.value)
+
+
+def test_parse_labels_counts_every_bad_line(tmp_path):
+    path = tmp_path / "x.txt"
+    path.write_text("0 0.5 0.5 0.1 0.1\n\nbad\n2 0.5 0.5 0.1 0.1\n0 1.0005 0.5 0.001 0.1\n0 nan 0.5 0.1 0.1\n")
+    rows, problems = parse_labels(path, num_classes=2)
+    assert torch.allclose(rows, torch.tensor([[0, 0.5, 0.5, 0.1, 0.1], [0, 1.0005, 0.5, 0.001, 0.1]]))  # tolerated
+    assert [(p.line, p.message.split(" ")[0]) for p in problems] == [(3, "expected"), (4, "class"), (6, "box")]
+
+
+def test_no_readable_image_is_an_error(tmp_path):
+    (tmp_path / "train/images").mkdir(parents=True)
+    (tmp_path / "train/images/x.png").write_bytes(b"junk")
+    with pytest.raises(DataError, match="no readable images"):
+        YoloDataset.scan(read_data_yaml(write_yaml(tmp_path)), "train")
+
+
+# --------------------------------------------------------------------------- augmentation and determinism
+
+
+def _generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def test_augment_is_a_function_of_the_generator(tmp_path):
+    ds = YoloDataset.scan(read_data_yaml(tiny_dataset(tmp_path)), "train", size=64,
+                          augment=Augment(flip=0.5, degrees=10, translate=0.2, scale=(0.6, 1.4)))
+    a_img, a_t = ds.sample(2, _generator(7))
+    b_img, b_t = ds.sample(2, _generator(7))
+    assert torch.equal(a_img, b_img) and torch.equal(a_t["boxes"], b_t["boxes"])
+    assert torch.equal(a_t["labels"], b_t["labels"])
+    others = [ds.sample(2, _generator(s)) for s in range(8)]
+    assert any(not torch.equal(a_img, img) for img, _ in others)
+    assert any(t["boxes"].shape != a_t["boxes"].shape or not torch.equal(t["boxes"], a_t["boxes"]) for _, t in others)
+    plain_img, plain_t = ds[2]
+    assert not torch.equal(a_img, plain_img)
+    # no generator, no augmentation
+    assert torch.equal(ds.sample(2, None)[0], plain_img)
+    # the global generator is neither used nor disturbed
+    torch.manual_seed(0)
+    before = torch.random.get_rng_state()
+    ds.sample(1, _generator(3))
+    assert torch.equal(torch.random.get_rng_state(), before)
+
+
+def test_augmented_boxes_stay_inside_the_image_and_keep_their_labels():
+    image = torch.full((3, 64, 64), 0.2)
+    image[:, 2:30, 40:62] = 0.9
+    boxes = torch.tensor([[40.0, 2.0, 62.0, 30.0], [0.0, 40.0, 12.0, 64.0], [20.0, 20.0, 44.0, 44.0]])
+    labels = torch.tensor([0, 9, 16])
+    aug = Augment(flip=0.5, degrees=30, translate=0.3, scale=(0.5, 1.5))
+    seen_drop = False
+    for seed in range(20):
+        img, b, lab = aug(image, boxes, labels, _generator(seed))
+        assert img.shape == image.shape and img.min() >= 0 and img.max() <= 1
+        assert b.shape == (len(lab), 4) and b.dtype == torch.float32
+        assert torch.all(b >= 0) and torch.all(b <= 64)
+        assert torch.all(b[:, 2:] > b[:, :2])
+        assert set(lab.tolist()) <= {0, 9, 16} and lab.tolist() == sorted(lab.tolist())  # order kept
+        seen_drop |= len(lab) < 3
+    assert seen_drop  # a box moved out of the picture (area < min_area after clamping) is dropped with its label
+    # without any geometric change boxes stay put and colour jitter alone changes pixels
+    img, b, lab = Augment(degrees=0, translate=0, scale=(1, 1))(image, boxes, labels, _generator(0))
+    assert torch.allclose(b, boxes) and torch.equal(lab, labels) and not torch.equal(img, image)
+    # a horizontal flip for sure mirrors the boxes
+    _, b, _ = Augment(flip=1.0, degrees=0, translate=0, scale=(1, 1))(image, boxes, labels, _generator(0))
+    assert torch.allclose(b, torch.tensor([[2.0, 2.0, 24.0, 30.0], [52.0, 40.0, 64.0, 64.0], [20.0, 20.0, 44.0, 44.0]]))
+
+
+def test_batches_are_the_same_with_zero_and_two_workers(tmp_path):
+    ds = YoloDataset.scan(read_data_yaml(tiny_dataset(tmp_path, n=6)), "train", size=64,
+                          augment=Augment(flip=0.5))
+    runs = []
+    for workers in (0, 2):
+        data = LoaderData(ds, batch_size=4, workers=workers, collate_fn=collate)
+        runs.append([b for epoch in (0, 1) for b in data.batches(seed=3, epoch=epoch)])
+    (zero, two) = runs
+    assert len(zero) == len(two) == 4
+    for (xa, ta), (xb, tb) in zip(zero, two):
+        assert xa.shape[1:] == (3, 64, 64) and torch.equal(xa, xb)
+        for a, b in zip(ta, tb):
+            assert torch.equal(a["boxes"], b["boxes"]) and torch.equal(a["labels"], b["labels"])
+    # epoch 1 augments differently from epoch 0: the same sample index gives other pixels
+    order0 = LoaderData(ds, batch_size=4).batch_keys(3, 0)
+    order1 = LoaderData(ds, batch_size=4).batch_keys(3, 1)
+    i = order0[0][0][2]
+    first = zero[0][0][0]
+    pos1 = [k[2] for batch in order1 for k in batch].index(i)
+    again = zero[2 + pos1 // 4][0][pos1 % 4]
+    assert not torch.equal(first, again)
+
+
+# --------------------------------------------------------------------------- synthetic Rupiah scenes on disk
+
+
+@pytest.mark.parametrize("image_format", ["png", "jpg"])
+def test_reads_the_exported_synthetic_dataset(tmp_path, image_format):
+    yolo_export = pytest.importorskip("smartcash_fn.yolo_export")
+    from smartcash_fn.rupiah import scene
+
+    yaml = yolo_export.export_synthetic(tmp_path / "rupiah's", n=7, seed=3, size=64, image_format=image_format)
+    spec = read_data_yaml(yaml)
+    assert spec.names == CLASSES and spec.layers == LAYERS
+    assert set(spec.splits) == {"train", "val", "test"}
+    for split, count in zip(("train", "val", "test"), (5, 1, 1)):
+        ds = YoloDataset.scan(spec, split, size=64, on_bad="fail")
+        assert len(ds) == count and ds.problems == ()
+        for i in range(count):
+            s = scene(3, split, i, size=64)
+            image, target = ds[i]
+            assert ds.images[i].name == f"{split}_{i:06d}.{image_format}"
+            assert torch.equal(target["labels"], s.labels[s.kept])
+            assert torch.allclose(target["boxes"], s.boxes[s.kept], atol=1e-3)
+            if image_format == "png":  # lossless, and a same-size letterbox is the identity
+                assert torch.equal(image, s.image.float() / 255)
+            else:  # JPEG is lossy: the image is far nearer its own scene than another one
+                other = scene(3, split, i + 100, size=64).image.float() / 255
+                own = (image - s.image.float() / 255).abs().mean()
+                assert own < 0.05 and own < 0.5 * (image - other).abs().mean()
