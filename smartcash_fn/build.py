@@ -124,6 +124,50 @@ def make_data(recipe: Recipe) -> tuple[Any, Any, Mapping[str, Any]]:
     return train, val, info
 
 
+@attrs.frozen
+class OnDevice:
+    """Data whose batches are moved to ``device`` (every tensor inside tuples, lists and dicts).
+
+    ``OnDevice(train, "cuda")`` — what :func:`build` wraps the data in when ``run.device`` is not the CPU.
+    """
+
+    data: Any
+    device: str
+
+    @property
+    def batch_size(self) -> int:
+        return int(getattr(self.data, "batch_size", 0) or 0)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def batches(self, seed: int, epoch: int, start: int = 0) -> Any:
+        return (to_device(b, self.device) for b in self.data.batches(seed, epoch, start))
+
+
+def to_device(obj: Any, device: str | torch.device) -> Any:
+    """``obj`` with every tensor inside (tuples, lists, dicts) moved to ``device``: ``to_device(batch, "cuda")``."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device, non_blocking=True)
+    if isinstance(obj, Mapping):
+        return {k: to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, tuple):
+        return tuple(to_device(v, device) for v in obj)
+    if isinstance(obj, list):
+        return [to_device(v, device) for v in obj]
+    return obj
+
+
+def _device(recipe: Recipe) -> torch.device:
+    try:
+        device = torch.device(recipe.run.device)
+    except (RuntimeError, ValueError) as e:
+        raise recipe.error(("run", "device"), f"not a device ({e}); write cpu, cuda or cuda:0") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise recipe.error(("run", "device"), "CUDA is not available here; set run.device = \"cpu\"")
+    return device
+
+
 # --------------------------------------------------------------------------- model
 
 
@@ -189,11 +233,13 @@ def _accumulation(recipe: Recipe) -> int:
     return every
 
 
-def make_schedule(recipe: Recipe, batches: int) -> tuple[Callable[[float], Any], int]:
-    """A function ``lr -> schedule`` of the recipe's schedule shape, and the updates it spans.
+def make_schedule(recipe: Recipe, batches: int) -> tuple[Callable[..., Any], int]:
+    """A function ``(lr, total=None) -> schedule`` of the recipe's schedule shape, and the updates it spans.
 
     The updates are ``schedule.total_steps``, or epochs x ``batches`` divided
-    by the gradient accumulation. ``min_lr`` scales with each group's lr::
+    by the gradient accumulation; ``total`` makes a schedule of the same shape
+    over fewer updates (a phase of a parameter group). ``min_lr`` scales with
+    each group's lr::
 
         schedule_for, updates = make_schedule(recipe, batches=8)
         schedule_for(1e-3)(0)     # the lr of the first update
@@ -216,8 +262,10 @@ def make_schedule(recipe: Recipe, batches: int) -> tuple[Callable[[float], Any],
                           supplied=(lr_name, *kwargs), key="schedule.params")
     base_lr = recipe.optimizer.lr
 
-    def for_lr(lr: float) -> Any:
+    def for_lr(lr: float, total: int | None = None) -> Any:
         kw = {**kwargs, **cfg.params, lr_name: lr}
+        if total is not None and "total_steps" in kw:
+            kw["total_steps"] = max(1, int(total))
         if "min_lr" in kw and base_lr > 0:
             kw["min_lr"] = kw["min_lr"] * lr / base_lr
         return registry.call(fn, f"{recipe.origin.of(('schedule',))}: schedule", **kw)
@@ -226,13 +274,19 @@ def make_schedule(recipe: Recipe, batches: int) -> tuple[Callable[[float], Any],
     return for_lr, updates
 
 
-def make_optimizer(recipe: Recipe, schedule_for: Callable[[float], Any]) -> optim.Optimizer:
+def make_optimizer(recipe: Recipe, schedule_for: Callable[..., Any], batches: int | None = None,
+                   updates: int | None = None) -> optim.Optimizer:
     """The recipe's optimizer; with ``[[optimizer.groups]]`` a ``multi_transform`` over name prefixes.
 
-    Params that match no group's prefix train with the section's own settings (label ``default``)::
+    Params that match no group's prefix train with the section's own settings
+    (label ``default``). A group with ``frozen_epochs`` or ``after_epochs``
+    is an :func:`~smartcash_fn.optim.switch` between two phases, the epochs
+    turned into updates with ``batches`` per epoch; the second phase starts
+    with fresh optimizer state and the schedule's shape over the ``updates``
+    left (the first phase follows the run's schedule)::
 
         schedule_for, updates = make_schedule(recipe, batches=len(train))
-        opt = make_optimizer(recipe, schedule_for)
+        opt = make_optimizer(recipe, schedule_for, batches=len(train), updates=updates)
     """
     cfg = recipe.optimizer
     where = recipe.where("optimizer", "use")
@@ -245,8 +299,8 @@ def make_optimizer(recipe: Recipe, schedule_for: Callable[[float], Any]) -> opti
     registry.check_params(fn, cfg.params, _file(recipe, "optimizer", "params"),
                           supplied=(lr_name, "weight_decay", *kwargs), key="optimizer.params")
 
-    def make(lr: float, weight_decay: float | None, where: str) -> optim.Optimizer:
-        kw = {**kwargs, **cfg.params, lr_name: schedule_for(lr)}
+    def make(lr: float, weight_decay: float | None, where: str, total: int | None = None) -> optim.Optimizer:
+        kw = {**kwargs, **cfg.params, lr_name: schedule_for(lr) if total is None else schedule_for(lr, total)}
         if weight_decay is not None:
             kw["weight_decay"] = weight_decay
         opt = registry.call(fn, where, **kw)
@@ -270,30 +324,73 @@ def make_optimizer(recipe: Recipe, schedule_for: Callable[[float], Any]) -> opti
         if g.prefix in prefixes:
             raise recipe.error(("optimizer", "groups", i, "prefix"), f"the prefix {g.prefix!r} is in two groups")
         if g.frozen:
-            if g.lr is not None or g.weight_decay is not None:
-                raise recipe.error(("optimizer", "groups", i, "frozen"), "a frozen group takes no lr or weight_decay")
+            if g.lr is not None or g.weight_decay is not None or g.frozen_epochs or g.after_epochs:
+                raise recipe.error(("optimizer", "groups", i, "frozen"), "a frozen group takes no lr, weight_decay, "
+                                                                         "frozen_epochs or after_epochs")
             transforms[label] = optim.frozen()
         else:
             wd = g.weight_decay if g.weight_decay is not None else cfg.weight_decay
-            transforms[label] = make(cfg.lr if g.lr is None else g.lr, wd, gwhere)
+            transforms[label] = _group_optimizer(recipe, i, g, make, cfg.lr if g.lr is None else g.lr, wd, gwhere,
+                                                 batches, updates)
         prefixes[g.prefix] = label
     return optim.multi_transform(transforms, optim.label_by_prefix(prefixes, default="default"))
+
+
+def _group_optimizer(recipe: Recipe, i: int, g: Any, make: Callable[..., optim.Optimizer], lr: float,
+                     wd: float | None, where: str, batches: int | None, updates: int | None) -> optim.Optimizer:
+    """One group's optimizer: plain, or a switch after ``frozen_epochs`` / ``after_epochs``."""
+    key = ("optimizer", "groups", i)
+    if g.frozen_epochs and g.after_epochs:
+        raise recipe.error(key + ("after_epochs",), "give frozen_epochs or after_epochs, not both")
+    if (g.lr_after is None) != (g.after_epochs == 0):
+        raise recipe.error(key + (("lr_after",) if g.lr_after is None else ("after_epochs",)),
+                           "after_epochs and lr_after go together: the group switches to lr_after after that "
+                           "many epochs")
+    epochs = g.frozen_epochs or g.after_epochs
+    if not epochs:
+        return make(lr, wd, where)
+    if batches is None:
+        raise recipe.error(key, "a phased group needs the batches per epoch; pass batches= to make_optimizer")
+    at = epochs * batches // _accumulation(recipe)
+    total = updates if updates is not None else max(1, recipe.train.epochs * batches // _accumulation(recipe))
+    rest = max(1, total - at)
+    if g.frozen_epochs:
+        return optim.switch(at, optim.frozen(), make(lr, wd, where, rest))
+    return optim.switch(at, make(lr, wd, where), make(g.lr_after, wd, where, rest))
 
 
 # --------------------------------------------------------------------------- loss and step
 
 
-def make_loss(recipe: Recipe) -> Callable[..., Any]:
+def filled_from(fn: Callable[..., Any], given: Mapping[str, Any], context: Mapping[str, Any]) -> dict[str, Any]:
+    """The entries of ``context`` named like parameters of ``fn`` that ``given`` leaves out.
+
+    How the data's ``info`` fills a factory's arguments (the model's
+    ``classes``, the detection loss's ``groups`` and ``image_size``)::
+
+        filled_from(detection, {"box": 0.05}, info)    # {"groups": {...}, "image_size": 256}
+    """
+    sig = registry.parameters(fn)
+    if sig is None:
+        return {}
+    return {k: v for k, v in context.items() if k in sig and k not in given}
+
+
+def make_loss(recipe: Recipe, info: Mapping[str, Any] | None = None) -> Callable[..., Any]:
     """The recipe's loss function ``(apply, batch) -> loss`` (compiled with ``train.compile``).
 
-    ``loss_fn = make_loss(recipe)``; ``make_step(loss_fn)`` trains on it.
+    ``train.loss`` names the function itself, or a factory of it when
+    ``train.loss_params`` are given or ``info`` (the data's) fills some of its
+    parameters: ``loss_fn = make_loss(recipe, info)``; ``make_step(loss_fn)`` trains on it.
     """
     cfg = recipe.train
     where = recipe.where("train", "loss")
     fn = registry.resolve("loss", cfg.loss, where)
-    if cfg.loss_params:
-        registry.check_params(fn, cfg.loss_params, _file(recipe, "train", "loss_params"), key="train.loss_params")
-        fn = registry.call(fn, where, **cfg.loss_params)
+    filled = filled_from(fn, cfg.loss_params, info or {})
+    if cfg.loss_params or filled:
+        registry.check_params(fn, cfg.loss_params, _file(recipe, "train", "loss_params"), supplied=filled,
+                              key="train.loss_params")
+        fn = registry.call(fn, where, **filled, **cfg.loss_params)
     if not callable(fn):
         raise RecipeError(f"{where}: the loss is a {type(fn).__name__}, not a function (apply, batch) -> loss")
     if cfg.compile:
@@ -367,18 +464,21 @@ def make_train_step(recipe: Recipe, loss_fn: Callable[..., Any]) -> tuple[Callab
 # --------------------------------------------------------------------------- validation and callbacks
 
 
-def make_validation(recipe: Recipe, val: Any) -> Validation | None:
+def make_validation(recipe: Recipe, val: Any, info: Mapping[str, Any] | None = None) -> Validation | None:
     """The recipe's validation over ``val`` data, or None when there is none (``every = 0`` or no data).
 
-    ``train, val, info = make_data(recipe)``; ``Loop(..., validation=make_validation(recipe, val))``
+    The evaluator factory's parameters named like ``info``'s keys are filled from it:
+    ``train, val, info = make_data(recipe)``; ``Loop(..., validation=make_validation(recipe, val, info))``
     """
     cfg = recipe.validation
     where = recipe.where("validation", "metrics")
     fn = registry.resolve("metrics", cfg.metrics, where)
-    registry.check_params(fn, cfg.params, _file(recipe, "validation", "params"), key="validation.params")
+    filled = filled_from(fn, cfg.params, info or {})
+    registry.check_params(fn, cfg.params, _file(recipe, "validation", "params"), supplied=filled,
+                          key="validation.params")
     if val is None or cfg.every == 0:
         return None
-    ev = registry.call(fn, where, **cfg.params)
+    ev = registry.call(fn, where, **filled, **cfg.params)
     if not all(callable(getattr(ev, a, None)) for a in ("init", "update", "finish")):
         raise RecipeError(f"{where}: {cfg.metrics} returned a {type(ev).__name__}, not an Evaluator "
                           "(init, update, finish)")
@@ -423,12 +523,16 @@ def _needs_arguments(fn: Any) -> list[str]:
     return [n for n, p in params.items() if p.default is p.empty]
 
 
-def make_callbacks(recipe: Recipe) -> tuple[Callback, ...]:
+def make_callbacks(recipe: Recipe, context: Mapping[str, Any] | None = None) -> tuple[Callback, ...]:
     """The ``[[callbacks]]`` of the recipe as Callbacks (checkpoints and loggers are added by :func:`build`).
 
     A plain ``state -> state`` function named with ``event`` becomes ``Callback(event, fn, priority)``;
-    anything else is a factory called with the table's parameters: ``loop.add(*make_callbacks(recipe))``.
+    anything else is a factory called with the table's parameters, those it
+    takes named like ``context``'s keys filled from it when the table leaves
+    them out (:func:`build` gives the data's info, ``run_dir``,
+    ``val_data`` and ``use_ema``): ``loop.add(*make_callbacks(recipe))``.
     """
+    context = context or {}
     out: list[Callback] = []
     for i, c in enumerate(recipe.callbacks):
         where = recipe.where("callbacks", i, "use")
@@ -445,8 +549,10 @@ def make_callbacks(recipe: Recipe) -> tuple[Callback, ...]:
                 raise RecipeError(
                     f"{where}: {c.use} needs {', '.join(repr(n) for n in need)}; if it is a plain state -> state "
                     f"function, add event = \"epoch_end\" (or another of {', '.join(EVENTS)}) to the table")
-            registry.check_params(obj, c.params, _file(recipe, "callbacks", i), key=f"callbacks[{i}]")
-            made = registry.call(obj, recipe.where("callbacks", i), **c.params)
+            filled = filled_from(obj, c.params, context)
+            registry.check_params(obj, c.params, _file(recipe, "callbacks", i), supplied=filled,
+                                  key=f"callbacks[{i}]")
+            made = registry.call(obj, recipe.where("callbacks", i), **filled, **c.params)
             try:
                 cbs = flatten([made])
             except StateError:
@@ -512,16 +618,28 @@ def build(recipe: Recipe, run_dir: str | os.PathLike | None = None, *, quiet: bo
         raise StateError(f"build: expected a Recipe (smartcash_fn.recipe.load(...)), got {type(recipe).__name__}")
     run_dir = None if run_dir is None else Path(run_dir)
     train, val, info = make_data(recipe)
+    device = _device(recipe)
+    if device.type != "cpu":
+        train = OnDevice(train, str(device))
+        val = None if val is None else OnDevice(val, str(device))
     batches = len(train)
     schedule_for, updates = make_schedule(recipe, batches)
-    optimizer = make_optimizer(recipe, schedule_for)
-    loss_fn = make_loss(recipe)
+    optimizer = make_optimizer(recipe, schedule_for, batches, updates)
+    loss_fn = make_loss(recipe, info)
     step, step_text = make_train_step(recipe, loss_fn)
-    validation = make_validation(recipe, val)
+    validation = make_validation(recipe, val, info)
     notes: list[str] = []
     if val is None and recipe.validation.every > 0:
         notes.append("validation: off, the data factory gives no validation data")
-    callbacks = list(make_callbacks(recipe))
+    context = {**{k: v for k, v in info.items() if k != "collate_fn"}, "run_dir": run_dir,
+               "val_data": None if validation is None else validation.data, "use_ema": recipe.validation.use_ema}
+    callbacks = list(make_callbacks(recipe, context))
+    problems = tuple(info.get("problems") or ())
+    if problems:
+        notes.append(f"data: {len(problems)} bad file(s) or label line(s) skipped (first: {problems[0]})"
+                     + ("; listed in data-problems.txt and counted in summary.md" if run_dir is not None else ""))
+        if run_dir is not None:
+            callbacks.extend(data_problems(run_dir, problems, summary=recipe.loggers.summary))
     cp = recipe.checkpoint
     monitor = None if cp.monitor is None else Monitor(cp.monitor, cp.mode)
     if monitor is not None and not any(c.name == "keep_best" for c in callbacks):
@@ -533,14 +651,51 @@ def build(recipe: Recipe, run_dir: str | os.PathLike | None = None, *, quiet: bo
     loggers, logger_notes, console = make_loggers(recipe, run_dir, quiet=quiet)
     callbacks.extend(loggers)
     notes.extend(logger_notes)
+    factory = make_model_factory(recipe, info)
+    if device.type != "cpu":
+        factory = toolz.compose(lambda m: m.to(device), factory)
     try:
-        template = TrainState.create(make_model_factory(recipe, info), optimizer, seed=recipe.run.seed,
-                                     recipe=to_dict(recipe))
+        template = TrainState.create(factory, optimizer, seed=recipe.run.seed, recipe=to_dict(recipe))
     except ValueError as e:  # a param group's label function or the optimizer's init refused the params
         raise RecipeError(f"{recipe.where('optimizer')}: {e}") from None
     loop = Loop(step=step, data=train, epochs=recipe.train.epochs, validation=validation, callbacks=tuple(callbacks))
     return Built(recipe=recipe, template=template, loop=loop, run_dir=run_dir, batches=batches, updates=updates,
                  step_text=step_text, notes=tuple(notes), console=console)
+
+
+def data_problems(run_dir: str | os.PathLike, problems: Any, summary: bool = True,
+                  priority: int = 1150) -> tuple[Callback, ...]:
+    """Callbacks reporting the bad data files and lines a data factory skipped (``info["problems"]``).
+
+    ``data-problems.txt`` in the run folder lists them at ``training_start``;
+    at ``training_end``, after the summary is written, ``summary.md`` gets a
+    "Data" section that counts them::
+
+        loop = loop.add(data_problems("runs/a", splits.info["problems"]))
+    """
+    from .sinks import is_main_process, write_text_atomic
+
+    folder = Path(run_dir)
+    lines = [str(p) for p in problems]
+
+    def start(state: TrainState) -> TrainState:
+        if is_main_process():
+            folder.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(folder / "data-problems.txt", "".join(f"{line}\n" for line in lines))
+        return state
+
+    def end(state: TrainState) -> TrainState:
+        path = folder / "summary.md"
+        if summary and is_main_process() and path.is_file():
+            shown = lines[:20]
+            more = [f"- ... and {len(lines) - len(shown)} more"] if len(lines) > len(shown) else []
+            section = ["", "## Data", "", f"{len(lines)} bad file(s) or label line(s) skipped "
+                       "(all listed in `data-problems.txt`):", "", *[f"- `{s}`" for s in shown], *more, ""]
+            write_text_atomic(path, path.read_text(encoding="utf-8").rstrip("\n") + "\n" + "\n".join(section))
+        return state
+
+    return (Callback("training_start", start, priority=priority, name="data_problems", writes=True),
+            Callback("training_end", end, priority=priority, name="data_problems", writes=True))
 
 
 def probe(built: Built) -> float:

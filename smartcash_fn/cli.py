@@ -1,4 +1,4 @@
-"""The ``smartcash-fn`` command line: train, resume, replay, check and inspect runs.
+"""The ``smartcash-fn`` command line: train, resume, replay, check and inspect runs; evaluate and run detectors.
 
 Each subcommand is a small function of its parsed arguments returning the
 exit status: 0 done, 1 a run that failed or a replay that differs, 2 bad
@@ -8,6 +8,9 @@ no traceback::
     smartcash-fn train recipes/tiny.toml --set train.epochs=5
     smartcash-fn resume runs/tiny                     # its newest intact checkpoint
     smartcash-fn replay runs/tiny/checkpoints/epoch-0001.pt --verify runs/tiny/checkpoints/epoch-0002.pt
+    smartcash-fn eval runs/rupiah_synthetic --scenario low_light      # its best.pt; writes eval-val-low_light.json
+    smartcash-fn predict runs/rupiah_synthetic photos/ --out predictions
+    smartcash-fn data export-synthetic --out data/rupiah --n 1000 --size 256
 
 ``main(argv)`` is the whole program (``python -m smartcash_fn`` runs it too).
 """
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import tempfile
@@ -371,6 +375,90 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _json_value(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, dict):
+        return {k: _json_value(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_json_value(x) for x in v]
+    return v
+
+
+def _write_json(path: Path, data: Any) -> Path:
+    from .sinks import write_text_atomic
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_text_atomic(path, json.dumps(_json_value(data), indent=2) + "\n")
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """``eval CKPT [--data DATA_YAML] [--split val|test] [--scenario NAME] [--json PATH]``: the table and its JSON."""
+    from .inference import evaluate_split, load_detector
+
+    det = load_detector(args.checkpoint, data_yaml=args.data)
+    result = evaluate_split(det, split=args.split, scenario=args.scenario, n=args.n, batch_size=args.batch_size,
+                            conf=args.conf, iou=args.iou, pr_conf=args.pr_conf)
+    _say(result.text())
+    default = run_folder_of(det.path) / f"eval-{args.split}{'-' + args.scenario if args.scenario else ''}.json"
+    path = _write_json(Path(args.json) if args.json else default, result.as_json())
+    _say(f"wrote {path}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """``predict CKPT IMAGE_OR_DIR... --out DIR [--conf C]``: images with their boxes drawn, and detections.json."""
+    from PIL import Image
+
+    from .detection_plots import draw_boxes
+    from .inference import image_files, load_detector, predict_files
+
+    det = load_detector(args.checkpoint)
+    files = image_files(args.inputs)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a folder; give a folder for the drawn images")
+    out.mkdir(parents=True, exist_ok=True)
+    records, taken = [], set()
+    for path, image, d in predict_files(det, files, conf=args.conf, iou=args.iou):
+        name, n = path.name, 2
+        while name in taken:
+            name, n = f"{path.stem}-{n}{path.suffix}", n + 1
+        taken.add(name)
+        drawn = draw_boxes(image, d, None, det.class_names, det.layers, conf=args.conf)
+        target = out / name
+        Image.fromarray(drawn.permute(1, 2, 0).contiguous().numpy()).save(target)
+        layer_of = {c: layer for layer, cs in det.layers.items() for c in cs}
+        records.append({"image": str(path), "output": str(target), "width": int(image.shape[-1]),
+                        "height": int(image.shape[-2]),
+                        "detections": [{"class": det.class_names[int(c)], "label": int(c),
+                                        "layer": layer_of.get(det.class_names[int(c)]), "score": round(float(s), 5),
+                                        "box": [round(float(v), 2) for v in b]}
+                                       for b, s, c in zip(d.boxes, d.scores, d.labels)]})
+        _say(f"{path}: {len(d.labels)} detection(s) -> {target}")
+    path = _write_json(out / "detections.json", {"checkpoint": str(det.path), "conf": args.conf, "iou": args.iou,
+                                                  "image_size": det.image_size, "images": records})
+    _say(f"wrote {path}")
+    return 0
+
+
+def cmd_export_synthetic(args: argparse.Namespace) -> int:
+    """``data export-synthetic --out DIR --n N [--size S] [--seed K]``: synthetic scenes as a YOLO dataset."""
+    from .yolo_export import export_synthetic
+
+    step = max(1, args.n // 10)
+
+    def progress(done: int, total: int) -> None:
+        if not args.quiet and (done % step == 0 or done == total):
+            _say(f"  {done}/{total} scenes")
+
+    path = export_synthetic(args.out, args.n, seed=args.seed, size=args.size, scenario=args.scenario,
+                            image_format=args.format, workers=args.workers, overwrite=args.overwrite,
+                            progress=progress)
+    _say(f"wrote {args.n} scenes ({args.size} px, scenario {args.scenario}) as a YOLO dataset: {path}")
+    return 0
+
+
 # --------------------------------------------------------------------------- parser and main
 
 
@@ -380,9 +468,9 @@ def _add_sets(p: argparse.ArgumentParser) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    """The argument parser of ``smartcash-fn`` (subcommands train, resume, replay, check, inspect)."""
+    """The argument parser of ``smartcash-fn`` (train, resume, replay, check, inspect, eval, predict, data)."""
     top = argparse.ArgumentParser(prog="smartcash-fn", description="Train, resume, replay, check and inspect "
-                                  "smartcash_fn runs made from TOML recipes.")
+                                  "smartcash_fn runs made from TOML recipes; evaluate and run trained detectors.")
     top.add_argument("--version", action="version", version=f"smartcash_fn {__version__}")
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -416,6 +504,43 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", metavar="CKPT_OR_RUN_DIR")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("eval", help="evaluate a detector checkpoint: P, R, F1, mAP per class, layer and scenario")
+    p.add_argument("checkpoint", metavar="CKPT_OR_RUN_DIR", help="a checkpoint, or a run folder (its best.pt)")
+    p.add_argument("--data", metavar="DATA_YAML", help="a YOLO-format data.yaml (default: the recipe's data)")
+    p.add_argument("--split", default="val", choices=("val", "test", "train"), help="the split (default: val)")
+    p.add_argument("--scenario", metavar="NAME", help="synthetic data: render the split in this scenario only "
+                   "(position, lighting, low_light, small, occlusion, mixed)")
+    p.add_argument("--n", type=int, metavar="N", help="synthetic data: scenes to evaluate (default: the recipe's val)")
+    p.add_argument("--json", metavar="PATH", help="where to write the JSON (default: <run>/eval-<split>[-<scenario>].json)")
+    p.add_argument("--batch-size", type=int, metavar="B", help="images per batch (default: the recipe's)")
+    p.add_argument("--conf", type=float, default=0.001, help="decoding score threshold for mAP (default 0.001)")
+    p.add_argument("--iou", type=float, default=0.6, help="NMS IoU threshold (default 0.6)")
+    p.add_argument("--pr-conf", type=float, default=0.25, help="score threshold of P, R, F1 and the confusion matrix")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("predict", help="detect banknotes on images: draw the boxes and write detections.json")
+    p.add_argument("checkpoint", metavar="CKPT_OR_RUN_DIR", help="a checkpoint, or a run folder (its best.pt)")
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for the drawn images and detections.json")
+    p.add_argument("--conf", type=float, default=0.25, help="score threshold (default 0.25)")
+    p.add_argument("--iou", type=float, default=0.6, help="NMS IoU threshold (default 0.6)")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("data", help="datasets: export the synthetic scenes as a YOLO-format dataset")
+    data = p.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
+    q = data.add_parser("export-synthetic", help="write synthetic Rupiah scenes as images/, labels/, data.yaml")
+    q.add_argument("--out", required=True, metavar="DIR", help="the dataset folder (new, or a previous export with "
+                   "--overwrite)")
+    q.add_argument("--n", type=int, required=True, metavar="N", help="scenes in all, split 70/15/15")
+    q.add_argument("--size", type=int, default=640, help="image side in pixels (default 640)")
+    q.add_argument("--seed", type=int, default=0, help="seed of the scenes (default 0)")
+    q.add_argument("--scenario", default="mixed", help="scenario preset (default mixed: one of the five per scene)")
+    q.add_argument("--format", default="jpg", choices=("jpg", "png"), help="image files (default jpg, quality 95)")
+    q.add_argument("--workers", type=int, default=0, help="render in this many processes (same files)")
+    q.add_argument("--overwrite", action="store_true", help="replace a previous export in --out")
+    q.add_argument("--quiet", action="store_true", help="no progress lines")
+    q.set_defaults(func=cmd_export_synthetic)
     return top
 
 

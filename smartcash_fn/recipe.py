@@ -83,6 +83,8 @@ class RunConfig:
     seed: int = _key(0, "seed of every random draw: init, data order, dropout, augmentation")
     out: str = _key("runs", "folder that holds the run folders (relative to the working directory)")
     parent: str | None = _key(None, "the checkpoint this run was forked from (set by `resume --set`)")
+    device: str = _key("cpu", "where the model trains: `cpu`, `cuda` or `cuda:N` (batches are moved there); "
+                              "bit-exact replay is promised on the CPU")
 
 
 @attrs.frozen(kw_only=True)
@@ -120,7 +122,8 @@ class DataConfig:
 class GroupConfig:
     """`[[optimizer.groups]]`: a parameter group chosen by name prefix.
 
-    ``[[optimizer.groups]]`` ``prefix = "backbone."``, ``lr = 1e-5`` (or ``frozen = true``)
+    ``[[optimizer.groups]]`` ``prefix = "backbone."``, ``lr = 1e-5`` (or ``frozen = true``, or
+    ``frozen_epochs = 5`` for a frozen phase first, or ``after_epochs = 5``, ``lr_after = 1e-4``)
     """
 
     prefix: str = _key(doc="params whose names start with this prefix (the longest matching prefix wins)")
@@ -130,6 +133,11 @@ class GroupConfig:
     weight_decay: float | None = _key(None, "this group's weight decay; unset: `optimizer.weight_decay`",
                                       check=_AT_LEAST_0)
     frozen: bool = _key(False, "never train these params (no gradient is computed for them)")
+    frozen_epochs: int = _key(0, "keep these params frozen for the first N epochs, then train them at `lr` (a "
+                                 "frozen-backbone phase; its schedule starts at the switch)", check=_INT_AT_LEAST_0)
+    after_epochs: int = _key(0, "after N epochs switch this group to `lr_after`, with fresh optimizer state and "
+                                "the schedule restarted (0 is never)", check=_INT_AT_LEAST_0)
+    lr_after: float | None = _key(None, "this group's learning rate after `after_epochs`", check=_AT_LEAST_0)
 
 
 @attrs.frozen(kw_only=True)
@@ -200,7 +208,8 @@ class TrainConfig:
     epochs: int = _key(doc="epochs to train", check=_INT_AT_LEAST_0)
     loss: str = _key("cross_entropy", "loss `(apply, batch) -> loss or (loss, parts)`: a built-in name or an "
                                       "import path")
-    loss_params: Mapping[str, Any] = _key(doc="when given, `loss` names a factory called with these to make "
+    loss_params: Mapping[str, Any] = _key(doc="when given (or when the data's info fills some of its "
+                                              "parameters), `loss` names a factory called with these to make "
                                               "the loss function", factory=dict)
     step: str | None = _key(None, "import path to a step factory `(loss_fn) -> Step`; unset: "
                                   "`make_step(loss)`")

@@ -27,13 +27,17 @@ BUILTINS: Mapping[str, Mapping[str, str]] = {
     "model": {
         "mlp": "smartcash_fn.models:mlp",
         "cnn": "smartcash_fn.models:cnn",
+        "detector": "smartcash_fn.rupiah_run:detector",
     },
     "data": {
         "synthetic": "smartcash_fn.synthetic:classification",
         "synthetic_images": "smartcash_fn.synthetic:images",
+        "rupiah_synthetic": "smartcash_fn.rupiah_run:rupiah_synthetic",
+        "yolo_dataset": "smartcash_fn.rupiah_run:yolo_dataset",
     },
     "loss": {
         "cross_entropy": "smartcash_fn.step:classification_loss",
+        "detection": "smartcash_fn.rupiah_run:detection",
     },
     "optimizer": {
         "sgd": "smartcash_fn.optim:sgd",
@@ -61,9 +65,11 @@ BUILTINS: Mapping[str, Mapping[str, str]] = {
         "nan_guard": "smartcash_fn.callbacks:nan_guard",
         "memory_cleanup": "smartcash_fn.callbacks:memory_cleanup",
         "record_steps": "smartcash_fn.callbacks:record_steps",
+        "detection_plots": "smartcash_fn.detection_plots:detection_plots",
     },
     "metrics": {
         "classification": "smartcash_fn.loop:classification_metrics",
+        "detection": "smartcash_fn.rupiah_run:detection_metrics",
     },
 }
 """Kind -> short name -> import path of the built-in component."""

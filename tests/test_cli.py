@@ -198,11 +198,17 @@ def test_check_prints_the_resolved_recipe_and_the_composition(tmp_path):
 
 
 def test_train_without_a_recipe_uses_the_built_in_default(tmp_path):
-    sets = ["--set", "train.epochs=1", "--set", "loggers.tensorboard=false", "--set", "loggers.plots=false"]
+    small = ["train.epochs=1", "data.params.train=8", "data.params.val=4", "data.params.size=64", "data.batch_size=4",
+             "data.workers=0", "model.params.width=16", "model.params.backbone_width=8", "schedule.warmup_steps=1",
+             "loggers.tensorboard=false", "loggers.plots=false"]
+    sets = [a for s in small for a in ("--set", s)]
     out = cli("train", *sets, "--quiet", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     run = tmp_path / "runs" / "default"
     assert rc.load(run / "recipe.toml").train.epochs == 1
     assert (run / "checkpoints" / "last.pt").is_file()
+    record = checkpoint.read(run / "checkpoints" / "last.pt")["state"]["history"]["epochs"][0]
+    assert {"val/mAP50", "val/mAP50-95", "val/mAP50/banknote", "val/mAP50-95/security"} <= set(record)
+    assert (run / "plots" / "pr_curves.png").is_file() and (run / "plots" / "val_samples.png").is_file()
     out = cli("train", "--out", str(run), *sets, cwd=tmp_path)    # an existing run is never overwritten
     assert out.returncode == 2 and "already holds a run" in out.stderr

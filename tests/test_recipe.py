@@ -63,12 +63,14 @@ def test_tiny_recipe_loads_with_its_file_name_as_run_name():
     assert r.callbacks[1].params == {"monitor": "val/loss", "patience": 5}
 
 
-def test_default_recipe_is_the_tiny_one_until_the_detector_lands():
+def test_default_recipe_is_the_synthetic_detector_recipe():
     from smartcash_fn.cli import DEFAULT_RECIPE
 
-    tiny, default = rc.to_dict(rc.load(TINY)), rc.to_dict(rc.load(DEFAULT_RECIPE))
-    assert default["run"].pop("name") == "default" and tiny["run"].pop("name") == "tiny"
-    assert default == tiny
+    shipped = rc.to_dict(rc.load(TINY.parent / "rupiah_synthetic.toml"))
+    default = rc.to_dict(rc.load(DEFAULT_RECIPE))
+    assert default["run"].pop("name") == "default" and shipped["run"].pop("name") == "rupiah_synthetic"
+    assert default == shipped
+    assert default["model"]["use"] == "detector" and default["data"]["use"] == "rupiah_synthetic"
 
 
 def test_extends_merges_tables_key_by_key_and_replaces_arrays(tmp_path):

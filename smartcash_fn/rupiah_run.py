@@ -1,0 +1,311 @@
+"""The factories a SmartCash detector recipe names: data, model, loss and evaluator.
+
+A recipe puts the detector together from these by name (see
+:mod:`smartcash_fn.registry`); the data factory's ``info`` fills what the
+others need — the layer groups, the input size, the class names — so a
+recipe says each thing once::
+
+    [data]                      use = "rupiah_synthetic"   (or "yolo_dataset" with data_yaml = ...)
+    [model]                     use = "detector"           params: backbone, width, ...
+    [train]                     loss = "detection"         loss_params: box, obj, cls
+    [validation]                metrics = "detection"      params: conf, iou, max_det
+
+In Python the same pieces compose by hand::
+
+    splits = rupiah_synthetic(train=512, val=64, size=128)
+    model = detector(splits.info["groups"], backbone="cspdarknet", width=32)
+    loss_fn = detection(splits.info["groups"], image_size=128)
+
+Global class ids follow the layer order of ``groups`` (banknote, nominal,
+security): a YOLO dataset whose names are not grouped that way is relabelled
+on the fly, and its class names are listed in the new order.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import attrs
+import torch
+
+from . import rupiah
+from .build import Splits
+from .detection import Layout, LossWeights, decode, detection_loss
+from .detector import Detector
+from .errors import DataError
+from .loop import Evaluator
+from .metrics import Detections, detection_evaluator
+
+# --------------------------------------------------------------------------- layers and groups
+
+
+def groups_of(layers: Mapping[str, Sequence[str]]) -> dict[str, int]:
+    """The detector's head groups (layer -> number of classes) of a layer mapping, in its order.
+
+    ``groups_of(rupiah.LAYERS) == {"banknote": 7, "nominal": 7, "security": 3}``
+    """
+    return {layer: len(names) for layer, names in layers.items()}
+
+
+def detector_info(class_names: Sequence[str], layers: Mapping[str, Sequence[str]], image_size: int,
+                  collate_fn: Callable[..., Any] = rupiah.collate) -> dict[str, Any]:
+    """The ``info`` a detection data factory hands the other factories.
+
+    ``groups`` (for the model, loss and evaluator), ``image_size`` (the
+    square input side), ``class_names`` and ``layers`` (for the metrics and
+    plots) and ``collate_fn`` (images stacked, targets kept as a list)::
+
+        info = detector_info(rupiah.CLASSES, rupiah.LAYERS, 256)
+    """
+    return {"collate_fn": collate_fn, "groups": groups_of(layers), "image_size": int(image_size),
+            "class_names": tuple(class_names), "layers": {k: tuple(v) for k, v in layers.items()}}
+
+
+def _check_size(size: Any, where: str) -> int:
+    if not (isinstance(size, int) and not isinstance(size, bool) and size >= 32):
+        raise DataError(f"{where}: size must be an integer >= 32 (pixels; a multiple of 32 tiles the grids), "
+                        f"got {size!r}")
+    return size
+
+
+def _check_count(value: Any, name: str, where: str) -> int:
+    if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        raise DataError(f"{where}: {name} must be an integer >= 1 (scenes), got {value!r}")
+    return value
+
+
+# --------------------------------------------------------------------------- data: synthetic scenes
+
+
+def rupiah_synthetic(train: int = 2000, val: int = 200, size: int = 256, seed: int = 0,
+                     scenario: str = "mixed", val_scenario: str | None = None,
+                     jitter: float = 0.0) -> Splits:
+    """Synthetic Rupiah scenes: ``train`` and ``val`` :class:`~smartcash_fn.rupiah.RupiahScenes`, rendered on the fly.
+
+    Scenes are pure functions of ``(seed, split, index)``, so a run never sees
+    a validation scene in training and any worker count gives the same
+    batches. ``scenario`` names the renderer's preset (``"mixed"`` draws one of
+    the five per scene), ``val_scenario`` the validation's (default: the same);
+    ``jitter > 0`` adds a brightness/contrast jitter of that strength per epoch::
+
+        splits = rupiah_synthetic(train=4000, val=200, size=256)
+        splits.info["groups"]      # {"banknote": 7, "nominal": 7, "security": 3}
+    """
+    where = "rupiah_synthetic"
+    _check_count(train, "train", where)
+    _check_count(val, "val", where)
+    _check_size(size, where)
+    if not (isinstance(jitter, (int, float)) and not isinstance(jitter, bool) and 0 <= jitter <= 1):
+        raise DataError(f"{where}: jitter must be a number in [0, 1] (0 is off), got {jitter!r}")
+    augment = rupiah.Jitter(brightness=jitter, contrast=jitter) if jitter else None
+    train_set = rupiah.RupiahScenes("train", train, seed, size, scenario, augment=augment)
+    val_set = rupiah.RupiahScenes("val", val, seed, size, scenario if val_scenario is None else val_scenario)
+    return Splits(train=train_set, val=val_set, info=detector_info(rupiah.CLASSES, rupiah.LAYERS, size))
+
+
+# --------------------------------------------------------------------------- data: YOLO-format folders
+
+
+@attrs.frozen
+class Relabeled:
+    """A detection dataset whose labels go through ``table`` (old id -> new id): ``Relabeled(ds, (0, 2, 1))``.
+
+    Used when a ``data.yaml`` lists its classes in another order than the
+    detector's layer groups; ``sample(index, generator)`` passes through.
+    """
+
+    dataset: Any
+    table: tuple[int, ...]
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def _map(self, item: tuple[torch.Tensor, dict[str, torch.Tensor]]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        image, target = item
+        table = torch.tensor(self.table, dtype=torch.int64)
+        return image, {**target, "labels": table[target["labels"]]}
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return self._map(self.dataset[index])
+
+    def sample(self, index: int, generator: torch.Generator | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return self._map(self.dataset.sample(index, generator))
+
+
+def layer_order(names: Sequence[str]) -> tuple[tuple[str, ...], dict[str, tuple[str, ...]], tuple[int, ...]]:
+    """Class names regrouped by SmartCash layer: ``(names in layer order, layers, old id -> new id)``.
+
+    Layers come in SmartCash's order (banknote, nominal, security), classes
+    keep their order inside a layer.
+
+    ``layer_order(["001", "l2_001", "002"])`` gives ``(("001", "002", "l2_001"), {...}, (0, 2, 1))``.
+    """
+    from .yolo import group_layers
+
+    found = group_layers(names)
+    rank = {layer: i for i, layer in enumerate(rupiah.LAYERS)}
+    layers = {k: found[k] for k in sorted(found, key=lambda k: (rank.get(k, len(rank)), list(found).index(k)))}
+    ordered = tuple(n for members in layers.values() for n in members)
+    return ordered, layers, tuple(ordered.index(n) for n in names)
+
+
+def _augment_of(augment: Any, where: str) -> Any:
+    from .yolo import Augment
+
+    if augment is False or augment is None:
+        return None
+    if augment is True:
+        return Augment()
+    if isinstance(augment, Mapping):
+        fields = attrs.fields_dict(Augment)
+        unknown = [k for k in augment if k not in fields]
+        if unknown:
+            raise DataError(f"{where}: augment: unknown key {unknown[0]!r}; keys: {', '.join(fields)}")
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in augment.items()}
+        return Augment(**values)
+    raise DataError(f"{where}: augment must be true, false or a table of Augment settings "
+                    f"(flip, degrees, translate, scale, ...), got {augment!r}")
+
+
+def yolo_dataset(data_yaml: str, size: int = 640, augment: Any = True, on_bad: str = "skip",
+                 train_split: str = "train", val_split: str = "val") -> Splits:
+    """A YOLO-format dataset (``data.yaml`` with train/val folders, labels ``cls cx cy w h``) as Splits.
+
+    Images are letterboxed to ``size``; ``augment`` is ``true`` (the default
+    :class:`~smartcash_fn.yolo.Augment`), ``false``, or a table of Augment
+    settings, applied to training samples only. ``on_bad`` is ``"skip"``
+    (leave bad files and lines out with a warning; ``info["problems"]`` lists
+    them and the run summary counts them) or ``"fail"`` (stop at the first,
+    naming the file and line)::
+
+        splits = yolo_dataset("datasets/rupiah/data.yaml", size=640, on_bad="fail")
+    """
+    from .yolo import YoloDataset, read_data_yaml
+
+    where = "yolo_dataset"
+    _check_size(size, where)
+    if not isinstance(data_yaml, (str, os.PathLike)) or not str(data_yaml):
+        raise DataError(f"{where}: data_yaml must be the path of a data.yaml, got {data_yaml!r}")
+    spec = read_data_yaml(Path(data_yaml))
+    aug = _augment_of(augment, where)
+    train = YoloDataset.scan(spec, train_split, size=size, augment=aug, on_bad=on_bad)
+    val = YoloDataset.scan(spec, val_split, size=size, on_bad=on_bad) if val_split else None
+    problems = train.problems + (val.problems if val is not None else ())
+    ordered, layers, table = layer_order(spec.names)
+    if table != tuple(range(len(table))):
+        train = Relabeled(train, table)
+        val = None if val is None else Relabeled(val, table)
+    info = detector_info(ordered, layers, size)
+    info["problems"] = problems
+    info["data_yaml"] = str(spec.source)
+    return Splits(train=train, val=val, info=info)
+
+
+# --------------------------------------------------------------------------- model
+
+
+def detector(groups: Mapping[str, int], backbone: str = "cspdarknet", width: int = 64, backbone_width: int = 16,
+             backbone_depth: int = 1, weights_path: str | None = None) -> Detector:
+    """The SmartCash detector (:class:`~smartcash_fn.detector.Detector`); ``groups`` comes from the data.
+
+    ``backbone`` is ``cspdarknet`` or ``efficientnet_b0`` … ``efficientnet_b4``;
+    ``width`` is the neck and head channels; ``weights_path`` a local file of
+    the EfficientNet's ImageNet weights (nothing is downloaded)::
+
+        model = detector({"banknote": 7, "nominal": 7, "security": 3}, backbone="efficientnet_b0")
+    """
+    return Detector(backbone=backbone, groups=dict(groups), width=width, weights_path=weights_path,
+                    backbone_width=backbone_width, backbone_depth=backbone_depth)
+
+
+# --------------------------------------------------------------------------- loss
+
+
+@attrs.frozen
+class DetectionLoss:
+    """The loss function ``(apply, batch) -> (loss, {"box", "obj", "cls"})`` of a detector on ``(images, targets)``.
+
+    ``DetectionLoss(Layout.of(groups), image_size=256, weights=LossWeights(0.05, 1.0, 0.5))``
+    """
+
+    layout: Layout
+    image_size: int
+    weights: LossWeights = LossWeights()
+
+    def __call__(self, apply: Callable[..., Any], batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        images, targets = batch[0], batch[1]
+        return detection_loss(apply(images), targets, self.layout, self.image_size, self.weights)
+
+
+def detection(groups: Mapping[str, int], image_size: int, box: float = 0.05, obj: float = 1.0,
+              cls: float = 0.5) -> DetectionLoss:
+    """The detection loss factory: CIoU box, objectness and class losses weighted ``box``, ``obj``, ``cls``.
+
+    The defaults are SmartCash's weights. In a recipe ``loss = "detection"``
+    (``groups`` and ``image_size`` come from the data)::
+
+        loss_fn = detection({"banknote": 7, "nominal": 7, "security": 3}, image_size=256)
+        loss, parts = loss_fn(state.apply, (images, targets))
+    """
+    for name, value in (("box", box), ("obj", obj), ("cls", cls)):
+        if not (isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0):
+            raise DataError(f"detection: {name} must be a weight >= 0, got {value!r}")
+    return DetectionLoss(Layout.of(groups), int(image_size), LossWeights(float(box), float(obj), float(cls)))
+
+
+# --------------------------------------------------------------------------- decoding and metrics
+
+
+@attrs.frozen
+class Decoder:
+    """Per-image detections of a batch: ``Decoder(layout)(apply, (images, targets)) -> [Detections, ...]``.
+
+    Scores are σ(objectness)·σ(class) above ``conf``; class-wise NMS at
+    ``iou``; at most ``max_det`` per image (see :func:`smartcash_fn.detection.decode`).
+    """
+
+    layout: Layout
+    conf: float = 0.001
+    iou: float = 0.6
+    max_det: int = 100
+
+    def __call__(self, apply: Callable[..., Any], batch: Any) -> list[Detections]:
+        images = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return decode(apply(images), self.layout, conf=self.conf, iou=self.iou, max_det=self.max_det)
+
+
+def _unit(name: str, value: Any, where: str) -> float:
+    if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1):
+        raise DataError(f"{where}: {name} must be a number in [0, 1], got {value!r}")
+    return float(value)
+
+
+def detection_metrics(groups: Mapping[str, int], class_names: Sequence[str],
+                      layers: Mapping[str, Sequence[str]] | None = None, conf: float = 0.001, iou: float = 0.6,
+                      max_det: int = 100, pr_conf: float = 0.25, per_class: bool = False) -> Evaluator:
+    """The validation evaluator of a detector: ``val/mAP50``, ``val/mAP50-95``, per layer, P/R/F1.
+
+    Detections are decoded at ``conf`` (low, so the AP sees the whole
+    precision-recall curve) with NMS at ``iou`` and ``max_det`` per image;
+    precision, recall and F1 are counted at ``pr_conf``. Per-class AP goes
+    into the history only with ``per_class`` (17 classes x 2 numbers an epoch
+    otherwise crowd the logs; ``smartcash-fn eval`` always reports them)::
+
+        ev = detection_metrics(groups, rupiah.CLASSES, rupiah.LAYERS)
+        # the epoch record gets val/mAP50, val/mAP50-95, val/mAP50/banknote, ...
+    """
+    where = "detection_metrics"
+    conf, iou, pr_conf = _unit("conf", conf, where), _unit("iou", iou, where), _unit("pr_conf", pr_conf, where)
+    if not (isinstance(max_det, int) and not isinstance(max_det, bool) and max_det >= 1):
+        raise DataError(f"{where}: max_det must be an integer >= 1, got {max_det!r}")
+    inner = detection_evaluator(Decoder(Layout.of(groups), conf, iou, max_det), class_names, layers,
+                                conf=pr_conf, max_dets=max_det)
+    if per_class:
+        return inner
+
+    def finish(acc: Any) -> dict[str, float]:
+        return {k: v for k, v in inner.finish(acc).items() if not k.startswith(("AP50/", "AP50-95/"))}
+
+    return attrs.evolve(inner, finish=finish)

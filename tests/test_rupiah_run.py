@@ -1,0 +1,270 @@
+"""The detector recipe's factories and their wiring: data info filling the model, loss, evaluator and
+callbacks; phased parameter groups; the YOLO loader on exported synthetic data; bad files counted."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from smartcash_fn import recipe as rc
+from smartcash_fn import rupiah
+from smartcash_fn.build import OnDevice, build, filled_from, make_data, probe, to_device
+from smartcash_fn.errors import DataError, RecipeError
+from smartcash_fn.loop import fit
+from smartcash_fn.rupiah_run import (DetectionLoss, Relabeled, detection, detection_metrics, detector,
+                                     layer_order, rupiah_synthetic, yolo_dataset)
+from smartcash_fn.yolo_export import export_synthetic
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT = ROOT / "recipes" / "rupiah_synthetic.toml"
+B4 = ROOT / "recipes" / "rupiah_efficientnet_b4.toml"
+TINY = ROOT / "recipes" / "tiny.toml"
+SMALL = ["data.params.train=8", "data.params.val=4", "data.params.size=64", "data.batch_size=4",
+         "data.val_batch_size=4", "data.workers=0", "model.params.width=16", "model.params.backbone_width=8",
+         "train.epochs=1", "schedule.warmup_steps=1"]
+GROUPS = {"banknote": 7, "nominal": 7, "security": 3}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> Path:
+    """A small YOLO-format export of the synthetic scenes (10 scenes at 64 px: 7 train, 2 val, 1 test)."""
+    return export_synthetic(tmp_path_factory.mktemp("yolo") / "rupiah", n=10, size=64, image_format="png")
+
+
+# --------------------------------------------------------------------------- data factories
+
+
+def test_synthetic_data_gives_scenes_and_the_info_the_other_factories_need():
+    splits = rupiah_synthetic(train=6, val=3, size=64, seed=2)
+    assert len(splits.train) == 6 and len(splits.val) == 3
+    assert splits.train.split == "train" and splits.val.split == "val" and splits.train.seed == 2
+    info = splits.info
+    assert info["groups"] == GROUPS and info["image_size"] == 64
+    assert info["class_names"] == rupiah.CLASSES and info["layers"]["security"] == ("l3_sign", "l3_text", "l3_thread")
+    image, target = splits.val[1]
+    assert image.shape == (3, 64, 64) and torch.equal(image, rupiah.render(2, "val", 1, 64)[0])
+    images, targets = info["collate_fn"]([splits.val[0], splits.val[1]])
+    assert images.shape == (2, 3, 64, 64) and len(targets) == 2
+
+
+@pytest.mark.parametrize("kwargs, text", [
+    ({"train": 0}, "train must be an integer >= 1"),
+    ({"size": 16}, "size must be an integer >= 32"),
+    ({"jitter": 2.0}, "jitter must be a number in [0, 1]"),
+    ({"scenario": "foggy"}, "scenario 'foggy' is unknown"),
+])
+def test_synthetic_data_rejects_bad_arguments(kwargs, text):
+    with pytest.raises(DataError, match=re.escape(text)):
+        rupiah_synthetic(**kwargs)
+
+
+def test_yolo_loader_reads_exported_synthetic_data(exported):
+    splits = yolo_dataset(str(exported), size=64, augment=False)
+    assert len(splits.train) == 7 and len(splits.val) == 2
+    assert splits.info["groups"] == GROUPS and splits.info["class_names"] == rupiah.CLASSES
+    assert splits.info["problems"] == ()
+    image, target = splits.train[3]                     # the PNG export decodes to the rendered scene
+    want_image, want = rupiah.render(0, "train", 3, 64)
+    assert torch.equal(image, want_image)
+    assert torch.equal(target["labels"], want["labels"])
+    assert torch.allclose(target["boxes"], want["boxes"], atol=1e-3)
+
+
+def test_yolo_loader_augments_deterministically_per_sample(exported):
+    splits = yolo_dataset(str(exported), size=64, augment={"degrees": 10.0, "scale": [0.8, 1.2]})
+    a = splits.train.sample(2, torch.Generator().manual_seed(5))
+    b = splits.train.sample(2, torch.Generator().manual_seed(5))
+    c = splits.train.sample(2, torch.Generator().manual_seed(6))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1]["boxes"], b[1]["boxes"])
+    assert not torch.equal(a[0], c[0])
+    with pytest.raises(DataError, match="augment: unknown key 'rotate'"):
+        yolo_dataset(str(exported), size=64, augment={"rotate": 3})
+
+
+def test_classes_listed_out_of_layer_order_are_relabelled():
+    ordered, layers, table = layer_order(["l3_sign", "001", "l2_001", "002"])
+    assert ordered == ("001", "002", "l2_001", "l3_sign") and table == (3, 0, 2, 1)
+    assert list(layers.items()) == [("banknote", ("001", "002")), ("nominal", ("l2_001",)), ("security", ("l3_sign",))]
+    ds = Relabeled([(torch.zeros(3, 4, 4), {"boxes": torch.zeros(2, 4), "labels": torch.tensor([0, 2])})], table)
+    assert ds[0][1]["labels"].tolist() == [3, 2]
+
+
+def test_a_bad_label_line_is_skipped_and_listed_or_fails_naming_file_and_line(exported, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(exported.parent, data)
+    yaml = data / "data.yaml"
+    yaml.write_text(yaml.read_text().replace(str(exported.parent), str(data)))
+    bad = data / "labels" / "train" / "train_000001.txt"
+    bad.write_text(bad.read_text() + "3 0.5 0.5\n")
+    lines = len(bad.read_text().splitlines())
+    splits = yolo_dataset(str(yaml), size=64, augment=False)
+    assert len(splits.info["problems"]) == 1 and len(splits.train) == 7
+    assert f"{bad}:{lines}: expected 5 fields" in str(splits.info["problems"][0])
+    with pytest.raises(DataError, match=f"{bad}:{lines}: expected 5 fields"):
+        yolo_dataset(str(yaml), size=64, on_bad="fail")
+    with pytest.raises(DataError, match="no such data.yaml"):
+        yolo_dataset(str(tmp_path / "nowhere" / "data.yaml"))
+
+
+# --------------------------------------------------------------------------- model, loss, evaluator
+
+
+def test_loss_factory_and_evaluator_work_on_a_batch():
+    splits = rupiah_synthetic(train=2, val=2, size=64)
+    model = detector(GROUPS, width=16, backbone_width=8)
+    images, targets = splits.info["collate_fn"]([splits.train[0], splits.train[1]])
+    loss_fn = detection(GROUPS, image_size=64, box=0.05, obj=1.0, cls=0.5)
+    assert isinstance(loss_fn, DetectionLoss)
+    loss, parts = loss_fn(model, (images, targets))
+    assert loss.ndim == 0 and torch.isfinite(loss) and set(parts) == {"box", "obj", "cls"}
+    with pytest.raises(DataError, match="box must be a weight >= 0"):
+        detection(GROUPS, 64, box=-1.0)
+    model.eval()
+    for per_class in (False, True):
+        ev = detection_metrics(GROUPS, rupiah.CLASSES, rupiah.LAYERS, per_class=per_class)
+        with torch.no_grad():
+            out = ev.finish(ev.update(ev.init(), model, (images, targets)))
+        assert {"mAP50", "mAP50-95", "mAP50/banknote", "mAP50-95/security"} <= set(out)
+        assert any(k.startswith("AP50/") for k in out) == per_class
+
+
+def test_info_fills_factories_by_parameter_name():
+    info = {"groups": GROUPS, "image_size": 64, "class_names": rupiah.CLASSES, "collate_fn": None}
+    assert filled_from(detection, {"box": 0.1}, info) == {"groups": GROUPS, "image_size": 64}
+    assert filled_from(detection, {"image_size": 32}, info) == {"groups": GROUPS}
+
+
+# --------------------------------------------------------------------------- recipes
+
+
+def test_default_recipe_builds_the_detector_from_the_data_info():
+    recipe = rc.load(DEFAULT, sets=SMALL)
+    built = build(recipe)
+    model = built.template.model
+    assert set(model.head) == set(GROUPS) and model.head["security"].preds[0].out_channels == 5 + 3
+    assert recipe.checkpoint.monitor == "val/mAP50" and recipe.checkpoint.mode == "max"
+    assert "clip(max_norm=10.0)" in built.step_text and "make_step(detection)" in built.step_text
+    loss = probe(built)
+    assert loss == loss and loss > 0
+
+
+def test_default_recipe_monitors_map50_and_stops_early_on_it():
+    recipe = rc.load(DEFAULT)
+    assert recipe.model.use == "detector" and recipe.data.use == "rupiah_synthetic"
+    stop = next(c for c in recipe.callbacks if c.use == "early_stopping")
+    assert stop.params["monitor"] == "val/mAP50" and stop.params["mode"] == "max"
+    assert any(c.use == "detection_plots" for c in recipe.callbacks)
+
+
+def test_b4_recipe_has_smartcash_training(tmp_path):
+    recipe = rc.load(B4)
+    assert recipe.model.params["backbone"] == "efficientnet_b4" and recipe.data.params["size"] == 640
+    assert recipe.optimizer.use == "adamw" and recipe.schedule.use == "cosine" and recipe.train.clip == 10.0
+    assert recipe.train.loss_params == {"box": 0.05, "obj": 1.0, "cls": 0.5}
+    stop = next(c for c in recipe.callbacks if c.use == "early_stopping")
+    assert (stop.params["patience"], stop.params["min_delta"], stop.params["monitor"]) == (15, 0.001, "val/mAP50")
+    backbone, neck, head = recipe.optimizer.groups
+    assert (backbone.prefix, backbone.frozen_epochs, backbone.lr) == ("backbone.", 5, 5e-6)
+    assert (head.prefix, head.lr, head.after_epochs, head.lr_after) == ("head.", 1e-3, 5, 1e-4)
+    assert (neck.lr, neck.after_epochs, neck.lr_after) == (1e-3, 5, 1e-4)
+
+
+PHASED = """
+extends = "{tiny}"
+[optimizer]
+lr = 0.01
+[[optimizer.groups]]
+prefix = "0."
+frozen_epochs = 1
+lr = 0.001
+[[optimizer.groups]]
+prefix = "2."
+lr = 0.01
+after_epochs = 1
+lr_after = 0.001
+[train]
+epochs = 2
+[schedule]
+use = "constant"
+warmup_steps = 0
+"""
+
+
+def test_phased_groups_freeze_then_train_and_switch_lr_after_the_epochs(tmp_path):
+    import attrs
+
+    path = tmp_path / "phased.toml"
+    path.write_text(PHASED.format(tiny=TINY.as_posix()))
+    built = build(rc.load(path, sets=["callbacks=[]", "loggers.console=false"]))
+    template, at = built.template, built.batches                    # one epoch of updates
+    one = fit(template, attrs.evolve(built.loop, epochs=1))
+    assert torch.equal(one.params["0.weight"], template.params["0.weight"])        # frozen in epoch 1
+    assert not torch.equal(one.params["2.weight"], template.params["2.weight"])
+    two = fit(template, built.loop)
+    assert not torch.equal(two.params["0.weight"], one.params["0.weight"])          # trains in epoch 2
+    opt, params = template.optimizer, template.params
+    state = opt.init(params)
+    assert opt.lrs(state)["2"] == pytest.approx(0.01) and not opt.trains_in(state)("0.weight")
+    zeros = {k: torch.zeros_like(v) for k, v in params.items() if not k.startswith("0.")}
+    for _ in range(at):
+        params, state = opt.update(zeros, state, params)
+    assert opt.trains_in(state)("0.weight")                                         # the switch is due
+    params, state = opt.update({k: torch.zeros_like(v) for k, v in params.items()}, state, params)
+    lrs = opt.lrs(state)
+    assert lrs["2"] == pytest.approx(0.001) and lrs["0"] == pytest.approx(0.001) and lrs["default"] == 0.01
+
+
+@pytest.mark.parametrize("group, text", [
+    ('prefix = "2."\nlr_after = 0.1\n', "optimizer.groups[0].after_epochs: after_epochs and lr_after go together"),
+    ('prefix = "2."\nafter_epochs = 2\n', "optimizer.groups[0].lr_after: after_epochs and lr_after go together"),
+    ('prefix = "2."\nfrozen = true\nfrozen_epochs = 2\n', "optimizer.groups[0].frozen: a frozen group takes no lr"),
+    ('prefix = "2."\nfrozen_epochs = 1\nafter_epochs = 2\nlr_after = 0.1\n',
+     "optimizer.groups[0].after_epochs: give frozen_epochs or after_epochs, not both"),
+])
+def test_phased_groups_reject_inconsistent_keys(tmp_path, group, text):
+    path = tmp_path / "bad.toml"
+    path.write_text(f'extends = "{TINY.as_posix()}"\n[[optimizer.groups]]\n{group}')
+    with pytest.raises(RecipeError, match=re.escape(text)):
+        build(rc.load(path))
+
+
+def test_batches_move_to_the_recipe_device():
+    batch = (torch.zeros(2, 3), [{"boxes": torch.zeros(1, 4), "labels": torch.zeros(1, dtype=torch.int64)}], "x")
+    moved = to_device(batch, "meta")
+    assert moved[0].device.type == "meta" and moved[1][0]["boxes"].device.type == "meta" and moved[2] == "x"
+    data = OnDevice(make_data(rc.load(TINY))[0], "meta")
+    assert len(data) == 8 and next(iter(data.batches(0, 0)))[0].device.type == "meta"
+    if not torch.cuda.is_available():
+        with pytest.raises(RecipeError, match=r"run.device: CUDA is not available here"):
+            build(rc.load(TINY, sets=["run.device=cuda"]))
+    with pytest.raises(RecipeError, match=r"run.device: not a device"):
+        build(rc.load(TINY, sets=["run.device=toaster"]))
+
+
+def test_skipped_bad_files_are_counted_in_the_run_summary(exported, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(exported.parent, data)
+    yaml = data / "data.yaml"
+    yaml.write_text(yaml.read_text().replace(str(exported.parent), str(data)))
+    (data / "labels" / "val" / "val_000000.txt").write_text("0 0.5 0.5 2.0 0.3\n")       # box outside the image
+    (data / "labels" / "train" / "orphan.txt").write_text("0 0.5 0.5 0.2 0.2\n")         # label without an image
+    recipe = rc.load(DEFAULT, sets=SMALL + ["data.use=yolo_dataset", f"data.params={{data_yaml = '{yaml}', "
+                                                                      "size = 64, augment = false}",
+                                            "loggers.tensorboard=false", "loggers.plots=false",
+                                            "loggers.console=false", "callbacks=[]"])
+    run = tmp_path / "run"
+    built = build(recipe, run)
+    assert any("2 bad file(s) or label line(s) skipped" in n for n in built.notes)
+    fit(built.template, built.loop)
+    summary = (run / "summary.md").read_text()
+    assert "## Data" in summary and "2 bad file(s) or label line(s) skipped" in summary
+    listed = (run / "data-problems.txt").read_text().splitlines()
+    assert len(listed) == 2 and any("orphan.txt" in line and "missing image" in line for line in listed)
+    assert any("val_000000.txt:1: box outside the image" in line for line in listed)
