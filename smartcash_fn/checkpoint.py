@@ -148,6 +148,18 @@ def from_tree(tree: Mapping[str, Any], like: TrainState | None = None, where: st
     )
 
 
+def structure(x: Any) -> Any:
+    """The nested shape of ``x`` with each tensor as ``("tensor", shape, dtype)``: to check that two
+    optimizer states fit each other before one replaces the other (``structure(a) == structure(b)``)."""
+    if isinstance(x, torch.Tensor):
+        return ("tensor", tuple(x.shape), str(x.dtype))
+    if isinstance(x, Mapping):
+        return {k: structure(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [structure(v) for v in x]
+    return type(x).__name__
+
+
 # --------------------------------------------------------------------------- digest
 
 

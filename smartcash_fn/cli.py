@@ -122,18 +122,6 @@ def _state_from(ckpt: Path, obj: dict[str, Any], like: Any) -> Any:
         raise CheckpointError(f"{ckpt}: the checkpoint's state is malformed ({type(e).__name__}: {e})") from None
 
 
-def _shape_of(x: Any) -> Any:
-    import torch
-
-    if isinstance(x, torch.Tensor):
-        return ("tensor", tuple(x.shape), str(x.dtype))
-    if isinstance(x, dict):
-        return {k: _shape_of(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_shape_of(v) for v in x]
-    return type(x).__name__
-
-
 # --------------------------------------------------------------------------- output
 
 
@@ -221,7 +209,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     built = build(recipe, run_dir, quiet=args.quiet)
     state = _state_from(ckpt, obj, built.template)
     if fork:
-        mismatch = _first_difference(_shape_of(built.template.opt_state), _shape_of(state.opt_state), "opt_state")
+        mismatch = _first_difference(checkpoint.structure(built.template.opt_state), checkpoint.structure(state.opt_state), "opt_state")
         if mismatch:
             raise RecipeError(
                 f"--set {' '.join(args.sets) or '(none)'}: the forked recipe changes the optimizer's state (first at "

@@ -435,7 +435,7 @@ class TrainingPipeline:
         except (KeyError, TypeError) as e:
             raise CheckpointError(f"{ckpt}: the checkpoint's state is malformed "
                                   f"({type(e).__name__}: {e})") from None
-        mismatch = _first_difference(_structure(built.template.opt_state), _structure(state.opt_state), "opt_state")
+        mismatch = _first_difference(checkpoint.structure(built.template.opt_state), checkpoint.structure(state.opt_state), "opt_state")
         if mismatch is not None:
             raise RecipeError(f"{recipe.where('optimizer')}: the config's optimizer does not fit {ckpt} (first at "
                               f"{mismatch.path}); resume with the optimizer and parameter groups it was trained with")
@@ -499,16 +499,3 @@ class TrainingPipeline:
 
     def _see(self, state: TrainState) -> None:
         self._state = state
-
-
-def _structure(x: Any) -> Any:
-    """The nested structure of ``x`` with each tensor as its shape and dtype (to compare optimizer states)."""
-    import torch
-
-    if isinstance(x, torch.Tensor):
-        return ("tensor", tuple(x.shape), str(x.dtype))
-    if isinstance(x, Mapping):
-        return {k: _structure(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_structure(v) for v in x]
-    return type(x).__name__
