@@ -45,17 +45,26 @@ def _as_uint8(image: torch.Tensor) -> torch.Tensor:
 
 def draw_boxes(image: torch.Tensor, detections: Any = None, target: Any = None,
                class_names: Sequence[str] = (), layers: Mapping[str, Sequence[str]] | None = None,
-               conf: float = 0.25, width: int = 2) -> torch.Tensor:
+               conf: float = 0.25, width: int = 2, scale: int = 1) -> torch.Tensor:
     """``image`` (float in [0, 1] or uint8, ``[3, H, W]``) with true boxes (white, thin) and predictions drawn.
 
     Predictions scoring at least ``conf`` are labelled ``"<class> <score>"``
-    and coloured by layer (:data:`LAYER_COLOURS`)::
+    and coloured by layer (:data:`LAYER_COLOURS`); ``scale`` enlarges a small
+    image (nearest pixel) first, so the labels stay readable::
 
         drawn = draw_boxes(images[0], Detections(boxes, scores, labels), {"boxes": b, "labels": l}, CLASSES)
     """
     from torchvision.utils import draw_bounding_boxes
 
     out = _as_uint8(image)
+    if scale > 1:
+        out = out.repeat_interleave(scale, dim=-2).repeat_interleave(scale, dim=-1)
+        if detections is not None:
+            d = as_detections(detections)
+            detections = Detections(d.boxes.detach().float() * scale, d.scores, d.labels)
+        if target is not None:
+            t = as_targets(target)
+            target = {"boxes": t.boxes.detach().float() * scale, "labels": t.labels}
     layer_of = {n: layer for layer, names in (layers or {}).items() for n in names}
 
     def name(i: int) -> str:
@@ -85,7 +94,7 @@ def samples_figure(images: Sequence[torch.Tensor], titles: Sequence[str] | None 
         raise StateError("samples_figure: no images to show")
     cols = max(1, min(columns, len(images)))
     rows = math.ceil(len(images) / cols)
-    fig = Figure(figsize=(3.2 * cols, 3.3 * rows + 0.4), dpi=100, layout="constrained")
+    fig = Figure(figsize=(4.0 * cols, 4.1 * rows + 0.4), dpi=100, layout="constrained")
     for i, image in enumerate(images):
         ax = fig.add_subplot(rows, cols, i + 1)
         ax.imshow(image.permute(1, 2, 0).cpu().numpy(), interpolation="nearest")
@@ -170,7 +179,8 @@ def detection_plots(run_dir: str | os.PathLike | None, val_data: Any, groups: Ma
         figures = report_figures(report)
         if samples:
             images, targets = _first_images(val_data.batches(state.seed, 0, 0), samples)
-            drawn = [draw_boxes(img, d, t, names, layers, conf=max(pr_conf, conf))
+            scale = max(1, -(-384 // max(1, int(images[0].shape[-1])))) if images else 1
+            drawn = [draw_boxes(img, d, t, names, layers, conf=max(pr_conf, conf), scale=scale)
                      for img, d, t in zip(images, dets, targets)]
             figures.append(("val_samples", samples_figure(drawn)))
         run_folder(folder, name)

@@ -268,3 +268,23 @@ def test_skipped_bad_files_are_counted_in_the_run_summary(exported, tmp_path):
     listed = (run / "data-problems.txt").read_text().splitlines()
     assert len(listed) == 2 and any("orphan.txt" in line and "missing image" in line for line in listed)
     assert any("val_000000.txt:1: box outside the image" in line for line in listed)
+
+
+def test_plot_pieces_draw_boxes_and_make_figures():
+    from smartcash_fn.detection_plots import draw_boxes, report_figures, samples_figure
+    from smartcash_fn.metrics import Detections, evaluate
+
+    image = torch.zeros(3, 32, 32)
+    truth = {"boxes": torch.tensor([[4.0, 4.0, 20.0, 20.0]]), "labels": torch.tensor([0])}
+    dets = Detections(torch.tensor([[5.0, 5.0, 21.0, 21.0], [0.0, 0.0, 8.0, 8.0]]), torch.tensor([0.9, 0.1]),
+                      torch.tensor([0, 15]))
+    drawn = draw_boxes(image, dets, truth, rupiah.CLASSES, rupiah.LAYERS, conf=0.25, scale=2)
+    assert drawn.dtype == torch.uint8 and drawn.shape == (3, 64, 64)
+    assert drawn[:, 8, 20].tolist() == [255, 255, 255]                 # the true box's top edge, scaled 2x
+    assert drawn[:, 10, 30].tolist() == [255, 59, 48]                  # the banknote prediction, red
+    assert drawn[:, 1, 1].tolist() == [0, 0, 0]                        # the low-score prediction is not drawn
+    fig = samples_figure([drawn, drawn, drawn])
+    assert len(fig.axes) == 3
+    report = evaluate([dets], [truth], rupiah.CLASSES, rupiah.LAYERS)
+    names = [n for n, _ in report_figures(report)]
+    assert names == ["pr_curves", "confusion_matrix"]
