@@ -212,13 +212,13 @@ def evaluation_data(det: LoadedDetector, split: str = "val", scenario: str | Non
                 f"synthetic {split} split: {count} scenes, scenario {scen}, seed {seed}, {det.image_size} px")
     if scenario is not None:
         raise DataError(f"--scenario {scenario}: scenarios are the synthetic data's; {det.data_yaml} is a YOLO dataset")
+    if n is not None:
+        raise DataError("--n applies to the synthetic data only; a YOLO split is evaluated whole")
     spec = read_data_yaml(Path(det.data_yaml))
     ds = YoloDataset.scan(spec, split, size=det.image_size, on_bad="skip")
     _, _, table = layer_order(spec.names)
     data = ds if table == tuple(range(len(table))) else Relabeled(ds, table)
     skipped = f", {len(ds.problems)} bad file(s)/line(s) skipped" if ds.problems else ""
-    if n is not None:
-        raise DataError("--n applies to the synthetic data only; a YOLO split is evaluated whole")
     return data, f"{spec.source} {split} split: {len(ds)} images{skipped}, {det.image_size} px"
 
 
