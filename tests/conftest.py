@@ -97,3 +97,13 @@ def xy() -> tuple[torch.Tensor, torch.Tensor]:
 def images() -> tuple[torch.Tensor, torch.Tensor]:
     """Tiny image data for :func:`make_cnn` (32 samples)."""
     return tiny_images()
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Run a test module with one torch thread: its tensors are tiny, and on a shared 2-core machine
+    a second intra-op thread costs up to 10x. Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

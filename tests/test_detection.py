@@ -31,13 +31,7 @@ OFF = -20.0  # a logit whose sigmoid is ~2e-9: "no object", "not this class"
 ON = 20.0
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny convolutions gain nothing from a second thread; on a shared 2-core machine it costs 10x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_detector(**kw) -> Detector:

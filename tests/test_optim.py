@@ -25,18 +25,7 @@ from smartcash_fn import schedule as S
 STEPS = 100
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Run this module's tiny models on one intra-op thread, then restore the setting.
-
-    Tensors this small gain nothing from threads, and on a busy 2-core machine
-    OpenMP's waiting between threads made this file ten times slower.
-    Both sides of every comparison run under the same setting.
-    """
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_model() -> torch.nn.Module:

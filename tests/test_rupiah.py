@@ -27,13 +27,7 @@ from smartcash_fn.yolo_export import data_yaml, export_synthetic, read_labels, s
 SIZE = 128
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Rendering uses small tensors; on a shared 2-core machine a second intra-op thread costs ~10x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def same_scene(a: R.Scene, b: R.Scene) -> bool:
