@@ -21,7 +21,7 @@ batch size (256 px and 16 when the default recipe is not a detector recipe):
   (or ``RupiahScenes`` with ``Jitter``), and the same with ``yolo.Augment``
   (torchvision v2 flip, affine and colour jitter on image and boxes); a whole
   epoch each, worker start-up included, as the loop sees it;
-- **evaluator** — ``smartcash_fn.metrics.evaluate`` against pycocotools on
+- **evaluator** — ``smartcash_fn.smartcash.metrics.evaluate`` against pycocotools on
   the same generated detections (``benchmarks/map_eval.py``'s scenes and
   runners), one torch thread, best of ``--repeats``; also checks that mAP
   agrees within 1e-4.
@@ -58,11 +58,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import map_eval  # noqa: E402  (benchmarks/map_eval.py: the pycocotools comparison)
-from smartcash_fn import metrics as M  # noqa: E402
-from smartcash_fn import rupiah  # noqa: E402
+from smartcash_fn.smartcash import metrics as M  # noqa: E402
+from smartcash_fn.smartcash import scenes as rupiah  # noqa: E402
 from smartcash_fn.data import LoaderData  # noqa: E402
-from smartcash_fn.detection import Layout, decode, detection_loss  # noqa: E402
-from smartcash_fn.detector import Detector  # noqa: E402
+from smartcash_fn.smartcash.detection import Layout, decode, detection_loss  # noqa: E402
+from smartcash_fn.smartcash.detector import Detector  # noqa: E402
 from smartcash_fn.errors import UserError  # noqa: E402
 from smartcash_fn.optim import adamw  # noqa: E402
 from smartcash_fn.state import TrainState  # noqa: E402
@@ -112,8 +112,8 @@ def recipe_setup(recipe_path: Path, backbone: str) -> Setup | None:
 
     ``recipe_setup(cli.DEFAULT_RECIPE, "cspdarknet")``
     """
-    from smartcash_fn.build import build
-    from smartcash_fn.recipe import load
+    from smartcash_fn.run.build import build
+    from smartcash_fn.run.recipe import load
 
     plain = load(recipe_path)
     if plain.data.use not in ("rupiah_synthetic", "yolo_dataset") and ":" not in plain.model.use \
@@ -267,12 +267,12 @@ class BoxAugment:
 def scene_pipelines(recipe_path: Path | None, size: int | None, images: int) -> list[tuple[str, LoaderData]]:
     """The loaders to time: the recipe's training scenes as it renders them (cut to ``images``; else RupiahScenes
     with Jitter), and the same scenes with ``yolo.Augment`` (torchvision v2) on image and boxes."""
-    from smartcash_fn.yolo import Augment
+    from smartcash_fn.smartcash.yolo import Augment
 
     data = None
     if recipe_path is not None and size is None:
-        from smartcash_fn.build import make_data
-        from smartcash_fn.recipe import load
+        from smartcash_fn.run.build import make_data
+        from smartcash_fn.run.recipe import load
 
         try:
             train, _, _ = make_data(load(recipe_path))
@@ -313,7 +313,7 @@ def measure_data(recipe_path: Path | None, size: int | None, images: int, worker
 
 
 def measure_evaluator(images: int, repeats: int, seed: int = 0) -> dict[str, Any]:
-    """smartcash_fn.metrics.evaluate against pycocotools (default and same-work) on map_eval's generated scenes."""
+    """smartcash_fn.smartcash.metrics.evaluate against pycocotools (default and same-work) on map_eval's generated scenes."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -1,4 +1,4 @@
-"""COCO mAP: smartcash_fn.metrics against pycocotools on the same detections.
+"""COCO mAP: smartcash_fn.smartcash.metrics against pycocotools on the same detections.
 
 A generated validation set shaped like SmartCash's (17 classes in three
 layers; 1-3 notes per image, each with its banknote box, its numeral box and
@@ -12,7 +12,7 @@ low-scoring boxes, 10-100 per image) is evaluated by:
   maxDets 1/10/100) — how it is usually run;
 - **pycocotools (same work)**: the same with only area 'all' and maxDets 100,
   the numbers this library computes;
-- **smartcash_fn**: :func:`smartcash_fn.metrics.evaluate` (COCO AP plus
+- **smartcash_fn**: :func:`smartcash_fn.smartcash.metrics.evaluate` (COCO AP plus
   P/R/F1 and the confusion matrix) from the per-image tensors.
 
 Each is timed best of ``--repeats``; the script prints the times, the
@@ -43,7 +43,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from smartcash_fn import metrics as M  # noqa: E402
+from smartcash_fn.smartcash import metrics as M  # noqa: E402
 
 CLASSES = ("001", "002", "005", "010", "020", "050", "100",
            "l2_001", "l2_002", "l2_005", "l2_010", "l2_020", "l2_050", "l2_100",

@@ -26,7 +26,7 @@ What runs, in order (nothing is downloaded):
    of its own holding a copy of matplotlib's DejaVu Sans as ``Arial.ttf``,
    so it never tries to fetch a font. Both sides get ``--threads`` torch
    threads (default the CPU count; Ultralytics alone would pick one fewer).
-4. **Evaluation**, the same for both, with ``smartcash_fn.metrics.evaluate``
+4. **Evaluation**, the same for both, with ``smartcash_fn.smartcash.metrics.evaluate``
    against the exported label files: each model's best checkpoint (by its own
    validation fitness: ``checkpoints/best.pt`` / ``weights/best.pt``) predicts
    every validation image one at a time (decoded PNG in memory; conf 0.001,
@@ -67,11 +67,12 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from map_eval import machine  # noqa: E402
-from smartcash_fn import checkpoint, rupiah  # noqa: E402
-from smartcash_fn import metrics as M  # noqa: E402
-from smartcash_fn.detection import Layout, decode  # noqa: E402
+from smartcash_fn import checkpoint  # noqa: E402
+from smartcash_fn.smartcash import scenes as rupiah  # noqa: E402
+from smartcash_fn.smartcash import metrics as M  # noqa: E402
+from smartcash_fn.smartcash.detection import Layout, decode  # noqa: E402
 from smartcash_fn.errors import UserError  # noqa: E402
-from smartcash_fn.yolo_export import export_synthetic, read_labels, split_sizes  # noqa: E402
+from smartcash_fn.smartcash.export import export_synthetic, read_labels, split_sizes  # noqa: E402
 
 SCENARIO_NAMES = tuple(k for k, v in rupiah.SCENARIOS.items() if not isinstance(v, tuple))
 """The five evaluation scenarios (``"mixed"``, their union, is the main validation set)."""
@@ -92,8 +93,8 @@ def recipe_scenes(recipe_path: Path, sets: Sequence[str]) -> dict[str, Any]:
 
     ``recipe_scenes(DEFAULT_RECIPE, [])["size"]`` is the input size both detectors use.
     """
-    from smartcash_fn.build import make_data
-    from smartcash_fn.recipe import load
+    from smartcash_fn.run.build import make_data
+    from smartcash_fn.run.recipe import load
 
     recipe = load(recipe_path, sets)
     train, val, info = make_data(recipe)
@@ -163,7 +164,7 @@ def val_set(data_yaml: Path, size: int) -> tuple[list[Path], list[np.ndarray], l
     """
     from PIL import Image
 
-    from smartcash_fn.yolo import label_path, read_data_yaml
+    from smartcash_fn.smartcash.yolo import label_path, read_data_yaml
 
     spec = read_data_yaml(data_yaml)
     unknown = [n for n in spec.names if n not in rupiah.CLASSES]
@@ -208,8 +209,8 @@ def ours_predictor(ckpt: Path, conf: float, iou: float, max_det: int, scenes: di
     With ``scenes`` (from :func:`recipe_scenes`), the checkpoint's own validation scenes must be rendered alike
     (seed, size, scenario), so that it is judged on scenes of the kind it was validated on.
     """
-    from smartcash_fn.build import build, make_data
-    from smartcash_fn.recipe import from_dict
+    from smartcash_fn.run.build import build, make_data
+    from smartcash_fn.run.recipe import from_dict
 
     obj = checkpoint.read(ckpt)
     tree = obj["state"].get("recipe")
@@ -463,7 +464,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def quick_sets(recipe_path: Path) -> list[str]:
     """The ``--set`` overrides that shrink a ``rupiah_synthetic`` recipe to the smoke check's size."""
-    from smartcash_fn.recipe import load
+    from smartcash_fn.run.recipe import load
 
     recipe = load(recipe_path)
     sets = [f"train.epochs={QUICK['epochs']}"]

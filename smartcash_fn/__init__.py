@@ -10,9 +10,7 @@ a resumed or replayed run reaches the same bits as the run that never stopped::
     state = sf.fit(state, loop)
 """
 
-__version__ = "0.1.0"
-
-from .callbacks import (  # noqa: E402
+from .callbacks import (
     Monitor,
     checkpointing,
     early_stopping,
@@ -22,16 +20,20 @@ from .callbacks import (  # noqa: E402
     record_steps,
     reduce_on_plateau,
 )
-from .checkpoint import load, read, save  # noqa: E402
-from .data import Batches, LoaderData, TensorData  # noqa: E402
-from .errors import CheckpointError, DataError, RecipeError, StateError, UserError  # noqa: E402
-from .events import EVENTS, Callback, emit, on  # noqa: E402
-from .loop import Evaluator, Loop, Validation, classification_metrics, fit, per_sample  # noqa: E402
-from .optim import Optimizer, adam, adamw, frozen, label_by_prefix, multi_transform, sgd, switch  # noqa: E402
-from .replay import Difference, replay, resume, verify  # noqa: E402
-from .state import Best, History, Progress, RunInfo, Stop, TrainState  # noqa: E402
-from .step import Step, accumulate, bf16, classification_loss, clip, ema, fp16, make_step  # noqa: E402
-from . import schedule  # noqa: E402
+from .checkpoint import load, read, save
+from .data import Batches, LoaderData, TensorData
+from .errors import CheckpointError, DataError, RecipeError, StateError, UserError
+from .events import EVENTS, Callback, emit, on
+from .loop import Evaluator, Loop, Validation, classification_metrics, fit, per_sample
+from .optim import Optimizer, adam, adamw, frozen, label_by_prefix, multi_transform, sgd, switch
+from .replay import Difference, replay, resume, verify
+from .state import Best, History, Progress, RunInfo, Stop, TrainState
+from .step import Step, accumulate, bf16, classification_loss, clip, ema, fp16, make_step
+from . import rng, schedule
+from ._version import __version__
+from . import _moved
+
+_moved.install()
 
 __all__ = [
     "EVENTS", "Batches", "Best", "Callback", "CheckpointError", "DataError", "Difference", "Evaluator",

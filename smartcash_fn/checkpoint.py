@@ -23,7 +23,7 @@ from typing import Any, Mapping
 
 import torch
 
-from . import __version__
+from ._version import __version__
 from .errors import CheckpointError, StateError
 from .state import Best, History, Progress, Stop, TrainState
 

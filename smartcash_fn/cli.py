@@ -28,7 +28,8 @@ from typing import Any, Sequence
 
 import attrs
 
-from . import __version__, checkpoint
+from . import checkpoint
+from ._version import __version__
 from .errors import CheckpointError, RecipeError, UserError
 
 DEFAULT_RECIPE = Path(__file__).resolve().parent / "recipes" / "default.toml"
@@ -105,7 +106,7 @@ def find_checkpoint(target: str | os.PathLike) -> tuple[Path, dict[str, Any], li
 
 
 def _recipe_of(ckpt: Path, obj: dict[str, Any], sets: Sequence[str] = ()):
-    from .recipe import from_dict
+    from .run.recipe import from_dict
 
     tree = obj["state"].get("recipe")
     if not tree:
@@ -158,9 +159,9 @@ def _header(action: str) -> str:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """``train [RECIPE] [--set K=V]... [--out DIR]``: a new run in a new folder."""
-    from .build import build, probe
+    from .run.build import build, probe
     from .loop import fit
-    from .recipe import load, write
+    from .run.recipe import load, write
 
     recipe = load(args.recipe or DEFAULT_RECIPE, args.sets)
     if args.out:
@@ -182,9 +183,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_resume(args: argparse.Namespace) -> int:
     """``resume CKPT_OR_RUN_DIR [--set K=V]... [--out DIR]``: go on from a checkpoint; with changes, as a fork."""
-    from .build import build
+    from .run.build import build
     from .loop import fit
-    from .recipe import parse_set, to_dict, write
+    from .run.recipe import parse_set, to_dict, write
     from .replay import _first_difference
 
     ckpt, obj, skipped = find_checkpoint(args.target)
@@ -236,7 +237,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     """``replay CKPT --to-step N [--verify OTHER]``: recompute a later state; 0 when it matches OTHER bit for bit."""
-    from .build import build
+    from .run.build import build
     from .replay import replay, verify, writer_names
 
     ckpt = Path(args.checkpoint)
@@ -273,8 +274,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     """``check RECIPE [--set K=V]...``: validate, print the resolved recipe, the composed step and callbacks."""
-    from .build import build, describe, probe
-    from .recipe import load, to_toml
+    from .run.build import build, describe, probe
+    from .run.recipe import load, to_toml
 
     recipe = load(args.recipe, args.sets)
     with tempfile.TemporaryDirectory() as tmp:
@@ -303,7 +304,7 @@ def inspect_info(path: str | os.PathLike) -> dict[str, Any]:
     best = st.get("best")
     epochs = st["history"]["epochs"]
     params = st["params"]
-    from .sinks import plain
+    from .report.sinks import plain
 
     return plain({
         "path": str(path),
@@ -329,7 +330,7 @@ def inspect_info(path: str | os.PathLike) -> dict[str, Any]:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     """``inspect CKPT [--json]``: what a checkpoint holds."""
-    from .recipe import dumps
+    from .run.recipe import dumps
 
     info = inspect_info(args.checkpoint)
     if args.json:
@@ -374,7 +375,7 @@ def _json_value(v: Any) -> Any:
 
 
 def _write_json(path: Path, data: Any) -> Path:
-    from .sinks import write_text_atomic
+    from .report.sinks import write_text_atomic
 
     path.parent.mkdir(parents=True, exist_ok=True)
     return write_text_atomic(path, json.dumps(_json_value(data), indent=2) + "\n")
@@ -382,7 +383,7 @@ def _write_json(path: Path, data: Any) -> Path:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """``eval CKPT [--data DATA_YAML] [--split val|test] [--scenario NAME] [--json PATH]``: the table and its JSON."""
-    from .inference import evaluate_split, load_detector
+    from .smartcash.inference import evaluate_split, load_detector
 
     det = load_detector(args.checkpoint, data_yaml=args.data)
     result = evaluate_split(det, split=args.split, scenario=args.scenario, n=args.n, batch_size=args.batch_size,
@@ -398,8 +399,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     """``predict CKPT IMAGE_OR_DIR... --out DIR [--conf C]``: images with their boxes drawn, and detections.json."""
     from PIL import Image
 
-    from .detection_plots import draw_boxes
-    from .inference import image_files, load_detector, predict_files
+    from .smartcash.plots import draw_boxes
+    from .smartcash.inference import image_files, load_detector, predict_files
 
     det = load_detector(args.checkpoint)
     files = image_files(args.inputs)
@@ -432,7 +433,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_export_synthetic(args: argparse.Namespace) -> int:
     """``data export-synthetic --out DIR --n N [--size S] [--seed K]``: synthetic scenes as a YOLO dataset."""
-    from .yolo_export import export_synthetic
+    from .smartcash.export import export_synthetic
 
     step = max(1, args.n // 10)
 

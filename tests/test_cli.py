@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from smartcash_fn import checkpoint, recipe as rc
-from smartcash_fn.build import build
+from smartcash_fn import checkpoint
+from smartcash_fn.run import recipe as rc
+from smartcash_fn.run.build import build
 from smartcash_fn.replay import verify, writer_names
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -17,8 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from smartcash_fn import checkpoint, recipe as rc, rupiah
-from smartcash_fn.build import build
+from smartcash_fn import checkpoint
+from smartcash_fn.run import recipe as rc
+from smartcash_fn.smartcash import scenes as rupiah
+from smartcash_fn.run.build import build
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = ROOT / "recipes" / "rupiah_synthetic.toml"
@@ -189,7 +191,7 @@ def test_eval_and_predict_refuse_bad_input(tmp_path, monkeypatch, capsys):
 
 
 def test_eval_on_a_yolo_dataset_and_a_dataset_that_does_not_fit(tmp_path, monkeypatch, capsys):
-    from smartcash_fn.yolo_export import export_synthetic
+    from smartcash_fn.smartcash.export import export_synthetic
 
     monkeypatch.chdir(tmp_path)
     yaml = export_synthetic(tmp_path / "data", n=6, size=64, image_format="png")

@@ -19,9 +19,9 @@ import pytest
 import torch
 
 import smartcash_fn as sf
-from smartcash_fn.compat import CALLBACK_ARGUMENTS, TrainingPipeline, best_val_loss, old_name, old_style
+from smartcash_fn.smartcash.compat import CALLBACK_ARGUMENTS, TrainingPipeline, best_val_loss, old_name, old_style
 from smartcash_fn.errors import RecipeError, StateError
-from smartcash_fn.recipe import load as load_recipe
+from smartcash_fn.run.recipe import load as load_recipe
 
 BATCHES = 8  # 256 samples / batch size 32
 

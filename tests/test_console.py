@@ -17,7 +17,7 @@ import torch
 
 import smartcash_fn as sf
 from conftest import make_mlp, tiny_xy
-from smartcash_fn.console import (
+from smartcash_fn.report.console import (
     LOGGER_NAME,
     MARKS,
     Style,

@@ -20,9 +20,9 @@ import pytest
 import torch
 import torchvision
 
-from smartcash_fn.detection import (LEVEL_BALANCE, Detections, Layout, LossWeights, _positives, box_decode, decode,
+from smartcash_fn.smartcash.detection import (LEVEL_BALANCE, Detections, Layout, LossWeights, _positives, box_decode, decode,
                                     detection_loss, level_of)
-from smartcash_fn.detector import BACKBONES, STRIDES, Detector, backbone
+from smartcash_fn.smartcash.detector import BACKBONES, STRIDES, Detector, backbone
 from smartcash_fn.errors import StateError, UserError
 
 GROUPS = {"banknote": 7, "nominal": 7, "security": 3}

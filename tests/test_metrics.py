@@ -1,7 +1,7 @@
 """Detection metrics against pycocotools, and the numbers built on them.
 
 Every AP comparison builds the same scene twice: as tensors for
-:mod:`smartcash_fn.metrics` and as COCO json dicts for pycocotools'
+:mod:`smartcash_fn.smartcash.metrics` and as COCO json dicts for pycocotools'
 ``COCOeval`` (bbox, default params), and compares AP per class and IoU
 threshold (from ``eval['precision']``, area 'all', maxDets 100) and the
 summary ``stats[0]``/``stats[1]`` within 1e-4, as the metric promises. The
@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from smartcash_fn import metrics as M
+from smartcash_fn.smartcash import metrics as M
 from smartcash_fn.callbacks import Monitor, early_stopping
 from smartcash_fn.data import Batches, TensorData
 from smartcash_fn.errors import DataError, StateError

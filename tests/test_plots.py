@@ -10,9 +10,9 @@ from matplotlib.image import imread
 
 import smartcash_fn as sf
 from conftest import make_mlp, tiny_xy
-from smartcash_fn import plots
+from smartcash_fn.report import plots
 from smartcash_fn.events import Callback
-from smartcash_fn.plots import (
+from smartcash_fn.report.plots import (
     BEST_GID,
     confusion_matrix_figure,
     curves_figure,

@@ -12,9 +12,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from smartcash_fn import recipe as rc
-from smartcash_fn import registry
-from smartcash_fn.build import build, describe, probe
+from smartcash_fn.run import recipe as rc
+from smartcash_fn.run import registry
+from smartcash_fn.run.build import build, describe, probe
 from smartcash_fn.errors import RecipeError
 from smartcash_fn.loop import fit
 
@@ -260,7 +260,7 @@ def test_registry_resolves_short_names_and_import_paths():
     assert registry.resolve("step", "smartcash_fn.step:clip", "x") is step.clip
     assert registry.resolve("loss", "smartcash_fn.step:classification_loss", "x") is step.classification_loss
     assert set(registry.names("schedule")) == {"constant", "step", "multistep", "cosine", "warmup_cosine", "one_cycle"}
-    for kind, table in registry.BUILTINS.items():       # every built-in resolves
+    for kind, table in registry.builtins().items():       # every built-in resolves
         for name in table:
             assert callable(registry.resolve(kind, name, "x"))
 
@@ -313,7 +313,7 @@ def test_schedule_total_steps_is_derived_from_epochs_batches_and_accumulation(tm
     write(tmp_path, "base.toml", MINIMAL)
     path = write(tmp_path, "r.toml", 'extends = "base.toml"\n[train]\nepochs = 3\naccumulate = 2\n'
                                      '[schedule]\nuse = "cosine"\n')
-    from smartcash_fn.build import make_schedule
+    from smartcash_fn.run.build import make_schedule
 
     built = build(rc.load(path))
     assert built.batches == 4 and built.updates == 6          # 64 samples / 16 = 4 batches; 3 * 4 / 2
@@ -467,7 +467,7 @@ def test_dumps_writes_special_floats_and_arrays_of_tables():
 def test_readme_reference_is_in_sync_with_the_schema():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert rc.with_reference(readme) == readme, (
-        "README.md's recipe reference is stale; run: python -m smartcash_fn.recipe --update-readme")
+        "README.md's recipe reference is stale; run: python -m smartcash_fn.run.recipe --update-readme")
 
 
 def test_reference_lists_every_key():
@@ -490,7 +490,7 @@ def test_reference_lists_every_key():
     assert len(listed) > 60
     for key in listed:
         assert f"`{key}`" in ref, key
-    for kind, table in registry.BUILTINS.items():
+    for kind, table in registry.builtins().items():
         for name in table:
             assert f"`{name}`" in ref
 

@@ -19,10 +19,10 @@ import pytest
 import torch
 from PIL import Image
 
-from smartcash_fn import rupiah as R
+from smartcash_fn.smartcash import scenes as R
 from smartcash_fn.data import LoaderData
 from smartcash_fn.errors import DataError
-from smartcash_fn.yolo_export import data_yaml, export_synthetic, read_labels, split_sizes, yolo_lines
+from smartcash_fn.smartcash.export import data_yaml, export_synthetic, read_labels, split_sizes, yolo_lines
 
 SIZE = 128
 

@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from smartcash_fn import recipe as rc
-from smartcash_fn import rupiah
-from smartcash_fn.build import OnDevice, build, filled_from, make_data, probe, to_device
+from smartcash_fn.run import recipe as rc
+from smartcash_fn.smartcash import scenes as rupiah
+from smartcash_fn.run.build import OnDevice, build, filled_from, make_data, probe, to_device
 from smartcash_fn.errors import DataError, RecipeError
 from smartcash_fn.loop import fit
-from smartcash_fn.rupiah_run import (DetectionLoss, Relabeled, detection, detection_metrics, detector,
+from smartcash_fn.smartcash.components import (DetectionLoss, Relabeled, detection, detection_metrics, detector,
                                      layer_order, rupiah_synthetic, yolo_dataset)
-from smartcash_fn.yolo_export import export_synthetic
+from smartcash_fn.smartcash.export import export_synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = ROOT / "recipes" / "rupiah_synthetic.toml"
@@ -271,8 +271,8 @@ def test_skipped_bad_files_are_counted_in_the_run_summary(exported, tmp_path):
 
 
 def test_plot_pieces_draw_boxes_and_make_figures():
-    from smartcash_fn.detection_plots import draw_boxes, report_figures, samples_figure
-    from smartcash_fn.metrics import Detections, evaluate
+    from smartcash_fn.smartcash.plots import draw_boxes, report_figures, samples_figure
+    from smartcash_fn.smartcash.metrics import Detections, evaluate
 
     image = torch.zeros(3, 32, 32)
     truth = {"boxes": torch.tensor([[4.0, 4.0, 20.0, 20.0]]), "labels": torch.tensor([0])}

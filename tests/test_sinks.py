@@ -19,7 +19,7 @@ import tomli
 import smartcash_fn as sf
 from conftest import make_mlp, tiny_xy
 from smartcash_fn.events import Callback
-from smartcash_fn.sinks import (
+from smartcash_fn.report.sinks import (
     csv_header,
     csv_log,
     csv_text,
@@ -31,7 +31,7 @@ from smartcash_fn.sinks import (
     tensorboard_figure,
     tensorboard_log,
 )
-from smartcash_fn.summary import recipe_block, summary_markdown, write_summary
+from smartcash_fn.report.summary import recipe_block, summary_markdown, write_summary
 
 BATCHES = 4
 
@@ -180,7 +180,7 @@ def test_resume_after_a_kill_gives_files_without_duplicates(tmp_path, resume_fro
 
 
 def test_tensorboard_scalars_and_images_read_back(tmp_path):
-    from smartcash_fn.plots import confusion_matrix_figure
+    from smartcash_fn.report.plots import confusion_matrix_figure
 
     def confusion(state):
         return confusion_matrix_figure([[3, 1], [0, 4]], ["a", "b"])
@@ -232,8 +232,8 @@ def test_tensorboard_every_steps_zero_logs_epochs_only(tmp_path):
 def test_writers_leave_the_state_bit_identical(tmp_path):
     import io
 
-    from smartcash_fn.console import console
-    from smartcash_fn.plots import plot_curves
+    from smartcash_fn.report.console import console
+    from smartcash_fn.report.plots import plot_curves
 
     base = (sf.keep_best(sf.Monitor("val/acc", "max")), sf.record_steps(2))
     plain = sf.fit(template(), make_loop(2, *base))
@@ -316,7 +316,7 @@ def test_summary_of_a_failed_run_and_an_untoml_recipe():
 
 
 def test_a_new_event_file_waits_for_the_next_second_only_when_needed(monkeypatch):
-    from smartcash_fn import sinks
+    from smartcash_fn.report import sinks
 
     slept = []
     monkeypatch.setattr(sinks, "time", SimpleNamespace(time=lambda: 100.25, sleep=slept.append))

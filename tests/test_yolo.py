@@ -17,8 +17,8 @@ import torch
 
 from smartcash_fn.data import LoaderData
 from smartcash_fn.errors import DataError
-from smartcash_fn.rupiah import CLASSES, LAYERS, collate
-from smartcash_fn.yolo import (PAD_VALUE, Augment, Problem, YoloDataset, group_layers, label_path, layer_of,
+from smartcash_fn.smartcash.scenes import CLASSES, LAYERS, collate
+from smartcash_fn.smartcash.yolo import (PAD_VALUE, Augment, Problem, YoloDataset, group_layers, label_path, layer_of,
                                letterbox, parse_labels, parse_yaml_subset, read_data_yaml)
 
 NAMES = ("001", "l2_001", "l3_sign")
@@ -391,8 +391,8 @@ def test_batches_are_the_same_with_zero_and_two_workers(tmp_path):
 
 @pytest.mark.parametrize("image_format", ["png", "jpg"])
 def test_reads_the_exported_synthetic_dataset(tmp_path, image_format):
-    yolo_export = pytest.importorskip("smartcash_fn.yolo_export")
-    from smartcash_fn.rupiah import scene
+    yolo_export = pytest.importorskip("smartcash_fn.smartcash.export")
+    from smartcash_fn.smartcash.scenes import scene
 
     yaml = yolo_export.export_synthetic(tmp_path / "rupiah's", n=7, seed=3, size=64, image_format=image_format)
     spec = read_data_yaml(yaml)

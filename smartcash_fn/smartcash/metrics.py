@@ -26,8 +26,8 @@ import attrs
 import numpy as np
 import torch
 
-from .errors import DataError, StateError
-from .loop import Evaluator
+from ..errors import DataError, StateError
+from ..loop import Evaluator
 
 # pycocotools builds its thresholds with np.linspace; the same calls give the same bits.
 _IOU = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1, endpoint=True)
@@ -78,7 +78,7 @@ def as_detections(x: Any, where: str = "detections") -> Detections:
     """
     if isinstance(x, Detections):
         return x
-    if all(hasattr(x, k) for k in ("boxes", "scores", "labels")):   # e.g. smartcash_fn.detection.Detections
+    if all(hasattr(x, k) for k in ("boxes", "scores", "labels")):   # e.g. smartcash_fn.smartcash.detection.Detections
         return Detections(x.boxes, x.scores, x.labels)
     if isinstance(x, Mapping):
         missing = [k for k in ("boxes", "scores", "labels") if k not in x]

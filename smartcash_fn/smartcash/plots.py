@@ -26,10 +26,10 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from .errors import StateError
-from .events import Callback
+from ..errors import StateError
+from ..events import Callback
 from .metrics import DetectionReport, Detections, as_detections, as_targets, collect_detections, evaluate
-from .state import TrainState
+from ..state import TrainState
 
 LAYER_COLOURS = {"banknote": "#ff3b30", "nominal": "#ffcc00", "security": "#34c759"}
 """Box colour of a prediction by its class's layer (others are cyan)."""
@@ -110,7 +110,7 @@ def report_figures(report: DetectionReport) -> list[tuple[str, Any]]:
 
     ``save_figures(report_figures(evaluate(dets, tgts, names, layers)), "runs/a/plots")``
     """
-    from .plots import confusion_matrix_figure, pr_curve_figure
+    from ..report.plots import confusion_matrix_figure, pr_curve_figure
 
     out = []
     curves = report.pr_curves()
@@ -153,7 +153,7 @@ def detection_plots(run_dir: str | os.PathLike | None, val_data: Any, groups: Ma
         samples = 8
     """
     from .detection import Layout
-    from .rupiah_run import Decoder
+    from .components import Decoder
 
     if run_dir is None or val_data is None:
         return ()
@@ -166,8 +166,8 @@ def detection_plots(run_dir: str | os.PathLike | None, val_data: Any, groups: Ma
     folder = Path(run_dir) / "plots"
 
     def write(state: TrainState) -> None:
-        from .plots import save_figure
-        from .sinks import is_main_process, run_folder, tensorboard_figure
+        from ..report.plots import save_figure
+        from ..report.sinks import is_main_process, run_folder, tensorboard_figure
 
         if not is_main_process() or state.model is None:
             return

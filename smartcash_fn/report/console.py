@@ -39,9 +39,9 @@ from typing import Any, Mapping, Sequence, TextIO
 
 import attrs
 
-from .events import Callback
+from ..events import Callback
 from .sinks import is_main_process, number
-from .state import TrainState
+from ..state import TrainState
 
 LOGGER_NAME = "smartcash_fn"
 logger = logging.getLogger(LOGGER_NAME)

@@ -1,7 +1,7 @@
 """From a recipe to a run: a template :class:`TrainState` and the :class:`Loop` it goes through.
 
 :func:`build` resolves every component the recipe names (see
-:mod:`smartcash_fn.registry`), checks their parameters against their
+:mod:`smartcash_fn.run.registry`), checks their parameters against their
 signatures, and composes them: the data, a model factory, the optimizer with
 its parameter groups and schedule, the step (``toolz.compose`` of the step
 transformers over ``make_step(loss)``), validation, callbacks, checkpoints
@@ -27,15 +27,16 @@ import attrs
 import toolz
 import torch
 
-from . import optim, registry
-from .callbacks import Monitor, checkpointing, early_stopping, keep_best, reduce_on_plateau
-from .data import LoaderData, TensorData
-from .errors import RecipeError, StateError, UserError
-from .events import EVENTS, Callback, flatten
-from .loop import Loop, Validation
+from .. import optim
+from . import registry
+from ..callbacks import Monitor, checkpointing, early_stopping, keep_best, reduce_on_plateau
+from ..data import LoaderData, TensorData
+from ..errors import RecipeError, StateError, UserError
+from ..events import EVENTS, Callback, flatten
+from ..loop import Loop, Validation
 from .recipe import Recipe, to_dict
-from .state import TrainState
-from .step import Step, make_step
+from ..state import TrainState
+from ..step import Step, make_step
 
 
 @attrs.frozen
@@ -566,12 +567,12 @@ def make_callbacks(recipe: Recipe, context: Mapping[str, Any] | None = None) -> 
 
 
 _LOGGERS = (
-    ("csv", "smartcash_fn.sinks", "csv_log"),
-    ("jsonl", "smartcash_fn.sinks", "jsonl_log"),
-    ("tensorboard", "smartcash_fn.sinks", "tensorboard_log"),
-    ("plots", "smartcash_fn.plots", "plot_curves"),
-    ("summary", "smartcash_fn.summary", "write_summary"),
-    ("console", "smartcash_fn.console", "console"),
+    ("csv", "smartcash_fn.report.sinks", "csv_log"),
+    ("jsonl", "smartcash_fn.report.sinks", "jsonl_log"),
+    ("tensorboard", "smartcash_fn.report.sinks", "tensorboard_log"),
+    ("plots", "smartcash_fn.report.plots", "plot_curves"),
+    ("summary", "smartcash_fn.report.summary", "write_summary"),
+    ("console", "smartcash_fn.report.console", "console"),
 )
 
 
@@ -615,7 +616,7 @@ def build(recipe: Recipe, run_dir: str | os.PathLike | None = None, *, quiet: bo
     ``built = build(recipe, "runs/tiny")`` — nothing is written until the loop runs.
     """
     if not isinstance(recipe, Recipe):
-        raise StateError(f"build: expected a Recipe (smartcash_fn.recipe.load(...)), got {type(recipe).__name__}")
+        raise StateError(f"build: expected a Recipe (smartcash_fn.run.recipe.load(...)), got {type(recipe).__name__}")
     run_dir = None if run_dir is None else Path(run_dir)
     train, val, info = make_data(recipe)
     device = _device(recipe)
@@ -673,7 +674,7 @@ def data_problems(run_dir: str | os.PathLike, problems: Any, summary: bool = Tru
 
         loop = loop.add(data_problems("runs/a", splits.info["problems"]))
     """
-    from .sinks import is_main_process, write_text_atomic
+    from ..report.sinks import is_main_process, write_text_atomic
 
     folder = Path(run_dir)
     lines = [str(p) for p in problems]

@@ -17,27 +17,25 @@ that starts with ``where`` (the recipe file and the dotted key).
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib
 import inspect
+from importlib import metadata
 from typing import Any, Callable, Iterable, Mapping
 
-from .errors import RecipeError
+from ..errors import RecipeError, UserError
 
-BUILTINS: Mapping[str, Mapping[str, str]] = {
+CORE: Mapping[str, Mapping[str, str]] = {
     "model": {
-        "mlp": "smartcash_fn.models:mlp",
-        "cnn": "smartcash_fn.models:cnn",
-        "detector": "smartcash_fn.rupiah_run:detector",
+        "mlp": "smartcash_fn.builtin.models:mlp",
+        "cnn": "smartcash_fn.builtin.models:cnn",
     },
     "data": {
-        "synthetic": "smartcash_fn.synthetic:classification",
-        "synthetic_images": "smartcash_fn.synthetic:images",
-        "rupiah_synthetic": "smartcash_fn.rupiah_run:rupiah_synthetic",
-        "yolo_dataset": "smartcash_fn.rupiah_run:yolo_dataset",
+        "synthetic": "smartcash_fn.builtin.synthetic:classification",
+        "synthetic_images": "smartcash_fn.builtin.synthetic:images",
     },
     "loss": {
         "cross_entropy": "smartcash_fn.step:classification_loss",
-        "detection": "smartcash_fn.rupiah_run:detection",
     },
     "optimizer": {
         "sgd": "smartcash_fn.optim:sgd",
@@ -60,24 +58,42 @@ BUILTINS: Mapping[str, Mapping[str, str]] = {
         "fp16": "smartcash_fn.step:fp16",
     },
     "callback": {
-        "early_stopping": "smartcash_fn.build:early_stopping_callback",
-        "reduce_on_plateau": "smartcash_fn.build:reduce_on_plateau_callback",
+        "early_stopping": "smartcash_fn.run.build:early_stopping_callback",
+        "reduce_on_plateau": "smartcash_fn.run.build:reduce_on_plateau_callback",
         "nan_guard": "smartcash_fn.callbacks:nan_guard",
         "memory_cleanup": "smartcash_fn.callbacks:memory_cleanup",
         "record_steps": "smartcash_fn.callbacks:record_steps",
-        "detection_plots": "smartcash_fn.detection_plots:detection_plots",
     },
     "metrics": {
         "classification": "smartcash_fn.loop:classification_metrics",
-        "detection": "smartcash_fn.rupiah_run:detection_metrics",
     },
 }
-"""Kind -> short name -> import path of the built-in component."""
+"""Kind -> short name -> import path of the generic library's own components."""
+
+PLUGIN_GROUP = "smartcash_fn.components"
+"""The entry-point group through which an installed application adds its components (SmartCash does)."""
+
+
+@functools.cache
+def builtins() -> Mapping[str, Mapping[str, str]]:
+    """Kind -> short name -> import path: :data:`CORE` plus every installed plugin's table.
+
+    A plugin is an entry point in the group ``smartcash_fn.components`` naming a
+    mapping of the same shape (``smartcash_fn.smartcash:COMPONENTS`` is one), so
+    the generic layers never name an application::
+
+        builtins()["model"]["detector"]   # 'smartcash_fn.smartcash.components:detector'
+    """
+    merged = {kind: dict(table) for kind, table in CORE.items()}
+    for ep in sorted(metadata.entry_points(group=PLUGIN_GROUP), key=lambda e: e.name):
+        for kind, table in ep.load().items():
+            merged.setdefault(kind, {}).update(table)
+    return {kind: dict(table) for kind, table in merged.items()}
 
 
 def names(kind: str) -> tuple[str, ...]:
     """The built-in short names of ``kind``: ``names("optimizer") == ("sgd", "adam", "adamw")``."""
-    return tuple(BUILTINS.get(kind, {}))
+    return tuple(builtins().get(kind, {}))
 
 
 def is_import_path(name: str) -> bool:
@@ -130,13 +146,14 @@ def resolve(kind: str, name: str, where: str) -> Any:
 
     ``resolve("step", "clip", where="a.toml: train.steps[0].use")`` is :func:`smartcash_fn.step.clip`.
     """
-    if kind not in BUILTINS:
-        raise ValueError(f"resolve: unknown component kind {kind!r}; kinds are {', '.join(BUILTINS)}")
+    table = builtins()
+    if kind not in table:
+        raise ValueError(f"resolve: unknown component kind {kind!r}; kinds are {', '.join(table)}")
     if not isinstance(name, str) or not name:
         raise RecipeError(f"{where}: expected the name of a {kind} (a string), got {name!r}")
     if is_import_path(name):
         return import_path(name, where)
-    table = BUILTINS[kind]
+    table = table[kind]
     if name not in table:
         hint = suggest(name, table)
         module, _, attr = name.rpartition(".")
@@ -208,8 +225,6 @@ def call(fn: Callable[..., Any], where: str, /, *args: Any, **kwargs: Any) -> An
     ``call(clip, "a.toml: train.steps[0]", max_norm=-1.0)`` raises
     ``RecipeError("a.toml: train.steps[0]: clip: max_norm must be > 0, got -1.0")``.
     """
-    from .errors import UserError
-
     try:
         return fn(*args, **kwargs)
     except (UserError, ValueError, TypeError) as e:

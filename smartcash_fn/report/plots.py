@@ -22,10 +22,10 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from .errors import DataError, StateError
-from .events import Callback
+from ..errors import DataError, StateError
+from ..events import Callback
 from .sinks import is_main_process, number, run_folder
-from .state import Best, History, TrainState
+from ..state import Best, History, TrainState
 
 SPLITS = ("train", "val", "test")
 _SKIP = ("epoch", "step")

@@ -61,8 +61,8 @@ import attrs
 import torch
 import torch.nn.functional as F
 
-from . import rng
-from .errors import DataError
+from .. import rng
+from ..errors import DataError
 
 # ----------------------------------------------------------------------------- classes and layers
 
@@ -308,7 +308,7 @@ def resolve_scenario(scenario: str | Scenario | Sequence[Scenario] | None) -> tu
     if isinstance(scenario, str):
         if scenario not in SCENARIOS:
             raise DataError(f"scenario {scenario!r} is unknown; expected one of {', '.join(SCENARIOS)} "
-                            "(or a smartcash_fn.rupiah.Scenario)")
+                            "(or a smartcash_fn.smartcash.scenes.Scenario)")
         found = SCENARIOS[scenario]
         return found if isinstance(found, tuple) else (found,)
     if isinstance(scenario, Scenario):

@@ -25,12 +25,13 @@ from typing import Any, Mapping, Sequence
 import attrs
 import torch
 
-from . import checkpoint, rupiah
+from .. import checkpoint
+from . import scenes as rupiah
 from .detection import Layout
-from .errors import CheckpointError, DataError, RecipeError
+from ..errors import CheckpointError, DataError, RecipeError
 from .metrics import DetectionReport, Detections, collect_detections, evaluate
-from .recipe import Recipe
-from .state import TrainState
+from ..run.recipe import Recipe
+from ..state import TrainState
 
 # --------------------------------------------------------------------------- loading
 
@@ -75,7 +76,7 @@ def checkpoint_path(target: str | os.PathLike) -> Path:
 
 def _data_default(recipe: Recipe, key: str) -> Any:
     """``data.params[key]``, else the data factory's default for it (None when it has none)."""
-    from . import registry
+    from ..run import registry
 
     if key in recipe.data.params:
         return recipe.data.params[key]
@@ -85,15 +86,15 @@ def _data_default(recipe: Recipe, key: str) -> Any:
 
 
 def _data_kind(recipe: Recipe) -> str:
-    from . import registry
-    from .rupiah_run import rupiah_synthetic, yolo_dataset
+    from ..run import registry
+    from .components import rupiah_synthetic, yolo_dataset
 
     fn = registry.resolve("data", recipe.data.use, recipe.where("data", "use"))
     return "synthetic" if fn is rupiah_synthetic else "yolo" if fn is yolo_dataset else "other"
 
 
 def _yolo_info(data_yaml: str | os.PathLike, size: int) -> tuple[dict[str, Any], Any]:
-    from .rupiah_run import detector_info, layer_order
+    from .components import detector_info, layer_order
     from .yolo import read_data_yaml
 
     spec = read_data_yaml(Path(data_yaml))
@@ -111,10 +112,10 @@ def load_detector(target: str | os.PathLike, data_yaml: str | os.PathLike | None
 
         det = load_detector("runs/rupiah_synthetic", data_yaml="datasets/rupiah/data.yaml")
     """
-    from .build import make_data, make_model_factory
-    from .optim import frozen
-    from .recipe import from_dict
-    from .rupiah_run import detector_info
+    from ..run.build import make_data, make_model_factory
+    from ..optim import frozen
+    from ..run.recipe import from_dict
+    from .components import detector_info
 
     path = checkpoint_path(target)
     obj = checkpoint.read(path)
@@ -194,7 +195,7 @@ def evaluation_data(det: LoadedDetector, split: str = "val", scenario: str | Non
 
         data, text = evaluation_data(det, "test", scenario="occlusion")
     """
-    from .rupiah_run import Relabeled, layer_order
+    from .components import Relabeled, layer_order
     from .yolo import YoloDataset, read_data_yaml
 
     if split not in ("train", "val", "test"):
@@ -323,7 +324,7 @@ def evaluate_split(det: LoadedDetector, split: str = "val", scenario: str | None
     """
     from torch.utils.data import DataLoader
 
-    from .rupiah_run import Decoder
+    from .components import Decoder
 
     data, text = evaluation_data(det, split, scenario, n)
     bs = batch_size or det.recipe.data.val_batch_size or det.recipe.data.batch_size
@@ -408,7 +409,7 @@ def predict_files(det: LoadedDetector, files: Sequence[Path], conf: float = 0.25
 
         for path, image, d in predict_files(det, image_files(["photos/"])): print(path, d.labels)
     """
-    from .rupiah_run import Decoder
+    from .components import Decoder
 
     decoder = Decoder(det.layout, conf, iou, max_det)
     out: list[tuple[Path, torch.Tensor, Detections]] = []

@@ -28,7 +28,7 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from .errors import DataError
+from ..errors import DataError
 
 log = logging.getLogger("smartcash_fn")
 

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import torch
 
-from . import rng
-from .build import Splits
+from .. import rng
+from ..run.build import Splits
 
 
 def _positive(where: str, **values: int) -> None:

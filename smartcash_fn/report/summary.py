@@ -4,7 +4,7 @@
 is the pure function that builds the text from a state. The summary names the
 run, says how it ended (epochs run, stop reason, wall time of this session),
 lists the best epoch's metrics (``state.best``) and the last epoch's, and
-closes with the resolved recipe as TOML (written by :func:`smartcash_fn.recipe.dumps`)::
+closes with the resolved recipe as TOML (written by :func:`smartcash_fn.run.recipe.dumps`)::
 
     loop = loop.add(write_summary("runs/a"))
     print(summary_markdown(state, run_name="a"))
@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .console import fmt_duration, fmt_value
-from .errors import StateError
-from .events import Callback
+from ..errors import StateError
+from ..events import Callback
 from .sinks import is_main_process, number, plain, run_folder, write_text_atomic
-from .state import TrainState
+from ..state import TrainState
 
 # --------------------------------------------------------------------------- markdown
 
@@ -34,7 +34,7 @@ def recipe_block(recipe: Mapping[str, Any] | None) -> str:
     """
     if not recipe:
         return "_No recipe: the run was built in code._\n"
-    from .recipe import dumps
+    from ..run.recipe import dumps
 
     try:
         return f"```toml\n{dumps(plain(recipe))}```\n"

@@ -8,7 +8,7 @@ The layout is Ultralytics' (and the original SmartCash Roboflow export's)::
 
 Scene ``i`` of a split is ``rupiah.scene(seed, split, i, size, scenario)``,
 so an export is a pure function of its arguments (same bytes every time) and
-matches what :class:`~smartcash_fn.rupiah.RupiahScenes` renders on the fly::
+matches what :class:`~smartcash_fn.smartcash.scenes.RupiahScenes` renders on the fly::
 
     yaml_path = export_synthetic("data/rupiah", n=1000, seed=0, size=640)
     boxes, labels = read_labels("data/rupiah/labels/val/val_000003.txt", size=640)
@@ -32,8 +32,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from PIL import Image
 
-from . import rupiah
-from .errors import DataError
+from . import scenes as rupiah
+from ..errors import DataError
 
 SPLIT_NAMES = ("train", "val", "test")
 
@@ -226,7 +226,7 @@ def export_synthetic(out_dir: str | os.PathLike, n: int, seed: int = 0,
                 done += 1
                 if progress is not None:
                     progress(done, n)
-        comment = (f"SmartCash synthetic Rupiah banknotes (smartcash_fn.rupiah): seed {seed}, scenario {name}, "
+        comment = (f"SmartCash synthetic Rupiah banknotes (smartcash_fn.smartcash.scenes): seed {seed}, scenario {name}, "
                    f"{size}x{size} px, splits {sizes[0]}/{sizes[1]}/{sizes[2]}")
         (work / "data.yaml").write_text(data_yaml(out, comment), encoding="utf-8")
         _check_target(out, overwrite)  # nothing appeared meanwhile

@@ -1,7 +1,7 @@
 """The factories a SmartCash detector recipe names: data, model, loss and evaluator.
 
 A recipe puts the detector together from these by name (see
-:mod:`smartcash_fn.registry`); the data factory's ``info`` fills what the
+:mod:`smartcash_fn.run.registry`); the data factory's ``info`` fills what the
 others need — the layer groups, the input size, the class names — so a
 recipe says each thing once::
 
@@ -30,12 +30,12 @@ from typing import Any, Callable, Mapping, Sequence
 import attrs
 import torch
 
-from . import rupiah
-from .build import Splits
+from . import scenes as rupiah
+from ..run.build import Splits
 from .detection import Layout, LossWeights, decode, detection_loss
 from .detector import Detector
-from .errors import DataError
-from .loop import Evaluator
+from ..errors import DataError
+from ..loop import Evaluator
 from .metrics import Detections, detection_evaluator
 
 # --------------------------------------------------------------------------- layers and groups
@@ -82,7 +82,7 @@ def _check_count(value: Any, name: str, where: str) -> int:
 def rupiah_synthetic(train: int = 2000, val: int = 200, size: int = 256, seed: int = 0,
                      scenario: str = "mixed", val_scenario: str | None = None,
                      jitter: float = 0.0) -> Splits:
-    """Synthetic Rupiah scenes: ``train`` and ``val`` :class:`~smartcash_fn.rupiah.RupiahScenes`, rendered on the fly.
+    """Synthetic Rupiah scenes: ``train`` and ``val`` :class:`~smartcash_fn.smartcash.scenes.RupiahScenes`, rendered on the fly.
 
     Scenes are pure functions of ``(seed, split, index)``, so a run never sees
     a validation scene in training and any worker count gives the same
@@ -174,7 +174,7 @@ def yolo_dataset(data_yaml: str, size: int = 640, augment: Any = True, on_bad: s
     """A YOLO-format dataset (``data.yaml`` with train/val folders, labels ``cls cx cy w h``) as Splits.
 
     Images are letterboxed to ``size``; ``augment`` is ``true`` (the default
-    :class:`~smartcash_fn.yolo.Augment`), ``false``, or a table of Augment
+    :class:`~smartcash_fn.smartcash.yolo.Augment`), ``false``, or a table of Augment
     settings, applied to training samples only. ``on_bad`` is ``"skip"``
     (leave bad files and lines out with a warning; ``info["problems"]`` lists
     them and the run summary counts them) or ``"fail"`` (stop at the first,
@@ -208,7 +208,7 @@ def yolo_dataset(data_yaml: str, size: int = 640, augment: Any = True, on_bad: s
 
 def detector(groups: Mapping[str, int], backbone: str = "cspdarknet", width: int = 64, backbone_width: int = 16,
              backbone_depth: int = 1, weights_path: str | None = None) -> Detector:
-    """The SmartCash detector (:class:`~smartcash_fn.detector.Detector`); ``groups`` comes from the data.
+    """The SmartCash detector (:class:`~smartcash_fn.smartcash.detector.Detector`); ``groups`` comes from the data.
 
     ``backbone`` is ``cspdarknet`` or ``efficientnet_b0`` … ``efficientnet_b4``;
     ``width`` is the neck and head channels; ``weights_path`` a local file of
@@ -263,7 +263,7 @@ class Decoder:
     """Per-image detections of a batch: ``Decoder(layout)(apply, (images, targets)) -> [Detections, ...]``.
 
     Scores are σ(objectness)·σ(class) above ``conf``; class-wise NMS at
-    ``iou``; at most ``max_det`` per image (see :func:`smartcash_fn.detection.decode`).
+    ``iou``; at most ``max_det`` per image (see :func:`smartcash_fn.smartcash.detection.decode`).
     """
 
     layout: Layout

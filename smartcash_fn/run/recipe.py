@@ -17,7 +17,7 @@ everything else (numbers, strings, arrays, arrays of tables) is replaced
 whole; a cycle is an error. ``--set key=value`` overrides any key after the
 merge, the value read as TOML (a bare word that is not TOML is a string).
 
-``python -m smartcash_fn.recipe --reference`` prints the reference of every
+``python -m smartcash_fn.run.recipe --reference`` prints the reference of every
 key (generated from the records), ``--update-readme`` writes it into README.md.
 """
 
@@ -38,7 +38,7 @@ import cattrs
 import cattrs.gen
 import tomli
 
-from .errors import RecipeError
+from ..errors import RecipeError
 from .registry import suggest
 
 KeyPath = tuple  # of str (table keys) and int (array indices)
@@ -952,7 +952,7 @@ def reference() -> str:
     """The Markdown reference of every recipe key (type, default, doc) and of the built-in components.
 
     Generated from the attrs records and the registry; README.md holds a copy
-    that a test keeps in sync (``python -m smartcash_fn.recipe --update-readme``).
+    that a test keeps in sync (``python -m smartcash_fn.run.recipe --update-readme``).
     """
     from . import registry
 
@@ -974,7 +974,7 @@ def reference() -> str:
             "keys (optimizer, schedule: the first parameter comes from `optimizer.lr` or a group's `lr`, "
             "`total_steps` is derived) or in its `params` table (model, data, validation).", "",
             "| key | name | parameters |", "|---|---|---|"]
-    for kind, names in registry.BUILTINS.items():
+    for kind, names in registry.builtins().items():
         for name in names:
             fn = registry.resolve(kind, name, where="reference")
             out.append(f"| `{_COMPONENT_KEYS[kind]}` | `{name}` | {_signature_text(fn)} |")
@@ -994,10 +994,10 @@ def with_reference(readme: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m smartcash_fn.recipe --reference`` prints the reference; ``--update-readme [PATH]`` writes it."""
+    """``python -m smartcash_fn.run.recipe --reference`` prints the reference; ``--update-readme [PATH]`` writes it."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m smartcash_fn.recipe", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m smartcash_fn.run.recipe", description=main.__doc__)
     parser.add_argument("--reference", action="store_true", help="print the recipe reference (Markdown)")
     parser.add_argument("--update-readme", nargs="?", const="README.md", metavar="PATH",
                         help="write the reference between the markers of README.md (or PATH)")

@@ -23,7 +23,7 @@ import torch
 import torchvision
 from torch import nn
 
-from .errors import StateError
+from ..errors import StateError
 
 STRIDES = (8, 16, 32)
 EFFICIENTNETS = tuple(f"efficientnet_b{i}" for i in range(5))

@@ -4,8 +4,8 @@ A script written for the old pipeline keeps its shape: a config, functions
 registered by event name and called with the keyword arguments the old
 pipeline passed, ``train()`` returning a results dict, and ``.metrics``
 holding the history. Underneath there is no second loop: the config is a
-recipe (:func:`smartcash_fn.recipe.from_dict`), the run is
-:func:`smartcash_fn.build.build` and :func:`smartcash_fn.loop.fit`, and each
+recipe (:func:`smartcash_fn.run.recipe.from_dict`), the run is
+:func:`smartcash_fn.run.build.build` and :func:`smartcash_fn.loop.fit`, and each
 registered function becomes a :class:`~smartcash_fn.events.Callback` that
 reads the state, calls the function and returns the state unchanged::
 
@@ -43,11 +43,11 @@ from typing import Any, Callable, Mapping
 
 import attrs
 
-from . import checkpoint
-from .errors import CheckpointError, RecipeError, StateError
-from .events import EVENTS, Callback
-from .sinks import plain, write_text_atomic
-from .state import TrainState
+from .. import checkpoint
+from ..errors import CheckpointError, RecipeError, StateError
+from ..events import EVENTS, Callback
+from ..report.sinks import plain, write_text_atomic
+from ..state import TrainState
 
 CALLBACK_ARGUMENTS: Mapping[str, tuple[str, ...]] = {
     "training_start": ("start_epoch", "epochs"),
@@ -340,7 +340,7 @@ class TrainingPipeline:
 
     def __init__(self, config: Mapping[str, Any] | str | os.PathLike, run_dir: str | os.PathLike | None = None,
                  *, quiet: bool = False, model_handler: Any = None, data_manager: Any = None, logger: Any = None):
-        from .recipe import from_dict, load
+        from ..run.recipe import from_dict, load
 
         for name, value in (("model_handler", model_handler), ("data_manager", data_manager), ("logger", logger)):
             if value is not None:
@@ -396,7 +396,7 @@ class TrainingPipeline:
         return recipe
 
     def _fresh_folder(self, recipe: Any) -> Path:
-        from .cli import free_folder, holds_run
+        from ..cli import free_folder, holds_run
 
         asked = self._run_dir_asked
         if asked is None:
@@ -408,10 +408,10 @@ class TrainingPipeline:
 
     def _resumed(self, target: Any, recipe: Any) -> tuple[Path, TrainState, Any, bool]:
         """The run folder, the checkpoint's state fitted to ``recipe``'s build, and whether the recipe changed."""
-        from .build import build
-        from .cli import find_checkpoint, holds_run, run_folder_of
-        from .recipe import to_dict
-        from .replay import _first_difference
+        from ..run.build import build
+        from ..cli import find_checkpoint, holds_run, run_folder_of
+        from ..run.recipe import to_dict
+        from ..replay import _first_difference
 
         if not isinstance(target, (str, os.PathLike)):
             if isinstance(target, Mapping):
@@ -458,9 +458,9 @@ class TrainingPipeline:
 
             results = pipeline.train(resume_from_checkpoint="runs/a", save_every=1)
         """
-        from .build import build, probe
-        from .loop import fit
-        from .recipe import write
+        from ..run.build import build, probe
+        from ..loop import fit
+        from ..run.recipe import write
 
         if dataloaders is not None:
             raise _gone("train", "dataloaders")

@@ -30,9 +30,9 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import torch
 
-from .errors import StateError
-from .events import Callback
-from .state import History, TrainState
+from ..errors import StateError
+from ..events import Callback
+from ..state import History, TrainState
 
 Record = Mapping[str, Any]
 
