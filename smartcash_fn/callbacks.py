@@ -27,6 +27,7 @@ import attrs
 import torch
 
 from . import checkpoint
+from ._files import link_atomic
 from .errors import StateError
 from .events import Callback, emit
 from .state import Best, Stop, TrainState
@@ -283,20 +284,6 @@ def record_steps(every: int = 1, name: str = "record_steps") -> Callback:
 # --------------------------------------------------------------------------- checkpoints
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
-    """Make ``dst`` the same file as ``src`` atomically (a hard link, or a copy where links fail)."""
-    tmp = dst.with_name(f".{dst.name}.link-{os.getpid()}")
-    try:
-        if tmp.exists():
-            tmp.unlink()
-        os.link(src, tmp)
-    except OSError:
-        import shutil
-
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
-
-
 def checkpointing(directory: str | os.PathLike, every_epochs: int = 1, every_steps: int = 0,
                   monitor: Monitor | str | None = None, top_k: int = 1, keep_periodic: int = 0,
                   name: str = "checkpoint") -> tuple[Callback, ...]:
@@ -367,7 +354,7 @@ def checkpointing(directory: str | os.PathLike, every_epochs: int = 1, every_ste
         targets += [Path(top_file)] if in_top else []
         for target in targets:
             if target != path:
-                _link_or_copy(path, target)
+                link_atomic(path, target)
         home = directory.resolve()
         for p in drop + drop_top:
             if Path(p).resolve().parent == home:  # never delete another run's files (a resumed copy)

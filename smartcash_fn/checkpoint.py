@@ -17,15 +17,16 @@ import datetime
 import hashlib
 import os
 import struct
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 
+from ._files import save_torch_atomic
 from ._version import __version__
 from .errors import CheckpointError, StateError
 from .state import Best, History, Progress, Stop, TrainState
+from .tree import tree_map, walk
 
 FORMAT = "smartcash_fn.checkpoint"
 FORMAT_VERSION = 1
@@ -34,25 +35,8 @@ FORMAT_VERSION = 1
 # --------------------------------------------------------------------------- tree conversion
 
 
-def _to_cpu(obj: Any, memo: dict[int, Any]) -> Any:
-    """``obj`` with every tensor detached on the CPU; a tensor met twice stays one object."""
-    if isinstance(obj, torch.Tensor):
-        hit = memo.get(id(obj))
-        if hit is None:
-            hit = memo[id(obj)] = obj.detach().cpu()
-        return hit
-    if isinstance(obj, Mapping):
-        return {k: _to_cpu(v, memo) for k, v in obj.items()}
-    if isinstance(obj, tuple):
-        return tuple(_to_cpu(v, memo) for v in obj)
-    if isinstance(obj, list):
-        return [_to_cpu(v, memo) for v in obj]
-    return obj
-
-
 def to_tree(state: TrainState) -> dict[str, Any]:
     """The serializable part of ``state`` as plain nested data (tensors on the CPU)."""
-    memo: dict[int, Any] = {}
     best = None
     if state.best is not None:
         b = state.best
@@ -76,22 +60,7 @@ def to_tree(state: TrainState) -> dict[str, Any]:
         "lr_scale": float(state.lr_scale),
         "recipe": state.recipe,
     }
-    return _to_cpu(tree, memo)
-
-
-def _to_device(obj: Any, device: torch.device, memo: dict[int, Any]) -> Any:
-    if isinstance(obj, torch.Tensor):
-        hit = memo.get(id(obj))
-        if hit is None:
-            hit = memo[id(obj)] = obj.to(device)
-        return hit
-    if isinstance(obj, dict):
-        return {k: _to_device(v, device, memo) for k, v in obj.items()}
-    if isinstance(obj, tuple):
-        return tuple(_to_device(v, device, memo) for v in obj)
-    if isinstance(obj, list):
-        return [_to_device(v, device, memo) for v in obj]
-    return obj
+    return tree_map(lambda x: x.detach().cpu() if isinstance(x, torch.Tensor) else x, tree, shared=True)
 
 
 def _match(where: str, kind: str, got: Mapping[str, torch.Tensor], want: Mapping[str, torch.Tensor]) -> None:
@@ -124,7 +93,7 @@ def from_tree(tree: Mapping[str, Any], like: TrainState | None = None, where: st
         _match(where, "buffers", tree["buffers"], like.buffers)
         if like.params:
             device = next(iter(like.params.values())).device
-    tree = _to_device(dict(tree), device, {})
+    tree = tree_map(lambda x: x.to(device) if isinstance(x, torch.Tensor) else x, dict(tree), shared=True)
     b = tree["best"]
     best = None if b is None else Best(**{**b, "metrics": dict(b["metrics"])})
     stop = None if tree["stop"] is None else Stop(**tree["stop"])
@@ -151,13 +120,8 @@ def from_tree(tree: Mapping[str, Any], like: TrainState | None = None, where: st
 def structure(x: Any) -> Any:
     """The nested shape of ``x`` with each tensor as ``("tensor", shape, dtype)``: to check that two
     optimizer states fit each other before one replaces the other (``structure(a) == structure(b)``)."""
-    if isinstance(x, torch.Tensor):
-        return ("tensor", tuple(x.shape), str(x.dtype))
-    if isinstance(x, Mapping):
-        return {k: structure(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [structure(v) for v in x]
-    return type(x).__name__
+    return tree_map(lambda v: ("tensor", tuple(v.shape), str(v.dtype)) if isinstance(v, torch.Tensor)
+                    else type(v).__name__, x)
 
 
 # --------------------------------------------------------------------------- digest
@@ -179,26 +143,21 @@ def digest(tree: Any) -> str:
     h = hashlib.blake2b(digest_size=32)
     seen: dict[int, int] = {}
 
-    def walk(obj: Any, where: str) -> None:
+    for where, obj in walk(tree):
         if isinstance(obj, torch.Tensor):
             ref = seen.get(id(obj))
             if ref is not None:
                 h.update(b"R" + struct.pack("<q", ref))
-                return
+                continue
             seen[id(obj)] = len(seen)
             t = obj.detach().cpu().contiguous()
             h.update(b"T" + str(t.dtype).encode() + repr(tuple(t.shape)).encode())
             if t.numel():
                 h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
-        elif isinstance(obj, dict):
+        elif type(obj) is dict:
             h.update(b"D" + struct.pack("<q", len(obj)))
-            for k, v in obj.items():
-                walk(k, f"{where}[{k!r}] (the key)")
-                walk(v, f"{where}[{k!r}]")
         elif type(obj) in (list, tuple):
             h.update((b"L" if isinstance(obj, list) else b"U") + struct.pack("<q", len(obj)))
-            for i, v in enumerate(obj):
-                walk(v, f"{where}[{i}]")
         elif type(obj) in _PLAIN:
             h.update(b"S" + type(obj).__name__.encode() + b":" + repr(obj).encode() + b"\x00")
         else:
@@ -206,8 +165,6 @@ def digest(tree: Any) -> str:
                 f"cannot checkpoint the value at {where or 'the top'}, of type {type(obj).__name__}: a checkpoint "
                 "holds tensors, dicts, lists, tuples, str, int, float, bool and None only; convert it "
                 "(e.g. float(x), str(path)) before it enters the state")
-
-    walk(tree, "")
     return "blake2b-256:" + h.hexdigest()
 
 
@@ -217,38 +174,6 @@ def _body(obj: Mapping[str, Any]) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- files
-
-
-def write_atomic(path: str | os.PathLike, obj: Any) -> Path:
-    """``torch.save(obj)`` to ``path`` atomically: a temp file in the same folder, fsync, ``os.replace``.
-
-    A reader sees the old file or the new one, never half of one; a crash
-    mid-write leaves the old file intact.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    try:
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
-    return path
 
 
 def save(state: TrainState, path: str | os.PathLike, **meta: Any) -> Path:
@@ -273,7 +198,7 @@ def save(state: TrainState, path: str | os.PathLike, **meta: Any) -> Path:
     except CheckpointError as e:
         raise CheckpointError(f"{path}: not written: {e}") from None
     try:
-        return write_atomic(path, obj)
+        return save_torch_atomic(path, obj)
     except OSError as e:
         raise CheckpointError(f"{path}: could not write the checkpoint ({e.strerror or e}); a file that was "
                               "there is intact. Check the folder exists, is writable and has space") from None

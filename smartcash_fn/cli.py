@@ -186,7 +186,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from .run.build import build
     from .loop import fit
     from .run.recipe import parse_set, to_dict, write
-    from .replay import _first_difference
+    from .replay import difference
 
     ckpt, obj, skipped = find_checkpoint(args.target)
     for s in skipped:
@@ -210,7 +210,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     built = build(recipe, run_dir, quiet=args.quiet)
     state = _state_from(ckpt, obj, built.template)
     if fork:
-        mismatch = _first_difference(checkpoint.structure(built.template.opt_state), checkpoint.structure(state.opt_state), "opt_state")
+        mismatch = difference(checkpoint.structure(built.template.opt_state), checkpoint.structure(state.opt_state), "opt_state")
         if mismatch:
             raise RecipeError(
                 f"--set {' '.join(args.sets) or '(none)'}: the forked recipe changes the optimizer's state (first at "

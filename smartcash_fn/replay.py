@@ -24,6 +24,7 @@ from . import checkpoint
 from .errors import StateError
 from .loop import Loop, fit
 from .state import TrainState
+from .tree import first_difference
 
 
 def resume(path: str | os.PathLike, loop: Loop, like: TrainState) -> TrainState:
@@ -69,7 +70,7 @@ def _describe(x: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _first_difference(a: Any, b: Any, path: str) -> Difference | None:
+def _leaf_difference(a: Any, b: Any, path: str) -> Difference | None:
     if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
         if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)):
             return Difference(path, _describe(a), _describe(b))
@@ -86,31 +87,25 @@ def _first_difference(a: Any, b: Any, path: str) -> Difference | None:
             n = int((a_ != b_).sum())
             return Difference(path, _describe(a), f"{_describe(b)} ({n} elements differ, max |diff| {delta:.3g})")
         return Difference(path, _describe(a), f"{_describe(b)} ({int((a_ != b_).sum())} elements differ)")
-    if isinstance(a, dict) and isinstance(b, dict):
-        for k in a:
-            if k not in b:
-                return Difference(f"{path}[{k!r}]", "present", "missing")
-        for k in b:
-            if k not in a:
-                return Difference(f"{path}[{k!r}]", "missing", "present")
-        for k in a:
-            d = _first_difference(a[k], b[k], f"{path}[{k!r}]")
-            if d is not None:
-                return d
-        return None
-    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        if len(a) != len(b):
-            return Difference(f"{path}.length", str(len(a)), str(len(b)))
-        for i, (x, y) in enumerate(zip(a, b)):
-            d = _first_difference(x, y, f"{path}[{i}]")
-            if d is not None:
-                return d
-        return None
     if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
         return None
     if type(a) is not type(b) and not (isinstance(a, (int, float)) and isinstance(b, (int, float))):
         return Difference(path, _describe(a), _describe(b))
     return None if a == b else Difference(path, _describe(a), _describe(b))
+
+
+def difference(a: Any, b: Any, path: str = "") -> Difference | None:
+    """The first difference between two trees of tensors and plain data (``a``'s order), or None.
+
+    Tensors are equal when ``torch.equal`` (NaNs in the same places count as
+    equal); a key only one side holds, or a length, is a difference too::
+
+        difference({"w": torch.zeros(2)}, {"w": torch.ones(2)}, "params")   # params['w']: ...
+    """
+    return first_difference(
+        a, b, _leaf_difference, path,
+        missing=lambda p, in_a: Difference(p, "present", "missing") if in_a else Difference(p, "missing", "present"),
+        length=lambda p, n, m: Difference(f"{p}.length", str(n), str(m)))
 
 
 def verify(a: TrainState, b: TrainState, ignore: Iterable[str] = ()) -> Difference | None:
@@ -130,7 +125,7 @@ def verify(a: TrainState, b: TrainState, ignore: Iterable[str] = ()) -> Differen
     for t in (ta, tb):
         t["callbacks"] = {k: v for k, v in t["callbacks"].items() if k not in skip}
     for key in ta:
-        d = _first_difference(ta[key], tb[key], key)
+        d = difference(ta[key], tb[key], key)
         if d is not None:
             return d
     return None

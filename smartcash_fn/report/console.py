@@ -39,8 +39,9 @@ from typing import Any, Mapping, Sequence, TextIO
 
 import attrs
 
+from .._files import is_main_process
 from ..events import Callback
-from .sinks import is_main_process, number
+from .sinks import number
 from ..state import TrainState
 
 LOGGER_NAME = "smartcash_fn"

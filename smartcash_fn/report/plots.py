@@ -22,9 +22,10 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from .._files import ensure_folder, is_main_process, write_atomic
 from ..errors import DataError, StateError
 from ..events import Callback
-from .sinks import is_main_process, number, run_folder
+from .sinks import number
 from ..state import Best, History, TrainState
 
 SPLITS = ("train", "val", "test")
@@ -147,21 +148,14 @@ def _safe_name(group: str) -> str:
 
 
 def save_figure(figure: Any, path: str | os.PathLike) -> Path:
-    """Save ``figure`` as a PNG at ``path`` atomically (temp file, then ``os.replace``) and release it.
+    """Save ``figure`` as a PNG at ``path`` atomically (:func:`~smartcash_fn._files.write_atomic`) and release it.
 
     ``save_figure(curves_figure(state.history), "runs/a/plots/curves.png")``
     """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        figure.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        return write_atomic(path, lambda f: figure.savefig(f, format="png"))
     finally:
         figure.clear()
-    return path
 
 
 def write_curves(folder: str | os.PathLike, history: History, best: Best | None = None,
@@ -204,7 +198,7 @@ def plot_curves(run_dir: str | os.PathLike, every_epochs: int | None = None, per
 
     def write(state: TrainState) -> None:
         t0 = time.perf_counter()
-        run_folder(folder, name)
+        ensure_folder(folder, name)
         write_curves(folder, state.history, state.best, per_metric)
         clock["done"] = time.perf_counter()
         clock["took"] = clock["done"] - t0

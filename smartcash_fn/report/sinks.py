@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import torch
 
+from .._files import check_folder, ensure_folder, is_main_process, write_text_atomic
 from ..errors import StateError
 from ..events import Callback
 from ..state import History, TrainState
@@ -43,15 +44,6 @@ PRIORITY = 500
 
 
 # --------------------------------------------------------------------------- helpers shared by the writers
-
-
-def is_main_process() -> bool:
-    """True unless this is a ``torch.distributed`` rank other than 0 (only rank 0 writes files and logs).
-
-    ``if is_main_process(): path.write_text(...)``
-    """
-    dist = torch.distributed
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 def plain(value: Any) -> Any:
@@ -88,52 +80,6 @@ def number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     return float(value)
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temp file in the same folder and ``os.replace``.
-
-    A reader sees the old file or the new one, never half of one::
-
-        write_text_atomic("runs/a/summary.md", "# run a\\n")
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
-def run_folder(run_dir: str | os.PathLike, what: str) -> Path:
-    """``run_dir`` as a Path, created if missing; a clear :class:`StateError` when it cannot be.
-
-    ``folder = run_folder("runs/a", "csv_log")``
-    """
-    if not isinstance(run_dir, (str, os.PathLike)):
-        raise StateError(f"{what}: run_dir must be a path (str or os.PathLike), got {type(run_dir).__name__}")
-    path = Path(run_dir)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise StateError(f"{what}: cannot create the run folder {path} ({e.strerror or e}); "
-                         "choose a run folder you can write to") from None
-    return path
-
-
-def _check_run_dir(run_dir: Any, what: str) -> Path:
-    if not isinstance(run_dir, (str, os.PathLike)):
-        raise StateError(f"{what}: run_dir must be a path (str or os.PathLike), got {type(run_dir).__name__}")
-    path = Path(run_dir)
-    if path.exists() and not path.is_dir():
-        raise StateError(f"{what}: {path} is a file; give a folder for the run's files")
-    return path
 
 
 # --------------------------------------------------------------------------- CSV
@@ -212,12 +158,12 @@ def csv_log(run_dir: str | os.PathLike, filename: str = "metrics.csv", priority:
 
         loop = loop.add(csv_log("runs/a"))
     """
-    folder = _check_run_dir(run_dir, name)
+    folder = check_folder(run_dir, name)
     path = folder / filename
     mem: dict[str, Any] = {"rows": None, "header": []}
 
     def sync(state: TrainState) -> None:
-        run_folder(folder, name)
+        ensure_folder(folder, name)
         epochs = state.history.epochs
         header = csv_header(epochs)
         write_text_atomic(path, csv_text(epochs, header))
@@ -310,12 +256,12 @@ def jsonl_log(run_dir: str | os.PathLike, filename: str = "metrics.jsonl", prior
 
         loop = loop.add(record_steps(10), jsonl_log("runs/a"))
     """
-    folder = _check_run_dir(run_dir, name)
+    folder = check_folder(run_dir, name)
     path = folder / filename
     mem: dict[str, Any] = {"epochs": None, "steps": 0}
 
     def sync(state: TrainState) -> None:
-        run_folder(folder, name)
+        ensure_folder(folder, name)
         h = state.history
         write_text_atomic(path, "".join(jsonl_line(k, r) for k, r in history_lines(h)))
         mem.update(epochs=len(h.epochs), steps=len(h.steps))
@@ -399,7 +345,7 @@ def tensorboard_figure(run_dir: str | os.PathLike, tag: str, figure: Any, step: 
         return
     from torch.utils.tensorboard import SummaryWriter
 
-    run_folder(log_dir, "tensorboard_figure")
+    ensure_folder(log_dir, "tensorboard_figure")
     _after_existing(_event_times(log_dir))
     writer = SummaryWriter(log_dir=str(log_dir))
     try:
@@ -461,7 +407,7 @@ def tensorboard_log(run_dir: str | os.PathLike, every_steps: int = 10,
     for tag, fn in figures.items():
         if not callable(fn):
             raise StateError(f"{name}: figures[{tag!r}] must be a function state -> Figure, got {type(fn).__name__}")
-    log_dir = _check_run_dir(run_dir, name) / "tensorboard"
+    log_dir = check_folder(run_dir, name) / "tensorboard"
     mem: dict[str, Any] = {"writer": None, "epochs": 0}
 
     def close() -> None:
@@ -476,7 +422,7 @@ def tensorboard_log(run_dir: str | os.PathLike, every_steps: int = 10,
         from torch.utils.tensorboard import SummaryWriter
 
         close()
-        run_folder(log_dir, name)
+        ensure_folder(log_dir, name)
         existing = _event_times(log_dir)
         _after_existing(existing)
         purge = state.progress.step + 1 if existing else None

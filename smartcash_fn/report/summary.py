@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .console import fmt_duration, fmt_value
+from .._files import ensure_folder, is_main_process, write_text_atomic
 from ..errors import StateError
 from ..events import Callback
-from .sinks import is_main_process, number, plain, run_folder, write_text_atomic
+from .sinks import number, plain
 from ..state import TrainState
 
 # --------------------------------------------------------------------------- markdown
@@ -148,7 +149,7 @@ def write_summary(run_dir: str | os.PathLike, filename: str = "summary.md", prio
         wall = time.perf_counter() - clock["t0"] if clock["t0"] is not None else None
         text = summary_markdown(state, run_name(state, folder.resolve().name), wall,
                                 state.progress.epoch - clock["epoch0"])
-        run_folder(folder, name)
+        ensure_folder(folder, name)
         write_text_atomic(folder / filename, text)
         return state
 

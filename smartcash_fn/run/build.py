@@ -36,6 +36,7 @@ from ..events import EVENTS, Callback, flatten
 from ..loop import Loop, Validation
 from .recipe import Recipe, to_dict
 from ..state import TrainState
+from ..tree import tree_map
 from ..step import Step, make_step
 
 
@@ -148,15 +149,7 @@ class OnDevice:
 
 def to_device(obj: Any, device: str | torch.device) -> Any:
     """``obj`` with every tensor inside (tuples, lists, dicts) moved to ``device``: ``to_device(batch, "cuda")``."""
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device, non_blocking=True)
-    if isinstance(obj, Mapping):
-        return {k: to_device(v, device) for k, v in obj.items()}
-    if isinstance(obj, tuple):
-        return tuple(to_device(v, device) for v in obj)
-    if isinstance(obj, list):
-        return [to_device(v, device) for v in obj]
-    return obj
+    return tree_map(lambda x: x.to(device, non_blocking=True) if isinstance(x, torch.Tensor) else x, obj)
 
 
 def _device(recipe: Recipe) -> torch.device:

@@ -38,7 +38,9 @@ import cattrs
 import cattrs.gen
 import tomli
 
+from .._files import write_text_atomic
 from ..errors import RecipeError
+from ..tree import tree_map
 from .registry import suggest
 
 KeyPath = tuple  # of str (table keys) and int (array indices)
@@ -541,11 +543,7 @@ _converter = _make_converter()
 
 def _plain(obj: Any) -> Any:
     """Plain TOML data: tuples become lists, ``None`` values are left out."""
-    if isinstance(obj, Mapping):
-        return {str(k): _plain(v) for k, v in obj.items() if v is not None}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    return obj
+    return tree_map(lambda v: v, obj, keep=lambda v: v is not None, sequence=list)
 
 
 def structure(tree: Mapping[str, Any], origin: Origin) -> Recipe:
@@ -863,16 +861,11 @@ def to_toml(recipe: Recipe, header: str = "") -> str:
 
 
 def write(recipe: Recipe, path: str | os.PathLike, header: str = "") -> Path:
-    """Write the resolved recipe to ``path`` (atomically: a temp file, then ``os.replace``).
+    """Write the resolved recipe to ``path`` (atomically, :func:`~smartcash_fn._files.write_text_atomic`).
 
     ``write(recipe, "runs/tiny/recipe.toml")`` — ``load`` of that file gives the same recipe.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(to_toml(recipe, header), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(path, to_toml(recipe, header))
 
 
 # --------------------------------------------------------------------------- reference

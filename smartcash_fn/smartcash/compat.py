@@ -44,9 +44,10 @@ from typing import Any, Callable, Mapping
 import attrs
 
 from .. import checkpoint
+from .._files import write_text_atomic
 from ..errors import CheckpointError, RecipeError, StateError
 from ..events import EVENTS, Callback
-from ..report.sinks import plain, write_text_atomic
+from ..report.sinks import plain
 from ..state import TrainState
 
 CALLBACK_ARGUMENTS: Mapping[str, tuple[str, ...]] = {
@@ -411,7 +412,7 @@ class TrainingPipeline:
         from ..run.build import build
         from ..cli import find_checkpoint, holds_run, run_folder_of
         from ..run.recipe import to_dict
-        from ..replay import _first_difference
+        from ..replay import difference
 
         if not isinstance(target, (str, os.PathLike)):
             if isinstance(target, Mapping):
@@ -435,7 +436,7 @@ class TrainingPipeline:
         except (KeyError, TypeError) as e:
             raise CheckpointError(f"{ckpt}: the checkpoint's state is malformed "
                                   f"({type(e).__name__}: {e})") from None
-        mismatch = _first_difference(checkpoint.structure(built.template.opt_state), checkpoint.structure(state.opt_state), "opt_state")
+        mismatch = difference(checkpoint.structure(built.template.opt_state), checkpoint.structure(state.opt_state), "opt_state")
         if mismatch is not None:
             raise RecipeError(f"{recipe.where('optimizer')}: the config's optimizer does not fit {ckpt} (first at "
                               f"{mismatch.path}); resume with the optimizer and parameter groups it was trained with")

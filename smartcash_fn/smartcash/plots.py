@@ -167,7 +167,8 @@ def detection_plots(run_dir: str | os.PathLike | None, val_data: Any, groups: Ma
 
     def write(state: TrainState) -> None:
         from ..report.plots import save_figure
-        from ..report.sinks import is_main_process, run_folder, tensorboard_figure
+        from ..report.sinks import tensorboard_figure
+        from .._files import ensure_folder, is_main_process
 
         if not is_main_process() or state.model is None:
             return
@@ -183,7 +184,7 @@ def detection_plots(run_dir: str | os.PathLike | None, val_data: Any, groups: Ma
             drawn = [draw_boxes(img, d, t, names, layers, conf=max(pr_conf, conf), scale=scale)
                      for img, d, t in zip(images, dets, targets)]
             figures.append(("val_samples", samples_figure(drawn)))
-        run_folder(folder, name)
+        ensure_folder(folder, name)
         step = state.progress.step
         for fig_name, fig in figures:
             if tensorboard:
