@@ -355,7 +355,7 @@ def load_warning() -> str | None:
 
 
 def _default_recipe() -> Path:
-    from smartcash_fn.cli import DEFAULT_RECIPE
+    from smartcash_fn.run.commands import DEFAULT_RECIPE
 
     return DEFAULT_RECIPE
 

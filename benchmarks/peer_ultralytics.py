@@ -479,7 +479,7 @@ def quick_sets(recipe_path: Path) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse(argv)
     say = lambda text: print(text, flush=True)  # noqa: E731
-    from smartcash_fn.cli import DEFAULT_RECIPE
+    from smartcash_fn.run.commands import DEFAULT_RECIPE
 
     recipe_path = (args.recipe or DEFAULT_RECIPE).resolve()
     minutes = args.minutes if args.minutes is not None else (QUICK["minutes"] if args.quick else 10.0)
@@ -532,14 +532,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         peer: dict[str, Any] = {}
         if "ours" in args.sides:
             if args.ours_ckpt is None:
-                from smartcash_fn.cli import free_folder
+                from smartcash_fn.run.folders import free_folder
 
                 run_dir = free_folder(work / "smartcash_fn")
                 ours = train_ours(recipe_path, sets, run_dir, work / f"{run_dir.name}.log", say)
             else:
                 ours = {"checkpoint": str(args.ours_ckpt)}
                 try:
-                    from smartcash_fn.cli import run_folder_of
+                    from smartcash_fn.run.folders import run_folder_of
 
                     ours.update({k: v for k, v in run_facts(run_folder_of(args.ours_ckpt)).items()
                                  if k != "checkpoint"})

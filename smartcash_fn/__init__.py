@@ -10,6 +10,9 @@ a resumed or replayed run reaches the same bits as the run that never stopped::
     state = sf.fit(state, loop)
 """
 
+from . import rng, schedule
+from . import _moved
+from ._version import __version__
 from .callbacks import (
     Monitor,
     checkpointing,
@@ -29,9 +32,6 @@ from .optim import Optimizer, adam, adamw, frozen, label_by_prefix, multi_transf
 from .replay import Difference, replay, resume, verify
 from .state import Best, History, Progress, RunInfo, Stop, TrainState
 from .step import Step, accumulate, bf16, classification_loss, clip, ema, fp16, make_step
-from . import rng, schedule
-from ._version import __version__
-from . import _moved
 
 _moved.install()
 
@@ -40,7 +40,7 @@ __all__ = [
     "History", "LoaderData", "Loop", "Monitor", "Optimizer", "Progress", "RecipeError", "RunInfo", "StateError",
     "Step", "Stop", "TensorData", "TrainState", "UserError", "Validation", "accumulate", "adam", "adamw", "bf16",
     "checkpointing", "classification_loss", "classification_metrics", "clip", "early_stopping", "ema", "emit",
-    "fit", "fp16", "frozen", "keep_best", "label_by_prefix", "load", "memory_cleanup", "multi_transform",
+    "fit", "fp16", "frozen", "keep_best", "label_by_prefix", "load", "make_step", "memory_cleanup", "multi_transform",
     "nan_guard", "on", "per_sample", "read", "record_steps", "reduce_on_plateau", "replay", "resume", "save",
-    "schedule", "sgd", "switch", "verify",
+    "schedule", "sgd", "switch", "verify", "rng", "__version__",
 ]

@@ -59,6 +59,7 @@ def to_tree(state: TrainState) -> dict[str, Any]:
         "stop": None if state.stop is None else {"reason": state.stop.reason, "failed": state.stop.failed},
         "lr_scale": float(state.lr_scale),
         "recipe": state.recipe,
+        "data_info": dict(state.data_info),
     }
     return tree_map(lambda x: x.detach().cpu() if isinstance(x, torch.Tensor) else x, tree, shared=True)
 
@@ -112,6 +113,7 @@ def from_tree(tree: Mapping[str, Any], like: TrainState | None = None, where: st
         stop=stop,
         lr_scale=float(tree["lr_scale"]),
         recipe=tree["recipe"],
+        data_info=tree.get("data_info") or {},
         model=None if like is None else like.model,
         optimizer=None if like is None else like.optimizer,
     )

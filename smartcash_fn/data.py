@@ -20,7 +20,7 @@ Both start at any batch without reading the batches before it::
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator, Protocol, Sequence
+from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 
 import attrs
 import torch
@@ -52,6 +52,23 @@ def _check_batching(where: str, n: int, batch_size: int) -> None:
         raise DataError(f"{where}: batch_size must be an int >= 1, got {batch_size!r}")
     if n == 0:
         raise DataError(f"{where}: the dataset is empty")
+
+
+@attrs.frozen
+class Splits:
+    """What a data factory returns: training data, optional validation data, and ``info`` for the model.
+
+    ``info`` keys named like the model factory's arguments (``in_features``,
+    ``classes``) fill them when the recipe leaves them out; ``collate_fn`` in
+    ``info`` batches a ``Dataset``'s samples::
+
+        return Splits(train=(x, y), val=(xv, yv), info={"in_features": 16, "classes": 4})
+    """
+
+    train: Any
+    val: Any = None
+    info: Mapping[str, Any] = attrs.field(factory=dict)
+
 
 
 @attrs.frozen
@@ -163,21 +180,27 @@ class LoaderData:
         return iter(loader)
 
 
-def as_data(source: Any, batch_size: int = 32, **kwargs: Any) -> Data:
+def as_data(source: Any, batch_size: int = 32, *, shuffle: bool = True, drop_last: bool = False,
+            workers: int = 0, collate_fn: Callable[[list[Any]], Any] | None = None) -> Data:
     """Wrap ``source`` as a :class:`Data`: tensors become :class:`TensorData`, a Dataset :class:`LoaderData`.
 
-    An object that already has ``batches`` and ``__len__`` is returned as is.
+    An object that already has ``batches`` and ``__len__`` is returned as is;
+    ``workers`` and ``collate_fn`` apply to a Dataset::
+
+        data = as_data((x, y), batch_size=64)                  # TensorData
+        data = as_data(images, batch_size=16, workers=2)       # LoaderData
     """
     if hasattr(source, "batches") and hasattr(source, "__len__"):
         return source
     if isinstance(source, torch.Tensor):
-        return TensorData((source,), batch_size=batch_size, **kwargs)
+        source = (source,)
     if isinstance(source, Sequence) and source and all(isinstance(t, torch.Tensor) for t in source):
-        return TensorData(tuple(source), batch_size=batch_size, **kwargs)
+        return TensorData(tuple(source), batch_size=batch_size, shuffle=shuffle, drop_last=drop_last)
     if hasattr(source, "__getitem__") and hasattr(source, "__len__"):
-        return LoaderData(source, batch_size=batch_size, **kwargs)
+        return LoaderData(source, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, workers=workers,
+                          collate_fn=collate_fn)
     raise DataError(
-        f"as_data: cannot batch a {type(source).__name__}; pass tensors, a Dataset, or an object with "
+        f"cannot batch a {type(source).__name__}; give tensors, a Dataset, or an object with "
         "batches(seed, epoch, start) and __len__"
     )
 

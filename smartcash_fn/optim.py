@@ -38,7 +38,6 @@ never train).
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -46,8 +45,8 @@ import attrs
 import torch
 from torch import Tensor
 
-from smartcash_fn.errors import ArgumentError
-from smartcash_fn.schedule import Schedule, constant
+from .errors import ArgumentError
+from .schedule import Schedule, constant, is_real
 
 __all__ = [
     "OptState",
@@ -108,18 +107,14 @@ def _next_lrs(schedule: Schedule) -> Callable[[OptState, float], dict[str, float
 # argument checks
 
 
-def _is_real(value: object) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
 def _check_at_least_zero(where: str, name: str, value: object) -> float:
-    if not (_is_real(value) and math.isfinite(value) and value >= 0):
+    if not (is_real(value) and math.isfinite(value) and value >= 0):
         raise ArgumentError(f"{where}: {name} must be a finite number >= 0, got {value!r}")
     return float(value)
 
 
 def _check_beta(where: str, name: str, value: object) -> float:
-    if not (_is_real(value) and 0.0 <= value < 1.0):
+    if not (is_real(value) and 0.0 <= value < 1.0):
         raise ArgumentError(f"{where}: {name} must be a number in [0, 1), got {value!r}")
     return float(value)
 
@@ -127,7 +122,7 @@ def _check_beta(where: str, name: str, value: object) -> float:
 def _as_schedule(where: str, lr: float | Schedule) -> Schedule:
     if callable(lr):
         return lr
-    if not (_is_real(lr) and math.isfinite(lr) and lr >= 0):
+    if not (is_real(lr) and math.isfinite(lr) and lr >= 0):
         raise ArgumentError(f"{where}: lr must be a finite number >= 0 or a schedule (count -> lr), got {lr!r}")
     return constant(float(lr))
 

@@ -28,7 +28,7 @@ from typing import Literal
 
 import attrs
 
-from smartcash_fn.errors import ArgumentError
+from .errors import ArgumentError
 
 __all__ = [
     "Schedule",
@@ -56,13 +56,14 @@ Schedule = Callable[[int], float]
 # argument checks (attrs converters and validators)
 
 
-def _is_real(value: object) -> bool:
+def is_real(value: object) -> bool:
+    """Whether ``value`` is a real number and not a bool: ``is_real(1e-3)`` is True, ``is_real(True)`` False."""
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def _as_float(value: object) -> object:
     """Turn any real number into a float; leave anything else for the validator to reject."""
-    return float(value) if _is_real(value) else value
+    return float(value) if is_real(value) else value
 
 
 def _finite_at_least_zero(_instance: object, attribute: attrs.Attribute, value: object) -> None:

@@ -119,7 +119,9 @@ class TrainState:
     epoch means), ``extras`` (the state of step transformers: EMA params, the
     fp16 loss scale, accumulated gradients), ``callbacks`` (each callback's own
     state by name), ``best``, ``stop``, ``lr_scale`` (set by reduce-on-plateau)
-    and ``recipe`` (the resolved recipe when built from one).
+``recipe`` (the resolved recipe when built from one) and ``data_info`` (plain facts about
+    the data it was built for — class names, layers, image size — so a checkpoint alone rebuilds
+    the model).
 
     Transient fields, never serialized: ``model`` (a template module used
     through ``torch.func.functional_call``), ``optimizer`` (an
@@ -145,6 +147,7 @@ class TrainState:
     stop: Stop | None = None
     lr_scale: float = 1.0
     recipe: Mapping[str, Any] | None = None
+    data_info: Mapping[str, Any] = attrs.field(factory=dict)
     model: nn.Module | None = _transient()
     optimizer: Any = _transient()
     pending: tuple[str, ...] = _transient(default=())

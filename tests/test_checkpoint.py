@@ -95,7 +95,7 @@ def test_a_checkpoint_is_plain_data_for_torch_load(ckpt):
     assert raw["library_version"] == sf.__version__ and raw["torch_version"] == torch.__version__
     assert raw["meta"] == {"note": "meta-note-value"}
     assert list(raw["state"]) == ["params", "buffers", "opt_state", "progress", "seed", "history", "metrics",
-                                  "running", "extras", "callbacks", "best", "stop", "lr_scale", "recipe"]
+                                  "running", "extras", "callbacks", "best", "stop", "lr_scale", "recipe", "data_info"]
 
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "checkpoint-format.md"

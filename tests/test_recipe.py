@@ -64,7 +64,7 @@ def test_tiny_recipe_loads_with_its_file_name_as_run_name():
 
 
 def test_default_recipe_is_the_synthetic_detector_recipe():
-    from smartcash_fn.cli import DEFAULT_RECIPE
+    from smartcash_fn.run.commands import DEFAULT_RECIPE
 
     shipped = rc.to_dict(rc.load(TINY.parent / "rupiah_synthetic.toml"))
     default = rc.to_dict(rc.load(DEFAULT_RECIPE))

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from .. import rng
-from ..run.build import Splits
+from ..data import Splits
 
 
 def _positive(where: str, **values: int) -> None:

@@ -41,8 +41,8 @@ import attrs
 
 from .._files import is_main_process
 from ..events import Callback
-from .sinks import number
 from ..state import TrainState
+from .values import number
 
 LOGGER_NAME = "smartcash_fn"
 logger = logging.getLogger(LOGGER_NAME)

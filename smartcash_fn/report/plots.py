@@ -25,8 +25,8 @@ from typing import Any, Iterable, Mapping, Sequence
 from .._files import ensure_folder, is_main_process, write_atomic
 from ..errors import DataError, StateError
 from ..events import Callback
-from .sinks import number
 from ..state import Best, History, TrainState
+from .values import fmt_value, number
 
 SPLITS = ("train", "val", "test")
 _SKIP = ("epoch", "step")
@@ -87,10 +87,6 @@ def _figure(width: float, height: float) -> Any:
     return Figure(figsize=(width, height), dpi=100, layout="constrained")
 
 
-def _fmt(v: float) -> str:
-    return f"{v:.4g}"
-
-
 # --------------------------------------------------------------------------- curves
 
 
@@ -112,7 +108,7 @@ def _draw_group(ax: Any, history: History, group: str, keys: Sequence[str], best
         if best.monitor in keys:
             ax.plot([bx], [best.value], linestyle="none", marker="*", markersize=14, color="gold",
                     markeredgecolor="black", zorder=5, gid=BEST_GID,
-                    label=f"best {_fmt(best.value)} (epoch {bx})")
+                    label=f"best {fmt_value(best.value)} (epoch {bx})")
     if len(keys) > 1 or (best is not None and best.monitor in keys):
         ax.legend(fontsize=8)
 
@@ -139,7 +135,7 @@ def curves_figure(history: History, best: Best | None = None, groups: Mapping[st
     for i, (group, keys) in enumerate(groups.items()):
         _draw_group(fig.add_subplot(rows, cols, i + 1), history, group, keys, best)
     if best is not None:
-        fig.suptitle(f"best {best.monitor} {_fmt(best.value)} at epoch {best.epoch + 1}", fontsize=11)
+        fig.suptitle(f"best {best.monitor} {fmt_value(best.value)} at epoch {best.epoch + 1}", fontsize=11)
     return fig
 
 

@@ -28,12 +28,12 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
-import torch
-
 from .._files import check_folder, ensure_folder, is_main_process, write_text_atomic
 from ..errors import StateError
 from ..events import Callback
 from ..state import History, TrainState
+from .plots import curves_figure
+from .values import number, plain
 
 Record = Mapping[str, Any]
 
@@ -44,42 +44,6 @@ PRIORITY = 500
 
 
 # --------------------------------------------------------------------------- helpers shared by the writers
-
-
-def plain(value: Any) -> Any:
-    """``value`` as plain JSON-able data: one-element tensors and numpy scalars become Python numbers.
-
-    ``plain(torch.tensor(0.5))`` is ``0.5``; a longer tensor becomes a list; an unknown object its ``str``.
-    """
-    if isinstance(value, torch.Tensor):
-        value = value.detach().cpu()
-        return value.item() if value.numel() == 1 else value.tolist()
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    item = getattr(value, "item", None)  # numpy scalars and arrays
-    if callable(item):
-        try:
-            return item()
-        except (TypeError, ValueError):
-            tolist = getattr(value, "tolist", None)
-            if callable(tolist):
-                return tolist()
-    if isinstance(value, Mapping):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    return str(value)
-
-
-def number(value: Any) -> float | None:
-    """``value`` as a float when it is a real number (not a bool), else None.
-
-    ``number(3)`` is ``3.0``; ``number("a")`` and ``number(True)`` are None.
-    """
-    value = plain(value)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value)
 
 
 # --------------------------------------------------------------------------- CSV
@@ -479,8 +443,6 @@ def tensorboard_log(run_dir: str | os.PathLike, every_steps: int = 10,
         if not is_main_process():
             return state
         if curves and state.history.epochs:
-            from .plots import curves_figure
-
             writer(state).add_image("curves", figure_image(curves_figure(state.history, state.best)),
                                     state.progress.step, dataformats="HWC")
         close()

@@ -18,12 +18,13 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from .console import fmt_duration, fmt_value
 from .._files import ensure_folder, is_main_process, write_text_atomic
 from ..errors import StateError
 from ..events import Callback
-from .sinks import number, plain
 from ..state import TrainState
+from .console import fmt_duration, fmt_value
+from .toml import dumps
+from .values import number, plain
 
 # --------------------------------------------------------------------------- markdown
 
@@ -35,8 +36,6 @@ def recipe_block(recipe: Mapping[str, Any] | None) -> str:
     """
     if not recipe:
         return "_No recipe: the run was built in code._\n"
-    from ..run.recipe import dumps
-
     try:
         return f"```toml\n{dumps(plain(recipe))}```\n"
     except (TypeError, ValueError):

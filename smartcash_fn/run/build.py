@@ -17,7 +17,6 @@ a ``Dataset`` or any object with ``batches`` and ``__len__``.
 
 from __future__ import annotations
 
-import importlib
 import math
 import os
 from pathlib import Path
@@ -28,32 +27,19 @@ import toolz
 import torch
 
 from .. import optim
-from . import registry
+from .. import step as step_lib
+from .._files import is_main_process, write_text_atomic
 from ..callbacks import Monitor, checkpointing, early_stopping, keep_best, reduce_on_plateau
-from ..data import LoaderData, TensorData
+from ..data import Splits, as_data
 from ..errors import RecipeError, StateError, UserError
 from ..events import EVENTS, Callback, flatten
 from ..loop import Loop, Validation
-from .recipe import Recipe, to_dict
+from ..report import console, plots, sinks, summary
 from ..state import TrainState
-from ..tree import tree_map
 from ..step import Step, make_step
-
-
-@attrs.frozen
-class Splits:
-    """What a data factory returns: training data, optional validation data, and ``info`` for the model.
-
-    ``info`` keys named like the model factory's arguments (``in_features``,
-    ``classes``) fill them when the recipe leaves them out; ``collate_fn`` in
-    ``info`` batches a ``Dataset``'s samples::
-
-        return Splits(train=(x, y), val=(xv, yv), info={"in_features": 16, "classes": 4})
-    """
-
-    train: Any
-    val: Any = None
-    info: Mapping[str, Any] = attrs.field(factory=dict)
+from ..tree import tree_map, walk
+from . import registry
+from .recipe import Recipe, to_dict
 
 
 @attrs.frozen
@@ -92,19 +78,10 @@ def _as_source(src: Any, recipe: Recipe, train: bool, info: Mapping[str, Any]) -
     shuffle, drop_last = (cfg.shuffle, cfg.drop_last) if train else (False, False)
     split = "train" if train else "val"
     try:
-        if hasattr(src, "batches") and hasattr(src, "__len__"):
-            return src
-        if isinstance(src, torch.Tensor):
-            return TensorData((src,), batch_size=bs, shuffle=shuffle, drop_last=drop_last)
-        if isinstance(src, (tuple, list)) and src and all(isinstance(t, torch.Tensor) for t in src):
-            return TensorData(tuple(src), batch_size=bs, shuffle=shuffle, drop_last=drop_last)
-        if hasattr(src, "__getitem__") and hasattr(src, "__len__"):
-            return LoaderData(src, batch_size=bs, shuffle=shuffle, drop_last=drop_last, workers=cfg.workers,
-                              collate_fn=info.get("collate_fn"))
+        return as_data(src, bs, shuffle=shuffle, drop_last=drop_last, workers=cfg.workers,
+                       collate_fn=info.get("collate_fn"))
     except UserError as e:
-        raise RecipeError(f"{where}: the {split} data: {e}") from None
-    raise RecipeError(f"{where}: the data factory's {split} data is a {type(src).__name__}; give tensors, a "
-                      "Dataset, or an object with batches(seed, epoch, start) and __len__")
+        raise RecipeError(f"{where}: the data factory's {split} data: {e}") from None
 
 
 def make_data(recipe: Recipe) -> tuple[Any, Any, Mapping[str, Any]]:
@@ -408,7 +385,6 @@ def make_train_step(recipe: Recipe, loss_fn: Callable[..., Any]) -> tuple[Callab
         text    # 'compose(accumulate(every=4), clip(max_norm=10.0))(make_step(cross_entropy))'
     """
     cfg = recipe.train
-    step_mod = importlib.import_module("smartcash_fn.step")
     chain: list[tuple[str, Callable[[Step], Step]]] = []
     used = {s.use for s in cfg.steps}
     convenience = [
@@ -425,7 +401,7 @@ def make_train_step(recipe: Recipe, loss_fn: Callable[..., Any]) -> tuple[Callab
             i = next(i for i, s in enumerate(cfg.steps) if s.use in clash)
             raise recipe.error(("train", key), f"given twice: here and as train.steps[{i}] ({cfg.steps[i].use}); "
                                                "keep one of them")
-        chain.append((_call_text(name, params), getattr(step_mod, name)(**params)))
+        chain.append((_call_text(name, params), getattr(step_lib, name)(**params)))
     for i, s in enumerate(cfg.steps):
         where = recipe.where("train", "steps", i, "use")
         fn = registry.resolve("step", s.use, where)
@@ -559,48 +535,50 @@ def make_callbacks(recipe: Recipe, context: Mapping[str, Any] | None = None) -> 
     return tuple(out)
 
 
-_LOGGERS = (
-    ("csv", "smartcash_fn.report.sinks", "csv_log"),
-    ("jsonl", "smartcash_fn.report.sinks", "jsonl_log"),
-    ("tensorboard", "smartcash_fn.report.sinks", "tensorboard_log"),
-    ("plots", "smartcash_fn.report.plots", "plot_curves"),
-    ("summary", "smartcash_fn.report.summary", "write_summary"),
-    ("console", "smartcash_fn.report.console", "console"),
+_LOGGERS: tuple[tuple[str, Callable[..., Any]], ...] = (
+    ("csv", sinks.csv_log),
+    ("jsonl", sinks.jsonl_log),
+    ("tensorboard", sinks.tensorboard_log),
+    ("plots", plots.plot_curves),
+    ("summary", summary.write_summary),
+    ("console", console.console),
 )
+"""``[loggers]`` key -> the writer factory it switches on (``console`` takes ``quiet``, the others the run folder)."""
 
 
 def make_loggers(recipe: Recipe, run_dir: Path | None,
                  quiet: bool = False) -> tuple[tuple[Callback, ...], tuple[str, ...], tuple[str, ...]]:
-    """The logger callbacks ``[loggers]`` asks for, notes about those not available, and the console's names.
+    """The logger callbacks ``[loggers]`` asks for, notes about them (none today), and the console's names.
 
     Loggers that write files need ``run_dir``; ``console`` gets ``quiet``:
     ``callbacks, notes, console_names = make_loggers(recipe, Path("runs/a"))``.
     """
     cbs: list[Callback] = []
     notes: list[str] = []
-    console: list[str] = []
-    for key, module_name, attr in _LOGGERS:
+    console_names: list[str] = []
+    for key, factory in _LOGGERS:
         if not getattr(recipe.loggers, key) or (run_dir is None and key != "console"):
-            continue
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as e:
-            if e.name != module_name:
-                raise
-            notes.append(f"loggers.{key}: left out, {module_name} is not available in this installation")
-            continue
-        factory = getattr(module, attr, None)
-        if factory is None:
-            notes.append(f"loggers.{key}: left out, {module_name} has no {attr}")
             continue
         made = flatten([factory(quiet=quiet) if key == "console" else factory(run_dir)])
         if key == "console":
-            console.extend(c.name for c in made)
+            console_names.extend(c.name for c in made)
         cbs.extend(made)
-    return tuple(cbs), tuple(notes), tuple(console)
+    return tuple(cbs), tuple(notes), tuple(console_names)
 
 
 # --------------------------------------------------------------------------- the whole run
+
+
+def plain_info(info: Mapping[str, Any]) -> dict[str, Any]:
+    """The entries of the data's ``info`` that are plain data (names, sizes, layers; not ``collate_fn``).
+
+    They ride in the state as ``data_info``, so a checkpoint alone rebuilds the model:
+    ``plain_info({"classes": 3, "collate_fn": f})`` is ``{"classes": 3}``.
+    """
+    def is_plain(value: Any) -> bool:
+        return all(isinstance(node, (dict, list, tuple, str, int, float, bool, type(None))) for _, node in walk(value))
+
+    return {k: tree_map(lambda v: v, v, sequence=list) for k, v in info.items() if k != "problems" and is_plain(v)}
 
 
 def build(recipe: Recipe, run_dir: str | os.PathLike | None = None, *, quiet: bool = False) -> Built:
@@ -652,6 +630,7 @@ def build(recipe: Recipe, run_dir: str | os.PathLike | None = None, *, quiet: bo
         template = TrainState.create(factory, optimizer, seed=recipe.run.seed, recipe=to_dict(recipe))
     except ValueError as e:  # a param group's label function or the optimizer's init refused the params
         raise RecipeError(f"{recipe.where('optimizer')}: {e}") from None
+    template = template.replace(data_info=plain_info(info))
     loop = Loop(step=step, data=train, epochs=recipe.train.epochs, validation=validation, callbacks=tuple(callbacks))
     return Built(recipe=recipe, template=template, loop=loop, run_dir=run_dir, batches=batches, updates=updates,
                  step_text=step_text, notes=tuple(notes), console=console)
@@ -667,7 +646,6 @@ def data_problems(run_dir: str | os.PathLike, problems: Any, summary: bool = Tru
 
         loop = loop.add(data_problems("runs/a", splits.info["problems"]))
     """
-    from ..report.sinks import is_main_process, write_text_atomic
 
     folder = Path(run_dir)
     lines = [str(p) for p in problems]
@@ -719,14 +697,7 @@ def probe(built: Built) -> float:
     if v is not None:
         try:
             vbatch = next(iter(v.data.batches(state.seed, 0, 0)))
-            model = state.model
-            was = model.training
-            model.train(False)
-            try:
-                with torch.no_grad():
-                    v.evaluator.update(v.evaluator.init(), lambda *x: state.apply(*x), vbatch)
-            finally:
-                model.train(was)
+            v.evaluator.update(v.evaluator.init(), state.apply, vbatch)  # eval mode, no gradient
         except UserError:
             raise
         except Exception as e:  # noqa: BLE001

@@ -23,9 +23,7 @@ key (generated from the records), ``--update-readme`` writes it into README.md.
 
 import copy
 import json
-import math
 import os
-import re
 import sys
 import types
 import typing
@@ -40,7 +38,9 @@ import tomli
 
 from .._files import write_text_atomic
 from ..errors import RecipeError
+from ..report.toml import dumps, toml_value
 from ..tree import tree_map
+from . import registry
 from .registry import suggest
 
 KeyPath = tuple  # of str (table keys) and int (array indices)
@@ -775,85 +775,6 @@ def from_dict(tree: Mapping[str, Any], source: str = "<recipe>", sets: Iterable[
 
 # --------------------------------------------------------------------------- TOML writer
 
-_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
-_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
-
-
-def _toml_string(s: str) -> str:
-    out = []
-    for ch in s:
-        if ch in _ESCAPES:
-            out.append(_ESCAPES[ch])
-        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
-            out.append(f"\\u{ord(ch):04X}")
-        else:
-            out.append(ch)
-    return '"' + "".join(out) + '"'
-
-
-def _toml_key(k: str) -> str:
-    return k if _BARE_KEY.fullmatch(k) else _toml_string(k)
-
-
-def toml_value(v: Any) -> str:
-    """One plain value as inline TOML: ``toml_value([1, 2.5, "a"]) == '[1, 2.5, "a"]'``."""
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int):
-        if not -(2**63) <= v < 2**63:
-            raise ValueError(f"TOML integers are 64-bit; {v} does not fit")
-        return str(v)
-    if isinstance(v, float):
-        if math.isnan(v):
-            return "nan"
-        if math.isinf(v):
-            return "inf" if v > 0 else "-inf"
-        return repr(v)
-    if isinstance(v, str):
-        return _toml_string(v)
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(toml_value(x) for x in v) + "]"
-    if isinstance(v, Mapping):
-        return "{" + ", ".join(f"{_toml_key(str(k))} = {toml_value(x)}" for k, x in v.items() if x is not None) + "}"
-    raise ValueError(f"cannot write a {type(v).__name__} as TOML (only strings, numbers, booleans, arrays, tables)")
-
-
-def _is_table_array(v: Any) -> bool:
-    return isinstance(v, (list, tuple)) and bool(v) and all(isinstance(x, Mapping) for x in v)
-
-
-def _emit(table: Mapping[str, Any], prefix: tuple[str, ...], lines: list[str]) -> None:
-    items = [(str(k), v) for k, v in table.items() if v is not None]
-    for k, v in items:
-        if not isinstance(v, Mapping) and not _is_table_array(v):
-            lines.append(f"{_toml_key(k)} = {toml_value(v)}")
-    for k, v in items:
-        if isinstance(v, Mapping):
-            header = prefix + (k,)
-            lines.extend(["", f"[{'.'.join(_toml_key(h) for h in header)}]"])
-            _emit(v, header, lines)
-    for k, v in items:
-        if _is_table_array(v):
-            header = prefix + (k,)
-            for item in v:
-                lines.extend(["", f"[[{'.'.join(_toml_key(h) for h in header)}]]"])
-                _emit(item, header, lines)
-
-
-def dumps(table: Mapping[str, Any]) -> str:
-    """Plain nested data (strings, numbers, booleans, arrays, tables) as TOML text that tomli reads back.
-
-    ``tomli.loads(dumps(d)) == d`` for such data (``None`` values are left out)::
-
-        dumps({"train": {"epochs": 3, "steps": [{"use": "clip", "max_norm": 1.0}]}})
-    """
-    lines: list[str] = []
-    _emit(table, (), lines)
-    while lines and lines[0] == "":
-        lines.pop(0)
-    return "\n".join(lines) + "\n"
-
-
 def to_toml(recipe: Recipe, header: str = "") -> str:
     """The resolved recipe as TOML text (``header`` lines become ``#`` comments on top)."""
     comment = "".join(f"# {line}\n" if line else "#\n" for line in header.splitlines())
@@ -947,8 +868,6 @@ def reference() -> str:
     Generated from the attrs records and the registry; README.md holds a copy
     that a test keeps in sync (``python -m smartcash_fn.run.recipe --update-readme``).
     """
-    from . import registry
-
     out = ["A recipe is a TOML file with the sections below; every key but the required ones may be left out.",
            "`extends = \"base.toml\"` (or an array of files) inherits other recipes, tables merged key by key;",
            "`--set key=value` on the command line overrides any key (the value read as TOML).", ""]

@@ -43,11 +43,15 @@ from typing import Any, Callable, Mapping
 
 import attrs
 
-from .. import checkpoint
 from .._files import write_text_atomic
-from ..errors import CheckpointError, RecipeError, StateError
+from ..errors import RecipeError, StateError
 from ..events import EVENTS, Callback
-from ..report.sinks import plain
+from ..loop import fit
+from ..report.values import plain
+from ..run.build import build, probe
+from ..run.folders import find_checkpoint, free_folder, holds_run, run_folder_of
+from ..run.recipe import from_dict, load, to_dict, write
+from ..run.resume import require_fit, seed_mismatch, state_in
 from ..state import TrainState
 
 CALLBACK_ARGUMENTS: Mapping[str, tuple[str, ...]] = {
@@ -341,7 +345,6 @@ class TrainingPipeline:
 
     def __init__(self, config: Mapping[str, Any] | str | os.PathLike, run_dir: str | os.PathLike | None = None,
                  *, quiet: bool = False, model_handler: Any = None, data_manager: Any = None, logger: Any = None):
-        from ..run.recipe import from_dict, load
 
         for name, value in (("model_handler", model_handler), ("data_manager", data_manager), ("logger", logger)):
             if value is not None:
@@ -397,8 +400,6 @@ class TrainingPipeline:
         return recipe
 
     def _fresh_folder(self, recipe: Any) -> Path:
-        from ..cli import free_folder, holds_run
-
         asked = self._run_dir_asked
         if asked is None:
             return free_folder(Path(recipe.run.out) / recipe.run.name)
@@ -409,39 +410,26 @@ class TrainingPipeline:
 
     def _resumed(self, target: Any, recipe: Any) -> tuple[Path, TrainState, Any, bool]:
         """The run folder, the checkpoint's state fitted to ``recipe``'s build, and whether the recipe changed."""
-        from ..run.build import build
-        from ..cli import find_checkpoint, holds_run, run_folder_of
-        from ..run.recipe import to_dict
-        from ..replay import difference
-
         if not isinstance(target, (str, os.PathLike)):
             if isinstance(target, Mapping):
                 raise _gone("train", "dataloaders")
             raise StateError(f"train: resume_from_checkpoint must be a checkpoint file or a run folder (a path), "
                              f"got {type(target).__name__}")
-        ckpt, obj, _ = find_checkpoint(target)
+        found = find_checkpoint(target)
+        ckpt = found.path
         home = run_folder_of(ckpt)
         run_dir = self._run_dir_asked or home
         if run_dir.resolve() != home.resolve() and holds_run(run_dir):
             raise RecipeError(f"run_dir {run_dir}: the folder holds another run than {ckpt}'s; go on in "
                               f"{home} (leave run_dir out) or give an empty run_dir")
-        seed = obj["state"].get("seed")
-        if seed != recipe.run.seed:
-            raise RecipeError(f"{recipe.where('run', 'seed')}: the config says {recipe.run.seed}, but {ckpt} was "
-                              f"trained with seed {seed}; a resumed run keeps its seed: set run.seed = {seed} "
-                              "(or leave resume_from_checkpoint out to start afresh)")
+        wrong_seed = seed_mismatch(found, recipe, called="the config")
+        if wrong_seed:
+            raise RecipeError(f"{wrong_seed} (or leave resume_from_checkpoint out to start afresh)")
         built = build(recipe, run_dir, quiet=self.quiet)
-        try:
-            state = checkpoint.from_tree(obj["state"], built.template, where=str(ckpt))
-        except (KeyError, TypeError) as e:
-            raise CheckpointError(f"{ckpt}: the checkpoint's state is malformed "
-                                  f"({type(e).__name__}: {e})") from None
-        mismatch = difference(checkpoint.structure(built.template.opt_state), checkpoint.structure(state.opt_state), "opt_state")
-        if mismatch is not None:
-            raise RecipeError(f"{recipe.where('optimizer')}: the config's optimizer does not fit {ckpt} (first at "
-                              f"{mismatch.path}); resume with the optimizer and parameter groups it was trained with")
+        state = state_in(found, built.template)
+        require_fit(built.template, state, recipe.where("optimizer"), f"the config's optimizer does not fit {ckpt}")
         tree = to_dict(recipe)
-        return run_dir, state.replace(recipe=tree), built, obj["state"].get("recipe") != tree
+        return run_dir, state.replace(recipe=tree), built, found.obj["state"].get("recipe") != tree
 
     def train(self, resume_from_checkpoint: str | os.PathLike | None = None, save_every: int | None = None, *,
               epochs: int | None = None, dataloaders: Any = None) -> dict[str, Any]:
@@ -459,10 +447,6 @@ class TrainingPipeline:
 
             results = pipeline.train(resume_from_checkpoint="runs/a", save_every=1)
         """
-        from ..run.build import build, probe
-        from ..loop import fit
-        from ..run.recipe import write
-
         if dataloaders is not None:
             raise _gone("train", "dataloaders")
         recipe = self._recipe_for(save_every, epochs)

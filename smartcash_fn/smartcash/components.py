@@ -30,13 +30,14 @@ from typing import Any, Callable, Mapping, Sequence
 import attrs
 import torch
 
-from . import scenes as rupiah
-from ..run.build import Splits
-from .detection import Layout, LossWeights, decode, detection_loss
-from .detector import Detector
+from ..data import Splits
 from ..errors import DataError
 from ..loop import Evaluator
+from . import scenes as rupiah
+from .detection import Layout, LossWeights, decode, detection_loss
+from .detector import Detector
 from .metrics import Detections, detection_evaluator
+from .yolo import Augment, group_layers, read_data_yaml, YoloDataset
 
 # --------------------------------------------------------------------------- layers and groups
 
@@ -142,8 +143,6 @@ def layer_order(names: Sequence[str]) -> tuple[tuple[str, ...], dict[str, tuple[
 
     ``layer_order(["001", "l2_001", "002"])`` gives ``(("001", "002", "l2_001"), {...}, (0, 2, 1))``.
     """
-    from .yolo import group_layers
-
     found = group_layers(names)
     rank = {layer: i for i, layer in enumerate(rupiah.LAYERS)}
     layers = {k: found[k] for k in sorted(found, key=lambda k: (rank.get(k, len(rank)), list(found).index(k)))}
@@ -152,8 +151,6 @@ def layer_order(names: Sequence[str]) -> tuple[tuple[str, ...], dict[str, tuple[
 
 
 def _augment_of(augment: Any, where: str) -> Any:
-    from .yolo import Augment
-
     if augment is False or augment is None:
         return None
     if augment is True:
@@ -182,8 +179,6 @@ def yolo_dataset(data_yaml: str, size: int = 640, augment: Any = True, on_bad: s
 
         splits = yolo_dataset("datasets/rupiah/data.yaml", size=640, on_bad="fail")
     """
-    from .yolo import YoloDataset, read_data_yaml
-
     where = "yolo_dataset"
     _check_size(size, where)
     if not isinstance(data_yaml, (str, os.PathLike)) or not str(data_yaml):

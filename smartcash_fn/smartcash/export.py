@@ -32,8 +32,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from PIL import Image
 
-from . import scenes as rupiah
 from ..errors import DataError
+from . import scenes as rupiah
 
 SPLIT_NAMES = ("train", "val", "test")
 

@@ -25,13 +25,19 @@ from typing import Any, Mapping, Sequence
 import attrs
 import torch
 
-from .. import checkpoint
-from . import scenes as rupiah
-from .detection import Layout
 from ..errors import CheckpointError, DataError, RecipeError
-from .metrics import DetectionReport, Detections, collect_detections, evaluate
+from ..optim import frozen
+from ..run import registry
+from ..run.build import make_data, make_model_factory
+from ..run.folders import find_checkpoint
 from ..run.recipe import Recipe
+from ..run.resume import recipe_of, state_in
 from ..state import TrainState
+from . import scenes as rupiah
+from .components import Decoder, Relabeled, detector_info, layer_order, rupiah_synthetic, yolo_dataset
+from .detection import Layout
+from .metrics import DetectionReport, Detections, collect_detections, evaluate
+from .yolo import IMAGE_SUFFIXES, YoloDataset, letterbox, load_image, read_data_yaml
 
 # --------------------------------------------------------------------------- loading
 
@@ -57,27 +63,8 @@ class LoadedDetector:
         return self.state.apply(images)
 
 
-def checkpoint_path(target: str | os.PathLike) -> Path:
-    """The checkpoint to use for ``target``: a file as is; in a run folder ``best.pt``, else ``last.pt``.
-
-    ``checkpoint_path("runs/rupiah_synthetic")`` is ``runs/rupiah_synthetic/checkpoints/best.pt``.
-    """
-    target = Path(target)
-    if target.is_file():
-        return target
-    if not target.exists():
-        raise CheckpointError(f"{target}: no such checkpoint file or run folder")
-    folder = target / "checkpoints" if (target / "checkpoints").is_dir() else target
-    for name in ("best.pt", "last.pt"):
-        if (folder / name).is_file():
-            return folder / name
-    raise CheckpointError(f"{target}: no best.pt or last.pt in {folder}; give a checkpoint file")
-
-
 def _data_default(recipe: Recipe, key: str) -> Any:
     """``data.params[key]``, else the data factory's default for it (None when it has none)."""
-    from ..run import registry
-
     if key in recipe.data.params:
         return recipe.data.params[key]
     fn = registry.resolve("data", recipe.data.use, recipe.where("data", "use"))
@@ -86,17 +73,11 @@ def _data_default(recipe: Recipe, key: str) -> Any:
 
 
 def _data_kind(recipe: Recipe) -> str:
-    from ..run import registry
-    from .components import rupiah_synthetic, yolo_dataset
-
     fn = registry.resolve("data", recipe.data.use, recipe.where("data", "use"))
     return "synthetic" if fn is rupiah_synthetic else "yolo" if fn is yolo_dataset else "other"
 
 
 def _yolo_info(data_yaml: str | os.PathLike, size: int) -> tuple[dict[str, Any], Any]:
-    from .components import detector_info, layer_order
-    from .yolo import read_data_yaml
-
     spec = read_data_yaml(Path(data_yaml))
     ordered, layers, _ = layer_order(spec.names)
     return detector_info(ordered, layers, size), spec
@@ -112,28 +93,23 @@ def load_detector(target: str | os.PathLike, data_yaml: str | os.PathLike | None
 
         det = load_detector("runs/rupiah_synthetic", data_yaml="datasets/rupiah/data.yaml")
     """
-    from ..run.build import make_data, make_model_factory
-    from ..optim import frozen
-    from ..run.recipe import from_dict
-    from .components import detector_info
-
-    path = checkpoint_path(target)
-    obj = checkpoint.read(path)
-    tree = obj["state"].get("recipe")
-    if not tree:
-        raise CheckpointError(f"{path}: the checkpoint holds no recipe, so the detector cannot be rebuilt")
-    recipe = from_dict(tree, source=f"{path} (its recipe)")
-    size = _data_default(recipe, "size")
-    kind = _data_kind(recipe)
+    found = find_checkpoint(target, prefer=("best", "last"))
+    path = found.path
+    recipe = recipe_of(found)
+    stored = found.obj["state"].get("data_info") or {}
+    size = stored.get("image_size") or _data_default(recipe, "size")
     if not isinstance(size, int):
         raise RecipeError(f"{path} (its recipe): data.params.size: expected the input size in pixels, got {size!r}")
     used_yaml = None
     if data_yaml is not None:
         info, spec = _yolo_info(data_yaml, size)
         used_yaml = str(spec.source)
-    elif kind == "synthetic":
+    elif all(k in stored for k in ("groups", "class_names", "layers")):  # written by build: one read is enough
+        info = dict(stored)
+        used_yaml = recipe.data.params.get("data_yaml")
+    elif _data_kind(recipe) == "synthetic":
         info = detector_info(rupiah.CLASSES, rupiah.LAYERS, size)
-    elif kind == "yolo":
+    elif _data_kind(recipe) == "yolo":
         info, spec = _yolo_info(recipe.data.params["data_yaml"], size)
         used_yaml = str(spec.source)
     else:
@@ -144,7 +120,7 @@ def load_detector(target: str | os.PathLike, data_yaml: str | os.PathLike | None
                               "factory gives groups, image_size, class_names and layers")
     template = TrainState.create(make_model_factory(recipe, info), frozen(), seed=recipe.run.seed)
     try:
-        state = checkpoint.from_tree(obj["state"], like=template, where=str(path))
+        state = state_in(found, template)
     except CheckpointError:
         raise
     except Exception as e:  # noqa: BLE001 - a checkpoint of another model
@@ -195,9 +171,6 @@ def evaluation_data(det: LoadedDetector, split: str = "val", scenario: str | Non
 
         data, text = evaluation_data(det, "test", scenario="occlusion")
     """
-    from .components import Relabeled, layer_order
-    from .yolo import YoloDataset, read_data_yaml
-
     if split not in ("train", "val", "test"):
         raise DataError(f"--split {split}: expected val or test (or train)")
     if det.data_yaml is None:
@@ -324,7 +297,6 @@ def evaluate_split(det: LoadedDetector, split: str = "val", scenario: str | None
     """
     from torch.utils.data import DataLoader
 
-    from .components import Decoder
 
     data, text = evaluation_data(det, split, scenario, n)
     bs = batch_size or det.recipe.data.val_batch_size or det.recipe.data.batch_size
@@ -369,8 +341,6 @@ def image_files(inputs: Sequence[str | os.PathLike]) -> list[Path]:
 
     ``image_files(["photos/", "one.jpg"])``; a missing path or a folder without images is a DataError.
     """
-    from .yolo import IMAGE_SUFFIXES
-
     out: list[Path] = []
     for item in inputs:
         p = Path(item)
@@ -388,8 +358,6 @@ def image_files(inputs: Sequence[str | os.PathLike]) -> list[Path]:
 
 def _letterboxed(path: Path, size: int) -> tuple[torch.Tensor, torch.Tensor, float, float, float]:
     """``(original uint8 image, letterboxed float image, scale, left, top)`` of an image file."""
-    from .yolo import letterbox, load_image
-
     try:
         image = load_image(path)
     except Exception as e:  # noqa: BLE001 - any failure to decode is bad input
@@ -409,8 +377,6 @@ def predict_files(det: LoadedDetector, files: Sequence[Path], conf: float = 0.25
 
         for path, image, d in predict_files(det, image_files(["photos/"])): print(path, d.labels)
     """
-    from .components import Decoder
-
     decoder = Decoder(det.layout, conf, iou, max_det)
     out: list[tuple[Path, torch.Tensor, Detections]] = []
     for start in range(0, len(files), batch_size):

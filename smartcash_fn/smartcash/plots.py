@@ -26,10 +26,15 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from .._files import ensure_folder, is_main_process
 from ..errors import StateError
 from ..events import Callback
-from .metrics import DetectionReport, Detections, as_detections, as_targets, collect_detections, evaluate
+from ..report.plots import confusion_matrix_figure, pr_curve_figure, save_figure
+from ..report.sinks import tensorboard_figure
 from ..state import TrainState
+from .components import Decoder
+from .detection import Layout
+from .metrics import DetectionReport, Detections, as_detections, as_targets, collect_detections, evaluate
 
 LAYER_COLOURS = {"banknote": "#ff3b30", "nominal": "#ffcc00", "security": "#34c759"}
 """Box colour of a prediction by its class's layer (others are cyan)."""
@@ -110,8 +115,6 @@ def report_figures(report: DetectionReport) -> list[tuple[str, Any]]:
 
     ``save_figures(report_figures(evaluate(dets, tgts, names, layers)), "runs/a/plots")``
     """
-    from ..report.plots import confusion_matrix_figure, pr_curve_figure
-
     out = []
     curves = report.pr_curves()
     if curves:
@@ -152,9 +155,6 @@ def detection_plots(run_dir: str | os.PathLike | None, val_data: Any, groups: Ma
         use = "detection_plots"
         samples = 8
     """
-    from .detection import Layout
-    from .components import Decoder
-
     if run_dir is None or val_data is None:
         return ()
     if not isinstance(every_epochs, int) or isinstance(every_epochs, bool) or every_epochs < 0:
@@ -166,10 +166,6 @@ def detection_plots(run_dir: str | os.PathLike | None, val_data: Any, groups: Ma
     folder = Path(run_dir) / "plots"
 
     def write(state: TrainState) -> None:
-        from ..report.plots import save_figure
-        from ..report.sinks import tensorboard_figure
-        from .._files import ensure_folder, is_main_process
-
         if not is_main_process() or state.model is None:
             return
         ema = state.extras.get("ema") if use_ema else None

@@ -1,0 +1,266 @@
+"""The generic commands of ``smartcash-fn``: train, resume, replay, check and inspect runs made from recipes.
+
+Each command is a function of its parsed arguments returning the exit status
+(0 done, 1 a failed run or a replay that differs); bad input raises a
+:class:`~smartcash_fn.errors.UserError`, which the top floor (``cli.py``)
+prints as one ``error:`` line with exit 2::
+
+    train(argparse.Namespace(recipe="recipes/tiny.toml", sets=[], out=None, quiet=True))
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from .. import checkpoint
+from .._files import write_text_atomic
+from .._version import __version__
+from ..errors import RecipeError
+from ..loop import fit
+from ..replay import replay as replay_state, verify, writer_names
+from ..report.values import fmt_exact, plain
+from ..tree import tree_map
+from .build import build, describe, probe
+from .folders import find_checkpoint, free_folder, holds_run, run_folder_of
+from .recipe import dumps, load, parse_set, to_dict, to_toml, write
+from .resume import recipe_of, require_fit, state_in
+
+DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "default.toml"
+"""The recipe ``smartcash-fn train`` uses when none is given (shipped inside the package)."""
+
+
+def note(text: str) -> None:
+    """Print ``note: text`` on stderr: something the user should know that is not an error."""
+    print(f"note: {text}", file=sys.stderr)
+
+
+def say(text: str) -> None:
+    """Print ``text`` on stdout, flushed (the command's own output)."""
+    print(text, flush=True)
+
+
+def metrics_line(record: dict[str, Any]) -> str:
+    return "  ".join(f"{k} {fmt_exact(v)}" for k, v in record.items() if k not in ("epoch", "step"))
+
+
+def finish(state: Any, run_dir: Path) -> int:
+    p = state.progress
+    last = state.history.last()
+    say(f"done: {p.epoch} epoch(s), step {p.step}; {metrics_line(dict(last)) or 'no epoch finished'}")
+    if state.best is not None:
+        b = state.best
+        say(f"best: {b.monitor} {fmt_exact(b.value)} after epoch {b.epoch + 1}")
+    if state.stop is not None:
+        say(f"stopped: {state.stop.reason}")
+    say(f"run folder: {run_dir}")
+    return 1 if state.stop is not None and state.stop.failed else 0
+
+
+def _header(action: str) -> str:
+    return f"Resolved recipe of this run ({action}), written by smartcash_fn {__version__}.\n" \
+           "Train it again with: smartcash-fn train <this file>"
+
+
+def train(args: argparse.Namespace) -> int:
+    """``train [RECIPE] [--set K=V]... [--out DIR]``: a new run in a new folder."""
+    recipe = load(args.recipe or DEFAULT_RECIPE, args.sets)
+    if args.out:
+        run_dir = Path(args.out)
+        if holds_run(run_dir):
+            raise RecipeError(f"--out {run_dir}: the folder already holds a run; resume it with "
+                              f"`smartcash-fn resume {run_dir}`, or give another folder")
+    else:
+        run_dir = free_folder(Path(recipe.run.out) / recipe.run.name)
+    built = build(recipe, run_dir, quiet=args.quiet)
+    probe(built)
+    for n in built.notes:
+        note(n)
+    write(recipe, run_dir / "recipe.toml", header=_header("train"))
+    say(f"training {recipe.run.name}: {built.loop.epochs} epoch(s) of {built.batches} batches -> {run_dir}")
+    state = fit(built.template, built.loop)
+    return finish(state, run_dir)
+
+
+def resume(args: argparse.Namespace) -> int:
+    """``resume CKPT_OR_RUN_DIR [--set K=V]... [--out DIR]``: go on from a checkpoint; with changes, as a fork."""
+    found = find_checkpoint(args.target)
+    for s in found.skipped:
+        note(f"skipped {s}")
+    ckpt = found.path
+    recipe = recipe_of(found, args.sets)
+    old_dir = run_folder_of(ckpt)
+    fork = bool(args.sets or args.out)
+    if fork:
+        renamed = any(parse_set(s)[0] == ("run", "name") for s in args.sets)
+        if args.out:
+            run_dir = Path(args.out)
+            if holds_run(run_dir):
+                raise RecipeError(f"--out {run_dir}: the folder already holds a run; give another folder")
+        elif renamed:
+            run_dir = free_folder(old_dir.parent / recipe.run.name)
+        else:
+            run_dir = free_folder(old_dir.parent / f"{old_dir.name}-fork")
+        recipe = attrs.evolve(recipe, run=attrs.evolve(recipe.run, name=run_dir.name, parent=str(ckpt.resolve())))
+    else:
+        run_dir = old_dir
+    built = build(recipe, run_dir, quiet=args.quiet)
+    state = state_in(found, built.template)
+    if fork:
+        require_fit(built.template, state, f"--set {' '.join(args.sets) or '(none)'}",
+                    "the forked recipe changes the optimizer's state (change lr, schedule, epochs, callbacks, ... "
+                    "instead)")
+        callbacks = {k: v for k, v in state.callbacks.items() if k != "checkpoint"}  # its files are the parent's
+        state = state.replace(recipe=to_dict(recipe), callbacks=callbacks, stop=None, seed=recipe.run.seed)
+    for n in built.notes:
+        note(n)
+    p = state.progress
+    if state.stop is not None:
+        say(f"{ckpt}: the run had stopped ({state.stop.reason}); fork it with --set to train on")
+        return 0
+    if p.epoch >= built.loop.epochs:
+        say(f"{ckpt}: the run is complete ({p.epoch} of {built.loop.epochs} epochs); fork it with "
+             f"--set train.epochs=N to train on")
+        return 0
+    if fork or not (run_dir / "recipe.toml").exists():
+        write(recipe, run_dir / "recipe.toml", header=_header(f"forked from {ckpt}" if fork else "resume"))
+    say(f"{'forking' if fork else 'resuming'} {ckpt} at epoch {p.epoch}, batch {p.batch} (step {p.step}) -> {run_dir}")
+    state = fit(state, built.loop)
+    return finish(state, run_dir)
+
+
+def replay(args: argparse.Namespace) -> int:
+    """``replay CKPT --to-step N [--verify OTHER]``: recompute a later state; 0 when it matches OTHER bit for bit."""
+    found = find_checkpoint(args.checkpoint)
+    ckpt, obj = found.path, found.obj
+    recipe = recipe_of(found)
+    other = find_checkpoint(args.verify) if args.verify else None
+    other_obj = None if other is None else other.obj
+    to_step = args.to_step
+    if to_step is None:
+        if other_obj is None:
+            raise RecipeError("replay: give --to-step N (or --verify OTHER to replay up to OTHER's step)")
+        to_step = int(other_obj["state"]["progress"]["step"])
+    if to_step < 0:
+        raise RecipeError(f"--to-step {to_step}: expected a step >= 0")
+    with tempfile.TemporaryDirectory() as tmp:  # writers are built for their names only; replay leaves them out
+        built = build(recipe, Path(tmp) / "run", quiet=True)
+    loop = attrs.evolve(built.loop, callbacks=tuple(c for c in built.loop.callbacks if c.name not in built.console))
+    start = obj["state"]["progress"]
+    state = replay_state(state_in(found, built.template), loop, to_step=to_step)
+    p = state.progress
+    say(f"replayed {ckpt} from step {start['step']} to step {p.step} (epoch {p.epoch}, batch {p.batch})")
+    if p.step != to_step:
+        say(f"note: the run ends at step {p.step}, before step {to_step}")
+    if other_obj is None:
+        say(f"digest: {checkpoint.digest(checkpoint.to_tree(state))}")
+        return 0
+    diff = verify(state, state_in(other, built.template), ignore=writer_names(built.loop) + built.console)
+    if diff is None:
+        say(f"identical: the replayed state is bit-identical to {args.verify}")
+        return 0
+    say(f"DIFFERENT: the replayed state differs from {args.verify}; first difference:\n  {diff}")
+    return 1
+
+
+def check(args: argparse.Namespace) -> int:
+    """``check RECIPE [--set K=V]...``: validate, print the resolved recipe, the composed step and callbacks."""
+    recipe = load(args.recipe, args.sets)
+    with tempfile.TemporaryDirectory() as tmp:
+        built = build(recipe, Path(tmp) / recipe.run.name, quiet=True)
+        loss = probe(built)
+    sys.stdout.write(to_toml(recipe, header=f"Resolved recipe of {args.recipe}"))
+    say("")
+    for line in describe(built).splitlines():
+        say(f"# {line}")
+    say(f"# trial step: loss {fmt_exact(loss)} on the first batch")
+    say(f"# ok: {args.recipe} is valid; the run folder would be {Path(recipe.run.out) / recipe.run.name}")
+    return 0
+
+
+def inspect_info(path: str | os.PathLike) -> dict[str, Any]:
+    """What ``inspect`` shows of a checkpoint (or a run folder's newest), as plain data.
+
+    Progress, the last epoch's metrics, best, stop, recipe, versions, digest:
+    ``inspect_info("runs/tiny/checkpoints/last.pt")["progress"]["epoch"]``
+    """
+    found = find_checkpoint(path)
+    for s in found.skipped:
+        note(f"skipped {s}")
+    path, obj = found.path, found.obj
+    st = obj["state"]
+    recipe = st.get("recipe") or {}
+    best = st.get("best")
+    epochs = st["history"]["epochs"]
+    params = st["params"]
+    return plain({
+        "path": str(path),
+        "format": obj.get("format"),
+        "format_version": obj.get("format_version"),
+        "library_version": obj.get("library_version"),
+        "torch_version": obj.get("torch_version"),
+        "created": obj.get("created"),
+        "digest": obj.get("digest"),
+        "progress": dict(st["progress"]),
+        "epochs_planned": recipe.get("train", {}).get("epochs"),
+        "seed": st["seed"],
+        "metrics": dict(epochs[-1]) if epochs else {},
+        "step_metrics": dict(st["metrics"]),
+        "best": None if best is None else {k: best[k] for k in ("monitor", "mode", "value", "epoch", "step")},
+        "stop": st.get("stop"),
+        "lr_scale": st.get("lr_scale"),
+        "params": {"tensors": len(params), "elements": int(sum(t.numel() for t in params.values()))},
+        "parent": recipe.get("run", {}).get("parent"),
+        "recipe": recipe or None,
+    })
+
+
+def inspect(args: argparse.Namespace) -> int:
+    """``inspect CKPT [--json]``: what a checkpoint holds."""
+    info = inspect_info(args.checkpoint)
+    if args.json:
+        say(json.dumps(info, indent=2))
+        return 0
+    p = info["progress"]
+    planned = f" of {info['epochs_planned']}" if info["epochs_planned"] is not None else ""
+    inside = f", {p['batch']} batch(es) into epoch {p['epoch'] + 1}" if p["batch"] else ""
+    lines = [
+        f"checkpoint: {info['path']}",
+        f"progress:   {p['epoch']}{planned} epoch(s) done{inside}; step {p['step']}",
+        f"metrics:    {metrics_line(info['metrics']) or '(no epoch finished)'}",
+    ]
+    b = info["best"]
+    lines.append("best:       " + ("(none)" if b is None else f"{b['monitor']} {fmt_exact(b['value'])} ({b['mode']}) after "
+                                                              f"epoch {b['epoch'] + 1}, step {b['step']}"))
+    stop = info["stop"]
+    lines.append("stop:       " + ("(none)" if stop is None else f"{stop['reason']}{' [failed]' if stop['failed'] else ''}"))
+    lines.append(f"params:     {info['params']['tensors']} tensors, {info['params']['elements']} elements; "
+                 f"seed {info['seed']}; lr scale {fmt_exact(info['lr_scale'])}")
+    if info["parent"]:
+        lines.append(f"parent:     {info['parent']}")
+    lines += [
+        f"versions:   format {info['format_version']}, smartcash_fn {info['library_version']}, torch "
+        f"{info['torch_version']}; created {info['created']}",
+        f"digest:     {info['digest']}",
+    ]
+    say("\n".join(lines))
+    if info["recipe"]:
+        say("\n# recipe\n" + dumps(info["recipe"]).rstrip())
+    return 0
+
+
+def write_json(path: Path, data: Any) -> Path:
+    """Write ``data`` as indented JSON at ``path`` atomically; a non-finite float becomes ``null``.
+
+    ``write_json(Path("runs/a/eval-val.json"), {"mAP50": 0.9})``
+    """
+    finite = tree_map(lambda v: None if isinstance(v, float) and not math.isfinite(v) else v, data)
+    return write_text_atomic(path, json.dumps(finite, indent=2) + "\n")

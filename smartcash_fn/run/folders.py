@@ -1,0 +1,92 @@
+"""Run folders and the checkpoints in them: which folder a run goes to, which checkpoint a command reads.
+
+A run folder holds ``recipe.toml``, ``checkpoints/*.pt`` and the writers'
+files. Training never writes into a folder that holds a run; a default name
+is numbered instead; a command given a folder picks its checkpoint by name,
+falling back to the newest intact one::
+
+    run_dir = free_folder(Path("runs/tiny"))                 # runs/tiny, or runs/tiny-2, ...
+    found = find_checkpoint("runs/tiny")                     # last.pt when intact
+    found = find_checkpoint("runs/det", prefer=("best", "last"))
+    found.path, found.obj["state"]["progress"], found.skipped
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import attrs
+
+from .. import checkpoint
+from ..errors import CheckpointError
+
+
+def holds_run(folder: Path) -> bool:
+    """Whether ``folder`` already holds a run (a recipe.toml or checkpoints), which training must not overwrite."""
+    ckpts = folder / "checkpoints"
+    return (folder / "recipe.toml").exists() or (ckpts.is_dir() and any(ckpts.glob("*.pt")))
+
+
+def free_folder(base: Path) -> Path:
+    """``base``, or ``base-2``, ``base-3``, ... : the first that holds no run.
+
+    ``free_folder(Path("runs/tiny"))`` is ``runs/tiny-2`` once ``runs/tiny`` holds a run.
+    """
+    if not holds_run(base):
+        return base
+    n = 2
+    while holds_run(base.with_name(f"{base.name}-{n}")):
+        n += 1
+    return base.with_name(f"{base.name}-{n}")
+
+
+def run_folder_of(ckpt: Path) -> Path:
+    """The run folder a checkpoint belongs to: ``runs/a/checkpoints/x.pt`` -> ``runs/a``."""
+    return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+
+
+@attrs.frozen
+class Found:
+    """A checkpoint chosen for a command: its ``path``, its verified contents, and the files ``skipped`` (why)."""
+
+    path: Path
+    obj: dict[str, Any]
+    skipped: tuple[str, ...] = ()
+
+
+def find_checkpoint(target: str | os.PathLike, prefer: Sequence[str] = ("last",)) -> Found:
+    """The checkpoint ``target`` names: a file as is; in a run folder the first intact of ``prefer``, then the newest.
+
+    ``prefer`` lists file stems in order (``("last",)`` to resume, ``("best",
+    "last")`` to evaluate a detector); after them every other ``*.pt`` is tried
+    newest first. Each unreadable file is skipped with its reason; a hard link
+    to a file already tried is not read twice::
+
+        find_checkpoint("runs/tiny").path          # runs/tiny/checkpoints/last.pt
+    """
+    target = Path(target)
+    if target.is_file():
+        return Found(target, checkpoint.read(target))
+    if not target.exists():
+        raise CheckpointError(f"{target}: no such checkpoint file or run folder")
+    folder = target / "checkpoints" if (target / "checkpoints").is_dir() else target
+    named = [folder / f"{stem}.pt" for stem in prefer]
+    others = sorted((p for p in folder.glob("*.pt") if p not in named),
+                    key=lambda p: (p.stat().st_mtime_ns, p.name), reverse=True)
+    candidates = [p for p in named if p.is_file()] + others
+    if not candidates:
+        raise CheckpointError(f"{target}: no checkpoints (*.pt) in {folder}; give a checkpoint file or a run folder")
+    skipped: list[str] = []
+    seen: set[tuple[int, int]] = set()
+    for path in candidates:
+        st = path.stat()
+        if (st.st_dev, st.st_ino) in seen:
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        try:
+            return Found(path, checkpoint.read(path), tuple(skipped))
+        except CheckpointError as e:
+            skipped.append(str(e))
+    raise CheckpointError(f"{target}: no intact checkpoint in {folder}:\n  " + "\n  ".join(skipped))

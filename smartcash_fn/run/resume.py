@@ -1,0 +1,75 @@
+"""Going on from a checkpoint: its recipe, its state fitted to that recipe's build, and the checks between.
+
+Every command and facade that continues, replays or loads a run (``resume``,
+``replay``, ``eval``/``predict``'s detector, ``TrainingPipeline``, the
+benchmarks) goes through these functions::
+
+    found = find_checkpoint("runs/tiny")
+    recipe = recipe_of(found)                         # the recipe the checkpoint carries
+    built = build(recipe, "runs/tiny")
+    state = state_in(found, built.template)           # params, moments, progress ... on the template
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from .. import checkpoint
+from ..errors import CheckpointError, RecipeError
+from ..replay import Difference, difference
+from ..state import TrainState
+from .folders import Found
+from .recipe import Recipe, from_dict
+
+
+def recipe_of(found: Found, sets: Sequence[str] = ()) -> Recipe:
+    """The resolved recipe inside the checkpoint (with ``--set`` overrides), errors naming the file.
+
+    ``recipe_of(find_checkpoint("runs/tiny"), ["train.epochs=5"])``
+    """
+    tree = found.obj["state"].get("recipe")
+    if not tree:
+        raise CheckpointError(f"{found.path}: the checkpoint holds no recipe (it was not made from one); resume it "
+                              "from Python with smartcash_fn.resume(path, loop, like=template)")
+    return from_dict(tree, source=f"{found.path} (its recipe)", sets=sets)
+
+
+def state_in(found: Found, like: TrainState) -> TrainState:
+    """The state in the verified checkpoint, on ``like``'s model, optimizer and device (no second read).
+
+    ``state = state_in(found, built.template)``; a malformed state is a :class:`CheckpointError` naming the file.
+    """
+    try:
+        return checkpoint.from_tree(found.obj["state"], like, where=str(found.path))
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{found.path}: the checkpoint's state is malformed ({type(e).__name__}: {e})") from None
+
+
+def optimizer_misfit(template: TrainState, state: TrainState) -> Difference | None:
+    """Where ``state``'s optimizer state does not fit ``template``'s (a changed optimizer or groups), or None.
+
+    ``optimizer_misfit(built.template, state)`` before a fork or a config-driven resume replaces one with the other.
+    """
+    return difference(checkpoint.structure(template.opt_state), checkpoint.structure(state.opt_state), "opt_state")
+
+
+def seed_mismatch(found: Found, recipe: Recipe, called: str = "the recipe") -> str | None:
+    """A message when the recipe's ``run.seed`` is not the checkpoint's seed (a resumed run keeps its seed).
+
+    ``called`` is what the user calls the recipe (``"the config"`` in the old pipeline's API).
+    """
+    seed = found.obj["state"].get("seed")
+    if seed == recipe.run.seed:
+        return None
+    return (f"{recipe.where('run', 'seed')}: {called} says {recipe.run.seed}, but {found.path} was trained with "
+            f"seed {seed}; a resumed run keeps its seed: set run.seed = {seed}")
+
+
+def require_fit(template: TrainState, state: TrainState, where: str, what: str) -> None:
+    """Raise a :class:`RecipeError` at ``where`` when ``state``'s optimizer state does not fit ``template``'s."""
+    mismatch = optimizer_misfit(template, state)
+    if mismatch is not None:
+        raise RecipeError(f"{where}: {what} (first at {mismatch.path}); keep the optimizer and its parameter groups "
+                          "the checkpoint was trained with")
+
+
