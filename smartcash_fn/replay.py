@@ -47,7 +47,11 @@ def replay(source: str | os.PathLike | TrainState, loop: Loop, like: TrainState 
 
 
 def writer_names(loop: Loop) -> tuple[str, ...]:
-    """Names of the loop's callbacks that write files (their state is bookkeeping about files)."""
+    """Names of the loop's callbacks that write files and logs.
+
+    Writers keep nothing in the state, so :func:`verify` needs no ``ignore=``
+    for them; kept for callers that still pass ``ignore=writer_names(loop)``.
+    """
     return tuple(sorted({c.name for c in loop.callbacks if c.writes}))
 
 
@@ -112,8 +116,10 @@ def verify(a: TrainState, b: TrainState, ignore: Iterable[str] = ()) -> Differen
     """The first difference between two states' serialized parts, or None when they are bit-identical.
 
     Tensors are compared with ``torch.equal`` (NaNs in the same places count
-    as equal). ``ignore`` names callback states to skip (e.g. a checkpoint
-    writer's bookkeeping of file paths)::
+    as equal). Writers (checkpoints, logs) keep nothing in the state, so a
+    resumed or replayed state verifies against the run's own checkpoint as
+    it is; ``ignore`` names callback states to skip, for states of your own
+    callbacks that are not meant to match::
 
         assert verify(resumed, uninterrupted) is None
     """

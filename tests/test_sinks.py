@@ -159,7 +159,7 @@ def test_resume_after_a_kill_gives_files_without_duplicates(tmp_path, resume_fro
 
     loop = checkpointed_loop(run, 4).add(Callback("training_start", probe, priority=10_000))
     resumed = sf.fit(start, loop)
-    assert sf.verify(resumed, full, ignore=["checkpoint"]) is None
+    assert sf.verify(resumed, full) is None
 
     assert len(at_start["csv"]) == len(start.history.epochs)
     assert len(at_start["jsonl"]) == len(start.history.epochs) + len(start.history.steps)
