@@ -133,8 +133,9 @@ def test_status_marks_start_best_checkpoint_early_stop(tmp_path):
     assert [("epoch 1/5" in ln, "epoch 2/5" in ln) for ln in best_lines] == [(True, False), (False, True)]
     assert all("best train/loss" in ln for ln in best_lines)
     saved = [ln for ln in got if ln.startswith(MARKS["saved"])]
-    # three epoch checkpoints, then the final state (the restored best params) at training_end
-    assert len(saved) == 4 and str(tmp_path / "epoch-0001.pt") in saved[0] and "final-" in saved[3]
+    # three epoch checkpoints (last.pt: epoch 3, the last trained), then the restored best params in final.pt
+    assert len(saved) == 4 and str(tmp_path / "epoch-0001.pt") in saved[0]
+    assert str(tmp_path / "final.pt") in saved[3] and "restored" in saved[3]
     stop = [ln for ln in got if ln.startswith(MARKS["stop"])]
     assert len(stop) == 1 and state.stop.reason in stop[0] and "best train/loss 0.5 at epoch 2" in stop[0]
     assert got[-1] == "restored the params of epoch 2"
