@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 import attrs
 import torch
 
-from .._files import check_folder, ensure_folder, write_text_atomic
+from .._files import check_folder, ensure_folder, is_main_process, write_text_atomic  # noqa: F401 - run.build.data_problems imports is_main_process from here
 from ..errors import StateError
 from ..events import Callback, writer
 from ..state import History, TrainState
