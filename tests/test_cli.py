@@ -27,7 +27,8 @@ TINY = ROOT / "recipes" / "tiny.toml"
 
 
 def cli(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "PYTHONPATH": str(cwd), **(env or {})}
+    here = str(Path(__file__).resolve().parent.parent)  # this checkout's package, not whichever is installed
+    full_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(cwd), here]), **(env or {})}
     return subprocess.run([sys.executable, "-m", "smartcash_fn", *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=300)
 
