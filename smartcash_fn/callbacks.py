@@ -27,10 +27,11 @@ import attrs
 import torch
 
 from . import checkpoint
-from ._files import link_atomic
+from ._files import link_atomic, remove_temp_files
 from .errors import StateError
-from .events import Callback, emit
-from .state import Best, Stop, TrainState
+from .events import Callback, emit, writer
+from .retention import FINAL, Policy, epoch_save, monitored, retention, step_save
+from .state import Best, Stop, TrainState, transient_fields
 
 
 def _check_mode(_: object, __: object, value: str) -> None:
@@ -284,26 +285,59 @@ def record_steps(every: int = 1, name: str = "record_steps") -> Callback:
 # --------------------------------------------------------------------------- checkpoints
 
 
+_SERIALIZED = tuple(f.name for f in attrs.fields(TrainState) if f.name not in transient_fields())
+
+
+def same_state(a: TrainState | None, b: TrainState | None) -> bool:
+    """Whether two states hold the very same serialized parts (each field the same object): no compare of tensors.
+
+    ``same_state(saved, state)`` — True when nothing changed ``state`` since ``saved`` was written.
+    """
+    return a is not None and b is not None and all(getattr(a, f) is getattr(b, f) for f in _SERIALIZED)
+
+
+@attrs.define
+class _Session:
+    """What one checkpoint writer remembers of this process's run, outside the state.
+
+    ``saved``: the state the newest checkpoint holds; ``trained``: the last
+    trained state, kept once the run is ending (stopped, or its last epoch done).
+    """
+
+    saved: TrainState | None = None
+    trained: TrainState | None = None
+
+
 def checkpointing(directory: str | os.PathLike, every_epochs: int = 1, every_steps: int = 0,
                   monitor: Monitor | str | None = None, top_k: int = 1, keep_periodic: int = 0,
                   name: str = "checkpoint") -> tuple[Callback, ...]:
-    """Write checkpoints into ``directory``: periodic, ``last.pt``, ``best.pt`` and the top-k.
+    """Write checkpoints into ``directory``: periodic, ``last.pt``, ``best.pt``, the top-k and ``final.pt``.
 
     - ``every_epochs`` / ``every_steps``: ``epoch-NNNN.pt`` at epoch ends and
       ``step-NNNNNNNN.pt`` every N steps (0 is off; both may be on); a step
       that ends its epoch is saved at the epoch's end, after validation;
-    - ``last.pt`` is always the newest checkpoint, also at ``training_end``
-      (kept as ``final-NNNNNNNN.pt`` too when a period is set);
+    - ``last.pt`` is always the newest *trained* state; at ``training_end``
+      the last trained state is saved when no checkpoint holds it yet (as
+      ``final-NNNNNNNN.pt`` too when a period is set);
     - with ``monitor``: ``best.pt`` holds the best epoch, and the ``top_k``
       best epochs are kept as ``top-epoch-NNNN.pt`` (``top_k`` 0: only best.pt);
     - ``keep_periodic`` keeps only the newest N periodic files (0 keeps all);
       an epoch saved only because it is best or in the top-k gets no periodic
-      file of its own.
+      file of its own;
+    - ``final.pt``: when params were put back at ``training_end`` (early
+      stopping's ``restore_best``), the state as training ended — the restored
+      params — is saved there, and ``last.pt`` keeps the last trained state.
 
-    Nothing is written for a state stopped by a failure (NaN guard), nor at
-    all with both periods 0 and no ``monitor``. Each save
-    fires ``checkpoint_saved``; ``state.callbacks["checkpoint"]`` says the
-    ``last`` path and whether it ``is_best``::
+    It is a writer: it returns the state it was given and keeps nothing in it.
+    What to keep is computed from the folder's file names and the state's
+    history (:mod:`smartcash_fn.retention`), so a resumed run keeps the same
+    files as the run that never stopped. Temp files of an interrupted write
+    are removed when training starts. Only rank 0 writes. Nothing is written
+    for a state stopped by a failure (NaN guard), nor at all with both periods
+    0 and no ``monitor``. Each save fires ``checkpoint_saved``; while it
+    fires, ``state.callbacks["checkpoint"]`` says the ``last`` path written,
+    whether it ``is_best`` and its ``epoch`` and ``step`` (a
+    :class:`~smartcash_fn.events.Notice`, gone afterwards)::
 
         checkpointing("runs/a/checkpoints", every_epochs=1, every_steps=500, monitor=Monitor("val/acc", "max"))
     """
@@ -312,89 +346,77 @@ def checkpointing(directory: str | os.PathLike, every_epochs: int = 1, every_ste
                    ("keep_periodic", keep_periodic)):
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
             raise StateError(f"checkpointing: {arg} must be an int >= 0, got {v!r}")
-    mon = None if monitor is None else _as_monitors(monitor)[0]
-    written: list[TrainState] = []  # the newest state this writer saved (in this process)
+    policy = Policy(every_epochs=every_epochs, every_steps=every_steps,
+                    monitor=None if monitor is None else _as_monitors(monitor)[0], top_k=top_k,
+                    keep_periodic=keep_periodic)
+    session = _Session()
 
-    def enters_top(state: TrainState, value: float | None) -> bool:
-        """Whether an epoch with ``value`` would be one of the ``top_k`` kept."""
-        if mon is None or value is None or not top_k or math.isnan(value):
-            return False
-        top = _cb_state(state, name, {}).get("top") or []
-        if len(top) < top_k:
-            return True
-        worst = top[-1][0]
-        return value < worst if mon.mode == "min" else value > worst
+    def listing() -> list[str]:
+        return sorted(os.listdir(directory)) if directory.is_dir() else []
 
-    def write(state: TrainState, filename: str, is_best_value: float | None, periodic: bool = True) -> TrainState:
-        """Save ``state``; a periodic save is kept as ``filename``, any other only as best/top/last."""
-        st = _cb_state(state, name, {"saved": 0, "periodic": [], "top": [], "best_value": None})
-        written[:] = [state]
-        path = directory / filename
-        periodic_files = list(st["periodic"]) + ([str(path)] if periodic else [])
-        drop = periodic_files[:-keep_periodic] if keep_periodic else []
-        periodic_files = periodic_files[-keep_periodic:] if keep_periodic else periodic_files
-        top, best_value, is_best, drop_top = list(st["top"]), st["best_value"], False, []
-        top_file = str(directory / f"top-{filename}")
-        if mon is not None and is_best_value is not None:
-            if mon.improved(is_best_value, best_value):
-                best_value, is_best = is_best_value, True
-            if top_k:
-                top.append([is_best_value, top_file])
-                top.sort(key=lambda e: e[0], reverse=(mon.mode == "max"))
-                drop_top = [p for _, p in top[top_k:]]
-                top = top[:top_k]
-        in_top = any(p == top_file for _, p in top)
-        if not periodic:  # no file of its own: write it straight to where it is kept
-            path = Path(top_file) if in_top else directory / ("best.pt" if is_best else "last.pt")
-        st = {"saved": st["saved"] + 1, "periodic": periodic_files, "top": top, "best_value": best_value,
-              "last": str(path), "is_best": is_best, "epoch": state.progress.epoch, "step": state.progress.step}
-        state = _with_cb_state(state, name, st)
+    def notice(state: TrainState, path: Path, is_best: bool, of: TrainState, **more: object) -> TrainState:
+        p = of.progress
+        return emit(state, "checkpoint_saved", by=name,
+                    info={"last": str(path), "is_best": is_best, "epoch": p.epoch, "step": p.step, **more})
+
+    def save(state: TrainState, filename: str, periodic: bool, value: float | None = None,
+             reported: TrainState | None = None) -> TrainState:
+        """Save ``state`` by the retention plan; the notice goes on ``reported`` (the state being fired)."""
+        plan = retention(listing(), state.history, policy, filename, periodic, state.progress.step, value)
+        path = directory / plan.write
         checkpoint.save(state, path)
-        targets = [directory / "last.pt"] + ([directory / "best.pt"] if is_best else [])
-        targets += [Path(top_file)] if in_top else []
-        for target in targets:
-            if target != path:
-                link_atomic(path, target)
-        home = directory.resolve()
-        for p in drop + drop_top:
-            if Path(p).resolve().parent == home:  # never delete another run's files (a resumed copy)
-                Path(p).unlink(missing_ok=True)
-        return emit(state, "checkpoint_saved")
+        for link in plan.links:
+            link_atomic(path, directory / link)
+        for f in plan.delete:
+            (directory / f).unlink(missing_ok=True)
+        session.saved = state
+        return notice(state if reported is None else reported, path, plan.is_best, state)
+
+    def ending(state: TrainState) -> bool:
+        return state.stop is not None or (state.progress.batch == 0 and state.progress.epoch >= state.run.epochs)
+
+    def start(state: TrainState) -> TrainState:
+        remove_temp_files(directory)
+        session.saved = session.trained = None
+        return state
 
     def on_batch(state: TrainState) -> TrainState:
-        p = state.progress
-        if (not every_steps or p.step % every_steps or state.stop is not None
-                or p.batch >= state.run.batches):  # the epoch-end save covers the last batch
+        if state.stop is not None:
+            session.trained = state if not state.stop.failed else None
             return state
-        return write(state, f"step-{p.step:08d}.pt", None)
+        filename = step_save(policy, state.progress, state.run.batches, False)
+        return state if filename is None else save(state, filename, True)
 
     def on_epoch(state: TrainState) -> TrainState:
         if state.stop is not None and state.stop.failed:
             return state
-        p = state.progress
-        by_epoch = bool(every_epochs) and p.epoch % every_epochs == 0
-        by_step = bool(every_steps) and p.step % every_steps == 0
-        value = mon.read(state) if mon is not None else None
-        wants_best = value is not None and mon.improved(value, _cb_state(state, name, {}).get("best_value"))
-        if not (by_epoch or by_step or wants_best or enters_top(state, value)):
+        session.trained = state if ending(state) else None
+        wanted = epoch_save(listing(), state.history, policy, state.progress)
+        if wanted is None:
             return state
-        filename = f"epoch-{p.epoch:04d}.pt" if by_epoch or not by_step else f"step-{p.step:08d}.pt"
-        return write(state, filename, value, periodic=by_epoch or by_step)
+        return save(state, *wanted, value=monitored(state.history.last(), policy.monitor))
 
     def on_end(state: TrainState) -> TrainState:
-        if (state.stop is not None and state.stop.failed) or not (every_epochs or every_steps or mon is not None):
+        if (state.stop is not None and state.stop.failed) or not policy.active:
             return state  # a failed state is not saved; a writer with every policy off writes nothing
-        st = state.callbacks.get(name) or {}
-        p = state.progress
-        same = (st.get("step") == p.step and st.get("epoch") == p.epoch and st.get("last") and written
-                and written[0].params is state.params and written[0].callbacks.keys() == state.callbacks.keys()
-                and all(written[0].callbacks[k] is state.callbacks[k] for k in state.callbacks if k != name))
-        if same:
-            return state  # the newest checkpoint already holds this state (nothing changed it since)
-        return write(state, f"final-{p.step:08d}.pt", None, periodic=bool(every_epochs or every_steps))
+        trained = session.trained
+        restored = (trained is not None and trained.progress == state.progress
+                    and (trained.params is not state.params or trained.buffers is not state.buffers))
+        if not restored:
+            trained = state  # the end state is the last trained state (with what training_end noted)
+        periodic = bool(every_epochs or every_steps)
+        out = state
+        if not same_state(session.saved, trained):
+            out = save(trained, f"final-{trained.progress.step:08d}.pt", periodic, reported=out)
+        if restored:
+            path = directory / FINAL
+            checkpoint.save(state, path)
+            out = notice(out, path, False, state, restored=True)
+        return out
 
     return (
-        Callback("batch_end", on_batch, priority=1000, name=name, writes=True),
-        Callback("epoch_end", on_epoch, priority=1000, name=name, writes=True),
-        Callback("training_end", on_end, priority=1000, name=name, writes=True),
+        writer("training_start", start, priority=1000, name=name),
+        writer("batch_end", on_batch, priority=1000, name=name),
+        writer("epoch_end", on_epoch, priority=1000, name=name),
+        writer("training_end", on_end, priority=1000, name=name),
     )

@@ -46,11 +46,6 @@ def replay(source: str | os.PathLike | TrainState, loop: Loop, like: TrainState 
     return fit(state, quiet, to_step=to_step)
 
 
-def writer_names(loop: Loop) -> tuple[str, ...]:
-    """Names of the loop's callbacks that write files (their state is bookkeeping about files)."""
-    return tuple(sorted({c.name for c in loop.callbacks if c.writes}))
-
-
 @attrs.frozen
 class Difference:
     """Where two states first differ: a dotted ``path`` and what each side holds there."""
@@ -112,8 +107,10 @@ def verify(a: TrainState, b: TrainState, ignore: Iterable[str] = ()) -> Differen
     """The first difference between two states' serialized parts, or None when they are bit-identical.
 
     Tensors are compared with ``torch.equal`` (NaNs in the same places count
-    as equal). ``ignore`` names callback states to skip (e.g. a checkpoint
-    writer's bookkeeping of file paths)::
+    as equal). Writers (checkpoints, logs) keep nothing in the state, so a
+    resumed or replayed state verifies against the run's own checkpoint as
+    it is; ``ignore`` names callback states to skip, for states of your own
+    callbacks that are not meant to match::
 
         assert verify(resumed, uninterrupted) is None
     """

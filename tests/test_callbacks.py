@@ -301,7 +301,7 @@ def test_every_epochs_and_a_final_save_at_training_end(tmp_path):
     out = fit(tiny_state(), loop_of(checkpointing(tmp_path, every_epochs=2), saved_log(tmp_path, log), epochs=5))
     assert files(tmp_path) == {"epoch-0002.pt", "epoch-0004.pt", "final-00000010.pt", "last.pt"}
     assert log == [("epoch-0002.pt", False, 2, 4), ("epoch-0004.pt", False, 4, 8), ("final-00000010.pt", False, 5, 10)]
-    assert out.callbacks["checkpoint"]["last"] == str(tmp_path / "final-00000010.pt")
+    assert "checkpoint" not in out.callbacks  # the writer's notice is gone once checkpoint_saved is done
     loaded = checkpoint.load(tmp_path / "epoch-0002.pt", like=tiny_state())
     assert (loaded.progress.epoch, loaded.progress.step, loaded.progress.batch) == (2, 4, 0)
 
@@ -354,7 +354,7 @@ def test_best_pt_follows_the_monitor_and_is_best_is_reported(tmp_path):
     assert digest_of(tmp_path / "last.pt") == digest_of(tmp_path / "epoch-0005.pt")
     best = checkpoint.load(tmp_path / "best.pt", like=tiny_state())
     assert best.history.last()["val/acc"] == 0.8 and best.progress.epoch == 4
-    assert out.callbacks["checkpoint"]["best_value"] == 0.8
+    assert "checkpoint" not in out.callbacks
 
 
 def test_top_k_keeps_exactly_k_files(tmp_path):
@@ -417,3 +417,75 @@ def test_record_steps_fills_history_steps():
     assert [r["loss"] for r in out.history.steps] == [losses[1], losses[3], losses[5]]
     every = fit(tiny_state(), loop_of(record_steps(), epochs=1, batches=3))
     assert [r["step"] for r in every.history.steps] == [1, 2, 3]
+
+
+# --------------------------------------------------------------------------- last.pt, final.pt, temp files
+
+
+def test_last_pt_holds_the_last_trained_state_after_early_stopping_restores_the_best(tmp_path):
+    log: list = []
+    trained: list = []
+    rows = [{"val/loss": v} for v in (0.9, 0.5, 0.7, 0.8, 0.6)]
+    es = early_stopping(Monitor("val/loss"), patience=2)  # stops after epoch 4, restores epoch 2's params
+    keep = Callback("epoch_end", lambda s: (trained.append(s), s)[1], priority=2000)
+    ck = checkpointing(tmp_path, every_epochs=3, monitor="val/loss", top_k=0)
+    out = fit(tiny_state(), loop_of(es, ck, keep, saved_log_any(log), epochs=5, rows=rows))
+    assert out.callbacks["early_stopping"]["restored_epoch"] == 1 and out.progress.epoch == 4
+    last_trained = trained[-1]
+    assert last_trained.progress.epoch == 4
+    # last.pt: the params trained through epoch 4, not the restored ones
+    last = checkpoint.load(tmp_path / "last.pt", like=tiny_state())
+    for k, v in last.params.items():
+        assert torch.equal(v, last_trained.params[k]), k
+    assert "restored_epoch" not in last.callbacks["early_stopping"]
+    # final.pt: the state as training ended, the best epoch's params restored
+    final = checkpoint.load(tmp_path / "final.pt", like=tiny_state())
+    for k, v in final.params.items():
+        assert torch.equal(v, out.params[k]), k
+    assert final.callbacks["early_stopping"]["restored_epoch"] == 1
+    assert checkpoint.load(tmp_path / "best.pt", like=tiny_state()).progress.epoch == 2   # best.pt: the best epoch
+    assert files(tmp_path) == {"epoch-0003.pt", "final-00000008.pt", "final.pt", "best.pt", "last.pt"}
+    assert digest_of(tmp_path / "last.pt") == digest_of(tmp_path / "final-00000008.pt")
+    assert log == [("best.pt", False), ("best.pt", False), ("epoch-0003.pt", False), ("final-00000008.pt", False),
+                   ("final.pt", True)]
+
+
+def saved_log_any(log: list) -> Callback:
+    def note(state):
+        st = state.callbacks["checkpoint"]
+        log.append((Path(st["last"]).name, bool(st.get("restored"))))
+        return state
+
+    return Callback("checkpoint_saved", note)
+
+
+def test_last_pt_is_the_last_epoch_when_it_was_saved_and_params_were_restored(tmp_path):
+    rows = [{"val/loss": v} for v in (0.9, 0.5, 0.7, 0.8)]
+    es = early_stopping(Monitor("val/loss"), patience=2)
+    out = fit(tiny_state(), loop_of(es, checkpointing(tmp_path, every_epochs=1), epochs=6, rows=rows))
+    assert out.progress.epoch == 4
+    assert files(tmp_path) == {f"epoch-000{i}.pt" for i in range(1, 5)} | {"last.pt", "final.pt"}
+    assert digest_of(tmp_path / "last.pt") == digest_of(tmp_path / "epoch-0004.pt")
+    final = checkpoint.load(tmp_path / "final.pt", like=tiny_state())
+    assert all(torch.equal(final.params[k], out.params[k]) for k in out.params)
+    assert not all(torch.equal(final.params[k], checkpoint.load(tmp_path / "last.pt", like=tiny_state()).params[k])
+                   for k in out.params)
+
+
+def test_the_writer_removes_temp_files_of_an_interrupted_write_when_it_starts(tmp_path):
+    (tmp_path / ".epoch-0001.pt.abc123.tmp").write_bytes(b"half a checkpoint")
+    (tmp_path / ".last.pt.zz.tmp").write_bytes(b"")
+    (tmp_path / "notes.txt").write_text("kept")
+    fit(tiny_state(), loop_of(checkpointing(tmp_path, every_epochs=1), epochs=1))
+    assert files(tmp_path) == {"epoch-0001.pt", "last.pt", "notes.txt"}
+
+
+def test_the_checkpoint_writer_leaves_the_state_as_it_was(tmp_path):
+    rows = [{"val/acc": v} for v in (0.5, 0.7, 0.6)]
+    plain = fit(tiny_state(), loop_of(C.keep_best(Monitor("val/acc", "max")), epochs=3, rows=rows))
+    written = fit(tiny_state(), loop_of(C.keep_best(Monitor("val/acc", "max")),
+                                        checkpointing(tmp_path, every_epochs=1, every_steps=3,
+                                                      monitor=Monitor("val/acc", "max"), top_k=2), epochs=3, rows=rows))
+    assert checkpoint.digest(checkpoint.to_tree(plain)) == checkpoint.digest(checkpoint.to_tree(written))
+    # ... and each checkpoint file holds what the run had at that point, with no writer bookkeeping
+    assert "checkpoint" not in checkpoint.load(tmp_path / "epoch-0002.pt", like=tiny_state()).callbacks

@@ -133,8 +133,9 @@ def test_status_marks_start_best_checkpoint_early_stop(tmp_path):
     assert [("epoch 1/5" in ln, "epoch 2/5" in ln) for ln in best_lines] == [(True, False), (False, True)]
     assert all("best train/loss" in ln for ln in best_lines)
     saved = [ln for ln in got if ln.startswith(MARKS["saved"])]
-    # three epoch checkpoints, then the final state (the restored best params) at training_end
-    assert len(saved) == 4 and str(tmp_path / "epoch-0001.pt") in saved[0] and "final-" in saved[3]
+    # three epoch checkpoints (last.pt: epoch 3, the last trained), then the restored best params in final.pt
+    assert len(saved) == 4 and str(tmp_path / "epoch-0001.pt") in saved[0]
+    assert str(tmp_path / "final.pt") in saved[3] and "restored" in saved[3]
     stop = [ln for ln in got if ln.startswith(MARKS["stop"])]
     assert len(stop) == 1 and state.stop.reason in stop[0] and "best train/loss 0.5 at epoch 2" in stop[0]
     assert got[-1] == "restored the params of epoch 2"
@@ -202,3 +203,25 @@ def test_small_helpers():
     x = torch.zeros(7, 3)
     assert batch_size_of((x, torch.zeros(7))) == 7 and batch_size_of([x]) == 7 and batch_size_of(x) == 7
     assert batch_size_of({"a": 1}) is None and batch_size_of(()) is None
+
+
+# --------------------------------------------------------------------------- the lines, as pure functions
+
+
+def test_epoch_and_end_lines_are_computed_from_the_state():
+    from smartcash_fn.report.console import end_lines, epoch_lines, plain_text, saved_lines, start_lines
+    from smartcash_fn.state import History, Progress, RunInfo, Stop
+
+    s = sf.TrainState(params={}, buffers={}, opt_state={}, run=RunInfo(epochs=4, batches=10),
+                      history=History(epochs=({"epoch": 0, "step": 10, "val/loss": 1.0},
+                                              {"epoch": 1, "step": 20, "val/loss": float("nan")})),
+                      progress=Progress(2, 20, 0), lr_scale=0.5)
+    lines = epoch_lines(s, took=2.0, eta=4.0, previous_scale=1.0)
+    assert [plain_text(segs) for _, segs, _ in lines] == [
+        "epoch 2/4  val/loss nan (+nan)  2.0s  eta 4.0s", "non-finite val/loss in epoch 2",
+        "lr scale 1 -> 0.5 (plateau)"]
+    assert plain_text(start_lines(s)[0][1]) == "training 4 epochs of 10 batches, resuming at epoch 3 (step 20)"
+    (level, segs, mark), = end_lines(s.replace(stop=Stop("boom", failed=True)))
+    assert level == logging.ERROR and plain_text(segs) == "stopped on error: boom" and mark == MARKS["error"]
+    assert plain_text(saved_lines({"last": "a/best.pt", "is_best": True})[0][1]) == "saved a/best.pt (best)"
+    assert saved_lines(None) == [] and saved_lines({}) == []

@@ -150,3 +150,45 @@ def test_a_callback_name_defaults_to_the_function_name():
 def test_a_loop_rejects_something_that_is_not_a_callback():
     with pytest.raises(StateError, match="not a callback"):
         tiny_loop(lambda s: s)
+
+
+# --------------------------------------------------------------------------- writers observe
+
+
+def test_fire_rejects_a_writer_that_changes_the_state():
+    from smartcash_fn.events import writer
+
+    def sneaky(state):
+        return state.replace(lr_scale=0.5)
+
+    table = by_event([writer("epoch_end", sneaky, name="sneaky_log")])
+    with pytest.raises(StateError, match=r"'sneaky_log' on 'epoch_end' writes .* changed the state's lr_scale"):
+        fire(tiny_state(), "epoch_end", table)
+    # the same function as a plain callback is a transition, and allowed
+    assert fire(tiny_state(), "epoch_end", by_event([Callback("epoch_end", sneaky)])).lr_scale == 0.5
+
+
+def test_a_writer_may_queue_events_and_its_notice_is_seen_only_while_the_event_fires():
+    from smartcash_fn.events import writer
+
+    seen = []
+    table = by_event([
+        writer("epoch_end", lambda s: emit(s, "checkpoint_saved", by="ck", info={"last": "a.pt"}), name="ck"),
+        Callback("checkpoint_saved", lambda s: (seen.append(dict(s.callbacks)), s)[1]),
+    ])
+    state = tiny_state()
+    out = fire(state, "epoch_end", table)
+    assert seen == [{"ck": {"last": "a.pt"}}]
+    assert out.callbacks is state.callbacks and out.pending == ()
+
+
+def test_a_writer_runs_on_rank_zero_only(monkeypatch):
+    from smartcash_fn import events
+
+    calls = []
+    cb = events.writer("epoch_end", lambda s: (calls.append(1), s)[1], name="w")
+    assert cb.writes and cb.name == "w"
+    fire(tiny_state(), "epoch_end", by_event([cb]))
+    monkeypatch.setattr(events, "is_main_process", lambda: False)
+    fire(tiny_state(), "epoch_end", by_event([cb]))
+    assert calls == [1]

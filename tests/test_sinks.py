@@ -159,7 +159,7 @@ def test_resume_after_a_kill_gives_files_without_duplicates(tmp_path, resume_fro
 
     loop = checkpointed_loop(run, 4).add(Callback("training_start", probe, priority=10_000))
     resumed = sf.fit(start, loop)
-    assert sf.verify(resumed, full, ignore=["checkpoint"]) is None
+    assert sf.verify(resumed, full) is None
 
     assert len(at_start["csv"]) == len(start.history.epochs)
     assert len(at_start["jsonl"]) == len(start.history.epochs) + len(start.history.steps)
@@ -185,7 +185,7 @@ def test_tensorboard_scalars_and_images_read_back(tmp_path):
     def confusion(state):
         return confusion_matrix_figure([[3, 1], [0, 4]], ["a", "b"])
 
-    def extra_figure(state):  # another callback adding its own figure to the open event file
+    def extra_figure(state):  # another callback adding its own figure: to tensorboard/figures, its own file
         tensorboard_figure(tmp_path, "val/extra", confusion(state), state.progress.step)
         return state
 
@@ -201,15 +201,17 @@ def test_tensorboard_scalars_and_images_read_back(tmp_path):
     for tag in ("train/loss", "lr", "val/loss", "val/acc", "epoch"):
         assert [(e.step, e.value) for e in acc.Scalars(tag)] == [(r["step"], f32(r[tag])) for r in state.history.epochs]
     assert acc.Scalars("lr")[0].value == f32(1e-2)
-    assert set(tags["images"]) == {"val/confusion", "val/extra", "curves"}
+    assert set(tags["images"]) == {"val/confusion", "curves"}
+    assert [e.step for e in events(tmp_path / "tensorboard" / "figures").Images("val/extra")] == [4, 8]
     assert [e.step for e in acc.Images("val/confusion")] == [4, 8]
     assert [e.step for e in acc.Images("curves")] == [8]
     curves = acc.Images("curves")[0]
     assert curves.width > 100 and curves.height > 100
     assert len(list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))) == 1
-    # after the run no writer is open: a figure gets a file of its own, read after the first
+    # after the run: another figure gets a file of its own, read after the others
     tensorboard_figure(tmp_path, "test/confusion", confusion(state), state.progress.step)
-    assert [e.step for e in events(tmp_path / "tensorboard").Images("test/confusion")] == [8]
+    figures = events(tmp_path / "tensorboard" / "figures")
+    assert [e.step for e in figures.Images("test/confusion")] == [8] and len(figures.Images("val/extra")) == 2
 
 
 def test_tensorboard_step_scalars_are_the_step_losses(tmp_path):
@@ -325,3 +327,35 @@ def test_a_new_event_file_waits_for_the_next_second_only_when_needed(monkeypatch
     sinks._after_existing([105])  # a file from the future (clock skew): no wait either
     sinks._after_existing([])
     assert slept == [pytest.approx(0.76)]
+
+
+# --------------------------------------------------------------------------- what to write, as pure functions
+
+
+def test_csv_and_jsonl_updates_append_or_rewrite():
+    from smartcash_fn.report.sinks import OnDisk, csv_update, jsonl_update
+
+    e = ({"epoch": 0, "loss": 1.0}, {"epoch": 1, "loss": 0.5})
+    first = csv_update(None, e[:1])
+    assert first.mode == "write" and first.text == "epoch,loss\n0,1.0\n"
+    nxt = csv_update(first.on_disk, e)
+    assert (nxt.mode, nxt.text, nxt.on_disk.epochs) == ("append", "1,0.5\n", 2)
+    assert csv_update(nxt.on_disk, e).mode == ""
+    assert csv_update(nxt.on_disk, e[:1]).mode == "write"                         # a resume: fewer rows
+    assert csv_update(nxt.on_disk, e + ({"epoch": 2, "val/loss": 0.4},)).mode == "write"   # a wider header
+    h = sf.History(epochs=e[:1], steps=({"step": 1, "loss": 1.2},))
+    up = jsonl_update(OnDisk(epochs=0, steps=1), h)
+    assert up.mode == "append" and up.text == '{"kind": "epoch", "epoch": 0, "loss": 1.0}\n'
+    assert jsonl_update(None, h).text.count("\n") == 2
+
+
+def test_tensorboard_scalars_are_computed_from_the_state():
+    import torch
+
+    from smartcash_fn.report.sinks import epoch_scalars, step_scalars
+
+    s = template().replace(progress=sf.Progress(0, 20, 4), metrics={"loss": torch.tensor(0.25)})
+    assert step_scalars(s, 10) == [("train/loss_step", 0.25, 20)]
+    assert step_scalars(s, 3) == [] and step_scalars(s, 0) == []
+    epochs = ({"epoch": 0, "step": 10, "train/loss": 1.0, "note": "x"}, {"epoch": 1, "step": 20, "train/loss": 0.5})
+    assert epoch_scalars(epochs, since=1) == [("epoch", 1.0, 20), ("train/loss", 0.5, 20)]

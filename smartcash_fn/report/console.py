@@ -18,8 +18,11 @@ elsewhere (a pipe, a CI log, a file) the lines are plain text.
     loop = loop.add(console())                 # on a terminal: bars, colour, emoji
     loop = loop.add(console(quiet=True))       # only a failed stop is reported
 
-Timings live in the callbacks' closure, never in the state, so a run with a
-console and a replay without one reach the same bits.
+What is said is computed from the state by pure functions
+(:func:`start_lines`, :func:`epoch_lines`, :func:`saved_lines`,
+:func:`end_lines`); the callbacks are a thin shell that times, draws the bar
+and logs. Timings live in the console's own session object, never in the
+state, so a run with a console and a replay without one reach the same bits.
 
 When nothing is set up for logging, the console adds its own handler to the
 ``smartcash_fn`` logger for the run (writing through tqdm, so bars and lines
@@ -39,10 +42,9 @@ from typing import Any, Mapping, Sequence, TextIO
 
 import attrs
 
-from .._files import is_main_process
-from ..events import Callback
+from ..events import Callback, writer
 from ..state import TrainState
-from .values import number
+from .values import fmt_value, number
 
 LOGGER_NAME = "smartcash_fn"
 logger = logging.getLogger(LOGGER_NAME)
@@ -139,11 +141,6 @@ def tone_of(name: str, delta: float) -> str | None:
     if d is None or not math.isfinite(delta) or delta == 0:
         return None
     return "good" if (delta < 0) == (d == "min") else "bad"
-
-
-def fmt_value(v: float) -> str:
-    """A metric value in four significant digits: ``fmt_value(0.123456)`` is ``'0.1235'``."""
-    return f"{v:.4g}"
 
 
 def fmt_duration(seconds: float) -> str:
@@ -244,7 +241,185 @@ class ConsoleHandler(logging.Handler):
             self.handleError(record)
 
 
-# --------------------------------------------------------------------------- the callbacks
+# --------------------------------------------------------------------------- what is said at each event (pure)
+
+Line = tuple[int, list[Segment], "str | None"]
+"""A console line: ``(logging level, segments, status mark or None)``."""
+
+
+def start_lines(state: TrainState) -> list[Line]:
+    """The line at ``training_start``: what is trained, and where a resumed run picks up.
+
+    ``plain_text(start_lines(state)[0][1])`` reads ``training 10 epochs of 50 batches, resuming at epoch 3 (step 100)``.
+    """
+    p, r = state.progress, state.run
+    segs: list[Segment] = [(f"training {r.epochs} epochs" if r.epochs else "training", "bold")]
+    if r.batches:
+        segs.append((f" of {r.batches} batches", None))
+    if p.step:
+        where = f"epoch {p.epoch + 1}" + (f", batch {p.batch}" if p.batch else "")
+        segs.append((f", resuming at {where} (step {p.step})", None))
+    return [(logging.INFO, segs, MARKS["start"])]
+
+
+def epoch_lines(state: TrainState, took: float | None = None, eta: float | None = None,
+                previous_scale: float | None = None) -> list[Line]:
+    """The lines at ``epoch_end``: the epoch's metrics and deltas, then warnings (non-finite, lr cut).
+
+    ``took`` is the epoch's wall time and ``eta`` the time left (both measured
+    by the console, never in the state); ``previous_scale`` the lr scale seen
+    at the epoch before::
+
+        [plain_text(segs) for _, segs, _ in epoch_lines(state, took=3.2, eta=30.0)]
+    """
+    epochs = state.history.epochs
+    if not epochs:
+        return []
+    segs = epoch_segments(epochs, state.run.epochs)
+    mark = None
+    rec = epochs[-1]
+    b = state.best
+    if b is not None and number(rec.get("epoch")) == b.epoch:
+        mark = MARKS["best"]
+        segs += [("  ", None), (f"best {b.monitor}", "good")]
+    if took is not None:
+        segs += [("  ", None), (fmt_duration(took), "dim")]
+        if eta is not None:
+            segs.append((f"  eta {fmt_duration(eta)}", "dim"))
+    out: list[Line] = [(logging.INFO, segs, mark)]
+    bad = [k for k, v in rec.items() if (x := number(v)) is not None and not math.isfinite(x)]
+    if bad:
+        out.append((logging.WARNING, [(f"non-finite {', '.join(bad)} in epoch {len(epochs)}", "warn")],
+                    MARKS["warning"]))
+    if previous_scale is not None and state.lr_scale != previous_scale:
+        out.append((logging.INFO, [(f"lr scale {previous_scale:.3g} -> {state.lr_scale:.3g} (plateau)", "warn")],
+                    MARKS["warning"]))
+    return out
+
+
+def saved_lines(info: Mapping[str, Any] | None) -> list[Line]:
+    """The line at ``checkpoint_saved`` from the writer's notice: the path, and whether it is best or restored.
+
+    ``saved_lines({"last": "runs/a/checkpoints/epoch-0003.pt", "is_best": True})`` -> ``saved ... (best)``.
+    """
+    last = (info or {}).get("last")
+    if not last:
+        return []
+    segs: list[Segment] = [(f"saved {last}", None)]
+    if info.get("is_best"):
+        segs.append((" (best)", "good"))
+    if info.get("restored"):
+        segs.append((" (the restored params, as training ended)", None))
+    return [(logging.INFO, segs, MARKS["saved"])]
+
+
+def end_lines(state: TrainState, wall: float | None = None) -> list[Line]:
+    """The lines at ``training_end``: finished, stopped early or failed, with the wall time and the best.
+
+    ``end_lines(state, wall=93.0)`` — ``wall`` is this session's time, measured by the console.
+    """
+    took = fmt_duration(wall) if wall is not None else "?"
+    stop, b = state.stop, state.best
+    best = f"; best {b.monitor} {fmt_value(b.value)} at epoch {b.epoch + 1}" if b is not None else ""
+    if stop is not None and stop.failed:
+        out: list[Line] = [(logging.ERROR, [(f"stopped on error: {stop.reason}", "error")], MARKS["error"])]
+    elif stop is not None:
+        out = [(logging.INFO, [(f"{stop.reason}", "warn"), (f" ({took}){best}", None)], MARKS["stop"])]
+    else:
+        out = [(logging.INFO, [(f"finished {state.progress.epoch} epochs", "bold"), (f" in {took}{best}", None)],
+                MARKS["done"])]
+    for cb_state in state.callbacks.values():
+        if isinstance(cb_state, Mapping) and "restored_epoch" in cb_state:
+            out.append((logging.INFO, [(f"restored the params of epoch {cb_state['restored_epoch'] + 1}", None)], None))
+    return out
+
+
+def bar_postfix(state: TrainState, rate: float | None) -> dict[str, str]:
+    """What the progress bar shows beside the count: the step's loss, samples/s, and when validation is next.
+
+    ``bar_postfix(state, 1234.0)`` -> ``{"loss": "0.4123", "samples/s": "1,234"}``.
+    """
+    post = {}
+    loss = state.metrics.get("loss")
+    if loss is not None:
+        post["loss"] = fmt_value(float(loss))
+    if rate is not None:
+        post["samples/s"] = f"{rate:,.0f}" if rate >= 100 else f"{rate:.3g}"
+    if state.run.batches and state.progress.batch >= state.run.batches and state.run.val_batches:
+        post["next"] = "validation"
+    return post
+
+
+# --------------------------------------------------------------------------- the I/O shell
+
+
+@attrs.define
+class _Session:
+    """What one console holds while a run goes: its handler, the bar and the clocks (never the state)."""
+
+    quiet: bool
+    stream: TextIO | None
+    color: bool | None
+    bar_on: bool | None
+    handler: ConsoleHandler | None = None
+    level: int | None = None
+    style: Style = Style()
+    out: Any = None
+    bar: Any = None
+    t0: float | None = None
+    t_epoch: float | None = None
+    epoch_times: list = attrs.Factory(list)
+    scale: float = 1.0
+    postfix_at: float = 0.0
+    bar_t0: float = 0.0
+    bar_n0: int = 0
+
+    def say(self, lines: Sequence[Line]) -> None:
+        for level, segments, mark in lines:
+            if self.quiet and level < logging.ERROR:
+                continue
+            log(level, segments, mark)
+
+    def install(self) -> None:
+        self.uninstall()
+        for h in list(logger.handlers):  # a console left behind by a run that raised
+            if isinstance(h, ConsoleHandler):
+                logger.removeHandler(h)
+        self.out = self.stream if self.stream is not None else sys.stderr
+        self.style = style_for(self.out, self.color, self.bar_on)
+        if self.stream is None and logger.hasHandlers():
+            return  # the application configured logging: records go to its handlers
+        self.handler = ConsoleHandler(self.out, self.style, logging.ERROR if self.quiet else logging.INFO)
+        logger.addHandler(self.handler)
+        if logger.level == logging.NOTSET or logger.level > logging.INFO:
+            self.level = logger.level
+            logger.setLevel(logging.INFO)
+
+    def uninstall(self) -> None:
+        self.close_bar()
+        if self.handler is not None:
+            logger.removeHandler(self.handler)
+            self.handler = None
+        if self.level is not None:
+            logger.setLevel(self.level)
+            self.level = None
+
+    def open_bar(self, state: TrainState, done: int) -> None:
+        self.close_bar()
+        if self.quiet or not self.style.bar:
+            return
+        from tqdm import tqdm
+
+        planned, e = state.run.epochs, state.progress.epoch + 1
+        self.bar = tqdm(total=state.run.batches or None, initial=done,
+                        desc=f"epoch {e}/{planned}" if planned else f"epoch {e}", unit="batch", file=self.out,
+                        leave=False, dynamic_ncols=True, mininterval=0.2)
+        self.bar_t0, self.bar_n0, self.postfix_at = time.perf_counter(), done, 0.0
+
+    def close_bar(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def console(quiet: bool = False, *, stream: TextIO | None = None, color: bool | None = None,
@@ -256,191 +431,77 @@ def console(quiet: bool = False, *, stream: TextIO | None = None, color: bool | 
     ``color``/``bar`` force the style either way (default: from the stream
     and ``NO_COLOR``). Samples/s in the bar needs the batch size: pass
     ``batch_size`` (a ``state.run`` that carries ``batch_size`` serves too).
-    ``checkpoint`` names the checkpoint writer whose ``last`` path is shown::
+    ``checkpoint`` names the checkpoint writer whose saves are shown. What is
+    said is computed by :func:`start_lines`, :func:`epoch_lines`,
+    :func:`saved_lines` and :func:`end_lines`; the callbacks only time and print::
 
         loop = loop.add(console())
         loop = loop.add(console(stream=open("train.log", "a")))   # plain text in a file
     """
-    explicit_stream = stream
-    mem: dict[str, Any] = {"handler": None, "level": None, "style": Style(), "bar": None, "t0": None,
-                           "t_epoch": None, "epoch_times": [], "scale": 1.0, "postfix_at": 0.0,
-                           "bar_t0": None, "bar_n0": 0}
-
-    def say(level: int, segments: Sequence[Segment], mark: str | None = None) -> None:
-        if quiet and level < logging.ERROR:
-            return
-        log(level, segments, mark)
-
-    def close_bar() -> None:
-        if mem["bar"] is not None:
-            mem["bar"].close()
-            mem["bar"] = None
-
-    def install() -> None:
-        uninstall()
-        for h in list(logger.handlers):  # a console left behind by a run that raised
-            if isinstance(h, ConsoleHandler):
-                logger.removeHandler(h)
-        out = explicit_stream if explicit_stream is not None else sys.stderr
-        mem["style"] = style_for(out, color, bar)
-        mem["out"] = out
-        if explicit_stream is None and logger.hasHandlers():
-            return  # the application configured logging: records go to its handlers
-        handler = ConsoleHandler(out, mem["style"], logging.ERROR if quiet else logging.INFO)
-        logger.addHandler(handler)
-        mem["handler"] = handler
-        if logger.level == logging.NOTSET or logger.level > logging.INFO:
-            mem["level"] = logger.level
-            logger.setLevel(logging.INFO)
-
-    def uninstall() -> None:
-        close_bar()
-        if mem["handler"] is not None:
-            logger.removeHandler(mem["handler"])
-            mem["handler"] = None
-        if mem["level"] is not None:
-            logger.setLevel(mem["level"])
-            mem["level"] = None
-
-    def run_batch_size(state: TrainState) -> int | None:
-        return batch_size or getattr(state.run, "batch_size", None) or None
-
-    def open_bar(state: TrainState, done: int) -> None:
-        close_bar()
-        if quiet or not mem["style"].bar:
-            return
-        from tqdm import tqdm
-
-        total = state.run.batches or None
-        planned = state.run.epochs
-        e = state.progress.epoch + 1
-        mem["bar"] = tqdm(total=total, initial=done, desc=f"epoch {e}/{planned}" if planned else f"epoch {e}",
-                          unit="batch", file=mem["out"], leave=False, dynamic_ncols=True, mininterval=0.2)
-        mem["bar_t0"], mem["bar_n0"], mem["postfix_at"] = time.perf_counter(), done, 0.0
+    session = _Session(quiet=quiet, stream=stream, color=color, bar_on=bar)
 
     def start(state: TrainState) -> TrainState:
-        if not is_main_process():
-            return state
-        install()
-        mem.update(t0=time.perf_counter(), t_epoch=None, epoch_times=[], scale=state.lr_scale)
-        p, r = state.progress, state.run
-        segs: list[Segment] = [(f"training {r.epochs} epochs" if r.epochs else "training", "bold")]
-        if r.batches:
-            segs.append((f" of {r.batches} batches", None))
-        if p.step:
-            where = f"epoch {p.epoch + 1}" + (f", batch {p.batch}" if p.batch else "")
-            segs.append((f", resuming at {where} (step {p.step})", None))
-        say(logging.INFO, segs, MARKS["start"])
+        session.install()
+        session.t0, session.t_epoch, session.epoch_times, session.scale = time.perf_counter(), None, [], state.lr_scale
+        session.say(start_lines(state))
         return state
 
     def epoch_start(state: TrainState) -> TrainState:
-        if not is_main_process():
-            return state
-        mem["t_epoch"] = time.perf_counter()
-        open_bar(state, 0)
+        session.t_epoch = time.perf_counter()
+        session.open_bar(state, 0)
         return state
 
     def batch_end(state: TrainState) -> TrainState:
-        if quiet or not mem["style"].bar or not is_main_process():
+        if quiet or not session.style.bar:
             return state
-        if mem["t_epoch"] is None:
-            mem["t_epoch"] = time.perf_counter()  # resumed mid-epoch: no epoch_start fired
-        b = mem["bar"]
-        if b is None:
-            open_bar(state, max(state.progress.batch - 1, 0))
-            b = mem["bar"]
-            if b is None:
+        if session.t_epoch is None:
+            session.t_epoch = time.perf_counter()  # resumed mid-epoch: no epoch_start fired
+        if session.bar is None:
+            session.open_bar(state, max(state.progress.batch - 1, 0))
+            if session.bar is None:
                 return state
+        b = session.bar
         b.update(1)
         now = time.perf_counter()
-        if now - mem["postfix_at"] >= 0.5:
-            mem["postfix_at"] = now
-            post = {}
-            loss = state.metrics.get("loss")
-            if loss is not None:
-                post["loss"] = fmt_value(float(loss))
-            bs = run_batch_size(state)
-            elapsed = now - mem["bar_t0"]
-            if bs and elapsed > 0:
-                rate = (b.n - mem["bar_n0"]) * bs / elapsed
-                post["samples/s"] = f"{rate:,.0f}" if rate >= 100 else f"{rate:.3g}"
-            if state.run.batches and state.progress.batch >= state.run.batches and state.run.val_batches:
-                post["next"] = "validation"
-            b.set_postfix(post, refresh=True)  # at most every 0.5 s
+        if now - session.postfix_at >= 0.5:  # at most every 0.5 s
+            session.postfix_at = now
+            bs = batch_size or getattr(state.run, "batch_size", None) or None
+            elapsed = now - session.bar_t0
+            rate = (b.n - session.bar_n0) * bs / elapsed if bs and elapsed > 0 else None
+            b.set_postfix(bar_postfix(state, rate), refresh=True)
         return state
 
     def epoch_end(state: TrainState) -> TrainState:
-        if not is_main_process():
+        session.close_bar()
+        if not state.history.epochs:
             return state
-        close_bar()
-        now = time.perf_counter()
-        epochs = state.history.epochs
-        if not epochs:
-            return state
-        segs = epoch_segments(epochs, state.run.epochs)
-        mark = None
-        rec = epochs[-1]
-        b = state.best
-        if b is not None and number(rec.get("epoch")) == b.epoch:
-            mark = MARKS["best"]
-            segs += [("  ", None), (f"best {b.monitor}", "good")]
-        if mem["t_epoch"] is not None:
-            took = now - mem["t_epoch"]
-            mem["epoch_times"].append(took)
-            segs += [("  ", None), (fmt_duration(took), "dim")]
+        took = eta = None
+        if session.t_epoch is not None:
+            took = time.perf_counter() - session.t_epoch
+            session.epoch_times.append(took)
             left = state.run.epochs - state.progress.epoch
-            times = mem["epoch_times"]
             if left > 0 and state.stop is None:
-                segs.append((f"  eta {fmt_duration(sum(times) / len(times) * left)}", "dim"))
-        mem["t_epoch"] = None
-        say(logging.INFO, segs, mark)
-        bad = [k for k, v in rec.items() if (x := number(v)) is not None and not math.isfinite(x)]
-        if bad:
-            say(logging.WARNING, [(f"non-finite {', '.join(bad)} in epoch {len(epochs)}", "warn")],
-                MARKS["warning"])
-        if state.lr_scale != mem["scale"]:
-            say(logging.INFO, [(f"lr scale {mem['scale']:.3g} -> {state.lr_scale:.3g} (plateau)", "warn")],
-                MARKS["warning"])
-            mem["scale"] = state.lr_scale
+                eta = sum(session.epoch_times) / len(session.epoch_times) * left
+        session.t_epoch = None
+        session.say(epoch_lines(state, took, eta, session.scale))
+        session.scale = state.lr_scale
         return state
 
     def saved(state: TrainState) -> TrainState:
-        if not is_main_process():
-            return state
-        st = state.callbacks.get(checkpoint) or {}
-        last = st.get("last")
-        if last:
-            segs: list[Segment] = [(f"saved {last}", None)]
-            if st.get("is_best"):
-                segs.append((" (best)", "good"))
-            say(logging.INFO, segs, MARKS["saved"])
+        session.say(saved_lines(state.callbacks.get(checkpoint)))
         return state
 
     def end(state: TrainState) -> TrainState:
-        if not is_main_process():
-            return state
-        close_bar()
-        wall = fmt_duration(time.perf_counter() - mem["t0"]) if mem["t0"] is not None else "?"
-        stop, b = state.stop, state.best
-        best = f"; best {b.monitor} {fmt_value(b.value)} at epoch {b.epoch + 1}" if b is not None else ""
-        if stop is not None and stop.failed:
-            say(logging.ERROR, [(f"stopped on error: {stop.reason}", "error")], MARKS["error"])
-        elif stop is not None:
-            say(logging.INFO, [(f"{stop.reason}", "warn"), (f" ({wall}){best}", None)], MARKS["stop"])
-        else:
-            say(logging.INFO, [(f"finished {state.progress.epoch} epochs", "bold"), (f" in {wall}{best}", None)],
-                MARKS["done"])
-        for cb_state in state.callbacks.values():
-            if isinstance(cb_state, Mapping) and "restored_epoch" in cb_state:
-                say(logging.INFO, [(f"restored the params of epoch {cb_state['restored_epoch'] + 1}", None)])
-        uninstall()
+        session.close_bar()
+        session.say(end_lines(state, time.perf_counter() - session.t0 if session.t0 is not None else None))
+        session.uninstall()
         return state
 
     return (
-        Callback("training_start", start, priority=-1000, name=name, writes=True),
-        Callback("epoch_start", epoch_start, priority=-1000, name=name, writes=True),
-        Callback("batch_end", batch_end, priority=1100, name=name, writes=True),
-        Callback("epoch_end", epoch_end, priority=950, name=name, writes=True),
-        Callback("checkpoint_saved", saved, priority=-1000, name=name, writes=True),
-        Callback("training_end", end, priority=1200, name=name, writes=True),
+        writer("training_start", start, priority=-1000, name=name),
+        writer("epoch_start", epoch_start, priority=-1000, name=name),
+        writer("batch_end", batch_end, priority=1100, name=name),
+        writer("epoch_end", epoch_end, priority=950, name=name),
+        writer("checkpoint_saved", saved, priority=-1000, name=name),
+        writer("training_end", end, priority=1200, name=name),
     )

@@ -22,9 +22,11 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from .._files import ensure_folder, is_main_process, write_atomic
+import attrs
+
+from .._files import ensure_folder, write_atomic
 from ..errors import DataError, StateError
-from ..events import Callback
+from ..events import Callback, writer
 from ..state import Best, History, TrainState
 from .values import fmt_value, number
 
@@ -190,39 +192,53 @@ def plot_curves(run_dir: str | os.PathLike, every_epochs: int | None = None, per
     if not isinstance(run_dir, (str, os.PathLike)):
         raise StateError(f"{name}: run_dir must be a path (str or os.PathLike), got {type(run_dir).__name__}")
     folder = Path(run_dir) / "plots"
-    clock = {"done": None, "took": 0.0}  # wall time lives here, never in the state
+    clock = _Clock()  # wall time lives here, never in the state
 
     def write(state: TrainState) -> None:
         t0 = time.perf_counter()
         ensure_folder(folder, name)
         write_curves(folder, state.history, state.best, per_metric)
-        clock["done"] = time.perf_counter()
-        clock["took"] = clock["done"] - t0
-
-    def due(state: TrainState) -> bool:
-        if every_epochs is not None:
-            return bool(every_epochs) and state.progress.epoch % every_epochs == 0
-        return clock["done"] is None or time.perf_counter() - clock["done"] >= 20 * clock["took"]
+        clock.done = time.perf_counter()
+        clock.took = clock.done - t0
 
     def start(state: TrainState) -> TrainState:
-        clock.update(done=time.perf_counter() if every_epochs is None else None, took=0.0)
+        clock.done, clock.took = (time.perf_counter() if every_epochs is None else None), 0.0
         return state
 
     def epoch_end(state: TrainState) -> TrainState:
-        if is_main_process() and due(state):
+        if curves_due(state.progress.epoch, every_epochs, clock.done, clock.took, time.perf_counter()):
             write(state)
         return state
 
     def end(state: TrainState) -> TrainState:
-        if state.history.epochs and is_main_process():
+        if state.history.epochs:
             write(state)
         return state
 
     return (
-        Callback("training_start", start, priority=priority, name=name, writes=True),
-        Callback("epoch_end", epoch_end, priority=priority, name=name, writes=True),
-        Callback("training_end", end, priority=priority + 450, name=name, writes=True),
+        writer("training_start", start, priority=priority, name=name),
+        writer("epoch_end", epoch_end, priority=priority, name=name),
+        writer("training_end", end, priority=priority + 450, name=name),
     )
+
+
+@attrs.define
+class _Clock:
+    """When the curves were last drawn and how long drawing took (wall time, kept by the callback)."""
+
+    done: float | None = None
+    took: float = 0.0
+
+
+def curves_due(epoch: int, every_epochs: int | None, done: float | None, took: float, now: float) -> bool:
+    """Whether the curves are drawn at this epoch end: every ``every_epochs``, or (None) once the time since
+    the last drawing ``done`` is at least 20 times what drawing ``took``.
+
+    ``curves_due(4, 2, None, 0.0, now)`` is True; ``curves_due(3, None, now - 1.0, 0.1, now)`` is False.
+    """
+    if every_epochs is not None:
+        return bool(every_epochs) and epoch % every_epochs == 0
+    return done is None or now - done >= 20 * took
 
 
 # --------------------------------------------------------------------------- classes

@@ -1,10 +1,13 @@
 """Metric sinks: the run's history as ``metrics.csv``, ``metrics.jsonl`` and TensorBoard event files.
 
-Each factory returns callbacks (``writes=True``, so a replay leaves them out)
-that mirror ``state.history`` into files under a run folder. They keep no
-wall-clock values in the state: what they remember lives in their closure and
-in the files, and at ``training_start`` the files are made to agree with the
-state they are handed. So a run that died after its last checkpoint and is
+Each factory returns writer callbacks (``writes=True``, so a replay leaves
+them out) that mirror ``state.history`` into files under a run folder. What
+to write is computed by pure functions (:func:`csv_update`,
+:func:`jsonl_update`, :func:`step_scalars`, :func:`epoch_scalars`); the
+callbacks are a thin shell that writes it. They keep nothing in the state:
+what they remember (what the file holds, the open event file) lives in a
+small object each callback group owns, and at ``training_start`` the files
+are made to agree with the state they are handed. So a run that died after its last checkpoint and is
 resumed from it drops the rows written past that checkpoint and writes them
 again, with no duplicates::
 
@@ -26,11 +29,13 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
-from .._files import check_folder, ensure_folder, is_main_process, write_text_atomic
+import attrs
+
+from .._files import check_folder, ensure_folder, write_text_atomic
 from ..errors import StateError
-from ..events import Callback
+from ..events import Callback, writer
 from ..state import History, TrainState
 from .plots import curves_figure
 from .values import number, plain
@@ -111,6 +116,63 @@ def read_csv(path: str | os.PathLike) -> list[dict[str, float | str]]:
     return out
 
 
+@attrs.frozen
+class OnDisk:
+    """What a sink's file holds, as the sink last wrote it: ``epochs`` and ``steps`` records, the CSV ``header``."""
+
+    epochs: int = 0
+    steps: int = 0
+    header: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class Update:
+    """What a sink does to its file: ``mode`` ``"write"`` (the whole file), ``"append"`` or ``""`` (nothing)."""
+
+    mode: str
+    text: str
+    on_disk: OnDisk
+
+
+def csv_update(on_disk: OnDisk | None, epochs: Sequence[Record]) -> Update:
+    """How ``metrics.csv`` follows the epoch records: append the new rows, or rewrite it (None: unknown file).
+
+    A rewrite when the file's content is unknown, when it holds more rows than
+    the history (a resume), or when a new key widens the header::
+
+        csv_update(OnDisk(epochs=2, header=("epoch", "loss")), state.history.epochs)   # Update("append", ...)
+    """
+    header = tuple(csv_header(epochs))
+    now = OnDisk(epochs=len(epochs), header=header)
+    if on_disk is None or on_disk.epochs > len(epochs) or header != on_disk.header:
+        return Update("write", csv_text(epochs, list(header)), now)
+    new = epochs[on_disk.epochs:]
+    if not new:
+        return Update("", "", on_disk)
+    return Update("append", csv_text(new, list(header), with_header=False), now)
+
+
+@attrs.define
+class _File:
+    """A sink's file and what it holds as last written (None: not known in this process)."""
+
+    path: Path
+    what: str
+    on_disk: OnDisk | None = None
+
+    def apply(self, update: Update) -> None:
+        if update.mode == "write":
+            ensure_folder(self.path.parent, self.what)
+            write_text_atomic(self.path, update.text)
+        elif update.mode == "append":
+            with open(self.path, "a", encoding="utf-8", newline="") as f:
+                f.write(update.text)
+        self.on_disk = update.on_disk
+
+    def known(self) -> OnDisk | None:
+        return self.on_disk if self.on_disk is not None and self.path.exists() else None
+
+
 def csv_log(run_dir: str | os.PathLike, filename: str = "metrics.csv", priority: int = PRIORITY,
             name: str = "csv_log") -> tuple[Callback, ...]:
     """Callbacks keeping ``run_dir/metrics.csv`` equal to ``state.history.epochs``: one row per epoch.
@@ -118,48 +180,24 @@ def csv_log(run_dir: str | os.PathLike, filename: str = "metrics.csv", priority:
     The header is the union of the records' keys in first-seen order; when an
     epoch brings a new key (say the first validation) the file is rewritten
     with the wider header. At ``training_start`` the file is rewritten from the
-    state's history, dropping rows a dead run wrote past its checkpoint::
+    state's history, dropping rows a dead run wrote past its checkpoint. What
+    to write is :func:`csv_update`'s answer::
 
         loop = loop.add(csv_log("runs/a"))
     """
-    folder = check_folder(run_dir, name)
-    path = folder / filename
-    mem: dict[str, Any] = {"rows": None, "header": []}
-
-    def sync(state: TrainState) -> None:
-        ensure_folder(folder, name)
-        epochs = state.history.epochs
-        header = csv_header(epochs)
-        write_text_atomic(path, csv_text(epochs, header))
-        mem.update(rows=len(epochs), header=header)
+    file = _File(check_folder(run_dir, name) / filename, name)
 
     def start(state: TrainState) -> TrainState:
-        if is_main_process():
-            sync(state)
+        file.apply(csv_update(None, state.history.epochs))
         return state
 
     def epoch_end(state: TrainState) -> TrainState:
-        if not is_main_process():
-            return state
-        epochs = state.history.epochs
-        if mem["rows"] is None or mem["rows"] > len(epochs) or not path.exists():
-            sync(state)
-            return state
-        new = epochs[mem["rows"]:]
-        if not new:
-            return state
-        header = csv_header(epochs)
-        if header != mem["header"]:
-            sync(state)
-            return state
-        with open(path, "a", encoding="utf-8", newline="") as f:
-            f.write(csv_text(new, header, with_header=False))
-        mem["rows"] = len(epochs)
+        file.apply(csv_update(file.known(), state.history.epochs))
         return state
 
     return (
-        Callback("training_start", start, priority=priority, name=name, writes=True),
-        Callback("epoch_end", epoch_end, priority=priority, name=name, writes=True),
+        writer("training_start", start, priority=priority, name=name),
+        writer("epoch_end", epoch_end, priority=priority, name=name),
     )
 
 
@@ -208,6 +246,22 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def jsonl_update(on_disk: OnDisk | None, history: History) -> Update:
+    """How ``metrics.jsonl`` follows the history: append the new step and epoch lines, or rewrite it.
+
+    A rewrite when the file's content is unknown (None) or holds more than
+    the history (a resume)::
+
+        jsonl_update(OnDisk(epochs=1, steps=4), state.history).text   # the lines since
+    """
+    now = OnDisk(epochs=len(history.epochs), steps=len(history.steps))
+    if on_disk is None or on_disk.epochs > now.epochs or on_disk.steps > now.steps:
+        return Update("write", "".join(jsonl_line(k, r) for k, r in history_lines(history)), now)
+    lines = [jsonl_line("step", r) for r in history.steps[on_disk.steps:]]
+    lines += [jsonl_line("epoch", r) for r in history.epochs[on_disk.epochs:]]
+    return Update("append", "".join(lines), now) if lines else Update("", "", on_disk)
+
+
 def jsonl_log(run_dir: str | os.PathLike, filename: str = "metrics.jsonl", priority: int = PRIORITY,
               name: str = "jsonl_log") -> tuple[Callback, ...]:
     """Callbacks keeping ``run_dir/metrics.jsonl`` equal to the history: epoch lines and step lines.
@@ -216,64 +270,37 @@ def jsonl_log(run_dir: str | os.PathLike, filename: str = "metrics.jsonl", prior
     (``"kind": "step"``, as :func:`~smartcash_fn.callbacks.record_steps`
     appends them), in the order they happened. At ``training_start`` the file
     is rewritten from the state's history, so a resumed run holds no
-    duplicates and nothing from past its checkpoint::
+    duplicates and nothing from past its checkpoint (:func:`jsonl_update`)::
 
         loop = loop.add(record_steps(10), jsonl_log("runs/a"))
     """
-    folder = check_folder(run_dir, name)
-    path = folder / filename
-    mem: dict[str, Any] = {"epochs": None, "steps": 0}
-
-    def sync(state: TrainState) -> None:
-        ensure_folder(folder, name)
-        h = state.history
-        write_text_atomic(path, "".join(jsonl_line(k, r) for k, r in history_lines(h)))
-        mem.update(epochs=len(h.epochs), steps=len(h.steps))
+    file = _File(check_folder(run_dir, name) / filename, name)
 
     def start(state: TrainState) -> TrainState:
-        if is_main_process():
-            sync(state)
+        file.apply(jsonl_update(None, state.history))
         return state
 
     def append(state: TrainState) -> TrainState:
-        if not is_main_process():
-            return state
-        h = state.history
-        if mem["epochs"] is None or mem["epochs"] > len(h.epochs) or mem["steps"] > len(h.steps) \
-                or not path.exists():
-            sync(state)
-            return state
-        lines = [jsonl_line("step", r) for r in h.steps[mem["steps"]:]]
-        lines += [jsonl_line("epoch", r) for r in h.epochs[mem["epochs"]:]]
-        if lines:
-            with open(path, "a", encoding="utf-8") as f:
-                f.write("".join(lines))
-            mem.update(epochs=len(h.epochs), steps=len(h.steps))
+        file.apply(jsonl_update(file.known(), state.history))
         return state
 
     def batch_end(state: TrainState) -> TrainState:
-        if mem["epochs"] is not None and len(state.history.steps) == mem["steps"]:
+        if file.on_disk is not None and len(state.history.steps) == file.on_disk.steps:
             return state  # the common case: nothing new, no file touched
         return append(state)
 
     return (
-        Callback("training_start", start, priority=priority, name=name, writes=True),
-        Callback("batch_end", batch_end, priority=priority, name=name, writes=True),
-        Callback("epoch_end", append, priority=priority, name=name, writes=True),
-        Callback("training_end", append, priority=priority, name=name, writes=True),
+        writer("training_start", start, priority=priority, name=name),
+        writer("batch_end", batch_end, priority=priority, name=name),
+        writer("epoch_end", append, priority=priority, name=name),
+        writer("training_end", append, priority=priority, name=name),
     )
 
 
 # --------------------------------------------------------------------------- TensorBoard
 
-# Open event writers by log folder, so figures from other callbacks go into the
-# run's one event file: TensorBoard reads a folder's files one after another,
-# and two writers appending at once would hide one of them.
-_WRITERS: dict[str, Any] = {}
-
-
-def _key(log_dir: Path) -> str:
-    return str(log_dir.resolve())
+FIGURES = "figures"
+"""The sub-folder of ``tensorboard/`` where :func:`tensorboard_figure` writes (TensorBoard shows it as its own run)."""
 
 
 def figure_image(figure: Any) -> "Any":
@@ -293,29 +320,38 @@ def figure_image(figure: Any) -> "Any":
 def tensorboard_figure(run_dir: str | os.PathLike, tag: str, figure: Any, step: int) -> None:
     """Add a matplotlib ``figure`` as an image under ``tag`` at global ``step`` to the run's TensorBoard log.
 
-    Goes into the event file :func:`tensorboard_log` holds open for ``run_dir``
-    (or a short-lived one when none is open); for callbacks that make their
-    own figures, such as a confusion matrix after validation::
+    For callbacks that make their own figures, such as a confusion matrix
+    after validation. It goes to ``tensorboard/figures`` through a writer
+    opened and closed for it, so it never appends beside the event file
+    :func:`tensorboard_log` holds open (TensorBoard would stop reading that
+    one); figures known when building the loop go through
+    ``tensorboard_log(figures=...)`` instead::
 
         tensorboard_figure("runs/a", "val/confusion", confusion_matrix_figure(m, names), state.progress.step)
     """
-    if not is_main_process():
-        return
-    log_dir = Path(run_dir) / "tensorboard"
-    image = figure_image(figure)
-    writer = _WRITERS.get(_key(log_dir)) if log_dir.exists() else None
-    if writer is not None:
-        writer.add_image(tag, image, int(step), dataformats="HWC")
-        return
+    tensorboard_figures(run_dir, [(tag, figure)], step)
+
+
+def tensorboard_figures(run_dir: str | os.PathLike, figures: Iterable[tuple[str, Any]], step: int) -> None:
+    """Add ``(tag, figure)`` pairs as images at ``step`` to ``run_dir/tensorboard/figures``, in one event file.
+
+    Call it from a writer callback (:func:`~smartcash_fn.events.writer`, rank 0 only):
+    ``tensorboard_figures("runs/a", [("val/pr_curves", fig1), ("val/confusion", fig2)], state.progress.step)``
+    """
     from torch.utils.tensorboard import SummaryWriter
 
+    images = [(tag, figure_image(fig)) for tag, fig in figures]
+    if not images:
+        return
+    log_dir = Path(run_dir) / "tensorboard" / FIGURES
     ensure_folder(log_dir, "tensorboard_figure")
     _after_existing(_event_times(log_dir))
-    writer = SummaryWriter(log_dir=str(log_dir))
+    w = SummaryWriter(log_dir=str(log_dir))
     try:
-        writer.add_image(tag, image, int(step), dataformats="HWC")
+        for tag, image in images:
+            w.add_image(tag, image, int(step), dataformats="HWC")
     finally:
-        writer.close()
+        w.close()
 
 
 def _event_times(log_dir: Path) -> list[int]:
@@ -344,23 +380,82 @@ def _after_existing(times: list[int]) -> None:
         time.sleep(wait + 0.01)
 
 
+Scalar = tuple[str, float, int]
+"""A TensorBoard scalar: ``(tag, value, global step)``."""
+
+
+def step_scalars(state: TrainState, every_steps: int) -> list[Scalar]:
+    """The step metrics to log at this ``batch_end``: ``train/<name>_step`` every ``every_steps`` steps (0: never).
+
+    ``step_scalars(state, 10)`` -> ``[("train/loss_step", 0.41, 20)]`` at step 20, ``[]`` at step 21.
+    """
+    step = state.progress.step
+    if not every_steps or step % every_steps:
+        return []
+    return [(f"train/{k}_step", x, step) for k, v in state.metrics.items() if (x := number(v)) is not None]
+
+
+def epoch_scalars(epochs: Sequence[Record], since: int = 0, step: int = 0) -> list[Scalar]:
+    """Every numeric key of the epoch records from index ``since``, each at its record's ``step`` (else ``step``).
+
+    ``epoch_scalars(state.history.epochs, since=2)`` -> ``[("epoch", 2.0, 30), ("train/loss", 0.4, 30), ...]``.
+    """
+    out = []
+    for rec in epochs[since:]:
+        at = number(rec.get("step"))
+        s = step if at is None else int(at)
+        out += [(str(k), x, s) for k, v in rec.items() if k != "step" and (x := number(v)) is not None]
+    return out
+
+
+@attrs.define
+class _EventFile:
+    """The one TensorBoard event writer a :func:`tensorboard_log` owns, opened lazily, closed at ``training_end``."""
+
+    log_dir: Path
+    what: str
+    writer: Any = None
+    epochs: int = 0
+
+    def open(self, state: TrainState) -> Any:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.close()
+        ensure_folder(self.log_dir, self.what)
+        existing = _event_times(self.log_dir)
+        _after_existing(existing)
+        purge = state.progress.step + 1 if existing else None
+        self.writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=purge, flush_secs=30)
+        self.epochs = len(state.history.epochs)
+        return self.writer
+
+    def get(self, state: TrainState) -> Any:
+        return self.writer if self.writer is not None else self.open(state)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.writer = None
+
+
 def tensorboard_log(run_dir: str | os.PathLike, every_steps: int = 10,
                     figures: Mapping[str, Callable[[TrainState], Any]] | None = None, curves: bool = True,
                     priority: int = PRIORITY, name: str = "tensorboard_log") -> tuple[Callback, ...]:
     """Callbacks writing TensorBoard event files to ``run_dir/tensorboard``.
 
     - every ``every_steps`` steps (0: never), each step metric as
-      ``train/<name>_step`` (``train/loss_step``);
+      ``train/<name>_step`` (``train/loss_step``; :func:`step_scalars`);
     - at each epoch end, every numeric key of the epoch record (``train/loss``,
-      ``val/acc``, ``lr``, ``epoch``), then each of ``figures`` — a mapping
-      ``tag -> fn(state) -> matplotlib Figure or None``;
+      ``val/acc``, ``lr``, ``epoch``; :func:`epoch_scalars`), then each of
+      ``figures`` — a mapping ``tag -> fn(state) -> matplotlib Figure or None``;
     - at ``training_end`` the metric-curves figure (``curves``), then the file
       is flushed and closed. It is flushed at each epoch end and checkpoint too.
 
     Every value is logged at the global step (``state.progress.step``), one
     axis for all tags. When the folder already holds event files, the writer
     starts with ``purge_step = step + 1``: TensorBoard hides what a dead run
-    logged past the state being resumed, and the resumed run logs it again::
+    logged past the state being resumed, and the resumed run logs it again.
+    The open event file belongs to these callbacks alone::
 
         loop = loop.add(tensorboard_log("runs/a", every_steps=20))
         # tensorboard --logdir runs/a/tensorboard
@@ -371,62 +466,27 @@ def tensorboard_log(run_dir: str | os.PathLike, every_steps: int = 10,
     for tag, fn in figures.items():
         if not callable(fn):
             raise StateError(f"{name}: figures[{tag!r}] must be a function state -> Figure, got {type(fn).__name__}")
-    log_dir = check_folder(run_dir, name) / "tensorboard"
-    mem: dict[str, Any] = {"writer": None, "epochs": 0}
+    events = _EventFile(check_folder(run_dir, name) / "tensorboard", name)
 
-    def close() -> None:
-        w = mem["writer"]
-        if w is not None:
-            w.close()
-            if _WRITERS.get(_key(log_dir)) is w:
-                del _WRITERS[_key(log_dir)]
-        mem["writer"] = None
-
-    def open_writer(state: TrainState) -> Any:
-        from torch.utils.tensorboard import SummaryWriter
-
-        close()
-        ensure_folder(log_dir, name)
-        existing = _event_times(log_dir)
-        _after_existing(existing)
-        purge = state.progress.step + 1 if existing else None
-        w = SummaryWriter(log_dir=str(log_dir), purge_step=purge, flush_secs=30)
-        mem.update(writer=w, epochs=len(state.history.epochs))
-        _WRITERS[_key(log_dir)] = w
-        return w
-
-    def writer(state: TrainState) -> Any:
-        return mem["writer"] if mem["writer"] is not None else open_writer(state)
+    def add(w: Any, scalars: Iterable[Scalar]) -> None:
+        for tag, value, step in scalars:
+            w.add_scalar(tag, value, step)
 
     def start(state: TrainState) -> TrainState:
-        if is_main_process():
-            open_writer(state)
+        events.open(state)
         return state
 
     def batch_end(state: TrainState) -> TrainState:
-        step = state.progress.step
-        if not every_steps or step % every_steps or not is_main_process():
-            return state
-        w = writer(state)
-        for k, v in state.metrics.items():
-            x = number(v)
-            if x is not None:
-                w.add_scalar(f"train/{k}_step", x, step)
+        scalars = step_scalars(state, every_steps)
+        if scalars:
+            add(events.get(state), scalars)
         return state
 
     def epoch_end(state: TrainState) -> TrainState:
-        if not is_main_process():
-            return state
-        w = writer(state)
+        w = events.get(state)
         epochs = state.history.epochs
-        for rec in epochs[mem["epochs"]:]:
-            at = number(rec.get("step"))
-            step = state.progress.step if at is None else int(at)
-            for k, v in rec.items():
-                x = number(v)
-                if x is not None and k != "step":
-                    w.add_scalar(str(k), x, step)
-        mem["epochs"] = len(epochs)
+        add(w, epoch_scalars(epochs, events.epochs, state.progress.step))
+        events.epochs = len(epochs)
         for tag, fn in figures.items():
             fig = fn(state)
             if fig is not None:
@@ -435,23 +495,21 @@ def tensorboard_log(run_dir: str | os.PathLike, every_steps: int = 10,
         return state
 
     def flush(state: TrainState) -> TrainState:
-        if mem["writer"] is not None:
-            mem["writer"].flush()
+        if events.writer is not None:
+            events.writer.flush()
         return state
 
     def end(state: TrainState) -> TrainState:
-        if not is_main_process():
-            return state
         if curves and state.history.epochs:
-            writer(state).add_image("curves", figure_image(curves_figure(state.history, state.best)),
-                                    state.progress.step, dataformats="HWC")
-        close()
+            events.get(state).add_image("curves", figure_image(curves_figure(state.history, state.best)),
+                                        state.progress.step, dataformats="HWC")
+        events.close()
         return state
 
     return (
-        Callback("training_start", start, priority=priority, name=name, writes=True),
-        Callback("batch_end", batch_end, priority=priority, name=name, writes=True),
-        Callback("epoch_end", epoch_end, priority=priority, name=name, writes=True),
-        Callback("checkpoint_saved", flush, priority=priority, name=name, writes=True),
-        Callback("training_end", end, priority=priority + 550, name=name, writes=True),
+        writer("training_start", start, priority=priority, name=name),
+        writer("batch_end", batch_end, priority=priority, name=name),
+        writer("epoch_end", epoch_end, priority=priority, name=name),
+        writer("checkpoint_saved", flush, priority=priority, name=name),
+        writer("training_end", end, priority=priority + 550, name=name),
     )

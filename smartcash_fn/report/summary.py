@@ -3,8 +3,9 @@
 :func:`write_summary` is a ``training_end`` callback; :func:`summary_markdown`
 is the pure function that builds the text from a state. The summary names the
 run, says how it ended (epochs run, stop reason, wall time of this session),
-lists the best epoch's metrics (``state.best``) and the last epoch's, and
-closes with the resolved recipe as TOML (written by :func:`smartcash_fn.run.recipe.dumps`)::
+says which checkpoint file holds what (``last.pt`` the last trained state,
+``best.pt`` the best epoch, ``final.pt`` the restored best params), lists
+the best epoch's metrics (``state.best``) and the last epoch's, and closes with the resolved recipe as TOML (written by :func:`smartcash_fn.run.recipe.dumps`)::
 
     loop = loop.add(write_summary("runs/a"))
     print(summary_markdown(state, run_name="a"))
@@ -16,15 +17,17 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
-from .._files import ensure_folder, is_main_process, write_text_atomic
+import attrs
+
+from .._files import ensure_folder, write_text_atomic
 from ..errors import StateError
-from ..events import Callback
+from ..events import Callback, writer
 from ..state import TrainState
-from .console import fmt_duration, fmt_value
+from .console import fmt_duration
 from .toml import dumps
-from .values import number, plain
+from .values import fmt_value, number, plain
 
 # --------------------------------------------------------------------------- markdown
 
@@ -69,12 +72,37 @@ def run_name(state: TrainState, default: str = "run") -> str:
     return default
 
 
+CHECKPOINT_ROLES = {
+    "last.pt": "the last trained state (resume from it; replay to its step verifies against it)",
+    "best.pt": "the best epoch by the monitor",
+    "final.pt": "the state as training ended, with the best params restored (early stopping): not a trained state",
+}
+"""What each named checkpoint file holds, as the summary says it."""
+
+
+def checkpoint_lines(names: Sequence[str]) -> list[str]:
+    """The summary's "Checkpoints" section for the files in the run's ``checkpoints/`` folder (none: no section).
+
+    ``checkpoint_lines(["best.pt", "epoch-0003.pt", "last.pt"])`` names ``last.pt`` and ``best.pt`` with their roles.
+    """
+    named = [n for n in CHECKPOINT_ROLES if n in names]
+    if not named:
+        return []
+    others = sum(1 for n in names if n.endswith(".pt") and n not in CHECKPOINT_ROLES)
+    rows = ["## Checkpoints", "", "| file | holds |", "|---|---|",
+            *[f"| `checkpoints/{n}` | {CHECKPOINT_ROLES[n]} |" for n in named]]
+    if others:
+        rows.append(f"| {others} more | periodic (`epoch-*`, `step-*`, `final-*`) and top-k (`top-*`) files |")
+    return rows + [""]
+
+
 def summary_markdown(state: TrainState, run_name: str = "run", wall_seconds: float | None = None,
-                     session_epochs: int | None = None) -> str:
+                     session_epochs: int | None = None, checkpoints: Sequence[str] = ()) -> str:
     """The Markdown summary of a finished (or stopped) run.
 
     ``wall_seconds`` is this session's wall time and ``session_epochs`` the
-    epochs it trained (both measured by :func:`write_summary`)::
+    epochs it trained (both measured by :func:`write_summary`); ``checkpoints``
+    the names in the run's ``checkpoints/`` folder, each named file's role said::
 
         Path("summary.md").write_text(summary_markdown(state, "a", wall_seconds=93.0))
     """
@@ -106,10 +134,8 @@ def summary_markdown(state: TrainState, run_name: str = "run", wall_seconds: flo
     for cb in state.callbacks.values():
         if isinstance(cb, Mapping) and "restored_epoch" in cb:
             lines.append(f"| params restored | epoch {int(cb['restored_epoch']) + 1} |")
-    ck = state.callbacks.get("checkpoint")
-    if isinstance(ck, Mapping) and ck.get("last"):
-        lines.append(f"| last checkpoint | `{ck['last']}` |")
     lines.append("")
+    lines += checkpoint_lines(checkpoints)
     if best is not None:
         lines += [f"## Best epoch: {best.epoch + 1} (by {best.monitor}, {best.mode})", "",
                   *_metric_table(best.metrics), ""]
@@ -121,7 +147,21 @@ def summary_markdown(state: TrainState, run_name: str = "run", wall_seconds: flo
     else:
         lines += ["## Last epoch", "", "_No epoch finished._", ""]
     lines += ["## Recipe", "", recipe_block(state.recipe)]
+    lines += data_lines(state.data_info.get("problems") or ())
     return "\n".join(lines)
+
+
+def data_lines(problems: Sequence[str], shown: int = 20) -> list[str]:
+    """The summary's "Data" section: how many bad files or label lines the data factory skipped, the first
+    ``shown`` of them (all are in ``data-problems.txt``); no lines when there were none.
+
+    ``data_lines(["images/a.jpg: cannot decode"])``
+    """
+    if not problems:
+        return []
+    more = [f"- ... and {len(problems) - shown} more"] if len(problems) > shown else []
+    return ["", "## Data", "", f"{len(problems)} bad file(s) or label line(s) skipped "
+            "(all listed in `data-problems.txt`):", "", *[f"- `{s}`" for s in problems[:shown]], *more, ""]
 
 
 def write_summary(run_dir: str | os.PathLike, filename: str = "summary.md", priority: int = 1100,
@@ -129,30 +169,39 @@ def write_summary(run_dir: str | os.PathLike, filename: str = "summary.md", prio
     """Callbacks writing ``run_dir/summary.md`` at ``training_end`` (atomically; after the final checkpoint).
 
     The wall time is measured from ``training_start`` in this session and kept
-    in the callback, never in the state::
+    in the callback, never in the state; the checkpoint files are listed from
+    ``run_dir/checkpoints``::
 
         loop = loop.add(write_summary("runs/a"))
     """
     if not isinstance(run_dir, (str, os.PathLike)):
         raise StateError(f"{name}: run_dir must be a path (str or os.PathLike), got {type(run_dir).__name__}")
     folder = Path(run_dir)
-    clock: dict[str, Any] = {"t0": None, "epoch0": 0}
+    clock = _Clock()
 
     def start(state: TrainState) -> TrainState:
-        clock.update(t0=time.perf_counter(), epoch0=state.progress.epoch)
+        clock.t0, clock.epoch0 = time.perf_counter(), state.progress.epoch
         return state
 
     def end(state: TrainState) -> TrainState:
-        if not is_main_process():
-            return state
-        wall = time.perf_counter() - clock["t0"] if clock["t0"] is not None else None
+        wall = time.perf_counter() - clock.t0 if clock.t0 is not None else None
+        ckpts = folder / "checkpoints"
+        names = sorted(os.listdir(ckpts)) if ckpts.is_dir() else []
         text = summary_markdown(state, run_name(state, folder.resolve().name), wall,
-                                state.progress.epoch - clock["epoch0"])
+                                state.progress.epoch - clock.epoch0, names)
         ensure_folder(folder, name)
         write_text_atomic(folder / filename, text)
         return state
 
     return (
-        Callback("training_start", start, priority=priority, name=name, writes=True),
-        Callback("training_end", end, priority=priority, name=name, writes=True),
+        writer("training_start", start, priority=priority, name=name),
+        writer("training_end", end, priority=priority, name=name),
     )
+
+
+@attrs.define
+class _Clock:
+    """When this session started and at which epoch (kept by the callback, never in the state)."""
+
+    t0: float | None = None
+    epoch0: int = 0

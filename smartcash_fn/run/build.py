@@ -28,11 +28,11 @@ import torch
 
 from .. import optim
 from .. import step as step_lib
-from .._files import is_main_process, write_text_atomic
+from .._files import write_text_atomic
 from ..callbacks import Monitor, checkpointing, early_stopping, keep_best, reduce_on_plateau
 from ..data import Splits, as_data
 from ..errors import RecipeError, StateError, UserError
-from ..events import EVENTS, Callback, flatten
+from ..events import EVENTS, Callback, flatten, writer
 from ..loop import Loop, Validation
 from ..report import console, plots, sinks, summary
 from ..state import TrainState
@@ -570,7 +570,8 @@ def make_loggers(recipe: Recipe, run_dir: Path | None,
 
 
 def plain_info(info: Mapping[str, Any]) -> dict[str, Any]:
-    """The entries of the data's ``info`` that are plain data (names, sizes, layers; not ``collate_fn``).
+    """The entries of the data's ``info`` that are plain data (names, sizes, layers; not ``collate_fn``),
+    and the ``problems`` the factory skipped, as text.
 
     They ride in the state as ``data_info``, so a checkpoint alone rebuilds the model:
     ``plain_info({"classes": 3, "collate_fn": f})`` is ``{"classes": 3}``.
@@ -578,7 +579,10 @@ def plain_info(info: Mapping[str, Any]) -> dict[str, Any]:
     def is_plain(value: Any) -> bool:
         return all(isinstance(node, (dict, list, tuple, str, int, float, bool, type(None))) for _, node in walk(value))
 
-    return {k: tree_map(lambda v: v, v, sequence=list) for k, v in info.items() if k != "problems" and is_plain(v)}
+    plain = {k: tree_map(lambda v: v, v, sequence=list) for k, v in info.items() if k != "problems" and is_plain(v)}
+    if info.get("problems"):
+        plain["problems"] = [str(p) for p in info["problems"]]
+    return plain
 
 
 def build(recipe: Recipe, run_dir: str | os.PathLike | None = None, *, quiet: bool = False) -> Built:
@@ -611,7 +615,7 @@ def build(recipe: Recipe, run_dir: str | os.PathLike | None = None, *, quiet: bo
         notes.append(f"data: {len(problems)} bad file(s) or label line(s) skipped (first: {problems[0]})"
                      + ("; listed in data-problems.txt and counted in summary.md" if run_dir is not None else ""))
         if run_dir is not None:
-            callbacks.extend(data_problems(run_dir, problems, summary=recipe.loggers.summary))
+            callbacks.append(data_problems(run_dir, problems))
     cp = recipe.checkpoint
     monitor = None if cp.monitor is None else Monitor(cp.monitor, cp.mode)
     if monitor is not None and not any(c.name == "keep_best" for c in callbacks):
@@ -636,38 +640,22 @@ def build(recipe: Recipe, run_dir: str | os.PathLike | None = None, *, quiet: bo
                  step_text=step_text, notes=tuple(notes), console=console)
 
 
-def data_problems(run_dir: str | os.PathLike, problems: Any, summary: bool = True,
-                  priority: int = 1150) -> tuple[Callback, ...]:
-    """Callbacks reporting the bad data files and lines a data factory skipped (``info["problems"]``).
+def data_problems(run_dir: str | os.PathLike, problems: Any, priority: int = 1150) -> Callback:
+    """A writer listing the bad data files and lines a data factory skipped (``info["problems"]``).
 
     ``data-problems.txt`` in the run folder lists them at ``training_start``;
-    at ``training_end``, after the summary is written, ``summary.md`` gets a
-    "Data" section that counts them::
+    the summary counts them from the state's ``data_info``::
 
         loop = loop.add(data_problems("runs/a", splits.info["problems"]))
     """
-
-    folder = Path(run_dir)
-    lines = [str(p) for p in problems]
+    path = Path(run_dir) / "data-problems.txt"
+    text = "".join(f"{p}\n" for p in problems)
 
     def start(state: TrainState) -> TrainState:
-        if is_main_process():
-            folder.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(folder / "data-problems.txt", "".join(f"{line}\n" for line in lines))
+        write_text_atomic(path, text)
         return state
 
-    def end(state: TrainState) -> TrainState:
-        path = folder / "summary.md"
-        if summary and is_main_process() and path.is_file():
-            shown = lines[:20]
-            more = [f"- ... and {len(lines) - len(shown)} more"] if len(lines) > len(shown) else []
-            section = ["", "## Data", "", f"{len(lines)} bad file(s) or label line(s) skipped "
-                       "(all listed in `data-problems.txt`):", "", *[f"- `{s}`" for s in shown], *more, ""]
-            write_text_atomic(path, path.read_text(encoding="utf-8").rstrip("\n") + "\n" + "\n".join(section))
-        return state
-
-    return (Callback("training_start", start, priority=priority, name="data_problems", writes=True),
-            Callback("training_end", end, priority=priority, name="data_problems", writes=True))
+    return writer("training_start", start, priority=priority, name="data_problems")
 
 
 def probe(built: Built) -> float:

@@ -26,7 +26,7 @@ from .._files import write_text_atomic
 from .._version import __version__
 from ..errors import RecipeError
 from ..loop import fit
-from ..replay import replay as replay_state, verify, writer_names
+from ..replay import replay as replay_state, verify
 from ..report.values import fmt_exact, plain
 from ..tree import tree_map
 from .build import build, describe, probe
@@ -151,9 +151,8 @@ def replay(args: argparse.Namespace) -> int:
         to_step = int(other_obj["state"]["progress"]["step"])
     if to_step < 0:
         raise RecipeError(f"--to-step {to_step}: expected a step >= 0")
-    with tempfile.TemporaryDirectory() as tmp:  # writers are built for their names only; replay leaves them out
-        built = build(recipe, Path(tmp) / "run", quiet=True)
-    loop = attrs.evolve(built.loop, callbacks=tuple(c for c in built.loop.callbacks if c.name not in built.console))
+    built = build(recipe, quiet=True)  # no run folder: no file writers; replay leaves the others out
+    loop = built.loop
     start = obj["state"]["progress"]
     state = replay_state(state_in(found, built.template), loop, to_step=to_step)
     p = state.progress
@@ -163,7 +162,7 @@ def replay(args: argparse.Namespace) -> int:
     if other_obj is None:
         say(f"digest: {checkpoint.digest(checkpoint.to_tree(state))}")
         return 0
-    diff = verify(state, state_in(other, built.template), ignore=writer_names(built.loop) + built.console)
+    diff = verify(state, state_in(other, built.template))
     if diff is None:
         say(f"identical: the replayed state is bit-identical to {args.verify}")
         return 0

@@ -60,7 +60,8 @@ def find_checkpoint(target: str | os.PathLike, prefer: Sequence[str] = ("last",)
     """The checkpoint ``target`` names: a file as is; in a run folder the first intact of ``prefer``, then the newest.
 
     ``prefer`` lists file stems in order (``("last",)`` to resume, ``("best",
-    "last")`` to evaluate a detector); after them every other ``*.pt`` is tried
+    "last")`` to evaluate a detector); after them every other ``*.pt`` but
+    ``final.pt`` (the restored best params, not a trained state) is tried
     newest first. Each unreadable file is skipped with its reason; a hard link
     to a file already tried is not read twice::
 
@@ -73,7 +74,7 @@ def find_checkpoint(target: str | os.PathLike, prefer: Sequence[str] = ("last",)
         raise CheckpointError(f"{target}: no such checkpoint file or run folder")
     folder = target / "checkpoints" if (target / "checkpoints").is_dir() else target
     named = [folder / f"{stem}.pt" for stem in prefer]
-    others = sorted((p for p in folder.glob("*.pt") if p not in named),
+    others = sorted((p for p in folder.glob("*.pt") if p not in named and p.name != "final.pt"),
                     key=lambda p: (p.stat().st_mtime_ns, p.name), reverse=True)
     candidates = [p for p in named if p.is_file()] + others
     if not candidates:

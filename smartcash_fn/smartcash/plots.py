@@ -26,11 +26,11 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from .._files import ensure_folder, is_main_process
+from .._files import ensure_folder
 from ..errors import StateError
-from ..events import Callback
+from ..events import Callback, writer
 from ..report.plots import confusion_matrix_figure, pr_curve_figure, save_figure
-from ..report.sinks import tensorboard_figure
+from ..report.sinks import tensorboard_figures
 from ..state import TrainState
 from .components import Decoder
 from .detection import Layout
@@ -166,7 +166,7 @@ def detection_plots(run_dir: str | os.PathLike | None, val_data: Any, groups: Ma
     folder = Path(run_dir) / "plots"
 
     def write(state: TrainState) -> None:
-        if not is_main_process() or state.model is None:
+        if state.model is None:
             return
         ema = state.extras.get("ema") if use_ema else None
         params, buffers = (ema["params"], ema["buffers"]) if ema is not None else (None, None)
@@ -182,9 +182,9 @@ def detection_plots(run_dir: str | os.PathLike | None, val_data: Any, groups: Ma
             figures.append(("val_samples", samples_figure(drawn)))
         ensure_folder(folder, name)
         step = state.progress.step
+        if tensorboard:
+            tensorboard_figures(run_dir, [(f"val/{n}", fig) for n, fig in figures], step)
         for fig_name, fig in figures:
-            if tensorboard:
-                tensorboard_figure(run_dir, f"val/{fig_name}", fig, step)
             save_figure(fig, folder / f"{fig_name}.png")
 
     def epoch_end(state: TrainState) -> TrainState:
@@ -197,5 +197,5 @@ def detection_plots(run_dir: str | os.PathLike | None, val_data: Any, groups: Ma
             write(state)
         return state
 
-    return (Callback("epoch_end", epoch_end, priority=priority, name=name, writes=True),
-            Callback("training_end", end, priority=priority, name=name, writes=True))
+    return (writer("epoch_end", epoch_end, priority=priority, name=name),
+            writer("training_end", end, priority=priority, name=name))
