@@ -67,7 +67,6 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from map_eval import machine  # noqa: E402
-from smartcash_fn import checkpoint  # noqa: E402
 from smartcash_fn.smartcash import scenes as rupiah  # noqa: E402
 from smartcash_fn.smartcash import metrics as M  # noqa: E402
 from smartcash_fn.smartcash.detection import Layout, decode  # noqa: E402
@@ -210,15 +209,13 @@ def ours_predictor(ckpt: Path, conf: float, iou: float, max_det: int, scenes: di
     (seed, size, scenario), so that it is judged on scenes of the kind it was validated on.
     """
     from smartcash_fn.run.build import build, make_data
-    from smartcash_fn.run.recipe import from_dict
+    from smartcash_fn.run.folders import find_checkpoint
+    from smartcash_fn.run.resume import recipe_of, state_in
 
-    obj = checkpoint.read(ckpt)
-    tree = obj["state"].get("recipe")
-    if not tree:
-        raise BenchError(f"{ckpt}: the checkpoint holds no recipe; give one made by `smartcash-fn train`")
-    recipe = from_dict(tree, source=f"{ckpt} (its recipe)")
+    found = find_checkpoint(ckpt, prefer=("best", "last"))
+    recipe = recipe_of(found)
     built = build(recipe, None, quiet=True)
-    state = checkpoint.from_tree(obj["state"], built.template, where=str(ckpt))
+    state = state_in(found, built.template)
     _, val, info = make_data(recipe)
     va = getattr(val, "dataset", None)
     if scenes is not None and scenes["kind"] == "rendered" and isinstance(va, rupiah.RupiahScenes):
@@ -294,12 +291,10 @@ def train_ours(recipe_path: Path, sets: Sequence[str], run_dir: Path, log: Path,
 
 def run_facts(run_dir: Path) -> dict[str, Any]:
     """The best (else last) checkpoint of a run folder and its progress: epochs, steps, samples seen."""
-    ckpts = run_dir / "checkpoints"
-    best = ckpts / "best.pt" if (ckpts / "best.pt").is_file() else ckpts / "last.pt"
-    if not best.is_file():
-        raise BenchError(f"{run_dir}: no checkpoints/best.pt or last.pt")
-    last = ckpts / "last.pt" if (ckpts / "last.pt").is_file() else best
-    st = checkpoint.read(last)["state"]
+    from smartcash_fn.run.folders import find_checkpoint
+
+    best = find_checkpoint(run_dir, prefer=("best", "last")).path
+    st = find_checkpoint(run_dir, prefer=("last",)).obj["state"]
     p = st["progress"]
     batch = int(((st.get("recipe") or {}).get("data") or {}).get("batch_size") or 0)
     hist = st["history"]["epochs"]
