@@ -62,7 +62,9 @@ class Splits:
     ``classes``) fill them when the recipe leaves them out; ``collate_fn`` in
     ``info`` batches a ``Dataset``'s samples::
 
-        return Splits(train=(x, y), val=(xv, yv), info={"in_features": 16, "classes": 4})
+        def my_data(n: int = 256) -> Splits:
+            x, y, xv, yv = torch.randn(n, 16), torch.randint(0, 4, (n,)), torch.randn(64, 16), torch.randint(0, 4, (64,))
+            return Splits(train=(x, y), val=(xv, yv), info={"in_features": 16, "classes": 4})
     """
 
     train: Any

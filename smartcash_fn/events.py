@@ -137,7 +137,7 @@ def emit(state: TrainState, event: str, *, by: str = "", info: Mapping[str, Any]
     With ``info`` the event's listeners find it in ``state.callbacks[by]``
     while it fires, and only then (a :class:`Notice`)::
 
-        return emit(state, "checkpoint_saved", by="checkpoint", info={"last": str(path), "is_best": False})
+        state = emit(state, "checkpoint_saved", by="checkpoint", info={"last": "checkpoints/last.pt", "is_best": False})
     """
     _check_event(None, None, event)
     if info is None:

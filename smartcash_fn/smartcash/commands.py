@@ -3,7 +3,7 @@
 Plugged into ``smartcash-fn`` by the top floor (``cli.py``) as ``eval``,
 ``predict`` and ``data export-synthetic``; each returns the exit status::
 
-    evaluate(argparse.Namespace(checkpoint="runs/rupiah_synthetic", data=None, split="val", ...))
+    smartcash-fn eval runs/rupiah_synthetic --split val      # evaluate(args) with the parsed arguments
 """
 
 from __future__ import annotations
