@@ -6,9 +6,10 @@ state through it; each epoch is ``toolz.pipe(state, start, train, validate,
 end)``. A state at any point (an epoch boundary or mid-epoch) continues from
 where it stands, skipping the batches it already trained on::
 
-    loop = Loop(step=make_step(loss_fn), data=TensorData((x, y), 64), epochs=3,
-                validation=Validation(TensorData((xv, yv), 256), accuracy()))
+    loop = Loop(step=make_step(classification_loss), data=TensorData((x, y), 64), epochs=3,
+                validation=Validation(TensorData((xv, yv), 256), classification_metrics()))
     state = fit(state, loop)
+    state.history.last()["val/acc"]
 """
 
 from __future__ import annotations
@@ -114,14 +115,21 @@ class Loop:
         return attrs.evolve(self, callbacks=self.callbacks + flatten(callbacks))
 
 
-def _advance(state: TrainState) -> TrainState:
-    """Count one trained batch and add its metrics to the epoch's running sums."""
-    p = state.progress
-    running = dict(state.running)
-    for k, v in state.metrics.items():
+def _advance(before: TrainState, after: TrainState) -> TrainState:
+    """Count one trained batch in the epoch and add its metrics to the epoch's running sums.
+
+    The global ``progress.step`` is the step's to count (a :class:`~smartcash_fn.step.Step`
+    does); for a plain ``(state, batch) -> state`` function that leaves it
+    where it was, the loop counts it, so each batch is counted exactly once.
+    """
+    p = after.progress
+    running = dict(after.running)
+    for k, v in after.metrics.items():
         prev = running.get(k)
         running[k] = v if prev is None else prev + v
-    return state.replace(progress=Progress(epoch=p.epoch, step=p.step + 1, batch=p.batch + 1), running=running)
+    step = p.step if p.step > before.progress.step else before.progress.step + 1
+    return after.replace(progress=Progress(epoch=p.epoch, step=step, batch=before.progress.batch + 1),
+                         running=running)
 
 
 def train_epoch(state: TrainState, loop: Loop, table: Mapping, to_step: int | None = None) -> TrainState:
@@ -137,7 +145,7 @@ def train_epoch(state: TrainState, loop: Loop, table: Mapping, to_step: int | No
     step = loop.step
     has_batch_end = bool(table.get("batch_end"))
     for batch in loop.data.batches(state.seed, p.epoch, p.batch):
-        state = _advance(step(state, batch))
+        state = _advance(state, step(state, batch))
         if has_batch_end:
             state = fire(state, "batch_end", table)
         if state.stop is not None or (to_step is not None and state.progress.step >= to_step):
