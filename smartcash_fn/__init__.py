@@ -29,7 +29,7 @@ from .optim import Optimizer, adam, adamw, frozen, label_by_prefix, multi_transf
 from .replay import Difference, replay, resume, verify
 from .state import Best, History, Progress, RunInfo, Stop, TrainState
 from .step import Step, accumulate, bf16, claim, classification_loss, clip, ema, fp16, make_step, skipped
-from . import rng, schedule
+from . import environment, rng, schedule
 from ._version import __version__
 from . import _moved
 
@@ -42,5 +42,5 @@ __all__ = [
     "checkpointing", "claim", "classification_loss", "classification_metrics", "clip", "early_stopping", "ema", "emit",
     "epoch_order", "fit", "fp16", "frozen", "keep_best", "label_by_prefix", "load", "memory_cleanup", "multi_transform",
     "nan_guard", "on", "per_sample", "read", "record_steps", "reduce_on_plateau", "replay", "resume", "save",
-    "schedule", "sgd", "skipped", "switch", "verify", "rng",
+    "schedule", "sgd", "skipped", "switch", "verify", "rng", "environment",
 ]

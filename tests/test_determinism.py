@@ -5,6 +5,9 @@ generators are left alone, and resume/replay are bit-exact for models that draw 
 from __future__ import annotations
 
 import functools
+import os
+
+import attrs
 
 import pytest
 import toolz
@@ -210,3 +213,65 @@ def test_train_state_compares_and_hashes_by_identity():
     twin = state.replace()
     assert state == state and state != twin and not (state == twin)
     assert len({state, twin, state}) == 2
+
+
+# --------------------------------------------------------------------------- environment and run.deterministic
+
+
+def test_environment_notes_say_what_differs_and_nothing_when_alike():
+    from smartcash_fn import environment as env
+    now = env.current("cpu")
+    assert env.notes(now, now) == ()
+    older = {**now, "torch": "2.0.0"}
+    (note,) = env.notes(older, now)
+    assert "torch 2.0.0" in note and now["torch"] in note
+    gpu = {**now, "device": "cuda", "device_name": "NVIDIA H200", "deterministic": True}
+    text = " ".join(env.notes(gpu, now))
+    assert "written on cuda, running on cpu" in text and "run.deterministic" in text
+    other_gpu = {**gpu, "device_name": "NVIDIA A100", "deterministic": False}
+    text = " ".join(env.notes(gpu, other_gpu))
+    assert "NVIDIA H200" in text and "NVIDIA A100" in text and "are off now" in text
+    assert env.notes({**now, "deterministic": True}, now) == ()  # on the CPU the kernel setting changes nothing
+    assert env.notes({}, now) == ()
+
+
+def test_a_checkpoint_records_its_environment_and_old_files_give_their_torch(tmp_path):
+    from smartcash_fn import environment as env
+    state = sf.TrainState.create(make_mlp, sf.sgd(0.1), seed=0)
+    header = checkpoint.read(sf.save(state, tmp_path / "a.pt"))
+    assert env.recorded_environment(header) == env.current("cpu")
+    assert env.recorded_environment({"torch_version": "2.13.0"}) == {"torch": "2.13.0"}
+
+
+def test_use_deterministic_costs_nothing_on_the_cpu(monkeypatch):
+    from smartcash_fn import environment as env
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    before = torch.are_deterministic_algorithms_enabled()
+    env.use_deterministic(True, "cpu")
+    assert torch.are_deterministic_algorithms_enabled() == before
+    assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+
+
+def test_an_op_without_a_deterministic_kernel_gets_an_error_naming_the_key():
+    from smartcash_fn import environment as env
+    from smartcash_fn.errors import RecipeError
+    from smartcash_fn.run.build import explain_nondeterminism
+    message = ("index_add_cuda_ does not have a deterministic implementation, but you set "
+               "'torch.use_deterministic_algorithms(True)'. You can turn off determinism ...")
+    assert env.nondeterministic_op(RuntimeError(message)) == "index_add_cuda_"
+    assert env.nondeterministic_op(RuntimeError("shapes do not match")) is None
+
+    def forward(state, params, batch):
+        raise RuntimeError(message)
+
+    recipe = rc.load(DEFAULT)
+    assert recipe.run.deterministic is True
+    base = sf.make_step(sf.classification_loss)
+    step, _ = explain_nondeterminism(recipe, attrs.evolve(base, forward=forward), None)
+    assert isinstance(step, sf.Step)
+    state = sf.TrainState.create(make_mlp, sf.sgd(0.1), seed=0)
+    with pytest.raises(RecipeError, match=r"run\.deterministic.*index_add_cuda_.*run\.deterministic = false"):
+        step(state, tiny_xy(8))
+    other, _ = explain_nondeterminism(recipe, lambda s, b: (_ for _ in ()).throw(RuntimeError("boom")), None)
+    with pytest.raises(RuntimeError, match="boom"):
+        other(state, None)
