@@ -59,6 +59,8 @@ def cuda_indices(devices: Iterable[torch.device | str | int]) -> tuple[int, ...]
     """
     out = set()
     for d in devices:
+        if isinstance(d, torch.device) and d.type == "cpu":
+            continue
         d = torch.device("cuda", d) if isinstance(d, int) else torch.device(d)
         if d.type == "cuda":
             out.add(0 if d.index is None else d.index)
