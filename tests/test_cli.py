@@ -27,7 +27,7 @@ TINY = ROOT / "recipes" / "tiny.toml"
 
 
 def cli(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "PYTHONPATH": str(cwd), **(env or {})}
+    full_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(cwd), str(ROOT)]), **(env or {})}  # this tree's code
     return subprocess.run([sys.executable, "-m", "smartcash_fn", *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=300)
 
