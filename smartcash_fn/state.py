@@ -170,9 +170,10 @@ class TrainState:
         """A fresh state at step 0.
 
         ``model`` is a module or a factory of one; a factory is called with
-        torch's generator seeded from ``(seed, "init")``, so the initial
-        weights are a function of the seed alone. ``optimizer`` is an
-        :class:`~smartcash_fn.optim.Optimizer` (init/update pair).
+        torch's generator seeded from ``(seed, "init")`` (the CPU's, and each
+        CUDA device's once CUDA is in use), so the initial weights are a
+        function of the seed alone; the caller's generators are restored.
+        ``optimizer`` is an :class:`~smartcash_fn.optim.Optimizer` (init/update pair).
         """
         if not isinstance(seed, int) or isinstance(seed, bool):
             raise StateError(f"TrainState.create: seed must be an int, got {type(seed).__name__}")
@@ -182,7 +183,8 @@ class TrainState:
                     f"TrainState.create: model must be an nn.Module or a factory returning one, "
                     f"got {type(model).__name__}"
                 )
-            with rng.seeded(seed, "init"):
+            cuda = range(torch.cuda.device_count()) if torch.cuda.is_initialized() else ()
+            with rng.seeded(seed, "init", devices=cuda):  # CUDA too where it is already in use
                 model = model()
             if not isinstance(model, nn.Module):
                 raise StateError(
