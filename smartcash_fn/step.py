@@ -35,7 +35,7 @@ transformer (``Step -> Step``) wraps exactly the phase it changes:
 Effects *before* a phase run outermost-first: in ``compose(accumulate(4),
 clip(10.0))`` the gradients are summed over four batches, then their mean is
 clipped. Effects *after* the inner update run innermost-first: in
-``compose(ema(0.999), lookahead)`` the lookahead adjusts the params first and
+``compose(ema(0.999), lookahead)`` (a lookahead of your own) the lookahead adjusts the params first and
 ``ema``, listed before it, averages what the lookahead left. An update that
 was skipped (accumulating, an fp16 overflow) returns the state's params
 unchanged — test it with :func:`skipped`. A transformer that keeps state in
