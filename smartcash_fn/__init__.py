@@ -10,8 +10,7 @@ a resumed or replayed run reaches the same bits as the run that never stopped::
     state = sf.fit(state, loop)
 """
 
-from . import rng, schedule
-from . import _moved
+from . import _moved, environment, rng, schedule
 from ._version import __version__
 from .callbacks import (
     Monitor,
@@ -24,14 +23,14 @@ from .callbacks import (
     reduce_on_plateau,
 )
 from .checkpoint import load, read, save
-from .data import Batches, LoaderData, TensorData
+from .data import Batches, LoaderData, TensorData, epoch_order
 from .errors import CheckpointError, DataError, RecipeError, StateError, UserError
 from .events import EVENTS, Callback, emit, on
 from .loop import Evaluator, Loop, Validation, classification_metrics, fit, per_sample
 from .optim import Optimizer, adam, adamw, frozen, label_by_prefix, multi_transform, sgd, switch
 from .replay import Difference, replay, resume, verify
 from .state import Best, History, Progress, RunInfo, Stop, TrainState
-from .step import Step, accumulate, bf16, classification_loss, clip, ema, fp16, make_step
+from .step import Step, accumulate, bf16, claim, classification_loss, clip, ema, fp16, make_step, skipped
 
 _moved.install()
 
@@ -39,8 +38,8 @@ __all__ = [
     "EVENTS", "Batches", "Best", "Callback", "CheckpointError", "DataError", "Difference", "Evaluator",
     "History", "LoaderData", "Loop", "Monitor", "Optimizer", "Progress", "RecipeError", "RunInfo", "StateError",
     "Step", "Stop", "TensorData", "TrainState", "UserError", "Validation", "accumulate", "adam", "adamw", "bf16",
-    "checkpointing", "classification_loss", "classification_metrics", "clip", "early_stopping", "ema", "emit",
-    "fit", "fp16", "frozen", "keep_best", "label_by_prefix", "load", "make_step", "memory_cleanup", "multi_transform",
+    "checkpointing", "claim", "classification_loss", "classification_metrics", "clip", "early_stopping", "ema", "emit",
+    "epoch_order", "fit", "fp16", "frozen", "keep_best", "label_by_prefix", "load", "make_step", "memory_cleanup", "multi_transform",
     "nan_guard", "on", "per_sample", "read", "record_steps", "reduce_on_plateau", "replay", "resume", "save",
-    "schedule", "sgd", "switch", "verify", "rng", "__version__",
+    "schedule", "sgd", "skipped", "switch", "verify", "rng", "environment", "__version__",
 ]

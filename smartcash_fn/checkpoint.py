@@ -2,7 +2,8 @@
 
 The file is a ``torch.save`` of a dict of tensors and plain data only, so
 ``torch.load(path, weights_only=True)`` reads it and loading never unpickles
-code. It carries a format version, the library and torch versions, and a
+code. It carries a format version, the library and torch versions, the
+environment it was written in (:mod:`smartcash_fn.environment`), and a
 digest of the state that :func:`read` checks. ``docs/checkpoint-format.md``
 describes the layout for other tools::
 
@@ -23,6 +24,7 @@ from typing import Any, Mapping
 import torch
 
 from ._files import save_torch_atomic
+from . import environment
 from ._version import __version__
 from .errors import CheckpointError, StateError
 from .state import Best, History, Progress, Stop, TrainState
@@ -190,6 +192,7 @@ def save(state: TrainState, path: str | os.PathLike, **meta: Any) -> Path:
         "format_version": FORMAT_VERSION,
         "library_version": __version__,
         "torch_version": str(torch.__version__),
+        "environment": environment.of_params(state.params),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "digest": "",
         "meta": dict(meta),

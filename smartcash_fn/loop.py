@@ -6,9 +6,10 @@ state through it; each epoch is ``toolz.pipe(state, start, train, validate,
 end)``. A state at any point (an epoch boundary or mid-epoch) continues from
 where it stands, skipping the batches it already trained on::
 
-    loop = Loop(step=make_step(loss_fn), data=TensorData((x, y), 64), epochs=3,
-                validation=Validation(TensorData((xv, yv), 256), accuracy()))
+    loop = Loop(step=make_step(classification_loss), data=TensorData((x, y), 64), epochs=3,
+                validation=Validation(TensorData((xv, yv), 256), classification_metrics()))
     state = fit(state, loop)
+    state.history.last()["val/acc"]
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import toolz
 import torch
 import torch.nn.functional as F
 
-from .data import Data, as_data
+from .data import as_data
 from .errors import StateError
 from .events import Callback, by_event, fire, flatten
 from .state import History, Progress, RunInfo, TrainState
@@ -114,14 +115,21 @@ class Loop:
         return attrs.evolve(self, callbacks=self.callbacks + flatten(callbacks))
 
 
-def _advance(state: TrainState) -> TrainState:
-    """Count one trained batch and add its metrics to the epoch's running sums."""
-    p = state.progress
-    running = dict(state.running)
-    for k, v in state.metrics.items():
+def _advance(before: TrainState, after: TrainState) -> TrainState:
+    """Count one trained batch in the epoch and add its metrics to the epoch's running sums.
+
+    The global ``progress.step`` is the step's to count (a :class:`~smartcash_fn.step.Step`
+    does); for a plain ``(state, batch) -> state`` function that leaves it
+    where it was, the loop counts it, so each batch is counted exactly once.
+    """
+    p = after.progress
+    running = dict(after.running)
+    for k, v in after.metrics.items():
         prev = running.get(k)
         running[k] = v if prev is None else prev + v
-    return state.replace(progress=Progress(epoch=p.epoch, step=p.step + 1, batch=p.batch + 1), running=running)
+    step = p.step if p.step > before.progress.step else before.progress.step + 1
+    return after.replace(progress=Progress(epoch=p.epoch, step=step, batch=before.progress.batch + 1),
+                         running=running)
 
 
 def train_epoch(state: TrainState, loop: Loop, table: Mapping, to_step: int | None = None) -> TrainState:
@@ -137,7 +145,7 @@ def train_epoch(state: TrainState, loop: Loop, table: Mapping, to_step: int | No
     step = loop.step
     has_batch_end = bool(table.get("batch_end"))
     for batch in loop.data.batches(state.seed, p.epoch, p.batch):
-        state = _advance(step(state, batch))
+        state = _advance(state, step(state, batch))
         if has_batch_end:
             state = fire(state, "batch_end", table)
         if state.stop is not None or (to_step is not None and state.progress.step >= to_step):
@@ -152,28 +160,18 @@ def epoch_done(state: TrainState, loop: Loop) -> bool:
 
 def validate(state: TrainState, validation: Validation) -> dict[str, float]:
     """Run the evaluator over the validation data (eval mode, no gradient); metrics prefixed ``val/``."""
-    model = state.model
-    if model is None:
+    if state.model is None:
         raise StateError("validate: the state carries no model template")
     params, buffers = state.params, state.buffers
     if validation.use_ema and "ema" in state.extras:
         params, buffers = state.extras["ema"]["params"], state.extras["ema"]["buffers"]
-    was_training = model.training
-    model.train(False)
-    try:
-        with torch.no_grad():
-            apply = partial(_apply, model, params, buffers)
-            ev = validation.evaluator
-            acc = ev.init()
-            for batch in validation.data.batches(state.seed, 0, 0):
-                acc = ev.update(acc, apply, batch)
-            return {f"val/{k}": float(v) for k, v in ev.finish(acc).items()}
-    finally:
-        model.train(was_training)
-
-
-def _apply(model, params, buffers, *inputs):
-    return torch.func.functional_call(model, (params, buffers), inputs, strict=False, tie_weights=False)
+    apply = partial(state.apply, params=params, buffers=buffers)  # eval mode, no gradient, mode restored
+    ev = validation.evaluator
+    acc = ev.init()
+    with torch.no_grad():
+        for batch in validation.data.batches(state.seed, 0, 0):
+            acc = ev.update(acc, apply, batch)
+    return {f"val/{k}": float(v) for k, v in ev.finish(acc).items()}
 
 
 def _epoch_record(state: TrainState, val: Mapping[str, float]) -> dict[str, float]:

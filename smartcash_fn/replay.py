@@ -7,8 +7,8 @@
   that differs::
 
     state = resume("runs/a/checkpoints/epoch-0002.pt", loop, like=template)
-    later = replay("runs/a/checkpoints/step-00000100.pt", loop, like=template, to_step=300)
-    diff = verify(later, load("runs/a/checkpoints/step-00000300.pt"))   # None when bit-identical
+    later = replay("runs/a/checkpoints/epoch-0001.pt", loop, like=template, to_step=16)
+    diff = verify(later, load("runs/a/checkpoints/epoch-0002.pt", like=template))   # None when bit-identical
 """
 
 from __future__ import annotations

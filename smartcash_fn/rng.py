@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import struct
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import torch
 
@@ -49,17 +49,49 @@ def permutation(seed: int, epoch: int, n: int) -> torch.Tensor:
     return torch.randperm(n, generator=generator(seed, "order", epoch))
 
 
+def cuda_indices(devices: Iterable[torch.device | str | int]) -> tuple[int, ...]:
+    """The CUDA device indices among ``devices``, sorted and without repeats; other kinds are left out.
+
+    A pure function of its argument (an index-less ``"cuda"`` means device 0,
+    the one ``torch.tensor(..., device="cuda")`` picks by default)::
+
+        cuda_indices(["cpu", "cuda:1", torch.device("cuda", 0), "cuda:1"])   # (0, 1)
+    """
+    out = set()
+    for d in devices:
+        if isinstance(d, torch.device) and d.type == "cpu":
+            continue
+        d = torch.device("cuda", d) if isinstance(d, int) else torch.device(d)
+        if d.type == "cuda":
+            out.add(0 if d.index is None else d.index)
+    return tuple(sorted(out))
+
+
 @contextlib.contextmanager
-def seeded(seed: int, purpose: str, *counters: int) -> Iterator[None]:
-    """Run a block with torch's global CPU generator seeded from ``(seed, purpose, *counters)``.
+def seeded(seed: int, purpose: str, *counters: int, devices: Iterable[torch.device | str | int] = ()) -> Iterator[None]:
+    """Run a block with torch's global generators seeded from ``(seed, purpose, *counters)``.
 
-    The generator's previous state is restored afterwards, so code that uses
-    the global generator (dropout, ``torch.rand``) becomes a pure function of
-    the coordinates without disturbing the caller::
+    The CPU generator is always seeded; so is the generator of each CUDA
+    device in ``devices`` (no other device's generator is touched). Every
+    one of them gets its previous state back afterwards, also on an error, so
+    code that draws from the global generators (dropout, stochastic depth,
+    ``torch.rand`` in a model) becomes a pure function of the coordinates
+    without disturbing the caller::
 
-        with seeded(seed, "dropout", step):
+        with seeded(seed, "dropout", step, devices=["cuda:0"]):
             out = model(x)
     """
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(key(seed, purpose, *counters))
+    k = key(seed, purpose, *counters)
+    cuda = cuda_indices(devices)
+    cpu = torch.default_generator
+    saved_cpu = cpu.get_state()
+    saved_cuda = [torch.cuda.get_rng_state(i) for i in cuda]  # initialises CUDA where it has to
+    try:
+        cpu.manual_seed(k)
+        for i in cuda:
+            torch.cuda.default_generators[i].manual_seed(k)
         yield
+    finally:
+        cpu.set_state(saved_cpu)
+        for i, st in zip(cuda, saved_cuda):
+            torch.cuda.set_rng_state(st, i)

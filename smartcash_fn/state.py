@@ -35,9 +35,13 @@ def _transient(default: Any = None, **kw: Any) -> Any:
 
 @attrs.frozen
 class Progress:
-    """Where a run stands: ``epoch`` in progress, global ``step``, ``batch`` done inside the epoch.
+    """Where a run stands: ``epoch`` in progress, ``step`` = batches trained in all, ``batch`` = inside the epoch.
 
-    At an epoch boundary ``batch == 0`` and ``epoch`` counts the epochs done::
+    ``step`` counts calls of the step function (batches trained), advanced by
+    the step itself; it is not the number of optimizer updates, which the
+    optimizer counts (``opt_state["count"]``) and schedules read — with
+    ``accumulate(4)`` there is one update per four steps. At an epoch
+    boundary ``batch == 0`` and ``epoch`` counts the epochs done::
 
         Progress(epoch=2, step=640, batch=0)    # two epochs done, 640 batches trained
     """
@@ -108,9 +112,13 @@ class RunInfo:
     batch_size: int = 0
 
 
-@attrs.frozen
+@attrs.frozen(eq=False)
 class TrainState:
     """Everything a run needs to continue, and nothing else.
+
+    A state compares and hashes by identity (``a == b`` is ``a is b``): its
+    tensors have no single truth value. Compare contents with
+    :func:`smartcash_fn.verify`, which names the first difference.
 
     Serialized fields: ``params``, ``buffers`` (name -> tensor), ``opt_state``
     (plain nested data of tensors), ``progress``, ``seed``, ``history``,
@@ -165,9 +173,10 @@ class TrainState:
         """A fresh state at step 0.
 
         ``model`` is a module or a factory of one; a factory is called with
-        torch's generator seeded from ``(seed, "init")``, so the initial
-        weights are a function of the seed alone. ``optimizer`` is an
-        :class:`~smartcash_fn.optim.Optimizer` (init/update pair).
+        torch's generator seeded from ``(seed, "init")`` (the CPU's, and each
+        CUDA device's once CUDA is in use), so the initial weights are a
+        function of the seed alone; the caller's generators are restored.
+        ``optimizer`` is an :class:`~smartcash_fn.optim.Optimizer` (init/update pair).
         """
         if not isinstance(seed, int) or isinstance(seed, bool):
             raise StateError(f"TrainState.create: seed must be an int, got {type(seed).__name__}")
@@ -177,7 +186,8 @@ class TrainState:
                     f"TrainState.create: model must be an nn.Module or a factory returning one, "
                     f"got {type(model).__name__}"
                 )
-            with rng.seeded(seed, "init"):
+            cuda = range(torch.cuda.device_count()) if torch.cuda.is_initialized() else ()
+            with rng.seeded(seed, "init", devices=cuda):  # CUDA too where it is already in use
                 model = model()
             if not isinstance(model, nn.Module):
                 raise StateError(

@@ -3,30 +3,57 @@
 A step is ``(state, batch) -> state``. :func:`make_step` builds one from a
 loss function ``loss_fn(apply, batch) -> loss`` or ``-> (loss, parts)``,
 where ``apply(*inputs)`` runs the model with the state's params through
-``torch.func.functional_call``. The step is a :class:`Step` record of three
-phases — ``forward`` (loss), ``backward`` (gradients) and ``update`` (apply
-them) — so a step transformer (``Step -> Step``) can wrap exactly the phase it
-changes. Transformers compose with ``toolz.compose`` and read outside-in, in
-the order the gradients flow::
+``torch.func.functional_call``::
 
     step = toolz.compose(accumulate(4), clip(10.0), ema(0.999))(make_step(loss_fn))
     state = step(state, batch)
-    state.metrics["loss"], state.metrics["grad_norm"]
+    state.progress.step, state.metrics["loss"]      # grad_norm too, once accumulate(4) updates
+
+**Counting.** One call of a step trains on one batch and advances
+``progress.step`` by one: ``progress.step`` counts *batches trained* (step
+calls), whatever the transformers do. Optimizer *updates* are counted by
+the optimizer (``state.opt_state["count"]``); with ``accumulate(4)`` there
+is one update per four steps, and a schedule's argument is the update count.
+
+**Randomness.** Every random draw inside a step — dropout, stochastic depth,
+``torch.rand`` or ``randperm`` in a model, a transformer's own noise — comes
+from torch's global generators seeded from ``(seed, "dropout",
+progress.step)`` (the CPU one and that of each CUDA device the params live
+on); the caller's generators are restored afterwards. A hand-written loop of
+step calls is therefore as deterministic as ``fit``.
+
+**Phases.** The step is a :class:`Step` record of three phases, so a
+transformer (``Step -> Step``) wraps exactly the phase it changes:
+
+1. ``forward(state, params, batch) -> (loss, metrics, buffers)`` — the loss
+   (autocast lives here: ``bf16``, ``fp16``);
+2. ``backward(state, loss, leaves) -> grads`` — the gradients (loss scaling);
+3. ``update(state, grads) -> state`` — applies them (``accumulate``,
+   ``clip``, ``ema``, ``fp16``'s unscale-and-skip).
+
+**Order.** ``toolz.compose(a, b)(base)`` makes ``a`` the outermost wrapper.
+Effects *before* a phase run outermost-first: in ``compose(accumulate(4),
+clip(10.0))`` the gradients are summed over four batches, then their mean is
+clipped. Effects *after* the inner update run innermost-first: in
+``compose(ema(0.999), lookahead)`` (a lookahead of your own) the lookahead adjusts the params first and
+``ema``, listed before it, averages what the lookahead left. An update that
+was skipped (accumulating, an fp16 overflow) returns the state's params
+unchanged — test it with :func:`skipped`. A transformer that keeps state in
+``state.extras`` takes a key with :func:`claim`, so two instances never share
+one (``ema``, then ``ema-2``, innermost first).
 
 A plain function ``(state, batch) -> state`` is a step too; the loop needs
-nothing more.
+nothing more (it counts the batch when such a function does not).
 """
 
 from __future__ import annotations
 
-import contextlib
 import weakref
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 import attrs
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from . import rng
 from .errors import StateError
@@ -39,6 +66,13 @@ Backward = Callable[[TrainState, torch.Tensor, Tensors], Tensors]
 Update = Callable[[TrainState, Tensors], TrainState]
 
 
+RANDOM_PURPOSE = "dropout"
+"""The purpose naming the random stream of a step: ``(seed, RANDOM_PURPOSE, progress.step)``.
+
+Named after its first use; kept so runs written before every draw was seeded replay the same.
+"""
+
+
 @attrs.frozen
 class Step:
     """A training step split into phases; calling it runs ``forward``, ``backward``, ``update``.
@@ -49,21 +83,71 @@ class Step:
       respect to the trainable ``leaves`` (name -> tensor requiring grad);
     - ``update(state, grads) -> state``: applies the gradients.
 
+    ``claims`` lists the ``state.extras`` keys the transformers took
+    (:func:`claim`); ``seeded`` (default on) runs the phases with the global
+    generators seeded from ``(seed, RANDOM_PURPOSE, progress.step)``.
     ``step(state, batch)`` returns a new state whose ``metrics`` hold the loss
-    and its parts.
+    and its parts and whose ``progress.step`` is one more::
+
+        new = step(state, batch)
+        new.progress.step == state.progress.step + 1
     """
 
     forward: Forward
     backward: Backward
     update: Update
+    claims: tuple[str, ...] = ()
+    seeded: bool = True
 
     def __call__(self, state: TrainState, batch: Batch) -> TrainState:
+        p = state.progress
+        if self.seeded:
+            devices = {t.device for t in state.params.values()}
+            with rng.seeded(state.seed, RANDOM_PURPOSE, p.step, devices=devices):
+                new = self._phases(state, batch)
+        else:
+            new = self._phases(state, batch)
+        return new.replace(progress=attrs.evolve(new.progress, step=p.step + 1))
+
+    def _phases(self, state: TrainState, batch: Batch) -> TrainState:
         trains = _trainable(state)
         leaves = {k: state.params[k].detach().requires_grad_(True) for k in trains}
         params = {**state.params, **leaves} if len(leaves) < len(state.params) else leaves
         loss, metrics, buffers = self.forward(state, params, batch)
         grads = self.backward(state, loss, leaves)
         return self.update(state.replace(buffers=buffers, metrics=metrics), grads)
+
+
+def skipped(new: TrainState, old: TrainState) -> bool:
+    """Whether the update from ``old`` to ``new`` left the params alone (accumulating, an fp16 overflow).
+
+    An update phase that applies nothing returns the params mapping it was
+    given, so this is an identity test, free of any tensor work::
+
+        def update(state, grads):
+            new = inner.update(state, grads)
+            if skipped(new, state):
+                return new                  # nothing was applied: nothing to follow up
+            return new.replace(extras={**new.extras, "updates": new.extras.get("updates", 0) + 1})
+    """
+    return new.params is old.params
+
+
+def claim(step: Step, name: str) -> tuple[str, Step]:
+    """A ``state.extras`` key of its own for a transformer about to wrap ``step``, and ``step`` noting it.
+
+    The key is ``name`` when no transformer inside has taken it, else
+    ``name-2``, ``name-3``, ... — decided by composition order (innermost
+    first), so it is the same in every run of one recipe::
+
+        def transform(inner):
+            key, inner = claim(inner, "ema")     # "ema", or "ema-2" under another ema
+    """
+    key, n = name, 1
+    while key in step.claims:
+        n += 1
+        key = f"{name}-{n}"
+    return key, attrs.evolve(step, claims=step.claims + (key,))
 
 
 _TRAINABLE_CACHE: dict[int, tuple[Callable[[], Any], tuple[str, ...], Any, tuple[str, ...]]] = {}
@@ -99,25 +183,20 @@ def _trainable(state: TrainState) -> tuple[str, ...]:
     return chosen
 
 
-def _has_randomness(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.modules.dropout._DropoutNd) for m in model.modules())
-
-
-def make_step(loss_fn: LossFn, *, stochastic: bool | None = None) -> Step:
+def make_step(loss_fn: LossFn, *, seeded: bool = True) -> Step:
     """A :class:`Step` training ``state.model`` on ``loss_fn(apply, batch)``.
 
     ``loss_fn`` returns the scalar loss or ``(loss, {"part": tensor, ...})``;
     the parts are recorded (detached) in ``state.metrics`` beside ``"loss"``.
     Buffers (BatchNorm statistics) are updated on fresh copies, never in place.
-    ``stochastic`` seeds torch's generator from ``(seed, "dropout", step)``
-    around the forward pass; by default it is on when the model holds dropout::
+    ``seeded`` (on by default; it costs a few microseconds a step) makes every
+    random draw in the step a function of ``(seed, progress.step)``::
 
         def loss_fn(apply, batch):
             x, y = batch
             return F.cross_entropy(apply(x), y)
         step = make_step(loss_fn)
     """
-    randomness: dict[int, tuple[Callable[[], Any], bool]] = {}  # id(model) -> (reference, holds dropout)
 
     def forward(state: TrainState, params: Tensors, batch: Batch):
         model = state.model
@@ -128,19 +207,7 @@ def make_step(loss_fn: LossFn, *, stochastic: bool | None = None) -> Step:
         def apply(*inputs: Any) -> Any:
             return torch.func.functional_call(model, (params, buffers), inputs, strict=False, tie_weights=False)
 
-        seeded = stochastic
-        if seeded is None:
-            hit = randomness.get(id(model))
-            if hit is not None and hit[0]() is model:
-                seeded = hit[1]
-            else:
-                seeded = _has_randomness(model)
-                if len(randomness) > 256:
-                    randomness.clear()
-                randomness[id(model)] = (_ref(model), seeded)
-        ctx = rng.seeded(state.seed, "dropout", state.progress.step) if seeded else contextlib.nullcontext()
-        with ctx:
-            out = loss_fn(apply, batch)
+        out = loss_fn(apply, batch)
         loss, parts = out if isinstance(out, tuple) else (out, {})
         if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
             raise StateError(
@@ -152,7 +219,7 @@ def make_step(loss_fn: LossFn, *, stochastic: bool | None = None) -> Step:
             metrics[k] = v.detach() if isinstance(v, torch.Tensor) else torch.tensor(float(v))
         return loss, metrics, buffers
 
-    return Step(forward=forward, backward=autograd_backward, update=optimizer_update)
+    return Step(forward=forward, backward=autograd_backward, update=optimizer_update, seeded=seeded)
 
 
 def autograd_backward(state: TrainState, loss: torch.Tensor, leaves: Tensors) -> Tensors:
@@ -226,8 +293,10 @@ def accumulate(every: int) -> Callable[[Step], Step]:
         return lambda inner: inner
 
     def transform(inner: Step) -> Step:
+        key, inner = claim(inner, "accumulate")
+
         def update(state: TrainState, grads: Tensors) -> TrainState:
-            acc = state.extras.get("accumulate")
+            acc = state.extras.get(key)
             names, gs = _tensors(grads)
             if acc is None:
                 total, count = gs, 1
@@ -235,9 +304,9 @@ def accumulate(every: int) -> Callable[[Step], Step]:
                 total = torch._foreach_add([acc["sum"][k] for k in names], gs)
                 count = acc["count"] + 1
             if count < every:
-                extras = {**state.extras, "accumulate": {"sum": dict(zip(names, total)), "count": count}}
+                extras = {**state.extras, key: {"sum": dict(zip(names, total)), "count": count}}
                 return state.replace(extras=extras)
-            extras = {k: v for k, v in state.extras.items() if k != "accumulate"}
+            extras = {k: v for k, v in state.extras.items() if k != key}
             mean = dict(zip(names, torch._foreach_div(total, float(every))))
             return inner.update(state.replace(extras=extras), mean)
 
@@ -249,6 +318,9 @@ def accumulate(every: int) -> Callable[[Step], Step]:
 def ema(decay: float, every: int = 1) -> Callable[[Step], Step]:
     """Keep an exponential moving average of the params in ``state.extras["ema"]``.
 
+    A second ``ema`` in one composition keeps its average under ``"ema-2"``
+    (the innermost one has ``"ema"``; see :func:`claim`).
+
     After each update ``ema = ema + (1 - decay) * (params - ema)``; buffers are
     copied by reference. Evaluate with ``state.apply(x, params=state.extras["ema"]["params"])``::
 
@@ -258,22 +330,24 @@ def ema(decay: float, every: int = 1) -> Callable[[Step], Step]:
         raise StateError(f"ema: decay must be in [0, 1), got {decay}")
 
     def transform(inner: Step) -> Step:
+        key, inner = claim(inner, "ema")
+
         def update(state: TrainState, grads: Tensors) -> TrainState:
             new = inner.update(state, grads)
-            if new.params is state.params:  # the update was skipped (accumulating or fp16 overflow)
+            if skipped(new, state):
                 return new
-            prev = new.extras.get("ema")
+            prev = new.extras.get(key)
             if prev is None:
                 avg, count = dict(new.params), 1
             else:
                 count = prev["count"] + 1
                 if count % every:
-                    return new.replace(extras={**new.extras, "ema": {**prev, "count": count}})
+                    return new.replace(extras={**new.extras, key: {**prev, "count": count}})
                 names = list(new.params)
                 avg = dict(zip(names, torch._foreach_lerp(
                     [prev["params"][k] for k in names], [new.params[k] for k in names], 1.0 - decay)))
             entry = {"params": avg, "buffers": dict(new.buffers), "count": count}
-            return new.replace(extras={**new.extras, "ema": entry})
+            return new.replace(extras={**new.extras, key: entry})
 
         return attrs.evolve(inner, update=update)
 
@@ -320,10 +394,12 @@ def fp16(init_scale: float = 2.0**16, growth_factor: float = 2.0, backoff_factor
             f"init_scale={init_scale!r}, growth_factor={growth_factor!r}, backoff_factor={backoff_factor!r}, "
             f"growth_interval={growth_interval!r}")
 
-    def scale_of(state: TrainState) -> dict:
-        return state.extras.get("loss_scale") or {"scale": float(init_scale), "good_steps": 0}
-
     def transform(inner: Step) -> Step:
+        key, inner = claim(inner, "loss_scale")
+
+        def scale_of(state: TrainState) -> dict:
+            return state.extras.get(key) or {"scale": float(init_scale), "good_steps": 0}
+
         def forward(state: TrainState, params: Tensors, batch: Batch):
             with _autocast(state, torch.float16):
                 loss, metrics, buffers = inner.forward(state, params, batch)
@@ -340,11 +416,11 @@ def fp16(init_scale: float = 2.0**16, growth_factor: float = 2.0, backoff_factor
             if not finite:
                 new_sc = {"scale": sc["scale"] * backoff_factor, "good_steps": 0}
                 metrics = {**state.metrics, "skipped": torch.tensor(1.0)}
-                return state.replace(extras={**state.extras, "loss_scale": new_sc}, metrics=metrics)
+                return state.replace(extras={**state.extras, key: new_sc}, metrics=metrics)
             good = sc["good_steps"] + 1
             new_sc = ({"scale": sc["scale"] * growth_factor, "good_steps": 0} if good >= growth_interval
                       else {"scale": sc["scale"], "good_steps": good})
-            state = state.replace(extras={**state.extras, "loss_scale": new_sc},
+            state = state.replace(extras={**state.extras, key: new_sc},
                                   metrics={**state.metrics, "skipped": torch.tensor(0.0)})
             return inner.update(state, dict(zip(names, unscaled)))
 

@@ -4,7 +4,7 @@ A state's params, optimizer state, extras and callback states, a batch, a
 checkpoint's tree and a recipe are all such trees; every walk over them in the
 library is one of these three functions::
 
-    tree_map(lambda t: t.to("cuda") if torch.is_tensor(t) else t, batch)
+    tree_map(lambda t: t.double() if torch.is_tensor(t) else t, batch)
     [path for path, node in walk({"a": [1, 2]})]          # ['', "['a']", "['a'][0]", "['a'][1]"]
     first_difference(a, b, leaf=compare_leaves)           # ("['params']['w']", ...) or None
 """
@@ -73,7 +73,8 @@ def first_difference(a: Any, b: Any, leaf: Callable[[Any, Any, str], T | None], 
     two sequences by their length (``length(path, len_a, len_b)``); anything
     else is compared by ``leaf(x, y, path)``, which returns None when equal::
 
-        first_difference(ta, tb, leaf=lambda x, y, p: None if x == y else p)
+        first_difference(ta, tb, leaf=lambda x, y, p: None if torch.is_tensor(x) and torch.is_tensor(y)
+                         and torch.equal(x, y) or x is y or not torch.is_tensor(x) and x == y else p)
     """
     if isinstance(a, Mapping) and isinstance(b, Mapping):
         for k in a:

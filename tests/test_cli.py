@@ -19,7 +19,6 @@ import torch
 
 from smartcash_fn import checkpoint
 from smartcash_fn.run import recipe as rc
-from smartcash_fn.run.build import build
 from smartcash_fn.replay import verify
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,8 +26,7 @@ TINY = ROOT / "recipes" / "tiny.toml"
 
 
 def cli(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    here = str(Path(__file__).resolve().parent.parent)  # this checkout's package, not whichever is installed
-    full_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(cwd), here]), **(env or {})}
+    full_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(cwd), str(ROOT)]), **(env or {})}  # this tree's code
     return subprocess.run([sys.executable, "-m", "smartcash_fn", *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=300)
 

@@ -325,7 +325,7 @@ def test_unfreezing_is_a_new_optimizer_continuing_the_run():
         F.cross_entropy(model(x), y).backward()
         ref_opt.step()
     assert not torch.equal(state.params["backbone.0.weight"], start["backbone.0.weight"])
-    assert state.progress.step == 0  # the step does not count; the loop does
+    assert state.progress.step == 10  # the step counts the batches it trains on
     assert_params_equal(state, model)
 
 

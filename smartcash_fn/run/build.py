@@ -7,7 +7,8 @@ its parameter groups and schedule, the step (``toolz.compose`` of the step
 transformers over ``make_step(loss)``), validation, callbacks, checkpoints
 and loggers. Nothing is trained and nothing is written::
 
-    built = build(recipe.load("recipes/tiny.toml"), run_dir="runs/tiny")
+    from smartcash_fn.run.recipe import load
+    built = build(load("recipes/tiny.toml"), run_dir="runs/tiny")
     state = fit(built.template, built.loop)
     print(describe(built))
 
@@ -26,7 +27,7 @@ import attrs
 import toolz
 import torch
 
-from .. import optim
+from .. import environment, optim
 from .. import step as step_lib
 from .._files import write_text_atomic
 from ..callbacks import Monitor, checkpointing, early_stopping, keep_best, reduce_on_plateau
@@ -431,6 +432,44 @@ def make_train_step(recipe: Recipe, loss_fn: Callable[..., Any]) -> tuple[Callab
     return step, f"compose({', '.join(text for text, _ in chain)})({base_text})"
 
 
+def _explained(recipe: Recipe, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` raising a :class:`RecipeError` naming ``run.deterministic`` where torch finds no deterministic kernel."""
+
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except RuntimeError as e:
+            op = environment.nondeterministic_op(e)
+            if op is None:
+                raise
+            raise recipe.error(("run", "deterministic"),
+                               f"the op {op} has no deterministic CUDA kernel, and run.deterministic = true asks "
+                               "for deterministic kernels; set run.deterministic = false (--set "
+                               "run.deterministic=false) to train with it — a replay is then not bit-exact on "
+                               "the GPU — or avoid the op") from None
+
+    return guarded
+
+
+def explain_nondeterminism(recipe: Recipe, step: Callable[..., Any],
+                           validation: Validation | None) -> tuple[Callable[..., Any], Validation | None]:
+    """The step and validation with torch's "no deterministic implementation" errors turned into recipe errors.
+
+    Each phase of a :class:`Step` is wrapped (so it stays a ``Step``), a plain
+    step function as a whole, and the evaluator's ``update``:
+    ``step, validation = explain_nondeterminism(recipe, step, validation)``.
+    """
+    if isinstance(step, Step):
+        step = attrs.evolve(step, forward=_explained(recipe, step.forward),
+                            backward=_explained(recipe, step.backward), update=_explained(recipe, step.update))
+    else:
+        step = _explained(recipe, step)
+    if validation is not None:
+        ev = validation.evaluator
+        validation = attrs.evolve(validation, evaluator=attrs.evolve(ev, update=_explained(recipe, ev.update)))
+    return step, validation
+
+
 # --------------------------------------------------------------------------- validation and callbacks
 
 
@@ -593,8 +632,9 @@ def build(recipe: Recipe, run_dir: str | os.PathLike | None = None, *, quiet: bo
     if not isinstance(recipe, Recipe):
         raise StateError(f"build: expected a Recipe (smartcash_fn.run.recipe.load(...)), got {type(recipe).__name__}")
     run_dir = None if run_dir is None else Path(run_dir)
-    train, val, info = make_data(recipe)
     device = _device(recipe)
+    environment.use_deterministic(recipe.run.deterministic, device)  # before any CUDA work
+    train, val, info = make_data(recipe)
     if device.type != "cpu":
         train = OnDevice(train, str(device))
         val = None if val is None else OnDevice(val, str(device))
@@ -604,6 +644,8 @@ def build(recipe: Recipe, run_dir: str | os.PathLike | None = None, *, quiet: bo
     loss_fn = make_loss(recipe, info)
     step, step_text = make_train_step(recipe, loss_fn)
     validation = make_validation(recipe, val, info)
+    if device.type == "cuda" and recipe.run.deterministic:
+        step, validation = explain_nondeterminism(recipe, step, validation)
     notes: list[str] = []
     if val is None and recipe.validation.every > 0:
         notes.append("validation: off, the data factory gives no validation data")
@@ -702,7 +744,7 @@ def _first_line(e: BaseException) -> str:
 def describe(built: Built) -> str:
     """A few lines for people: the composed step, batches and updates, and the callbacks by event and priority.
 
-    ``print(describe(build(recipe.load("recipes/tiny.toml"))))``
+    ``print(describe(build(load("recipes/tiny.toml"))))``
     """
     lines = [f"step: {built.step_text}",
              f"data: {built.batches} batches per epoch x {built.loop.epochs} epochs; schedule spans "

@@ -32,7 +32,7 @@ from ..tree import tree_map
 from .build import build, describe, probe
 from .folders import find_checkpoint, free_folder, holds_run, run_folder_of
 from .recipe import dumps, load, parse_set, to_dict, to_toml, write
-from .resume import recipe_of, require_fit, state_in
+from .resume import environment_notes, recipe_of, require_fit, state_in
 
 DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "default.toml"
 """The recipe ``smartcash-fn train`` uses when none is given (shipped inside the package)."""
@@ -114,6 +114,8 @@ def resume(args: argparse.Namespace) -> int:
         run_dir = old_dir
     built = build(recipe, run_dir, quiet=args.quiet)
     state = state_in(found, built.template)
+    for n in environment_notes(found, built.template):
+        note(n)
     if fork:
         require_fit(built.template, state, f"--set {' '.join(args.sets) or '(none)'}",
                     "the forked recipe changes the optimizer's state (change lr, schedule, epochs, callbacks, ... "
@@ -154,6 +156,8 @@ def replay(args: argparse.Namespace) -> int:
     built = build(recipe, quiet=True)  # no run folder: no file writers; replay leaves the others out
     loop = built.loop
     start = obj["state"]["progress"]
+    for n in environment_notes(found, built.template):
+        note(n)
     state = replay_state(state_in(found, built.template), loop, to_step=to_step)
     p = state.progress
     say(f"replayed {ckpt} from step {start['step']} to step {p.step} (epoch {p.epoch}, batch {p.batch})")

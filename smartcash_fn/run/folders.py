@@ -7,7 +7,7 @@ falling back to the newest intact one::
 
     run_dir = free_folder(Path("runs/tiny"))                 # runs/tiny, or runs/tiny-2, ...
     found = find_checkpoint("runs/tiny")                     # last.pt when intact
-    found = find_checkpoint("runs/det", prefer=("best", "last"))
+    found = find_checkpoint("runs/rupiah_synthetic", prefer=("best", "last"))
     found.path, found.obj["state"]["progress"], found.skipped
 """
 

@@ -86,7 +86,10 @@ class RunConfig:
     out: str = _key("runs", "folder that holds the run folders (relative to the working directory)")
     parent: str | None = _key(None, "the checkpoint this run was forked from (set by `resume --set`)")
     device: str = _key("cpu", "where the model trains: `cpu`, `cuda` or `cuda:N` (batches are moved there); "
-                              "bit-exact replay is promised on the CPU")
+                              "bit-exact replay on the CPU, and on CUDA with `deterministic`")
+    deterministic: bool = _key(True, "deterministic kernels on CUDA (cuDNN/cuBLAS settings, "
+                                     "`torch.use_deterministic_algorithms`) so a replay is bit-exact there too; "
+                                     "`false` trades that for speed. No effect (and no cost) on the CPU")
 
 
 @attrs.frozen(kw_only=True)
@@ -163,14 +166,14 @@ class OptimizerConfig:
 
 @attrs.frozen(kw_only=True)
 class ScheduleConfig:
-    """`[schedule]`: the learning-rate schedule over optimizer updates.
+    """`[schedule]`: the learning-rate schedule over optimizer updates (its `*_steps` keys count updates).
 
     ``[schedule]`` ``use = "warmup_cosine"``, ``warmup_steps = 100`` (``total_steps`` derived)
     """
 
     use: str = _key("constant", "schedule: a built-in name or an import path to a factory `(lr, total_steps, "
                                 "**params)`")
-    total_steps: int | None = _key(None, "updates the schedule spans; unset: epochs x batches per epoch / "
+    total_steps: int | None = _key(None, "optimizer updates the schedule spans (not batches); unset: epochs x batches per epoch / "
                                          "`train.accumulate`", check=_INT_AT_LEAST_1)
     warmup_steps: int = _key(0, "linear warmup updates (warmup_cosine)", check=_INT_AT_LEAST_0)
     min_lr: float = _key(0.0, "final learning rate (cosine, warmup_cosine); scaled with each group's lr",
@@ -263,7 +266,8 @@ class CheckpointConfig:
     """
 
     every_epochs: int = _key(1, "write `epoch-NNNN.pt` every this many epochs (0 is off)", check=_INT_AT_LEAST_0)
-    every_steps: int = _key(0, "write `step-NNNNNNNN.pt` every this many steps (0 is off)", check=_INT_AT_LEAST_0)
+    every_steps: int = _key(0, "write `step-NNNNNNNN.pt` every this many steps (batches trained, not "
+                                       "optimizer updates; 0 is off)", check=_INT_AT_LEAST_0)
     monitor: str | None = _key(None, "metric that picks `best.pt` and the top-k (e.g. `val/loss`); unset: none")
     mode: Mode = _key("min", "whether the monitored metric is better `min` or `max`")
     top_k: int = _key(1, "keep the k best epochs as `top-epoch-NNNN.pt` (with `monitor`; 0: only best.pt)",

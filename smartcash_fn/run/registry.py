@@ -6,7 +6,7 @@ a string with a colon is an import path to the user's own code (a model
 factory, a loss, a step transformer, a callback factory)::
 
     resolve("optimizer", "adamw", where="recipes/a.toml: optimizer.use")      # smartcash_fn.optim.adamw
-    resolve("loss", "mypkg.losses:focal", where="recipes/a.toml: train.loss")  # imports mypkg.losses
+    resolve("loss", "smartcash_fn.step:classification_loss", where="recipes/a.toml: train.loss")  # or mypkg.losses:focal
     check_params(fn, {"max_norm": 10.0}, where="recipes/a.toml: train.steps[0]")
 
 Built-ins are stored as import paths too, so naming a kind's entry costs

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from .. import checkpoint
+from .. import checkpoint, environment
 from ..errors import CheckpointError, RecipeError
 from ..replay import Difference, difference
 from ..state import TrainState
@@ -43,6 +43,14 @@ def state_in(found: Found, like: TrainState) -> TrainState:
         return checkpoint.from_tree(found.obj["state"], like, where=str(found.path))
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{found.path}: the checkpoint's state is malformed ({type(e).__name__}: {e})") from None
+
+
+def environment_notes(found: Found, like: TrainState) -> tuple[str, ...]:
+    """Plain notes when the checkpoint was written under another torch, device kind or kernel setting than
+    ``like``'s now (the bits may differ; not an error): ``for n in environment_notes(found, built.template): ...``
+    """
+    said = environment.notes(environment.recorded_environment(found.obj), environment.of_params(like.params))
+    return tuple(f"{found.path}: {n}" for n in said)
 
 
 def optimizer_misfit(template: TrainState, state: TrainState) -> Difference | None:

@@ -292,7 +292,7 @@ def evaluate_split(det: LoadedDetector, split: str = "val", scenario: str | None
     Detections are decoded at ``conf`` with NMS at ``iou``; the timing covers
     the model and decoding (not loading the data), after one warm-up batch::
 
-        result = evaluate_split(load_detector("runs/a"), "val", scenario="small")
+        result = evaluate_split(load_detector("runs/rupiah_synthetic"), "val", scenario="small")
         result.as_json()["layers"]["nominal"]["mAP50"]
     """
     from torch.utils.data import DataLoader

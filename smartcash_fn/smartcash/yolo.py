@@ -28,6 +28,7 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from .. import rng
 from ..errors import DataError
 
 log = logging.getLogger("smartcash_fn")
@@ -342,8 +343,7 @@ class Augment:
             v2.ClampBoundingBoxes(),
         ])
         seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with rng.seeded(seed, "augment"):  # torchvision's transforms draw from the global generator
             img, bb = pipeline(tv_tensors.Image(image),
                                tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(h, w)))
         bb = bb.as_subclass(torch.Tensor)
