@@ -22,12 +22,22 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Sequence
+from typing import Callable, Sequence
 
 from ._version import __version__
 from .errors import UserError
-from .run import commands as generic
-from .smartcash import commands as application
+
+
+def command(wing: str, name: str) -> Callable[[argparse.Namespace], int]:
+    """The command ``name`` of a wing's commands module, imported when it runs: ``command("run", "train")``.
+
+    The parser itself imports no torch, so ``--help`` and ``--version`` answer at once.
+    """
+    if wing == "run":
+        from .run import commands
+    else:
+        from .smartcash import commands
+    return getattr(commands, name)
 
 
 def _add_sets(p: argparse.ArgumentParser) -> None:
@@ -47,31 +57,31 @@ def parser() -> argparse.ArgumentParser:
     _add_sets(p)
     p.add_argument("--out", metavar="DIR", help="the run folder (default: <run.out>/<run.name>, made unique)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=generic.train)
+    p.set_defaults(command=("run", "train"))
 
     p = sub.add_parser("resume", help="continue a run from a checkpoint or a run folder (with --set: a fork)")
     p.add_argument("target", metavar="CKPT_OR_RUN_DIR")
     _add_sets(p)
     p.add_argument("--out", metavar="DIR", help="fork into this folder (default with --set: <run>-fork)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=generic.resume)
+    p.set_defaults(command=("run", "resume"))
 
     p = sub.add_parser("replay", help="recompute a later state from a checkpoint, writing nothing")
     p.add_argument("checkpoint", metavar="CKPT")
     p.add_argument("--to-step", type=int, metavar="N", help="the global step to replay to")
     p.add_argument("--verify", metavar="OTHER_CKPT",
                    help="compare with this checkpoint: exit 0 when bit-identical, 1 with the first difference")
-    p.set_defaults(func=generic.replay)
+    p.set_defaults(command=("run", "replay"))
 
     p = sub.add_parser("check", help="validate a recipe and show what it builds")
     p.add_argument("recipe")
     _add_sets(p)
-    p.set_defaults(func=generic.check)
+    p.set_defaults(command=("run", "check"))
 
     p = sub.add_parser("inspect", help="show what a checkpoint (or a run folder's newest) holds")
     p.add_argument("checkpoint", metavar="CKPT_OR_RUN_DIR")
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(func=generic.inspect)
+    p.set_defaults(command=("run", "inspect"))
 
     p = sub.add_parser("eval", help="evaluate a detector checkpoint: P, R, F1, mAP per class, layer and scenario")
     p.add_argument("checkpoint", metavar="CKPT_OR_RUN_DIR", help="a checkpoint, or a run folder (its best.pt)")
@@ -85,7 +95,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--conf", type=float, default=0.001, help="decoding score threshold for mAP (default 0.001)")
     p.add_argument("--iou", type=float, default=0.6, help="NMS IoU threshold (default 0.6)")
     p.add_argument("--pr-conf", type=float, default=0.25, help="score threshold of P, R, F1 and the confusion matrix")
-    p.set_defaults(func=application.evaluate)
+    p.set_defaults(command=("smartcash", "evaluate"))
 
     p = sub.add_parser("predict", help="detect banknotes on images: draw the boxes and write detections.json")
     p.add_argument("checkpoint", metavar="CKPT_OR_RUN_DIR", help="a checkpoint, or a run folder (its best.pt)")
@@ -93,7 +103,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the drawn images and detections.json")
     p.add_argument("--conf", type=float, default=0.25, help="score threshold (default 0.25)")
     p.add_argument("--iou", type=float, default=0.6, help="NMS IoU threshold (default 0.6)")
-    p.set_defaults(func=application.predict)
+    p.set_defaults(command=("smartcash", "predict"))
 
     p = sub.add_parser("data", help="datasets: export the synthetic scenes as a YOLO-format dataset")
     data = p.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
@@ -108,7 +118,7 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--workers", type=int, default=0, help="render in this many processes (same files)")
     q.add_argument("--overwrite", action="store_true", help="replace a previous export in --out")
     q.add_argument("--quiet", action="store_true", help="no progress lines")
-    q.set_defaults(func=application.export)
+    q.set_defaults(command=("smartcash", "export"))
     return top
 
 
@@ -122,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as e:  # --help, --version, or a usage error (argparse exits 2)
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
     try:
-        return args.func(args)
+        return command(*args.command)(args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code

@@ -66,6 +66,9 @@ def imports(module: str) -> tuple[list[tuple[str, str, int]], list[tuple[str, st
     tree = ast.parse(path.read_text(encoding="utf-8"))
     top, inner = [], []
     body = set(map(id, tree.body))
+    for node in tree.body:  # `if TYPE_CHECKING:` imports declare the module's edges: they count as top-level
+        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
+            body.update(map(id, node.body))
     for node in ast.walk(tree):
         targets: list[tuple[str, str]] = []
         if isinstance(node, ast.ImportFrom):
@@ -175,3 +178,16 @@ def test_old_module_paths_still_import_as_the_new_modules():
             warnings.simplefilter("ignore", DeprecationWarning)
             module = importlib.import_module(f"smartcash_fn.{old}")
         assert module is importlib.import_module(f"smartcash_fn.{new}"), old
+
+
+def test_version_and_help_import_no_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys; from smartcash_fn.cli import main\n"
+            "for argv in (['--version'], ['--help'], ['train', '--help']):\n"
+            "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=PACKAGE.parent)
+    assert out.stdout.strip().splitlines()[-1] == "False", out.stdout
