@@ -82,7 +82,8 @@ def test_curves_figure_without_best_or_epochs():
 
 def test_pngs_are_valid_and_show_the_best_star(tmp_path):
     h = history()
-    paths = write_curves(tmp_path / "with", h, best_of(h))
+    assert [p.name for p in write_curves(tmp_path / "one", h, best_of(h))] == ["curves.png"]  # no duplicates
+    paths = write_curves(tmp_path / "with", h, best_of(h), per_metric=True)
     assert sorted(p.name for p in paths) == ["acc.png", "curves.png", "loss.png", "lr.png"]
     for p in paths:
         img = imread(p)
@@ -113,8 +114,8 @@ def test_plot_curves_callback_writes_pngs_at_its_epochs_and_at_the_end(tmp_path)
         seen.append((state.progress.epoch, (tmp_path / "plots" / "curves.png").exists()))
         return state
 
-    state = small_fit(2, sf.keep_best(sf.Monitor("val/acc", "max")), plot_curves(tmp_path, every_epochs=2),
-                      Callback("epoch_end", probe, priority=601))
+    state = small_fit(2, sf.keep_best(sf.Monitor("val/acc", "max")),
+                      plot_curves(tmp_path, every_epochs=2, per_metric=True), Callback("epoch_end", probe, priority=601))
     assert seen == [(1, False), (2, True)]
     names = sorted(p.name for p in (tmp_path / "plots").iterdir())
     assert names == ["acc.png", "curves.png", "loss.png", "lr.png"]
@@ -185,3 +186,19 @@ def test_pr_curve_figure_per_class_and_mean(tmp_path):
         pr_curve_figure({"a": ([0, 0.5, 1], [1, 0.5])})
     with pytest.raises(sf.DataError, match="non-empty mapping"):
         pr_curve_figure({})
+
+
+def test_curves_have_whole_epoch_ticks_and_every_series_is_labelled():
+    h = sf.History(epochs=tuple({"epoch": e, "train/loss": 1.0 / (e + 1), "val/acc": 0.5 + e / 10} for e in range(3)))
+    fig = curves_figure(h)
+    for ax in fig.axes:
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks and all(float(t).is_integer() for t in ticks), ticks
+        legend = ax.get_legend()
+        assert legend is not None and [t.get_text() for t in legend.get_texts()] in (["train"], ["val"])
+
+
+def test_class_colours_are_distinct_for_seventeen_classes():
+    from smartcash_fn.report.plots import class_colours
+
+    assert len(set(class_colours(17))) == 17 and len(set(class_colours(25))) == 25

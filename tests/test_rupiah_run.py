@@ -288,3 +288,17 @@ def test_plot_pieces_draw_boxes_and_make_figures():
     report = evaluate([dets], [truth], rupiah.CLASSES, rupiah.LAYERS)
     names = [n for n, _ in report_figures(report)]
     assert names == ["pr_curves", "confusion_matrix"]
+
+
+def test_box_labels_are_readable_text_on_a_filled_background():
+    from smartcash_fn.smartcash.metrics import Detections
+    from smartcash_fn.smartcash.plots import draw_boxes, label_size
+
+    image = torch.full((3, 256, 256), 0.5)
+    dets = Detections(torch.tensor([[60.0, 120.0, 200.0, 220.0]]), torch.tensor([0.9]), torch.tensor([0]))
+    drawn = draw_boxes(image, dets, None, rupiah.CLASSES, rupiah.LAYERS, conf=0.25)
+    band = drawn[:, 122:135, 62:112]                                     # the label: inside the box's top left
+    red = ((band[0] == 255) & (band[1] == 59) & (band[2] == 48)).sum()   # its background, the layer's colour
+    light = (band > 200).all(0).sum()                                    # its white text
+    assert red > band[0].numel() // 4 and light > 40
+    assert label_size((640, 640)) == 16 and label_size((64, 64)) == 10

@@ -5,7 +5,7 @@ drawn by the Agg backend without pyplot, so nothing depends on a display or
 on pyplot's global figure list. :func:`plot_curves` is the callback that
 saves the curves as PNGs under ``run_dir/plots``::
 
-    loop = loop.add(plot_curves("runs/a"))              # runs/a/plots/curves.png, loss.png, acc.png, ...
+    loop = loop.add(plot_curves("runs/a"))              # runs/a/plots/curves.png: every panel in one
     fig = curves_figure(state.history, state.best)       # the same figure, in hand
     confusion_matrix_figure(matrix, ["001", "002", "005"]).savefig("cm.png")
 
@@ -98,8 +98,11 @@ def _draw_group(ax: Any, history: History, group: str, keys: Sequence[str], best
         xs, ys = _series(history, key)
         _, label = metric_group(key)
         ax.plot(xs, ys, marker=None if many else "o", markersize=3, linewidth=1.5, label=label)
+    from matplotlib.ticker import MaxNLocator
+
     ax.set_title(group)
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: no tick at 1.5
     ax.grid(True, alpha=0.3)
     values = [y for k in keys for y in _series(history, k)[1] if math.isfinite(y)]
     if group == "lr" and values and min(values) > 0 and max(values) / min(values) > 100:
@@ -111,8 +114,8 @@ def _draw_group(ax: Any, history: History, group: str, keys: Sequence[str], best
             ax.plot([bx], [best.value], linestyle="none", marker="*", markersize=14, color="gold",
                     markeredgecolor="black", zorder=5, gid=BEST_GID,
                     label=f"best {fmt_value(best.value)} (epoch {bx})")
-    if len(keys) > 1 or (best is not None and best.monitor in keys):
-        ax.legend(fontsize=8)
+    if len(keys) > 1 or metric_group(keys[0])[1] != group or (best is not None and best.monitor in keys):
+        ax.legend(fontsize=8)  # every series says what it is (train, val), also alone in its panel
 
 
 def curves_figure(history: History, best: Best | None = None, groups: Mapping[str, Sequence[str]] | None = None) -> Any:
@@ -136,7 +139,7 @@ def curves_figure(history: History, best: Best | None = None, groups: Mapping[st
         return fig
     for i, (group, keys) in enumerate(groups.items()):
         _draw_group(fig.add_subplot(rows, cols, i + 1), history, group, keys, best)
-    if best is not None:
+    if best is not None and any(best.monitor in keys for keys in groups.values()):
         fig.suptitle(f"best {best.monitor} {fmt_value(best.value)} at epoch {best.epoch + 1}", fontsize=11)
     return fig
 
@@ -157,7 +160,7 @@ def save_figure(figure: Any, path: str | os.PathLike) -> Path:
 
 
 def write_curves(folder: str | os.PathLike, history: History, best: Best | None = None,
-                 per_metric: bool = True) -> list[Path]:
+                 per_metric: bool = False) -> list[Path]:
     """Write ``curves.png`` (all panels) and, with ``per_metric``, one ``<metric>.png`` per panel.
 
     ``write_curves("runs/a/plots", state.history, state.best)`` returns the paths written.
@@ -172,7 +175,7 @@ def write_curves(folder: str | os.PathLike, history: History, best: Best | None 
     return paths
 
 
-def plot_curves(run_dir: str | os.PathLike, every_epochs: int | None = None, per_metric: bool = True,
+def plot_curves(run_dir: str | os.PathLike, every_epochs: int | None = None, per_metric: bool = False,
                 priority: int = 600, name: str = "plot_curves") -> tuple[Callback, ...]:
     """Callbacks saving the metric curves as PNGs in ``run_dir/plots``, the best epoch marked.
 
@@ -331,14 +334,15 @@ def pr_curve_figure(curves: Mapping[str, tuple[Any, Any]], ap: Mapping[str, floa
     xs = np.linspace(0.0, 1.0, grid)
     stacked = []
     show_each = len(curves) <= 20
-    for name, pair in curves.items():
+    colours = class_colours(len(curves))
+    for (name, pair), colour in zip(curves.items(), colours):
         if not isinstance(pair, (tuple, list)) or len(pair) != 2:
             raise DataError(f"pr_curve_figure: curves[{name!r}] must be a pair (recall, precision)")
         r, p = _sorted_curve(pair[0], pair[1], name)
         if r.size:
             stacked.append(np.interp(xs, r, p, left=p[0], right=0.0))
         label = f"{name} {ap[name]:.3f}" if ap and name in ap else str(name)
-        ax.plot(r, p, linewidth=1, alpha=0.8, label=label if show_each else None)
+        ax.plot(r, p, linewidth=1, alpha=0.8, color=colour, label=label if show_each else None)
     if stacked:
         mean_ap = f" mAP {sum(ap.values()) / len(ap):.3f}" if ap else ""
         ax.plot(xs, np.mean(stacked, axis=0), linewidth=2.5, color="black", label=f"all classes{mean_ap}")
@@ -350,6 +354,19 @@ def pr_curve_figure(curves: Mapping[str, tuple[Any, Any]], ap: Mapping[str, floa
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, loc="lower left")
     return fig
+
+
+def class_colours(n: int) -> list[Any]:
+    """``n`` distinct colours, one per class: matplotlib's 20-colour ``tab20`` up to 20, then evenly spaced hues.
+
+    ``class_colours(17)`` gives 17 different RGBA tuples (ten colours repeated, the old cycle, made 17
+    classes share colours).
+    """
+    from matplotlib import colormaps
+
+    if n <= 20:
+        return [colormaps["tab20"](i) for i in range(n)]
+    return [colormaps["hsv"](i / n) for i in range(n)]
 
 
 def save_figures(items: Iterable[tuple[str, Any]], folder: str | os.PathLike) -> list[Path]:

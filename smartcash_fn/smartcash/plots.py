@@ -86,8 +86,29 @@ def draw_boxes(image: torch.Tensor, detections: Any = None, target: Any = None,
         if len(boxes):
             texts = [f"{name(int(c))} {float(s):.2f}" for c, s in zip(labels, scores)]
             colours = [LAYER_COLOURS.get(layer_of.get(name(int(c)), ""), "#00c7ff") for c in labels]
-            out = draw_bounding_boxes(out, boxes, labels=texts, colors=colours, width=width)
+            out = draw_bounding_boxes(out, boxes, labels=texts, colors=colours, width=width, font=label_font(),
+                                      font_size=label_size(out.shape[-2:]), label_colors="white",
+                                      label_background_colors=colours, fill_labels=True)
     return out
+
+
+def label_font() -> str | None:
+    """A bold TrueType font for box labels (matplotlib's DejaVu Sans Bold), or None for torchvision's own."""
+    from matplotlib import font_manager
+
+    try:
+        return font_manager.findfont(font_manager.FontProperties(family="DejaVu Sans", weight="bold"),
+                                     fallback_to_default=True)
+    except (ValueError, OSError):
+        return None
+
+
+def label_size(shape: Sequence[int]) -> int:
+    """The label font size for an image of ``shape`` (H, W): about 1/40 of the shorter side, 10 px at least.
+
+    ``label_size((640, 640))`` is 16; ``label_size((192, 192))`` is 10.
+    """
+    return max(10, round(min(int(shape[0]), int(shape[1])) / 40))
 
 
 def samples_figure(images: Sequence[torch.Tensor], titles: Sequence[str] | None = None, columns: int = 4,
