@@ -19,7 +19,7 @@ from smartcash_fn.data import LoaderData
 from smartcash_fn.errors import DataError
 from smartcash_fn.smartcash.scenes import CLASSES, LAYERS, collate
 from smartcash_fn.smartcash.yolo import (PAD_VALUE, Augment, Problem, YoloDataset, group_layers, label_path, layer_of,
-                               letterbox, parse_labels, parse_yaml_subset, read_data_yaml)
+                               letterbox, parse_labels, parse_yaml, read_data_yaml)
 
 NAMES = ("001", "l2_001", "l3_sign")
 
@@ -63,7 +63,7 @@ def tiny_dataset(root: Path, n: int = 4, size: tuple[int, int] = (48, 32)) -> Pa
 # --------------------------------------------------------------------------- data.yaml
 
 
-def test_yaml_subset_reads_what_data_yaml_files_hold():
+def test_yaml_reads_what_data_yaml_files_hold():
     text = (
         "# exported by a labelling tool\n"
         "path: ../datasets/rupiah   # the root\n"
@@ -79,41 +79,46 @@ def test_yaml_subset_reads_what_data_yaml_files_hold():
         "  - a\n"
         "  - 'b'\n"
     )
-    doc = parse_yaml_subset(text, "data.yaml")
+    doc = parse_yaml(text, "data.yaml")
     assert doc == {
         "path": "../datasets/rupiah", "train": "train/images", "val": "valid/images",
-        "test": "test/images # not a comment", "nc": 3, "names": ["001", "l2_001", "l3_sign"],
-        "roboflow": {"workspace": "smartcash", "version": 2}, "extra": ["a", "b"],
+        "test": "test/images # not a comment", "nc": "3", "names": ["001", "l2_001", "l3_sign"],
+        "roboflow": {"workspace": "smartcash", "version": "2"}, "extra": ["a", "b"],
     }
 
 
-def test_yaml_subset_block_list_mapping_and_inline_mapping():
-    assert parse_yaml_subset("names:\n  - '001'\n  - l2_001   # nominal\n\n  - l3_sign\n", "f") == {
-        "names": ["001", "l2_001", "l3_sign"]}
-    assert parse_yaml_subset("names:\n  0: '001'\n  1: l2_001\n", "f") == {"names": {0: "001", 1: "l2_001"}}
-    assert parse_yaml_subset("names: {0: a, 1: 'b, c'}\nempty: []\nnone:\n", "f") == {
-        "names": {0: "a", 1: "b, c"}, "empty": [], "none": None}
-    assert parse_yaml_subset("path: '/data/rupiah''s # set'\nnames: ['it''s', \"a 'b'\"]\n", "f") == {
-        "path": "/data/rupiah's # set", "names": ["it's", "a 'b'"]}
+def test_yaml_block_scalar_wrapped_flow_list_and_nested_mappings():
+    # what Ultralytics' own dataset files and PyYAML's dump of 17 names look like
+    text = (
+        "download: |\n"
+        "  from pathlib import Path\n"
+        "  print('fetch')\n"
+        "names: ['001', '002', '005', '010', '020', '050', '100', l2_001, l2_002, l2_005,\n"
+        "  l2_010, l2_020, l2_050, l2_100, l3_sign, l3_text, l3_thread]\n"
+        "roboflow: {meta: {k: v}, version: 3}\n"
+        "train: train/images\n"
+    )
+    doc = parse_yaml(text, "data.yaml")
+    assert doc["download"] == "from pathlib import Path\nprint('fetch')\n"
+    assert tuple(doc["names"]) == CLASSES
+    assert doc["roboflow"] == {"meta": {"k": "v"}, "version": "3"}  # nested, not flattened
 
 
 def test_zero_padded_names_stay_names():
     # SmartCash's class names are "001" ... "100"; unquoted they must not become the integers 1 ... 100
-    doc = parse_yaml_subset("names: [001, 002, 010, 100]\nnc: 4\n", "f")
-    assert doc == {"names": ["001", "002", "010", 100], "nc": 4}
+    doc = parse_yaml("names: [001, 002, 010, 100]\nnc: 4\n", "f")
+    assert doc == {"names": ["001", "002", "010", "100"], "nc": "4"}
 
 
-@pytest.mark.parametrize("text, line, why", [
-    ("train: a\nnames [x]\n", 2, "expected 'key: value'"),
-    ("  - x\ntrain: a\n", 1, "indented line outside a key"),
-    ("names:\n  - a\n  b: c\n", 3, "under 'names', which holds a list"),
-    ("names:\n  0: a\n  - b\n", 3, "under 'names', which holds a mapping"),
-    ("train: a\nnames: [a, b\n", 2, "unclosed inline list"),
-    ("names:\n  just words\n", 2, "expected '- item' or 'key: value'"),
+@pytest.mark.parametrize("text, line", [
+    ("train: a\nnames: [a, b\n", 3),                 # PyYAML finds the list unclosed at the end
+    ("train: a\nnames: [a]\n  bad: 1\n", 3),
+    ("train: a\n\tnames: [a]\n", 2),
+    ("names: a: b\n", 1),
 ])
-def test_a_malformed_line_is_named_with_file_and_line(text, line, why):
-    with pytest.raises(DataError, match=why) as err:
-        parse_yaml_subset(text, "ds/data.yaml")
+def test_a_malformed_line_is_named_with_file_and_line(text, line):
+    with pytest.raises(DataError, match="not valid YAML") as err:
+        parse_yaml(text, "ds/data.yaml")
     assert str(err.value).startswith(f"ds/data.yaml:{line}: ")
 
 
@@ -156,6 +161,8 @@ def test_roboflow_parent_relative_splits_resolve_beside_the_yaml(tmp_path):
     ("train: a\nnames:\n  x: a\n", "names: a mapping needs integer keys"),
     ("nc: 1\nnames: [a]\n", "no train, val or test entry"),
     ("train: [a, b]\nnames: [a]\n", "train: expected one folder"),
+    ("train: a\nnc: many\nnames: [a]\n", "nc: expected a whole number"),
+    ("- just\n- a list\n", "expected a mapping of keys"),
 ])
 def test_bad_data_yaml_names_the_file(tmp_path, text, why):
     path = tmp_path / "data.yaml"

@@ -25,6 +25,7 @@ from typing import Any, Mapping, Sequence
 
 import attrs
 import torch
+import yaml
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
@@ -40,109 +41,34 @@ PAD_VALUE = 114 / 255
 # --------------------------------------------------------------------------- data.yaml
 
 
-def _scalar(text: str, where: str) -> Any:
-    text = text.strip()
-    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
-        return text[1:-1].replace("''", "'") if text[0] == "'" else text[1:-1]  # YAML doubles ' inside '…'
-    if text.startswith("[") or text.startswith("{"):
-        if not text.endswith("]" if text.startswith("[") else "}"):
-            raise DataError(f"{where}: unclosed inline list or mapping")
-        inner = text[1:-1].strip()
-        if not inner:
-            return [] if text.startswith("[") else {}
-        parts = _split_inline(inner)
-        if text.startswith("["):
-            return [_scalar(p, where) for p in parts]
-        out = {}
-        for p in parts:
-            if ":" not in p:
-                raise DataError(f"{where}: expected 'key: value' inside {{…}}, got {p!r}")
-            k, v = p.split(":", 1)
-            out[_scalar(k, where)] = _scalar(v, where)
-        return out
-    if text in ("", "~", "null"):
-        return None
-    if len(text) > 1 and text.lstrip("+-")[:1] == "0" and text.lstrip("+-").isdigit():
-        return text  # a zero-padded number is a name ("001", "050"), not the integer it spells
+def parse_yaml(text: str, source: str) -> dict[str, Any]:
+    """A ``data.yaml`` document read by PyYAML's ``BaseLoader``: every scalar stays a string.
+
+    So ``001`` is the class name ``"001"``, not the integer 1; block scalars
+    (``download: |``), flow lists over several lines and nested mappings read
+    as YAML says. A syntax error names ``source`` and the line::
+
+        parse_yaml("names: ['001', '002']\nnc: 2\n", "data.yaml")   # {'names': ['001', '002'], 'nc': '2'}
+    """
     try:
-        return int(text)
-    except ValueError:
-        pass
+        doc = yaml.load(text, Loader=yaml.BaseLoader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise DataError(f"{source}{line}: not valid YAML ({problem})") from None
+    if doc is None:
+        return {}
+    if not isinstance(doc, dict):
+        raise DataError(f"{source}: expected a mapping of keys (names, train, val, ...), got a {type(doc).__name__}")
+    return doc
+
+
+def _count(value: Any, where: str) -> int:
     try:
-        return float(text)
+        return int(str(value))
     except ValueError:
-        return text
-
-
-def _split_inline(inner: str) -> list[str]:
-    parts, cur, quote = [], "", ""
-    for ch in inner:
-        if quote:
-            cur += ch
-            if ch == quote:
-                quote = ""
-        elif ch in "'\"":
-            quote, cur = ch, cur + ch
-        elif ch == ",":
-            parts.append(cur)
-            cur = ""
-        else:
-            cur += ch
-    if cur.strip():
-        parts.append(cur)
-    return parts
-
-
-def _strip_comment(line: str) -> str:
-    quote = ""
-    for i, ch in enumerate(line):
-        if quote:
-            if ch == quote:
-                quote = ""
-        elif ch in "'\"":
-            quote = ch
-        elif ch == "#" and (i == 0 or line[i - 1] in " \t"):
-            return line[:i]
-    return line
-
-
-def parse_yaml_subset(text: str, source: str) -> dict[str, Any]:
-    """The subset of YAML a ``data.yaml`` uses: top-level ``key: value``, inline lists, and
-    one nested level of ``- item`` or ``key: value`` lines. Errors name ``source`` and the line."""
-    out: dict[str, Any] = {}
-    current: str | None = None
-    for no, raw in enumerate(text.splitlines(), 1):
-        line = _strip_comment(raw).rstrip()
-        if not line.strip():
-            continue
-        where = f"{source}:{no}"
-        indented = line[0] in " \t"
-        body = line.strip()
-        if indented:
-            if current is None:
-                raise DataError(f"{where}: indented line outside a key")
-            if body.startswith("- ") or body == "-":
-                if out[current] is None:
-                    out[current] = []
-                if not isinstance(out[current], list):
-                    raise DataError(f"{where}: a list item under {current!r}, which holds a mapping")
-                out[current].append(_scalar(body[1:], where))
-            elif ":" in body:
-                if out[current] is None:
-                    out[current] = {}
-                if not isinstance(out[current], dict):
-                    raise DataError(f"{where}: a 'key: value' under {current!r}, which holds a list")
-                k, v = body.split(":", 1)
-                out[current][_scalar(k, where)] = _scalar(v, where)
-            else:
-                raise DataError(f"{where}: expected '- item' or 'key: value', got {body!r}")
-            continue
-        if ":" not in body:
-            raise DataError(f"{where}: expected 'key: value', got {body!r}")
-        key, value = body.split(":", 1)
-        current = key.strip()
-        out[current] = _scalar(value, where)
-    return out
+        raise DataError(f"{where}: expected a whole number, got {value!r}") from None
 
 
 @attrs.frozen
@@ -179,21 +105,22 @@ def read_data_yaml(path: str | os.PathLike) -> DataSpec:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: cannot read ({e})") from None
-    doc = parse_yaml_subset(text, str(path))
+    doc = parse_yaml(text, str(path))
     names = doc.get("names")
     if isinstance(names, dict):
         try:
             names = [names[k] for k in sorted(names, key=int)]
         except (TypeError, ValueError):
             raise DataError(f"{path}: names: a mapping needs integer keys 0..n-1") from None
-    if not isinstance(names, list) or not names:
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
         raise DataError(f"{path}: names: expected a list of class names")
-    names = [str(n) for n in names]
-    if "nc" in doc and doc["nc"] != len(names):
+    if "nc" in doc and _count(doc["nc"], f"{path}: nc") != len(names):
         raise DataError(f"{path}: nc is {doc['nc']} but names lists {len(names)} classes")
     base = path.parent
     if doc.get("path"):
-        root = Path(str(doc["path"]))
+        if not isinstance(doc["path"], str):
+            raise DataError(f"{path}: path: expected a folder (a path), got {doc['path']!r}")
+        root = Path(doc["path"])
         base = root if root.is_absolute() else (path.parent / root)
     splits = {}
     for split in ("train", "val", "test"):
