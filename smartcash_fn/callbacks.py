@@ -27,7 +27,7 @@ import attrs
 import torch
 
 from . import checkpoint
-from ._files import link_atomic, remove_temp_files
+from ._files import link_atomic, remove_temp_files, save_torch_atomic
 from .errors import StateError
 from .events import Callback, emit, writer
 from .retention import FINAL, Policy, epoch_save, monitored, retention, step_save
@@ -306,6 +306,30 @@ class _Session:
 
     saved: TrainState | None = None
     trained: TrainState | None = None
+
+
+def weights_file(path: str | os.PathLike, use_ema: bool = False, priority: int = 1200,
+                 name: str = "weights_file") -> Callback:
+    """A writer saving the model's weights alone at ``training_end``: ``{"state_dict": ..., "data_info": ...}``.
+
+    A slim file to deploy or share (no optimizer moments, no history), loadable
+    with ``torch.load(path, weights_only=True)`` and ``model.load_state_dict``;
+    the EMA weights with ``use_ema``. The restored best params when a callback
+    restored them (``final.pt``'s params), else the last trained ones::
+
+        loop = loop.add(weights_file("runs/a/weights.pt"))
+    """
+    path = Path(path)
+
+    def end(state: TrainState) -> TrainState:
+        params, buffers = state.params, state.buffers
+        if use_ema and "ema" in state.extras:
+            params, buffers = state.extras["ema"]["params"], state.extras["ema"]["buffers"]
+        weights = {k: v.detach().cpu() for k, v in {**params, **buffers}.items()}
+        save_torch_atomic(path, {"state_dict": weights, "data_info": dict(state.data_info)})
+        return state
+
+    return writer("training_end", end, priority=priority, name=name)
 
 
 def checkpointing(directory: str | os.PathLike, every_epochs: int = 1, every_steps: int = 0,

@@ -28,6 +28,10 @@ from ._version import __version__
 from .errors import UserError
 
 
+EXPORT_FORMATS = ("weights", "torchscript", "onnx")
+"""``export --format`` choices; the same as :data:`smartcash_fn.run.export.FORMATS` (a test checks)."""
+
+
 def command(wing: str, name: str) -> Callable[[argparse.Namespace], int]:
     """The command ``name`` of a wing's commands module, imported when it runs: ``command("run", "train")``.
 
@@ -82,6 +86,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", metavar="CKPT_OR_RUN_DIR")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(command=("run", "inspect"))
+
+    p = sub.add_parser("export", help="write a checkpoint's model for deployment: weights, TorchScript or ONNX")
+    p.add_argument("checkpoint", metavar="CKPT_OR_RUN_DIR", help="a checkpoint, or a run folder (its best.pt)")
+    p.add_argument("--format", default="torchscript", choices=EXPORT_FORMATS,
+                   help="weights (a state_dict), torchscript (traced) or onnx (needs the [onnx] extra); "
+                        "default torchscript")
+    p.add_argument("--out", metavar="DIR", help="the folder for model.<format> and its JSON (default: <run>/export)")
+    p.add_argument("--half", action="store_true", help="float16 weights")
+    p.set_defaults(command=("run", "export_model"))
 
     p = sub.add_parser("eval", help="evaluate a detector checkpoint: P, R, F1, mAP per class, layer and scenario")
     p.add_argument("checkpoint", metavar="CKPT_OR_RUN_DIR", help="a checkpoint, or a run folder (its best.pt)")

@@ -30,7 +30,7 @@ import torch
 from .. import environment, optim
 from .. import step as step_lib
 from .._files import write_text_atomic
-from ..callbacks import Monitor, checkpointing, early_stopping, keep_best, reduce_on_plateau
+from ..callbacks import Monitor, checkpointing, early_stopping, keep_best, reduce_on_plateau, weights_file
 from ..data import Splits, as_data
 from ..errors import RecipeError, StateError, UserError
 from ..events import EVENTS, Callback, flatten, writer
@@ -663,6 +663,7 @@ def build(recipe: Recipe, run_dir: str | os.PathLike | None = None, *, quiet: bo
     if monitor is not None and not any(c.name == "keep_best" for c in callbacks):
         callbacks.append(keep_best(monitor))
     if run_dir is not None:
+        callbacks.append(weights_file(run_dir / "weights.pt", use_ema=recipe.validation.use_ema))
         callbacks.extend(checkpointing(run_dir / "checkpoints", every_epochs=cp.every_epochs,
                                        every_steps=cp.every_steps, monitor=monitor, top_k=cp.top_k,
                                        keep_periodic=cp.keep_periodic))

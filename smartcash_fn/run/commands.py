@@ -30,6 +30,7 @@ from ..replay import replay as replay_state, verify
 from ..report.values import fmt_exact, plain
 from ..tree import tree_map
 from .build import build, describe, probe
+from .export import export
 from .folders import find_checkpoint, free_folder, holds_run, run_folder_of
 from .recipe import dumps, load, parse_set, to_dict, to_toml, write
 from .resume import environment_notes, recipe_of, require_fit, state_in
@@ -267,3 +268,23 @@ def write_json(path: Path, data: Any) -> Path:
     """
     finite = tree_map(lambda v: None if isinstance(v, float) and not math.isfinite(v) else v, data)
     return write_text_atomic(path, json.dumps(finite, indent=2) + "\n")
+
+
+def export_model(args: argparse.Namespace) -> int:
+    """``export CKPT_OR_RUN_DIR [--format weights|torchscript|onnx] [--out DIR] [--half]``: the model, for deployment.
+
+    A run folder means its ``best.pt`` (else ``last.pt``); the default folder is ``<run>/export``.
+    """
+    found = find_checkpoint(args.checkpoint, prefer=("best", "last"))
+    for s in found.skipped:
+        note(f"skipped {s}")
+    built = build(recipe_of(found), quiet=True)
+    out = Path(args.out) if args.out else run_folder_of(found.path) / "export"
+    done = export(found, built, args.format, out, half=args.half)
+    say(f"wrote {done.path} ({args.format}{', float16' if args.half else ''}) and {done.meta_path}")
+    if done.checked:
+        say(f"checked: its outputs on the first validation image differ from the checkpoint's by at most "
+            f"{done.max_diff:.3g}")
+    else:
+        note("onnxruntime is not installed, so the ONNX file was not run; pip install 'smartcash-fn[onnx]' to check")
+    return 0

@@ -48,7 +48,7 @@ def parse_yaml(text: str, source: str) -> dict[str, Any]:
     (``download: |``), flow lists over several lines and nested mappings read
     as YAML says. A syntax error names ``source`` and the line::
 
-        parse_yaml("names: ['001', '002']\nnc: 2\n", "data.yaml")   # {'names': ['001', '002'], 'nc': '2'}
+        parse_yaml("names: ['001', '002']\\nnc: 2\\n", "data.yaml")   # {'names': ['001', '002'], 'nc': '2'}
     """
     try:
         doc = yaml.load(text, Loader=yaml.BaseLoader)
