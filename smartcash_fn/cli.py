@@ -57,7 +57,8 @@ def parser() -> argparse.ArgumentParser:
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train a recipe in a new run folder")
-    p.add_argument("recipe", nargs="?", help="a recipe file (default: the built-in default recipe)")
+    p.add_argument("recipe", nargs="?", help="a recipe file, or a built-in recipe's name (smartcash-fn recipe "
+                   "list); default: rupiah_synthetic, the SmartCash detector (about 10 minutes on 2 CPU cores)")
     _add_sets(p)
     p.add_argument("--out", metavar="DIR", help="the run folder (default: <run.out>/<run.name>, made unique)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -78,9 +79,24 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(command=("run", "replay"))
 
     p = sub.add_parser("check", help="validate a recipe and show what it builds")
-    p.add_argument("recipe")
+    p.add_argument("recipe", nargs="?", help="a recipe file or a built-in recipe's name (default: the default)")
     _add_sets(p)
     p.set_defaults(command=("run", "check"))
+
+    p = sub.add_parser("recipe", help="the built-in recipes: list, show, copy; the reference of every key")
+    rec = p.add_subparsers(dest="recipe_command", required=True, metavar="RECIPE_COMMAND")
+    q = rec.add_parser("list", help="the built-in recipes and what each is")
+    q.set_defaults(command=("run", "recipe_list"))
+    q = rec.add_parser("show", help="print a built-in recipe")
+    q.add_argument("name", metavar="NAME", help="a built-in recipe (smartcash-fn recipe list)")
+    q.set_defaults(command=("run", "recipe_show"))
+    q = rec.add_parser("copy", help="copy a built-in recipe to a file of your own")
+    q.add_argument("name", metavar="NAME", help="a built-in recipe (smartcash-fn recipe list)")
+    q.add_argument("dest", metavar="DEST", help="the new file (or a folder to put NAME.toml in)")
+    q.add_argument("--force", action="store_true", help="replace DEST when it exists")
+    q.set_defaults(command=("run", "recipe_copy"))
+    q = rec.add_parser("reference", help="every recipe key: type, default, meaning (Markdown)")
+    q.set_defaults(command=("run", "recipe_reference"))
 
     p = sub.add_parser("inspect", help="show what a checkpoint (or a run folder's newest) holds")
     p.add_argument("checkpoint", metavar="CKPT_OR_RUN_DIR")

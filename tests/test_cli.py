@@ -199,7 +199,7 @@ def test_train_without_a_recipe_uses_the_built_in_default(tmp_path):
     sets = [a for s in small for a in ("--set", s)]
     out = cli("train", *sets, "--quiet", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    run = tmp_path / "runs" / "default"
+    run = tmp_path / "runs" / "rupiah_synthetic"   # the default recipe is named by its file
     assert rc.load(run / "recipe.toml").train.epochs == 1
     assert (run / "checkpoints" / "last.pt").is_file()
     record = checkpoint.read(run / "checkpoints" / "last.pt")["state"]["history"]["epochs"][0]

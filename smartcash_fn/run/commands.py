@@ -29,13 +29,14 @@ from ..loop import fit
 from ..replay import replay as replay_state, verify
 from ..report.values import fmt_exact, plain
 from ..tree import tree_map
+from . import library
 from .build import build, describe, probe
 from .export import export
 from .folders import find_checkpoint, free_folder, holds_run, run_folder_of
-from .recipe import dumps, load, parse_set, to_dict, to_toml, write
+from .recipe import dumps, load, parse_set, reference, to_dict, to_toml, write
 from .resume import environment_notes, recipe_of, require_fit, state_in
 
-DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "default.toml"
+DEFAULT_RECIPE = library.path_of(library.DEFAULT)
 """The recipe ``smartcash-fn train`` uses when none is given (shipped inside the package)."""
 
 
@@ -73,7 +74,7 @@ def _header(action: str) -> str:
 
 def train(args: argparse.Namespace) -> int:
     """``train [RECIPE] [--set K=V]... [--out DIR]``: a new run in a new folder."""
-    recipe = load(args.recipe or DEFAULT_RECIPE, args.sets)
+    recipe = load(library.resolve(args.recipe), args.sets)
     if args.out:
         run_dir = Path(args.out)
         if holds_run(run_dir):
@@ -177,16 +178,17 @@ def replay(args: argparse.Namespace) -> int:
 
 def check(args: argparse.Namespace) -> int:
     """``check RECIPE [--set K=V]...``: validate, print the resolved recipe, the composed step and callbacks."""
-    recipe = load(args.recipe, args.sets)
+    path = library.resolve(args.recipe)
+    recipe = load(path, args.sets)
     with tempfile.TemporaryDirectory() as tmp:
         built = build(recipe, Path(tmp) / recipe.run.name, quiet=True)
         loss = probe(built)
-    sys.stdout.write(to_toml(recipe, header=f"Resolved recipe of {args.recipe}"))
+    sys.stdout.write(to_toml(recipe, header=f"Resolved recipe of {path}"))
     say("")
     for line in describe(built).splitlines():
         say(f"# {line}")
     say(f"# trial step: loss {fmt_exact(loss)} on the first batch")
-    say(f"# ok: {args.recipe} is valid; the run folder would be {Path(recipe.run.out) / recipe.run.name}")
+    say(f"# ok: {path} is valid; the run folder would be {Path(recipe.run.out) / recipe.run.name}")
     return 0
 
 
@@ -287,4 +289,38 @@ def export_model(args: argparse.Namespace) -> int:
             f"{done.max_diff:.3g}")
     else:
         note("onnxruntime is not installed, so the ONNX file was not run; pip install 'smartcash-fn[onnx]' to check")
+    return 0
+
+
+def recipe_list(args: argparse.Namespace) -> int:
+    """``recipe list``: the built-in recipes, each with what it is."""
+    width = max(map(len, library.names()))
+    for name in library.names():
+        default = "  (the default)" if name == library.DEFAULT else ""
+        say(f"{name:<{width}}  {library.describe(name)}{default}")
+    return 0
+
+
+def recipe_show(args: argparse.Namespace) -> int:
+    """``recipe show NAME``: a built-in recipe's text, comments included."""
+    sys.stdout.write(library.path_of(args.name).read_text(encoding="utf-8"))
+    return 0
+
+
+def recipe_copy(args: argparse.Namespace) -> int:
+    """``recipe copy NAME DEST [--force]``: a built-in recipe as a file of your own to edit."""
+    src = library.path_of(args.name)
+    dest = Path(args.dest)
+    if dest.is_dir():
+        dest = dest / src.name
+    if dest.exists() and not args.force:
+        raise RecipeError(f"{dest}: exists; give another path, or --force to replace it")
+    write_text_atomic(dest, src.read_text(encoding="utf-8"))
+    say(f"wrote {dest}; train it with: smartcash-fn train {dest}")
+    return 0
+
+
+def recipe_reference(args: argparse.Namespace) -> int:
+    """``recipe reference``: every recipe key with its type, default and meaning, and the built-in components."""
+    sys.stdout.write(reference())
     return 0

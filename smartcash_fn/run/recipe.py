@@ -608,7 +608,7 @@ def _read_toml(path: Path, shown: str, named_by: str | None) -> dict[str, Any]:
     where = f"{named_by}: extends" if named_by else shown
     if not path.exists():
         raise RecipeError(f"{where}: no such recipe file {shown!r}" + ("" if named_by else
-                          "; give the path of a .toml recipe (built-in recipes are in recipes/)"))
+                          "; give the path of a .toml recipe, or a built-in recipe's name (smartcash-fn recipe list)"))
     if not path.is_file():
         raise RecipeError(f"{where}: {shown!r} is not a file; give the path of a .toml recipe")
     try:
