@@ -678,6 +678,7 @@ def build(recipe: Recipe, run_dir: str | os.PathLike | None = None, *, quiet: bo
     except ValueError as e:  # a param group's label function or the optimizer's init refused the params
         raise RecipeError(f"{recipe.where('optimizer')}: {e}") from None
     template = template.replace(data_info=plain_info(info))
+    notes.extend(getattr(template.model, "notes", ()))  # what the model says about itself (from scratch, ...)
     loop = Loop(step=step, data=train, epochs=recipe.train.epochs, validation=validation, callbacks=tuple(callbacks))
     return Built(recipe=recipe, template=template, loop=loop, run_dir=run_dir, batches=batches, updates=updates,
                  step_text=step_text, notes=tuple(notes), console=console)

@@ -32,6 +32,7 @@ from ..tree import tree_map
 from . import library
 from .build import build, describe, probe
 from .export import export
+from .footprint import footprint
 from .folders import find_checkpoint, free_folder, holds_run, run_folder_of
 from .recipe import dumps, load, parse_set, reference, to_dict, to_toml, write
 from .resume import environment_notes, recipe_of, require_fit, state_in
@@ -88,6 +89,7 @@ def train(args: argparse.Namespace) -> int:
         note(n)
     write(recipe, run_dir / "recipe.toml", header=_header("train"))
     say(f"training {recipe.run.name}: {built.loop.epochs} epoch(s) of {built.batches} batches -> {run_dir}")
+    say(f"model: {footprint(built).text()}")
     state = fit(built.template, built.loop)
     return finish(state, run_dir)
 
@@ -187,6 +189,7 @@ def check(args: argparse.Namespace) -> int:
     say("")
     for line in describe(built).splitlines():
         say(f"# {line}")
+    say(f"# model: {footprint(built).text()}")
     say(f"# trial step: loss {fmt_exact(loss)} on the first batch")
     say(f"# ok: {path} is valid; the run folder would be {Path(recipe.run.out) / recipe.run.name}")
     return 0

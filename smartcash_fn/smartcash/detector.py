@@ -198,7 +198,8 @@ class GroupHead(nn.Module):
 class Detector(nn.Module):
     """Backbone → PAN neck → one :class:`GroupHead` per label layer; outputs raw logits per group and level.
 
-    ``groups`` maps each layer's name to its number of classes, in class-id order.
+    ``groups`` maps each layer's name to its number of classes, in class-id order; ``notes`` says what a
+    person should know about the model as built (an EfficientNet without its ImageNet weights trains from scratch).
     """
 
     def __init__(self, backbone: str = "efficientnet_b0", groups: Mapping[str, int] | None = None,
@@ -210,6 +211,9 @@ class Detector(nn.Module):
         self.neck = PAN(self.backbone.channels, width)
         self.head = nn.ModuleDict({g: GroupHead(width, c, len(STRIDES)) for g, c in self.groups.items()})
         self.strides = STRIDES
+        self.notes = ((f"model.params.backbone = {backbone!r} without model.params.weights_path: the backbone "
+                       "trains from scratch (give a local file of torchvision's ImageNet weights to start from them)",)
+                      if backbone.startswith("efficientnet") and not weights_path else ())
 
     def forward(self, images: torch.Tensor) -> dict[str, list[torch.Tensor]]:
         feats = self.neck(self.backbone(images))
