@@ -180,6 +180,9 @@ def test_replay_verify_exit_codes(tiny_run, tmp_path):
     assert out.returncode == 1, out.stdout + out.stderr
     assert "params['2.bias']" in out.stdout and "1 elements differ" in out.stdout
     assert "Traceback" not in out.stderr
+    # a run folder means its last.pt; a --to-step short of the verified file's step is said, not hidden
+    out = cli("replay", str(ckpts / "epoch-0001.pt"), "--to-step", "12", "--verify", str(run), cwd=work)
+    assert out.returncode == 1 and "--to-step 12 is not the step of" in out.stderr
 
 
 def test_check_prints_the_resolved_recipe_and_the_composition(tmp_path):

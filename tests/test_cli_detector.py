@@ -188,6 +188,10 @@ def test_eval_and_predict_refuse_bad_input(tmp_path, monkeypatch, capsys):
                                                                    "--out", "p")
     (tmp_path / "broken.png").write_bytes(b"not a png")
     assert "broken.png: unreadable image" in refused(capsys, "predict", str(ckpt), "broken.png", "--out", "p")
+    (tmp_path / "done").mkdir()
+    (tmp_path / "done" / "detections.json").write_text("{}")
+    assert "not empty" in refused(capsys, "predict", str(ckpt), "broken.png", "--out", "done")   # kept as it was
+    assert (tmp_path / "done" / "detections.json").read_text() == "{}"
 
 
 def test_eval_on_a_yolo_dataset_and_a_dataset_that_does_not_fit(tmp_path, monkeypatch, capsys):

@@ -157,6 +157,10 @@ def replay(args: argparse.Namespace) -> int:
         to_step = int(other_obj["state"]["progress"]["step"])
     if to_step < 0:
         raise RecipeError(f"--to-step {to_step}: expected a step >= 0")
+    if other_obj is not None and args.to_step is not None and to_step != int(other_obj["state"]["progress"]["step"]):
+        note(f"--to-step {to_step} is not the step of {other.path} ({other_obj['state']['progress']['step']}): "
+             "the states are compared all the same, and differ by the steps between; leave --to-step out to "
+             "replay up to that file's step")
     built = build(recipe, quiet=True)  # no run folder: no file writers; replay leaves the others out
     loop = built.loop
     start = obj["state"]["progress"]

@@ -43,6 +43,9 @@ def predict(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: exists and is not a folder; give a folder for the drawn images")
+    if out.is_dir() and any(out.iterdir()) and not args.overwrite:
+        raise UserError(f"--out {out}: the folder is not empty (an earlier predict?); give another folder, or "
+                        "--overwrite to write into it")
     out.mkdir(parents=True, exist_ok=True)
     records, taken = [], set()
     for path, image, d in predict_files(det, files, conf=args.conf, iou=args.iou):
