@@ -112,7 +112,9 @@ def init_from_env(backend: str | None = None, device: str | torch.device = "cpu"
     """Join the process group ``torchrun`` describes when ``WORLD_SIZE`` > 1; the resulting :class:`World`.
 
     ``backend`` None (or ``""``) picks :func:`backend_for` the device; a CUDA
-    rank is pinned to ``cuda:LOCAL_RANK`` first. Idempotent; without
+    rank is pinned to ``cuda:LOCAL_RANK`` first. The group's store keys carry
+    the restart count (:func:`restart_count`), so a group that
+    ``torchrun --max-restarts`` brought back meets afresh. Idempotent; without
     ``WORLD_SIZE`` > 1 nothing happens and the world is a single process.
     """
     if dist.is_available() and dist.is_initialized():
@@ -126,7 +128,12 @@ def init_from_env(backend: str | None = None, device: str | torch.device = "cpu"
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if torch.device(device).type == "cuda":
         torch.cuda.set_device(local_device(device, World(int(os.environ.get("RANK", "0")), size, local)))
-    dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
+    timeout = timedelta(seconds=timeout_s)
+    # the store torchrun's agent keeps across restarts still holds the last group's addresses: a prefix per
+    # restart keeps a restarted group from dialing its dead predecessors
+    store, rank, size = next(dist.rendezvous("env://", timeout=timeout))
+    store = dist.PrefixStore(f"smartcash_fn/restart-{restart_count()}", store)
+    dist.init_process_group(backend=backend, store=store, rank=rank, world_size=size, timeout=timeout)
     return world()
 
 

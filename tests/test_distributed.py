@@ -119,8 +119,7 @@ def torchrun(cwd: Path, *args: str, nproc: int = 2, restarts: int = 0, timeout: 
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(TESTS), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-port",
-           str(free_port()), "--max-restarts", str(restarts), "--monitor-interval", "0.1",
-           "-m", "smartcash_fn", *args]
+           str(free_port()), "--max-restarts", str(restarts), "--monitor-interval", "0.1", "-m", "smartcash_fn", *args]
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -215,7 +214,7 @@ def test_an_exception_on_rank_1_stops_both_ranks_and_names_it(tmp_path):
     out = torchrun(tmp_path, "train", str(recipe), "--out", "run", "--quiet", timeout=120)
     assert out.returncode != 0
     assert "error: rank 1 of 2 failed: RuntimeError: boom at step 2" in out.stderr
-    assert "error: rank 0 of 2 failed" not in out.stderr or "rank 1" in out.stderr
+    assert "Connection closed by peer" in out.stderr  # rank 0 stopped at its next collective, not at a timeout
 
 
 @pytest.mark.slow
