@@ -55,6 +55,9 @@ from .state import Stop, TrainState, Tensors
 BUCKET_MB = 25.0
 """Default size of a gradient bucket in MB (that of ``DistributedDataParallel``)."""
 
+METRIC = "metric:"
+"""Prefix of the step's metrics among the gradients being averaged (no param name holds a colon)."""
+
 STATE_KEY = "distributed"
 """Where :func:`replicas` records the world a run trained on: ``state.callbacks["distributed"]``."""
 
@@ -276,14 +279,18 @@ def check_every_epoch(priority: int = 950, name: str = "replicas_check") -> Call
     return Callback("epoch_end", fn, priority=priority, name=name)
 
 
-def agree_on_stop(priority: int = 900, name: str = "agree_on_stop") -> tuple[Callback, ...]:
+def agree_on_stop(priority: int = 900, name: str = "agree_on_stop", every_batch: bool = True) -> tuple[Callback, ...]:
     """Make a stop decided on any rank the stop of every rank, in the same step.
 
-    At ``batch_end`` and ``epoch_end`` (after the callbacks that decide:
-    NaN guard, early stopping; before the checkpoint writer) each rank says
-    whether it stopped (one small all-reduce); when one did, every rank gets
-    the same :class:`~smartcash_fn.state.Stop` naming the ranks and reasons,
-    failed when any was. The identity without a process group.
+    At ``epoch_end`` — and at every ``batch_end`` with ``every_batch`` — after
+    the callbacks that decide (NaN guard, early stopping) and before the
+    checkpoint writer, each rank says whether it stopped (one small
+    all-reduce); when one did, every rank gets the same
+    :class:`~smartcash_fn.state.Stop` naming the ranks and reasons, failed
+    when any was. :func:`~smartcash_fn.run.build.build` leaves the batch-end
+    check out when every batch-end decision reads agreed values (the NaN
+    guard reads the step metrics :func:`all_reduce_gradients` averaged). The
+    identity without a process group.
     """
 
     def fn(state: TrainState) -> TrainState:
@@ -297,11 +304,13 @@ def agree_on_stop(priority: int = 900, name: str = "agree_on_stop") -> tuple[Cal
         if not bool(flags.any()):
             return state
         reasons = gather_objects(None if state.stop is None else state.stop.reason)
+        if None not in reasons and len(set(reasons)) == 1 and bool((flags == flags[0]).all()):
+            return state  # every rank stopped alike (an agreed decision): keep its words
         said = "; ".join(f"rank {r}: {why}" for r, why in enumerate(reasons) if why is not None)
         return state.replace(stop=Stop(said, failed=bool((flags == 2).any())))
 
-    return (Callback("batch_end", fn, priority=priority, name=name),
-            Callback("epoch_end", fn, priority=priority, name=name))
+    epoch = Callback("epoch_end", fn, priority=priority, name=name)
+    return (Callback("batch_end", fn, priority=priority, name=name), epoch) if every_batch else (epoch,)
 
 
 # --------------------------------------------------------------------------- gradients
@@ -379,8 +388,12 @@ def all_reduce_gradients(bucket_mb: float = BUCKET_MB) -> Callable[[Any], Any]:
     Wraps the ``update`` phase of a :class:`~smartcash_fn.step.Step`: put it
     inside ``accumulate`` (one reduction per update, on the accumulated mean)
     and outside ``clip`` (clip the averaged gradients), as :func:`~smartcash_fn.run.build.build`
-    does. After the update the buffers (BatchNorm statistics) become rank 0's
-    (:func:`rank0_buffers`), so every rank holds one model. The identity on one process::
+    does. The step's metrics (the loss and its parts) are averaged in the
+    same collectives (the last bucket), so every rank records the loss of the
+    global batch — the single-process figure — and a NaN guard reading it
+    decides the same on every rank. After the update the buffers (BatchNorm
+    statistics) become rank 0's (:func:`rank0_buffers`), so every rank holds
+    one model. The identity on one process::
 
         step = all_reduce_gradients()(make_step(loss_fn))
     """
@@ -389,8 +402,15 @@ def all_reduce_gradients(bucket_mb: float = BUCKET_MB) -> Callable[[Any], Any]:
 
     def transform(inner: Any) -> Any:
         def update(state: TrainState, grads: Tensors) -> TrainState:
-            new = inner.update(state, average_gradients(grads, bucket_mb))
-            if not active() or not new.buffers:
+            if not active():
+                return inner.update(state, grads)
+            metrics = {METRIC + k: v for k, v in state.metrics.items()
+                       if isinstance(v, torch.Tensor) and v.is_floating_point()}
+            both = average_gradients({**grads, **metrics}, bucket_mb)  # the metrics ride in the last bucket
+            state = state.replace(metrics={**state.metrics, **{k[len(METRIC):]: v for k, v in both.items()
+                                                                if k.startswith(METRIC)}})
+            new = inner.update(state, {k: both[k] for k in grads})
+            if not new.buffers:
                 return new
             return new.replace(buffers=rank0_buffers(new.buffers, bucket_mb))
 

@@ -55,3 +55,19 @@ def kill_once(marker: str, rank: int = 1, step: int = 5) -> Callback:
         return state
 
     return Callback("batch_end", fn, name="kill_once")
+
+
+def nan_loss_on_rank(rank: int = 1, call: int = 4):
+    """Cross-entropy, but NaN on ``rank`` at its ``call``-th evaluation (the trial step of ``train`` is the first)."""
+    from smartcash_fn.step import classification_loss
+
+    calls = [0]
+
+    def loss(apply, batch):
+        value = classification_loss(apply, batch)
+        calls[0] += 1
+        if world().rank == rank and calls[0] == call:
+            return value * float("nan")
+        return value
+
+    return loss

@@ -181,6 +181,8 @@ def test_two_processes_match_one_with_the_same_global_batch(two):
     assert state.progress.step == dist_state.progress.step == 24
     worst = max(float((state.params[k] - dist_state.params[k]).abs().max()) for k in state.params)
     assert worst < PARAMS_TOLERANCE, worst
+    for one, two_ in zip(state.history.epochs, dist_state.history.epochs):  # the global batch's loss is logged
+        assert two_["train/loss"] == pytest.approx(one["train/loss"], rel=1e-5)
 
 
 def test_gathered_validation_metrics_equal_one_process_on_the_same_params(two):
@@ -215,6 +217,17 @@ def test_an_exception_on_rank_1_stops_both_ranks_and_names_it(tmp_path):
     assert out.returncode != 0
     assert "error: rank 1 of 2 failed: RuntimeError: boom at step 2" in out.stderr
     assert "Connection closed by peer" in out.stderr  # rank 0 stopped at its next collective, not at a timeout
+
+
+def test_a_nan_on_rank_1_stops_both_ranks_in_the_same_step(tmp_path):
+    recipe = recipe_file(tmp_path)
+    text = recipe.read_text().replace('loss = "cross_entropy"', 'loss = "_ddp_helpers:nan_loss_on_rank"\n'
+                                      'loss_params = {rank = 1, call = 4}')
+    recipe.write_text(text)
+    out = torchrun(tmp_path, "train", str(recipe), "--out", "run", "--quiet", timeout=120)
+    assert out.returncode != 0, out.stdout + out.stderr  # a failed run: exit status 1 on both ranks
+    assert "stopped: non-finite loss, grad_norm at step 3 (epoch 0, batch 3)" in out.stdout  # 4th call: step 3
+    assert out.stdout.count("stopped:") == 1 and "Connection closed" not in out.stderr
 
 
 @pytest.mark.slow

@@ -692,7 +692,7 @@ def build(recipe: Recipe, run_dir: str | os.PathLike | None = None, *, quiet: bo
             callbacks.append(data_problems(run_dir, problems))
     if world.size > 1:
         callbacks.append(distributed.replicas(global_batch=per_rank_batch(recipe, world.size) * world.size))
-        callbacks.extend(distributed.agree_on_stop())
+        callbacks.extend(distributed.agree_on_stop(every_batch=needs_batch_agreement(recipe, callbacks)))
         callbacks.append(distributed.check_every_epoch())
     cp = recipe.checkpoint
     monitor = None if cp.monitor is None else Monitor(cp.monitor, cp.mode)
@@ -721,6 +721,25 @@ def build(recipe: Recipe, run_dir: str | os.PathLike | None = None, *, quiet: bo
     loop = Loop(step=step, data=train, epochs=recipe.train.epochs, validation=validation, callbacks=tuple(callbacks))
     return Built(recipe=recipe, template=template, loop=loop, run_dir=run_dir, batches=batches, updates=updates,
                  step_text=step_text, notes=tuple(notes), console=console)
+
+
+AGREED_AT_BATCH_END = ("nan_guard", "record_steps")
+"""Batch-end callbacks whose decisions read only what every rank holds alike (params, the averaged step metrics)."""
+
+
+def needs_batch_agreement(recipe: Recipe, callbacks: Any) -> bool:
+    """Whether a data-parallel run must agree on stops after every batch (one small all-reduce a step).
+
+    Not when every ``batch_end`` callback either writes (a writer cannot stop
+    a run) or reads only agreed values (:data:`AGREED_AT_BATCH_END`) and no
+    gradient accumulation leaves a batch's metrics unaveraged; stops are then
+    the same on every rank by construction, and the epoch-end agreement
+    remains: ``needs_batch_agreement(recipe, callbacks)``.
+    """
+    if _accumulation(recipe) > 1:
+        return True
+    return any(c.event == "batch_end" and not c.writes and c.name not in AGREED_AT_BATCH_END
+               for c in flatten(callbacks))
 
 
 def data_problems(run_dir: str | os.PathLike, problems: Any, priority: int = 1150) -> Callback:
