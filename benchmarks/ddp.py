@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         worker(args)
         return 0
     if args.quick:
-        args.steps, args.reps, args.warmup, args.agree_steps = 12, 3, 2, 10
+        args.steps, args.reps, args.warmup, args.agree_steps = 16, 5, 3, 8
     load_before = os.getloadavg()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -58,6 +58,9 @@ BUCKET_MB = 25.0
 METRIC = "metric:"
 """Prefix of the step's metrics among the gradients being averaged (no param name holds a colon)."""
 
+BUFFER = "buffer:"
+"""Prefix of the buffers travelling with the gradients."""
+
 STATE_KEY = "distributed"
 """Where :func:`replicas` records the world a run trained on: ``state.callbacks["distributed"]``."""
 
@@ -235,7 +238,8 @@ def replicas(global_batch: int, name: str = STATE_KEY) -> Callback:
     checks that all ranks agree (:func:`check_replicas`). The world size and
     the global batch (``global_batch``: samples per step, all ranks together)
     are recorded in ``state.callbacks[name]``, so a checkpoint says where it
-    was trained. Resumed at another world size, the epoch goes on from the
+    was trained (a run that never ran on more than one process records
+    nothing). Resumed at another world size, the epoch goes on from the
     same sample position (``progress.batch`` is rescaled) and a note says the
     bits will differ from the uninterrupted run::
 
@@ -248,6 +252,8 @@ def replicas(global_batch: int, name: str = STATE_KEY) -> Callback:
             state = state.replace(params=broadcast_tensors(state.params), buffers=broadcast_tensors(state.buffers))
         check_replicas(state, "training_start")
         was = state.callbacks.get(name)
+        if was is None and w.size == 1:
+            return state  # a single-process run keeps its checkpoints as they always were
         now = {"world": w.size, "global_batch": int(global_batch)}
         if was is not None and was.get("world") not in (None, w.size):
             p = state.progress
@@ -358,28 +364,20 @@ def _bucketed(tensors: Tensors, bucket_mb: float, collective: Callable[[torch.Te
     return {k: out[k] for k in tensors}
 
 
-def average_gradients(grads: Tensors, bucket_mb: float = BUCKET_MB) -> Tensors:
+def average_gradients(grads: Tensors, bucket_mb: float = BUCKET_MB, summed: Tensors | None = None) -> Tensors:
     """The mean of every rank's ``grads``, as new tensors: one all-reduce per bucket of ~``bucket_mb`` MB.
 
-    ``grads`` itself is not written; without a process group it is returned as is.
+    ``summed`` tensors ride in the same buckets and come back summed, not
+    averaged (a rank contributing zeros there gives the others its peers'
+    values: how rank 0's buffers travel with the gradients). The given
+    tensors are not written; without a process group they are returned as is.
     """
-    if not active() or not grads:
-        return grads
+    if not active() or not (grads or summed):
+        return {**grads, **summed} if summed else grads
+    summed = summed or {}
     size = dist.get_world_size()
-
-    def mean(flat: torch.Tensor) -> None:
-        dist.all_reduce(flat)
-        flat.div_(size)
-
-    return _bucketed(grads, bucket_mb, mean)
-
-
-def rank0_buffers(buffers: Tensors, bucket_mb: float = BUCKET_MB) -> Tensors:
-    """Rank 0's buffers on every rank, as new tensors, bucketed (what ``DistributedDataParallel``'s
-    ``broadcast_buffers`` does): BatchNorm statistics of one model, not one per rank."""
-    if not active() or not buffers:
-        return buffers
-    return _bucketed(buffers, bucket_mb, lambda flat: dist.broadcast(flat, src=0))
+    out = _bucketed({**grads, **summed}, bucket_mb, dist.all_reduce)  # new tensors, views of our own buffers
+    return {k: (v if k in summed else v.div_(size)) for k, v in out.items()}
 
 
 def all_reduce_gradients(bucket_mb: float = BUCKET_MB) -> Callable[[Any], Any]:
@@ -389,11 +387,13 @@ def all_reduce_gradients(bucket_mb: float = BUCKET_MB) -> Callable[[Any], Any]:
     inside ``accumulate`` (one reduction per update, on the accumulated mean)
     and outside ``clip`` (clip the averaged gradients), as :func:`~smartcash_fn.run.build.build`
     does. The step's metrics (the loss and its parts) are averaged in the
-    same collectives (the last bucket), so every rank records the loss of the
-    global batch — the single-process figure — and a NaN guard reading it
-    decides the same on every rank. After the update the buffers (BatchNorm
-    statistics) become rank 0's (:func:`rank0_buffers`), so every rank holds
-    one model. The identity on one process::
+    same collectives, so every rank records the loss of the global batch —
+    the single-process figure — and a NaN guard reading it decides the same
+    on every rank. The floating-point buffers the forward pass left
+    (BatchNorm statistics) travel in them too, summed with zeros from every
+    rank but 0: every rank gets rank 0's, as ``DistributedDataParallel``'s
+    ``broadcast_buffers`` gives, without a collective of their own. The
+    identity on one process::
 
         step = all_reduce_gradients()(make_step(loss_fn))
     """
@@ -406,13 +406,14 @@ def all_reduce_gradients(bucket_mb: float = BUCKET_MB) -> Callable[[Any], Any]:
                 return inner.update(state, grads)
             metrics = {METRIC + k: v for k, v in state.metrics.items()
                        if isinstance(v, torch.Tensor) and v.is_floating_point()}
-            both = average_gradients({**grads, **metrics}, bucket_mb)  # the metrics ride in the last bucket
-            state = state.replace(metrics={**state.metrics, **{k[len(METRIC):]: v for k, v in both.items()
-                                                                if k.startswith(METRIC)}})
-            new = inner.update(state, {k: both[k] for k in grads})
-            if not new.buffers:
-                return new
-            return new.replace(buffers=rank0_buffers(new.buffers, bucket_mb))
+            main = dist.get_rank() == 0
+            buffers = {BUFFER + k: (v if main else torch.zeros_like(v)) for k, v in state.buffers.items()
+                       if v.is_floating_point()}  # integer buffers (batches seen) are equal on every rank
+            out = average_gradients({**grads, **metrics}, bucket_mb, summed=buffers)  # one set of collectives
+            state = state.replace(
+                metrics={**state.metrics, **{k[len(METRIC):]: out[k] for k in metrics}},
+                buffers={**state.buffers, **{k[len(BUFFER):]: out[k] for k in buffers}})
+            return inner.update(state, {k: out[k] for k in grads})
 
         return attrs.evolve(inner, update=update)
 

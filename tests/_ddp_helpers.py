@@ -17,6 +17,7 @@ from pathlib import Path
 
 from smartcash_fn.distributed import digest64, world
 from smartcash_fn.events import Callback
+from smartcash_fn.step import classification_loss
 
 
 def rank_digests(folder: str) -> tuple[Callback, ...]:
@@ -59,8 +60,6 @@ def kill_once(marker: str, rank: int = 1, step: int = 5) -> Callback:
 
 def nan_loss_on_rank(rank: int = 1, call: int = 4):
     """Cross-entropy, but NaN on ``rank`` at its ``call``-th evaluation (the trial step of ``train`` is the first)."""
-    from smartcash_fn.step import classification_loss
-
     calls = [0]
 
     def loss(apply, batch):

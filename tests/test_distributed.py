@@ -20,7 +20,8 @@ import attrs
 import pytest
 import torch
 
-from smartcash_fn import checkpoint, distributed
+from smartcash_fn import distributed
+from smartcash_fn.cli import main
 from smartcash_fn.data import LoaderData, Shard, TensorData, epoch_order, sharded
 from smartcash_fn.errors import DataError
 from smartcash_fn.loop import classification_metrics, fit, validate
@@ -103,7 +104,9 @@ def test_without_a_process_group_every_piece_is_the_identity():
 def test_build_adds_nothing_on_one_process():
     built = build(load(TINY), quiet=True)
     assert "all_reduce" not in built.step_text
-    assert not any(c.name.startswith(("agree", "distributed")) for c in built.loop.callbacks)
+    assert not any(c.name.startswith(("agree", "replicas_check")) for c in built.loop.callbacks)
+    state = fit(built.template, attrs.evolve(built.loop, epochs=1))
+    assert "distributed" not in state.callbacks  # a single-process run records no world
 
 
 # --------------------------------------------------------------------------- torchrun
@@ -209,6 +212,17 @@ def test_a_mid_epoch_checkpoint_resumes_bit_for_bit_on_two_processes(two, tmp_pa
     a, b = final_state(tmp / "run", recipe), final_state(tmp_path / "b", recipe)
     for part in ("params", "buffers", "opt_state", "progress"):
         assert difference(getattr(a, part), getattr(b, part), part) is None, part
+
+
+def test_a_two_process_checkpoint_goes_on_in_one_process_from_the_same_sample(two, tmp_path, capsys):
+    tmp, recipe, _ = two
+    ckpt = tmp / "run" / "checkpoints" / "step-00000009.pt"  # epoch 1, batch 1 of 8 (16 per rank, 32 together)
+    assert main(["resume", str(ckpt), "--set", "callbacks=[]", "--out", str(tmp_path / "one"), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "trained on 2 process(es) and now goes on on 1" in err and "from sample 32 of epoch 1" in err
+    assert "bits will differ" in err
+    state = final_state(tmp_path / "one", recipe)
+    assert state.progress.epoch == 3 and state.callbacks["distributed"] == {"world": 1, "global_batch": 32}
 
 
 def test_an_exception_on_rank_1_stops_both_ranks_and_names_it(tmp_path):

@@ -690,8 +690,8 @@ def build(recipe: Recipe, run_dir: str | os.PathLike | None = None, *, quiet: bo
                      + ("; listed in data-problems.txt and counted in summary.md" if run_dir is not None else ""))
         if run_dir is not None:
             callbacks.append(data_problems(run_dir, problems))
+    callbacks.append(distributed.replicas(global_batch=per_rank_batch(recipe, world.size) * world.size))
     if world.size > 1:
-        callbacks.append(distributed.replicas(global_batch=per_rank_batch(recipe, world.size) * world.size))
         callbacks.extend(distributed.agree_on_stop(every_batch=needs_batch_agreement(recipe, callbacks)))
         callbacks.append(distributed.check_every_epoch())
     cp = recipe.checkpoint
