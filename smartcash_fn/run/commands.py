@@ -94,8 +94,9 @@ def train(args: argparse.Namespace) -> int:
         restarted = holds_run(run_dir) and _restarted_here(run_dir, recipe)
         if restarted and any((run_dir / "checkpoints").glob("*.pt")):
             distributed.broadcast_object(None)  # every rank has looked before rank 0 writes
-            note(f"restart {distributed.restart_count()} of the group: resuming {run_dir} from its newest intact "
-                 "checkpoint")
+            if world.main:
+                note(f"restart {distributed.restart_count()} of the group: resuming {run_dir} from its newest "
+                     "intact checkpoint")
             return resume(argparse.Namespace(target=str(run_dir), sets=[], out=None, quiet=args.quiet))
         if holds_run(run_dir) and not restarted:
             raise RecipeError(f"--out {run_dir}: the folder already holds a run; resume it with "
