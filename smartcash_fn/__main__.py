@@ -6,5 +6,9 @@
 import sys
 
 from .cli import main
+from .distributed import close, failures_named
 
-sys.exit(main())
+with failures_named():  # under torchrun: say which rank failed
+    status = main()
+close()
+sys.exit(status)

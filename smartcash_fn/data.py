@@ -43,6 +43,52 @@ def epoch_order(seed: int, epoch: int, n: int, shuffle: bool) -> torch.Tensor:
     return rng.permutation(seed, epoch, n) if shuffle else torch.arange(n)
 
 
+@attrs.frozen
+class Shard:
+    """The part of each epoch's order one process of ``world`` takes: a pure function of the order, ``rank`` and ``world``.
+
+    ``even`` (training): the order is padded by repeating its start until
+    ``world`` divides it, and rank ``r`` takes every ``world``-th sample from
+    ``r`` on — the semantics of ``torch.utils.data.DistributedSampler``
+    without its mutable epoch. Every rank gets the same count, and the ranks'
+    batch ``b`` together are samples ``[b * B * world, (b + 1) * B * world)``
+    of the order (``B`` the per-rank batch): the single-process batch ``b``
+    of size ``B * world``. Not ``even`` (validation): contiguous blocks, no
+    padding, so the blocks in rank order are the whole order once::
+
+        Shard(1, 2).take(torch.arange(5))               # tensor([1, 3, 0])
+        Shard(1, 2, even=False).take(torch.arange(5))   # tensor([3, 4])
+    """
+
+    rank: int = 0
+    world: int = 1
+    even: bool = True
+
+    def __attrs_post_init__(self) -> None:
+        ok = all(isinstance(v, int) and not isinstance(v, bool) for v in (self.rank, self.world))
+        if not ok or self.world < 1 or not 0 <= self.rank < self.world:
+            raise DataError(f"Shard: need 0 <= rank < world, got rank={self.rank!r}, world={self.world!r}")
+
+    def size(self, n: int) -> int:
+        """How many of ``n`` samples this rank takes."""
+        if self.world == 1:
+            return n
+        per = -(-n // self.world)
+        return per if self.even else max(0, min(n, (self.rank + 1) * per) - self.rank * per)
+
+    def take(self, order: torch.Tensor) -> torch.Tensor:
+        """This rank's samples of ``order`` (a 1-D tensor of indices), in order."""
+        if self.world == 1:
+            return order
+        n = order.shape[0]
+        per = -(-n // self.world)
+        if not self.even:
+            return order[self.rank * per:(self.rank + 1) * per]
+        total = per * self.world
+        padded = order if total == n else torch.cat([order] * -(-total // n))[:total]
+        return padded[self.rank:total:self.world]
+
+
 def _num_batches(n: int, batch_size: int, drop_last: bool) -> int:
     return n // batch_size if drop_last else -(-n // batch_size)
 
@@ -84,6 +130,7 @@ class TensorData:
     batch_size: int = 32
     shuffle: bool = True
     drop_last: bool = False
+    shard: Shard = Shard()
 
     def __attrs_post_init__(self) -> None:
         if not self.tensors or not all(isinstance(t, torch.Tensor) for t in self.tensors):
@@ -101,10 +148,10 @@ class TensorData:
         return self.tensors[0].shape[0]
 
     def __len__(self) -> int:
-        return _num_batches(self.num_samples, self.batch_size, self.drop_last)
+        return _num_batches(self.shard.size(self.num_samples), self.batch_size, self.drop_last)
 
     def batches(self, seed: int, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, ...]]:
-        order = epoch_order(seed, epoch, self.num_samples, self.shuffle)
+        order = self.shard.take(epoch_order(seed, epoch, self.num_samples, self.shuffle))
         bs = self.batch_size
         for b in range(start, len(self)):
             idx = order[b * bs:(b + 1) * bs]
@@ -143,6 +190,7 @@ class LoaderData:
     collate_fn: Callable[[list[Any]], Any] | None = None
     pin_memory: bool = False
     prefetch_factor: int | None = None
+    shard: Shard = Shard()
 
     def __attrs_post_init__(self) -> None:
         if not hasattr(self.dataset, "__len__") or not (
@@ -156,11 +204,11 @@ class LoaderData:
             raise DataError(f"LoaderData: workers must be an int >= 0, got {self.workers!r}")
 
     def __len__(self) -> int:
-        return _num_batches(len(self.dataset), self.batch_size, self.drop_last)
+        return _num_batches(self.shard.size(len(self.dataset)), self.batch_size, self.drop_last)
 
     def batch_keys(self, seed: int, epoch: int, start: int = 0) -> list[list[tuple[int, int, int]]]:
-        """The sample keys of each batch from ``start`` on."""
-        order = epoch_order(seed, epoch, len(self.dataset), self.shuffle).tolist()
+        """The sample keys of each batch from ``start`` on (this rank's, under a :class:`Shard`)."""
+        order = self.shard.take(epoch_order(seed, epoch, len(self.dataset), self.shuffle)).tolist()
         bs = self.batch_size
         return [[(seed, epoch, i) for i in order[b * bs:(b + 1) * bs]] for b in range(start, len(self))]
 
@@ -205,6 +253,25 @@ def as_data(source: Any, batch_size: int = 32, *, shuffle: bool = True, drop_las
         f"cannot batch a {type(source).__name__}; give tensors, a Dataset, or an object with "
         "batches(seed, epoch, start) and __len__"
     )
+
+
+def sharded(data: Any, shard: Shard) -> Any:
+    """``data`` (a :class:`TensorData` or :class:`LoaderData`, or a wrapper of one in ``.data``) taking ``shard``.
+
+    What a data-parallel run feeds each rank; with ``Shard(0, 1)`` the data is
+    returned as is::
+
+        mine = sharded(TensorData((x, y), 16), Shard(rank, world))   # len(mine) == ceil(ceil(n / world) / 16)
+    """
+    if shard.world == 1:
+        return data
+    if isinstance(data, (TensorData, LoaderData)):
+        return attrs.evolve(data, shard=shard)
+    inner = getattr(data, "data", None)
+    if inner is not None and attrs.has(type(data)) and "data" in attrs.fields_dict(type(data)):
+        return attrs.evolve(data, data=sharded(inner, shard))
+    raise DataError(f"cannot shard a {type(data).__name__} across {shard.world} processes; give tensors or a "
+                    "Dataset (TensorData, LoaderData), or shard your own batches by rank")
 
 
 @attrs.frozen

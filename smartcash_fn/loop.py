@@ -34,12 +34,18 @@ Apply = Callable[..., Any]
 class Evaluator:
     """How validation turns batches into metrics: ``init() -> acc``, ``update(acc, apply, batch) -> acc``, ``finish(acc) -> {name: float}``.
 
-    :func:`per_sample` builds one from a function of per-sample values.
+    ``merge(a, b) -> acc`` (optional) joins the accumulators of two
+    consecutive parts of the data, so a data-parallel run can validate a
+    shard per rank and finish on the merged whole
+    (:func:`~smartcash_fn.distributed.sharded_validation`); without it every
+    rank validates the whole set. :func:`per_sample` builds one from a
+    function of per-sample values.
     """
 
     init: Callable[[], Any]
     update: Callable[[Any, Apply, Any], Any]
     finish: Callable[[Any], Mapping[str, float]]
+    merge: Callable[[Any, Any], Any] | None = None
 
 
 def per_sample(fn: Callable[[Apply, Any], Mapping[str, torch.Tensor]]) -> Evaluator:
@@ -63,7 +69,14 @@ def per_sample(fn: Callable[[Apply, Any], Mapping[str, torch.Tensor]]) -> Evalua
     def finish(acc: dict) -> dict[str, float]:
         return {k: float(s) / n for k, (s, n) in acc.items() if n}
 
-    return Evaluator(init=dict, update=update, finish=finish)
+    def merge(a: dict, b: dict) -> dict:
+        out = dict(a)
+        for k, (s, n) in b.items():
+            s0, n0 = out.get(k, (0.0, 0))
+            out[k] = (s0 + s, n0 + n)
+        return out
+
+    return Evaluator(init=dict, update=update, finish=finish, merge=merge)
 
 
 def classification_metrics() -> Evaluator:

@@ -55,7 +55,7 @@ import attrs
 import torch
 import torch.nn.functional as F
 
-from . import rng
+from . import distributed, rng
 from .errors import StateError
 from .state import TrainState, Tensors
 
@@ -413,6 +413,7 @@ def fp16(init_scale: float = 2.0**16, growth_factor: float = 2.0, backoff_factor
             names, gs = _tensors(grads)
             unscaled = torch._foreach_mul(gs, 1.0 / sc["scale"]) if gs else []
             finite = bool(torch.stack([torch.isfinite(g).all() for g in unscaled]).all()) if gs else True
+            finite = not distributed.any_rank(not finite)  # every rank skips the same updates
             if not finite:
                 new_sc = {"scale": sc["scale"] * backoff_factor, "good_steps": 0}
                 metrics = {**state.metrics, "skipped": torch.tensor(1.0)}

@@ -27,11 +27,11 @@ import attrs
 import toolz
 import torch
 
-from .. import environment, optim
+from .. import distributed, environment, optim
 from .. import step as step_lib
 from .._files import write_text_atomic
 from ..callbacks import Monitor, checkpointing, early_stopping, keep_best, reduce_on_plateau, weights_file
-from ..data import Splits, as_data
+from ..data import Splits, as_data, sharded
 from ..errors import RecipeError, StateError, UserError
 from ..events import EVENTS, Callback, flatten, writer
 from ..loop import Loop, Validation
@@ -76,6 +76,8 @@ def _as_source(src: Any, recipe: Recipe, train: bool, info: Mapping[str, Any]) -
     cfg = recipe.data
     where = recipe.where("data", "use")
     bs = cfg.batch_size if train else (cfg.val_batch_size or cfg.batch_size)
+    if train:
+        bs = per_rank_batch(recipe, distributed.world().size)
     shuffle, drop_last = (cfg.shuffle, cfg.drop_last) if train else (False, False)
     split = "train" if train else "val"
     try:
@@ -83,6 +85,23 @@ def _as_source(src: Any, recipe: Recipe, train: bool, info: Mapping[str, Any]) -
                        collate_fn=info.get("collate_fn"))
     except UserError as e:
         raise RecipeError(f"{where}: the data factory's {split} data: {e}") from None
+
+
+def per_rank_batch(recipe: Recipe, world_size: int) -> int:
+    """Samples per training batch on each of ``world_size`` processes.
+
+    ``data.batch_size`` itself, so the global batch grows with the world; with
+    ``data.global_batch = true`` the batch is split (it must divide):
+    ``per_rank_batch(recipe, 2)``.
+    """
+    cfg = recipe.data
+    if not cfg.global_batch or world_size == 1:
+        return cfg.batch_size
+    if cfg.batch_size % world_size:
+        raise recipe.error(("data", "batch_size"), f"with data.global_batch = true the batch of {cfg.batch_size} is "
+                                                   f"split across {world_size} processes; give a multiple of "
+                                                   f"{world_size}")
+    return cfg.batch_size // world_size
 
 
 def make_data(recipe: Recipe) -> tuple[Any, Any, Mapping[str, Any]]:
@@ -137,7 +156,7 @@ def _device(recipe: Recipe) -> torch.device:
         raise recipe.error(("run", "device"), f"not a device ({e}); write cpu, cuda or cuda:0") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise recipe.error(("run", "device"), "CUDA is not available here; set run.device = \"cpu\"")
-    return device
+    return distributed.local_device(device)  # cuda:LOCAL_RANK under torchrun
 
 
 # --------------------------------------------------------------------------- model
@@ -377,6 +396,11 @@ def _call_text(name: str, params: Mapping[str, Any]) -> str:
 def make_train_step(recipe: Recipe, loss_fn: Callable[..., Any]) -> tuple[Callable[..., Any], str]:
     """The composed step and its description: convenience keys first (precision, accumulate, clip, ema), then ``steps``.
 
+    Under ``torchrun`` (world size > 1) :func:`~smartcash_fn.distributed.all_reduce_gradients`
+    joins the chain between ``accumulate`` and ``clip``: one reduction per
+    update, clipping the averaged gradients (a ``train.steps`` accumulate is
+    inside it, so it reduces every batch).
+
     Each transformer wraps the ones after it: the first is outermost, so with
     ``precision = "fp16"`` the gradients are unscaled before they are
     accumulated and clipped, as ``torch.amp.GradScaler.unscale_`` comes
@@ -391,11 +415,15 @@ def make_train_step(recipe: Recipe, loss_fn: Callable[..., Any]) -> tuple[Callab
     convenience = [
         ("precision", cfg.precision != "fp32", cfg.precision, {}),
         ("accumulate", cfg.accumulate != 1, "accumulate", {"every": cfg.accumulate}),
+        ("all_reduce", distributed.world().size > 1, "all_reduce_gradients", {}),
         ("clip", cfg.clip > 0, "clip", {"max_norm": cfg.clip}),
         ("ema", cfg.ema > 0, "ema", {"decay": cfg.ema}),
     ]
     for key, on, name, params in convenience:
         if not on:
+            continue
+        if key == "all_reduce":  # data parallel: inside accumulate, outside clip (see smartcash_fn.distributed)
+            chain.append((_call_text(name, params), distributed.all_reduce_gradients(**params)))
             continue
         clash = ({"bf16", "fp16"} if key == "precision" else {name}) & used
         if clash:
@@ -632,9 +660,11 @@ def build(recipe: Recipe, run_dir: str | os.PathLike | None = None, *, quiet: bo
     if not isinstance(recipe, Recipe):
         raise StateError(f"build: expected a Recipe (smartcash_fn.run.recipe.load(...)), got {type(recipe).__name__}")
     run_dir = None if run_dir is None else Path(run_dir)
+    world = distributed.init_from_env(recipe.run.backend or None, recipe.run.device)  # under torchrun
     device = _device(recipe)
     environment.use_deterministic(recipe.run.deterministic, device)  # before any CUDA work
     train, val, info = make_data(recipe)
+    train = sharded(train, world.shard())  # this rank's part of each epoch's order
     if device.type != "cpu":
         train = OnDevice(train, str(device))
         val = None if val is None else OnDevice(val, str(device))
@@ -644,6 +674,8 @@ def build(recipe: Recipe, run_dir: str | os.PathLike | None = None, *, quiet: bo
     loss_fn = make_loss(recipe, info)
     step, step_text = make_train_step(recipe, loss_fn)
     validation = make_validation(recipe, val, info)
+    if validation is not None:
+        validation = distributed.sharded_validation(validation, world)
     if device.type == "cuda" and recipe.run.deterministic:
         step, validation = explain_nondeterminism(recipe, step, validation)
     notes: list[str] = []
@@ -658,6 +690,10 @@ def build(recipe: Recipe, run_dir: str | os.PathLike | None = None, *, quiet: bo
                      + ("; listed in data-problems.txt and counted in summary.md" if run_dir is not None else ""))
         if run_dir is not None:
             callbacks.append(data_problems(run_dir, problems))
+    callbacks.append(distributed.replicas(global_batch=per_rank_batch(recipe, world.size) * world.size))
+    if world.size > 1:
+        callbacks.extend(distributed.agree_on_stop(every_batch=needs_batch_agreement(recipe, callbacks)))
+        callbacks.append(distributed.check_every_epoch())
     cp = recipe.checkpoint
     monitor = None if cp.monitor is None else Monitor(cp.monitor, cp.mode)
     if monitor is not None and not any(c.name == "keep_best" for c in callbacks):
@@ -671,6 +707,11 @@ def build(recipe: Recipe, run_dir: str | os.PathLike | None = None, *, quiet: bo
     callbacks.extend(loggers)
     notes.extend(logger_notes)
     factory = make_model_factory(recipe, info)
+    if recipe.train.sync_bn and world.size > 1:
+        if device.type != "cuda":
+            raise recipe.error(("train", "sync_bn"), "SyncBatchNorm runs on CUDA devices only; set "
+                                                     "train.sync_bn = false on the CPU")
+        factory = toolz.compose(torch.nn.SyncBatchNorm.convert_sync_batchnorm, factory)
     if device.type != "cpu":
         factory = toolz.compose(lambda m: m.to(device), factory)
     try:
@@ -682,6 +723,25 @@ def build(recipe: Recipe, run_dir: str | os.PathLike | None = None, *, quiet: bo
     loop = Loop(step=step, data=train, epochs=recipe.train.epochs, validation=validation, callbacks=tuple(callbacks))
     return Built(recipe=recipe, template=template, loop=loop, run_dir=run_dir, batches=batches, updates=updates,
                  step_text=step_text, notes=tuple(notes), console=console)
+
+
+AGREED_AT_BATCH_END = ("nan_guard", "record_steps")
+"""Batch-end callbacks whose decisions read only what every rank holds alike (params, the averaged step metrics)."""
+
+
+def needs_batch_agreement(recipe: Recipe, callbacks: Any) -> bool:
+    """Whether a data-parallel run must agree on stops after every batch (one small all-reduce a step).
+
+    Not when every ``batch_end`` callback either writes (a writer cannot stop
+    a run) or reads only agreed values (:data:`AGREED_AT_BATCH_END`) and no
+    gradient accumulation leaves a batch's metrics unaveraged; stops are then
+    the same on every rank by construction, and the epoch-end agreement
+    remains: ``needs_batch_agreement(recipe, callbacks)``.
+    """
+    if _accumulation(recipe) > 1:
+        return True
+    return any(c.event == "batch_end" and not c.writes and c.name not in AGREED_AT_BATCH_END
+               for c in flatten(callbacks))
 
 
 def data_problems(run_dir: str | os.PathLike, problems: Any, priority: int = 1150) -> Callback:

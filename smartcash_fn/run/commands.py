@@ -21,7 +21,7 @@ from typing import Any
 
 import attrs
 
-from .. import checkpoint
+from .. import checkpoint, distributed
 from .._files import write_text_atomic
 from .._version import __version__
 from ..errors import RecipeError
@@ -47,8 +47,9 @@ def note(text: str) -> None:
 
 
 def say(text: str) -> None:
-    """Print ``text`` on stdout, flushed (the command's own output)."""
-    print(text, flush=True)
+    """Print ``text`` on stdout, flushed (the command's own output; rank 0's only under ``torchrun``)."""
+    if distributed.world().main:
+        print(text, flush=True)
 
 
 def metrics_line(record: dict[str, Any]) -> str:
@@ -73,24 +74,51 @@ def _header(action: str) -> str:
            "Train it again with: smartcash-fn train <this file>"
 
 
+def _restarted_here(run_dir: Path, recipe: Any) -> bool:
+    """Whether ``torchrun --max-restarts`` restarted this group on ``run_dir``, a run of this very recipe."""
+    if distributed.restart_count() == 0 or not (run_dir / "recipe.toml").is_file():
+        return False
+    try:
+        return to_dict(load(run_dir / "recipe.toml")) == to_dict(recipe)
+    except RecipeError:
+        return False
+
+
 def train(args: argparse.Namespace) -> int:
-    """``train [RECIPE] [--set K=V]... [--out DIR]``: a new run in a new folder."""
+    """``train [RECIPE] [--set K=V]... [--out DIR]``: a new run in a new folder.
+
+    Under ``torchrun --max-restarts`` with ``--out``, a restarted group finds
+    its own run in the folder and goes on from the newest intact checkpoint.
+    """
     recipe = load(library.resolve(args.recipe), args.sets)
+    world = distributed.init_from_env(recipe.run.backend or None, recipe.run.device)
     if args.out:
         run_dir = Path(args.out)
-        if holds_run(run_dir):
+        restarted = holds_run(run_dir) and _restarted_here(run_dir, recipe)
+        if restarted and any((run_dir / "checkpoints").glob("*.pt")):
+            distributed.broadcast_object(None)  # every rank has looked before rank 0 writes
+            if world.main:
+                note(f"restart {distributed.restart_count()} of the group: resuming {run_dir} from its newest "
+                     "intact checkpoint")
+            return resume(argparse.Namespace(target=str(run_dir), sets=[], out=None, quiet=args.quiet))
+        if holds_run(run_dir) and not restarted:
             raise RecipeError(f"--out {run_dir}: the folder already holds a run; resume it with "
                               f"`smartcash-fn resume {run_dir}`, or give another folder")
     else:
         run_dir = free_folder(Path(recipe.run.out) / recipe.run.name)
+    run_dir = Path(distributed.broadcast_object(str(run_dir)))  # rank 0's folder; every rank has looked
     built = build(recipe, run_dir, quiet=args.quiet)
     probe(built)
-    for n in built.notes:
-        note(n)
-    write(recipe, run_dir / "recipe.toml", header=_header("train"))
-    say(f"training {recipe.run.name}: {built.loop.epochs} epoch(s) of {built.batches} batches -> {run_dir}")
-    say(f"model: {footprint(built).text()}")
-    state = fit(built.template, built.loop)
+    if world.main:
+        for n in built.notes:
+            note(n)
+        write(recipe, run_dir / "recipe.toml", header=_header("train"))
+    say(f"training {recipe.run.name}: {built.loop.epochs} epoch(s) of {built.batches} batches"
+        f"{f' on each of {world.size} processes' if world.size > 1 else ''} -> {run_dir}")
+    if world.main:
+        say(f"model: {footprint(built).text()}")
+    with distributed.failures_named():
+        state = fit(built.template, built.loop)
     return finish(state, run_dir)
 
 
@@ -101,6 +129,7 @@ def resume(args: argparse.Namespace) -> int:
         note(f"skipped {s}")
     ckpt = found.path
     recipe = recipe_of(found, args.sets)
+    world = distributed.init_from_env(recipe.run.backend or None, recipe.run.device)
     old_dir = run_folder_of(ckpt)
     fork = bool(args.sets or args.out)
     if fork:
@@ -116,6 +145,7 @@ def resume(args: argparse.Namespace) -> int:
         recipe = attrs.evolve(recipe, run=attrs.evolve(recipe.run, name=run_dir.name, parent=str(ckpt.resolve())))
     else:
         run_dir = old_dir
+    run_dir = Path(distributed.broadcast_object(str(run_dir)))  # rank 0's folder; every rank has looked
     built = build(recipe, run_dir, quiet=args.quiet)
     state = state_in(found, built.template)
     for n in environment_notes(found, built.template):
@@ -136,10 +166,11 @@ def resume(args: argparse.Namespace) -> int:
         say(f"{ckpt}: the run is complete ({p.epoch} of {built.loop.epochs} epochs); fork it with "
              f"--set train.epochs=N to train on")
         return 0
-    if fork or not (run_dir / "recipe.toml").exists():
+    if world.main and (fork or not (run_dir / "recipe.toml").exists()):
         write(recipe, run_dir / "recipe.toml", header=_header(f"forked from {ckpt}" if fork else "resume"))
     say(f"{'forking' if fork else 'resuming'} {ckpt} at epoch {p.epoch}, batch {p.batch} (step {p.step}) -> {run_dir}")
-    state = fit(state, built.loop)
+    with distributed.failures_named():
+        state = fit(state, built.loop)
     return finish(state, run_dir)
 
 

@@ -90,6 +90,8 @@ class RunConfig:
     deterministic: bool = _key(True, "deterministic kernels on CUDA (cuDNN/cuBLAS settings, "
                                      "`torch.use_deterministic_algorithms`) so a replay is bit-exact there too; "
                                      "`false` trades that for speed. No effect (and no cost) on the CPU")
+    backend: Literal["", "gloo", "nccl"] = _key("", "torch.distributed backend under `torchrun`: `gloo` or `nccl`; "
+                                                     "empty: nccl for a CUDA device, gloo otherwise")
 
 
 @attrs.frozen(kw_only=True)
@@ -120,6 +122,9 @@ class DataConfig:
                         check=_INT_AT_LEAST_0)
     shuffle: bool = _key(True, "shuffle the training order each epoch (a pure function of seed and epoch)")
     drop_last: bool = _key(False, "drop the last, smaller training batch of each epoch")
+    global_batch: bool = _key(False, "under `torchrun`, `batch_size` is the global batch, split across the "
+                                     "processes (it must divide by their number); false: `batch_size` per process, "
+                                     "so the global batch is `batch_size` x world size")
     params: Mapping[str, Any] = _key(doc="keyword arguments of the data factory", factory=dict)
 
 
@@ -226,6 +231,8 @@ class TrainConfig:
     clip: float = _key(0.0, "clip the gradients to this total L2 norm (0 is off)", check=_AT_LEAST_0)
     ema: float = _key(0.0, "decay of an exponential moving average of the params (0 is off)", check=_DECAY)
     compile: bool = _key(False, "compile the loss function with `torch.compile` (its first steps are slow)")
+    sync_bn: bool = _key(False, "under `torchrun`, BatchNorm statistics over all processes' batches "
+                                "(`torch.nn.SyncBatchNorm`; CUDA only)")
 
 
 @attrs.frozen(kw_only=True)

@@ -857,4 +857,7 @@ def detection_evaluator(decode: Callable[[Callable[..., Any], Any], Sequence[Any
     def finish(acc: tuple[tuple, tuple]) -> dict[str, float]:
         return evaluate(acc[0], acc[1], names, layer_map, conf=conf, max_dets=max_dets).metrics()
 
-    return Evaluator(init=init, update=update, finish=finish)
+    def merge(a: tuple[tuple, tuple], b: tuple[tuple, tuple]) -> tuple[tuple, tuple]:
+        return a[0] + b[0], a[1] + b[1]  # the images of consecutive shards, in order
+
+    return Evaluator(init=init, update=update, finish=finish, merge=merge)

@@ -1,0 +1,474 @@
+"""Data parallelism on ``torch.distributed``: the same pure step on every rank, gradients averaged in a transformer.
+
+A run launched by ``torchrun`` is one process per rank, each running the
+single-process loop on its :class:`~smartcash_fn.data.Shard` of the data.
+Four pieces make the ranks one run, none of them a second loop:
+
+- :func:`all_reduce_gradients` — a step transformer wrapping the ``update``
+  phase: the gradients are flattened into buckets of ~25 MB, summed across
+  ranks (one collective per bucket), divided by the world size, and handed
+  to the inner update. Composed inside ``accumulate`` (one reduction per
+  update) and outside ``clip`` (the clipped norm is that of the averaged
+  gradients)::
+
+      step = toolz.compose(accumulate(4), all_reduce_gradients(), clip(10.0))(make_step(loss_fn))
+
+- :func:`replicas` — callbacks that, at ``training_start``, broadcast rank 0's
+  params and buffers on a fresh run and check on every start and every epoch
+  end that all ranks hold the same bits (an ``all_gather`` of a 64-bit hash,
+  not of the tensors), and record the world size in ``state.callbacks``;
+- :func:`agree_on_stop` — a stop decided on one rank (NaN guard, early
+  stopping, a callback of the user's) stops every rank in the same step;
+- :func:`sharded_validation` — each rank evaluates its contiguous block of
+  the validation set; the evaluator's accumulators are gathered
+  (``all_gather_object``) and merged in rank order, so the metrics equal a
+  single-process evaluation of the whole set.
+
+Without a process group (or with one rank) every piece is the identity, so a
+recipe runs unchanged on 1 or N processes. :func:`init_from_env` joins the
+group ``torchrun`` describes in the environment (``WORLD_SIZE``, ``RANK``,
+``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``)::
+
+    world = init_from_env(backend=None, device="cpu")     # gloo on CPUs, nccl on GPUs
+    world.rank, world.size
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import os
+import sys
+from datetime import timedelta
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import attrs
+import torch
+import torch.distributed as dist
+
+from .data import Shard, sharded
+from .errors import StateError
+from .events import Callback
+from .state import Stop, TrainState, Tensors
+
+BUCKET_MB = 25.0
+"""Default size of a gradient bucket in MB (that of ``DistributedDataParallel``)."""
+
+METRIC = "metric:"
+"""Prefix of the step's metrics among the gradients being averaged (no param name holds a colon)."""
+
+BUFFER = "buffer:"
+"""Prefix of the buffers travelling with the gradients."""
+
+STATE_KEY = "distributed"
+"""Where :func:`replicas` records the world a run trained on: ``state.callbacks["distributed"]``."""
+
+
+@attrs.frozen
+class World:
+    """This process's place in the run: ``rank`` of ``size`` processes, ``local_rank`` on its machine.
+
+    ``World()`` is a single process; ``world().size > 1`` under ``torchrun --nproc-per-node 2``.
+    """
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        """Whether this is rank 0, the one that writes files."""
+        return self.rank == 0
+
+    def shard(self, even: bool = True) -> Shard:
+        """This rank's :class:`~smartcash_fn.data.Shard` (``even`` for training, blocks for validation)."""
+        return Shard(self.rank, self.size, even)
+
+
+def active() -> bool:
+    """Whether a process group of more than one rank is up."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def world() -> World:
+    """The world of the initialized process group, or ``World()`` without one."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return World()
+    return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", dist.get_rank())))
+
+
+def backend_for(device: str | torch.device) -> str:
+    """``nccl`` for a CUDA device, ``gloo`` otherwise: ``backend_for("cuda") == "nccl"``."""
+    return "nccl" if torch.device(device).type == "cuda" else "gloo"
+
+
+def local_device(device: str | torch.device, w: World | None = None) -> torch.device:
+    """The device this rank trains on: ``cuda:LOCAL_RANK`` for a CUDA device without an index under
+    ``torchrun``, else ``device`` itself: ``local_device("cuda")`` is ``cuda:1`` on local rank 1."""
+    device = torch.device(device)
+    w = world() if w is None else w
+    if device.type == "cuda" and device.index is None and w.size > 1:
+        return torch.device("cuda", w.local_rank)
+    return device
+
+
+def init_from_env(backend: str | None = None, device: str | torch.device = "cpu",
+                  timeout_s: float = 600.0) -> World:
+    """Join the process group ``torchrun`` describes when ``WORLD_SIZE`` > 1; the resulting :class:`World`.
+
+    ``backend`` None (or ``""``) picks :func:`backend_for` the device; a CUDA
+    rank is pinned to ``cuda:LOCAL_RANK`` first. The group's store keys carry
+    the restart count (:func:`restart_count`), so a group that
+    ``torchrun --max-restarts`` brought back meets afresh. Idempotent; without
+    ``WORLD_SIZE`` > 1 nothing happens and the world is a single process.
+    """
+    if dist.is_available() and dist.is_initialized():
+        return world()
+    size = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if size <= 1:
+        return World()
+    if not dist.is_available():
+        raise StateError("WORLD_SIZE > 1 but this torch has no torch.distributed")
+    backend = backend or backend_for(device)
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.device(device).type == "cuda":
+        torch.cuda.set_device(local_device(device, World(int(os.environ.get("RANK", "0")), size, local)))
+    timeout = timedelta(seconds=timeout_s)
+    # the store torchrun's agent keeps across restarts still holds the last group's addresses: a prefix per
+    # restart keeps a restarted group from dialing its dead predecessors
+    store, rank, size = next(dist.rendezvous("env://", timeout=timeout))
+    store = dist.PrefixStore(f"smartcash_fn/restart-{restart_count()}", store)
+    dist.init_process_group(backend=backend, store=store, rank=rank, world_size=size, timeout=timeout)
+    return world()
+
+
+def close() -> None:
+    """Leave the process group (at the end of a command), if one is up."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def restart_count() -> int:
+    """How many times ``torchrun --max-restarts`` has restarted this group (``TORCHELASTIC_RESTART_COUNT``)."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+
+
+def _comm_device() -> torch.device:
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def broadcast_object(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank (``obj`` itself without a group): ``run_dir = broadcast_object(run_dir)``."""
+    if not active():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather_objects(obj: Any) -> list[Any]:
+    """Every rank's ``obj``, in rank order (``[obj]`` without a group)."""
+    if not active():
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def any_rank(flag: bool) -> bool:
+    """Whether ``flag`` holds on any rank (one tiny all-reduce; ``flag`` itself without a group).
+
+    What keeps a per-rank decision (fp16's overflow skip) the same on every rank.
+    """
+    if not active():
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=_comm_device())
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+# --------------------------------------------------------------------------- replicas
+
+
+def digest64(tensors: Mapping[str, torch.Tensor]) -> int:
+    """A 64-bit hash of named tensors' names, dtypes, shapes and bits: equal on two ranks iff (almost surely) equal.
+
+    ``digest64(state.params) == digest64(dict(state.params))``
+    """
+    h = hashlib.blake2b(digest_size=8)
+    for name in sorted(tensors):
+        t = tensors[name].detach()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        if t.numel():
+            h.update(t.contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return int.from_bytes(h.digest(), "little", signed=True)
+
+
+def check_replicas(state: TrainState, where: str = "", buffers: bool = True) -> None:
+    """Raise a :class:`StateError` naming the ranks when the ranks' params (and ``buffers``) differ (no-op alone)."""
+    if not active():
+        return
+    named = {**state.params, **({f"buffer:{k}": v for k, v in state.buffers.items()} if buffers else {})}
+    digests = gather_objects(digest64(named))
+    if len(set(digests)) > 1:
+        odd = [r for r, d in enumerate(digests) if d != digests[0]]
+        raise StateError(f"{where or 'replicas'}: the params or buffers of rank(s) {', '.join(map(str, odd))} differ "
+                         f"from rank 0's at step {state.progress.step}; the ranks no longer train one model")
+
+
+def broadcast_tensors(tensors: Tensors) -> Tensors:
+    """Rank 0's tensors on every rank, as new tensors (the given ones are not written)."""
+    if not active() or not tensors:
+        return tensors
+    out = {}
+    for k, v in tensors.items():
+        t = v.detach().clone()
+        dist.broadcast(t, src=0)
+        out[k] = t
+    return out
+
+
+def replicas(global_batch: int, name: str = STATE_KEY) -> Callback:
+    """At ``training_start``: one model on every rank, and the world the run trains on recorded.
+
+    A fresh run (step 0) takes rank 0's params and buffers; every start then
+    checks that all ranks agree (:func:`check_replicas`). The world size and
+    the global batch (``global_batch``: samples per step, all ranks together)
+    are recorded in ``state.callbacks[name]``, so a checkpoint says where it
+    was trained (a run that never ran on more than one process records
+    nothing). Resumed at another world size, the epoch goes on from the
+    same sample position (``progress.batch`` is rescaled) and a note says the
+    bits will differ from the uninterrupted run::
+
+        loop = loop.add(replicas(global_batch=64), check_every_epoch())
+    """
+
+    def start(state: TrainState) -> TrainState:
+        w = world()
+        if w.size > 1 and state.progress.step == 0 and name not in state.callbacks:
+            state = state.replace(params=broadcast_tensors(state.params), buffers=broadcast_tensors(state.buffers))
+        check_replicas(state, "training_start")
+        was = state.callbacks.get(name)
+        if was is None and w.size == 1:
+            return state  # a single-process run keeps its checkpoints as they always were
+        now = {"world": w.size, "global_batch": int(global_batch)}
+        if was is not None and was.get("world") not in (None, w.size):
+            p = state.progress
+            at = p.batch * int(was.get("global_batch") or global_batch)
+            batch = at // max(1, global_batch)
+            if w.main:
+                print(f"note: this run was trained on {was['world']} process(es) and now goes on on {w.size}: the "
+                      f"data order continues from sample {batch * global_batch} of epoch {p.epoch} (it stopped at "
+                      f"{at}), and the bits will differ from an uninterrupted run", file=sys.stderr, flush=True)
+            state = state.replace(progress=attrs.evolve(p, batch=batch))
+        if was != now:
+            state = state.replace(callbacks={**state.callbacks, name: now})
+        return state
+
+    return Callback("training_start", start, priority=-2000, name=f"{name}_replicas")
+
+
+def check_every_epoch(priority: int = 950, name: str = "replicas_check") -> Callback:
+    """At each ``epoch_end``: raise when the ranks' params differ (a hash each, gathered).
+
+    Buffers are rank 0's after each update, but not between the batches of an
+    accumulated update, so only the params are checked here.
+    """
+
+    def fn(state: TrainState) -> TrainState:
+        check_replicas(state, f"epoch {state.progress.epoch}", buffers=False)
+        return state
+
+    return Callback("epoch_end", fn, priority=priority, name=name)
+
+
+def agree_on_stop(priority: int = 900, name: str = "agree_on_stop", every_batch: bool = True) -> tuple[Callback, ...]:
+    """Make a stop decided on any rank the stop of every rank, in the same step.
+
+    At ``epoch_end`` — and at every ``batch_end`` with ``every_batch`` — after
+    the callbacks that decide (NaN guard, early stopping) and before the
+    checkpoint writer, each rank says whether it stopped (one small
+    all-reduce); when one did, every rank gets the same
+    :class:`~smartcash_fn.state.Stop` naming the ranks and reasons, failed
+    when any was. :func:`~smartcash_fn.run.build.build` leaves the batch-end
+    check out when every batch-end decision reads agreed values (the NaN
+    guard reads the step metrics :func:`all_reduce_gradients` averaged). The
+    identity without a process group.
+    """
+
+    def fn(state: TrainState) -> TrainState:
+        if not active():
+            return state
+        w = world()
+        code = 0 if state.stop is None else (2 if state.stop.failed else 1)
+        flags = torch.zeros(w.size, device=_comm_device())
+        flags[w.rank] = code
+        dist.all_reduce(flags)
+        if not bool(flags.any()):
+            return state
+        reasons = gather_objects(None if state.stop is None else state.stop.reason)
+        if None not in reasons and len(set(reasons)) == 1 and bool((flags == flags[0]).all()):
+            return state  # every rank stopped alike (an agreed decision): keep its words
+        said = "; ".join(f"rank {r}: {why}" for r, why in enumerate(reasons) if why is not None)
+        return state.replace(stop=Stop(said, failed=bool((flags == 2).any())))
+
+    epoch = Callback("epoch_end", fn, priority=priority, name=name)
+    return (Callback("batch_end", fn, priority=priority, name=name), epoch) if every_batch else (epoch,)
+
+
+# --------------------------------------------------------------------------- gradients
+
+
+def bucket_plan(sizes: Sequence[tuple[str, int, Any]], cap_bytes: int) -> tuple[tuple[str, ...], ...]:
+    """Names grouped into buckets of at most ``cap_bytes`` (a larger tensor gets one of its own).
+
+    ``sizes`` lists ``(name, nbytes, kind)`` in order; a bucket holds one
+    ``kind`` (dtype and device) only, consecutive names, so its tensors
+    flatten into one buffer::
+
+        bucket_plan([("a", 40, "f32"), ("b", 40, "f32"), ("c", 40, "f32")], 100)   # (("a", "b"), ("c",))
+    """
+    buckets: list[tuple[str, ...]] = []
+    names: list[str] = []
+    used, kind = 0, None
+    for name, nbytes, k in sizes:
+        if names and (k != kind or used + nbytes > cap_bytes):
+            buckets.append(tuple(names))
+            names, used = [], 0
+        names.append(name)
+        used += nbytes
+        kind = k
+    if names:
+        buckets.append(tuple(names))
+    return tuple(buckets)
+
+
+@functools.lru_cache(maxsize=64)
+def _plan(key: tuple[tuple[str, int, Any], ...], cap_bytes: int) -> tuple[tuple[str, ...], ...]:
+    return bucket_plan(key, cap_bytes)
+
+
+def _bucketed(tensors: Tensors, bucket_mb: float, collective: Callable[[torch.Tensor], None]) -> Tensors:
+    """``tensors`` flattened into buckets, ``collective`` run on each new flat buffer, and split back (new tensors)."""
+    key = tuple((k, t.numel() * t.element_size(), (t.dtype, t.device)) for k, t in tensors.items())
+    out: dict[str, torch.Tensor] = {}
+    for bucket in _plan(key, max(1, int(bucket_mb * 2**20))):
+        ts = [tensors[k] for k in bucket]
+        flat = torch.cat([t.detach().reshape(-1) for t in ts])  # a new buffer: ours to write in place
+        collective(flat)
+        for k, t, part in zip(bucket, ts, flat.split([t.numel() for t in ts])):
+            out[k] = part.view_as(t)
+    return {k: out[k] for k in tensors}
+
+
+def average_gradients(grads: Tensors, bucket_mb: float = BUCKET_MB, summed: Tensors | None = None) -> Tensors:
+    """The mean of every rank's ``grads``, as new tensors: one all-reduce per bucket of ~``bucket_mb`` MB.
+
+    ``summed`` tensors ride in the same buckets and come back summed, not
+    averaged (a rank contributing zeros there gives the others its peers'
+    values: how rank 0's buffers travel with the gradients). The given
+    tensors are not written; without a process group they are returned as is.
+    """
+    if not active() or not (grads or summed):
+        return {**grads, **summed} if summed else grads
+    summed = summed or {}
+    size = dist.get_world_size()
+    out = _bucketed({**grads, **summed}, bucket_mb, dist.all_reduce)  # new tensors, views of our own buffers
+    return {k: (v if k in summed else v.div_(size)) for k, v in out.items()}
+
+
+def all_reduce_gradients(bucket_mb: float = BUCKET_MB) -> Callable[[Any], Any]:
+    """A step transformer averaging the gradients across ranks before the inner update.
+
+    Wraps the ``update`` phase of a :class:`~smartcash_fn.step.Step`: put it
+    inside ``accumulate`` (one reduction per update, on the accumulated mean)
+    and outside ``clip`` (clip the averaged gradients), as :func:`~smartcash_fn.run.build.build`
+    does. The step's metrics (the loss and its parts) are averaged in the
+    same collectives, so every rank records the loss of the global batch —
+    the single-process figure — and a NaN guard reading it decides the same
+    on every rank. The floating-point buffers the forward pass left
+    (BatchNorm statistics) travel in them too, summed with zeros from every
+    rank but 0: every rank gets rank 0's, as ``DistributedDataParallel``'s
+    ``broadcast_buffers`` gives, without a collective of their own. The
+    identity on one process::
+
+        step = all_reduce_gradients()(make_step(loss_fn))
+    """
+    if not bucket_mb > 0:
+        raise StateError(f"all_reduce_gradients: bucket_mb must be > 0, got {bucket_mb!r}")
+
+    def transform(inner: Any) -> Any:
+        def update(state: TrainState, grads: Tensors) -> TrainState:
+            if not active():
+                return inner.update(state, grads)
+            metrics = {METRIC + k: v for k, v in state.metrics.items()
+                       if isinstance(v, torch.Tensor) and v.is_floating_point()}
+            main = dist.get_rank() == 0
+            buffers = {BUFFER + k: (v if main else torch.zeros_like(v)) for k, v in state.buffers.items()
+                       if v.is_floating_point()}  # integer buffers (batches seen) are equal on every rank
+            out = average_gradients({**grads, **metrics}, bucket_mb, summed=buffers)  # one set of collectives
+            state = state.replace(
+                metrics={**state.metrics, **{k[len(METRIC):]: out[k] for k in metrics}},
+                buffers={**state.buffers, **{k[len(BUFFER):]: out[k] for k in buffers}})
+            return inner.update(state, {k: out[k] for k in grads})
+
+        return attrs.evolve(inner, update=update)
+
+    return transform
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def sharded_validation(validation: Any, w: World | None = None) -> Any:
+    """``validation`` (a :class:`~smartcash_fn.loop.Validation`) evaluating this rank's block and finishing on all.
+
+    Each rank updates the evaluator on its contiguous block of the validation
+    data; ``finish`` gathers the accumulators (``all_gather_object``), merges
+    them in rank order with the evaluator's ``merge`` and finishes on the
+    whole — the metrics of a single-process evaluation (the detections
+    themselves are gathered, not per-rank mAPs). An evaluator without
+    ``merge``, or a single process, keeps the whole set on every rank::
+
+        validation = sharded_validation(Validation(val_data, classification_metrics()))
+    """
+    w = world() if w is None else w
+    ev = validation.evaluator
+    if w.size == 1 or getattr(ev, "merge", None) is None:
+        return validation
+
+    def finish(acc: Any) -> Mapping[str, float]:
+        parts = gather_objects(acc)
+        return ev.finish(functools.reduce(ev.merge, parts))
+
+    return attrs.evolve(validation, data=sharded(validation.data, w.shard(even=False)),
+                        evaluator=attrs.evolve(ev, finish=finish))
+
+
+# --------------------------------------------------------------------------- failures
+
+
+@contextlib.contextmanager
+def failures_named() -> Iterator[None]:
+    """Say which rank failed: an exception leaving the block prints ``error: rank R of N failed: ...`` first.
+
+    ``torchrun`` then stops the other ranks (their collectives fail as the
+    rank's connections close) and reports the failed rank too::
+
+        with failures_named():
+            fit(state, loop)
+    """
+    try:
+        yield
+    except Exception as e:
+        w = world()
+        if w.size > 1 and not getattr(e, "rank_named", False):
+            print(f"error: rank {w.rank} of {w.size} failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+            try:
+                e.rank_named = True  # an outer block does not say it again
+            except AttributeError:
+                pass
+        raise
