@@ -35,6 +35,12 @@ def _add_sets(p: argparse.ArgumentParser) -> None:
                    help="override a recipe key, the value read as TOML (repeatable): --set train.epochs=5")
 
 
+def _add_trust(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trust-code", action="store_true",
+                   help="allow the checkpoint's recipe to name components that are not built in (import paths "
+                        "'package.module:attr', which are imported and called): only for checkpoints you trust")
+
+
 def parser() -> argparse.ArgumentParser:
     """The argument parser of ``smartcash-fn`` (train, resume, replay, check, inspect, eval, predict, data)."""
     top = argparse.ArgumentParser(prog="smartcash-fn", description="Train, resume, replay, check and inspect "
@@ -54,6 +60,7 @@ def parser() -> argparse.ArgumentParser:
     _add_sets(p)
     p.add_argument("--out", metavar="DIR", help="fork into this folder (default with --set: <run>-fork)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_trust(p)
     p.set_defaults(func=generic.resume)
 
     p = sub.add_parser("replay", help="recompute a later state from a checkpoint, writing nothing")
@@ -61,11 +68,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--to-step", type=int, metavar="N", help="the global step to replay to")
     p.add_argument("--verify", metavar="OTHER_CKPT",
                    help="compare with this checkpoint: exit 0 when bit-identical, 1 with the first difference")
+    _add_trust(p)
     p.set_defaults(func=generic.replay)
 
     p = sub.add_parser("check", help="validate a recipe and show what it builds")
     p.add_argument("recipe")
     _add_sets(p)
+    p.add_argument("--trial", action="store_true",
+                   help="also build a recipe that names your own code (import paths) and run a trial step on its "
+                        "first batch; without it such code is imported and found, never called (a recipe of "
+                        "built-ins always gets the trial step)")
     p.set_defaults(func=generic.check)
 
     p = sub.add_parser("inspect", help="show what a checkpoint (or a run folder's newest) holds")
@@ -85,6 +97,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--conf", type=float, default=0.001, help="decoding score threshold for mAP (default 0.001)")
     p.add_argument("--iou", type=float, default=0.6, help="NMS IoU threshold (default 0.6)")
     p.add_argument("--pr-conf", type=float, default=0.25, help="score threshold of P, R, F1 and the confusion matrix")
+    _add_trust(p)
     p.set_defaults(func=application.evaluate)
 
     p = sub.add_parser("predict", help="detect banknotes on images: draw the boxes and write detections.json")
@@ -93,6 +106,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the drawn images and detections.json")
     p.add_argument("--conf", type=float, default=0.25, help="score threshold (default 0.25)")
     p.add_argument("--iou", type=float, default=0.6, help="NMS IoU threshold (default 0.6)")
+    _add_trust(p)
     p.set_defaults(func=application.predict)
 
     p = sub.add_parser("data", help="datasets: export the synthetic scenes as a YOLO-format dataset")
