@@ -126,6 +126,70 @@ def structure(x: Any) -> Any:
                     else type(v).__name__, x)
 
 
+# --------------------------------------------------------------------------- shape of a stored state
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _tensors(v: Any) -> bool:
+    return isinstance(v, dict) and all(isinstance(k, str) and isinstance(t, torch.Tensor) for k, t in v.items())
+
+
+def tree_problem(tree: Any) -> str | None:
+    """What is wrong with a stored state's structure and types (before anything trains on it), or None.
+
+    A digest only says the file is as written; this says it is a state:
+    ``tree_problem({"progress": {"epoch": 1, "step": -7, "batch": 99}, ...})`` is
+    ``"progress.step: expected an integer >= 0, got -7"``.
+    """
+    if not isinstance(tree, dict):
+        return f"the state is a {type(tree).__name__}, not a table"
+    need = ("params", "buffers", "opt_state", "progress", "seed", "history", "metrics", "running", "extras",
+            "callbacks", "best", "stop", "lr_scale", "recipe")
+    missing = [k for k in need if k not in tree]
+    if missing:
+        return f"missing {', '.join(missing)}"
+    for key in ("params", "buffers", "metrics", "running"):
+        if not _tensors(tree[key]):
+            return f"{key}: expected a table of named tensors"
+    for key in ("extras", "callbacks"):
+        if not isinstance(tree[key], dict):
+            return f"{key}: expected a table, got {type(tree[key]).__name__}"
+    if not isinstance(tree["opt_state"], (dict, list, tuple)):
+        return f"opt_state: expected a table, got {type(tree['opt_state']).__name__}"
+    p = tree["progress"]
+    if not isinstance(p, dict) or set(p) != {"epoch", "step", "batch"}:
+        return f"progress: expected {{epoch, step, batch}}, got {p!r}"[:200]
+    for k in ("epoch", "step", "batch"):
+        if not _is_int(p[k]) or p[k] < 0:
+            return f"progress.{k}: expected an integer >= 0, got {p[k]!r}"
+    if not _is_int(tree["seed"]) or not 0 <= tree["seed"] < 2**63:
+        return f"seed: expected an integer in [0, 2**63), got {tree['seed']!r}"
+    h = tree["history"]
+    if not isinstance(h, dict) or not all(isinstance(h.get(k), (list, tuple)) and
+                                          all(isinstance(r, dict) for r in h[k]) for k in ("epochs", "steps")):
+        return "history: expected {epochs: [records], steps: [records]}"
+    stop = tree["stop"]
+    if stop is not None and not (isinstance(stop, dict) and set(stop) == {"reason", "failed"}
+                                 and isinstance(stop["reason"], str) and isinstance(stop["failed"], bool)):
+        return f"stop: expected none or {{reason, failed}}, got {stop!r}"[:200]
+    best = tree["best"]
+    fields = {"monitor", "mode", "value", "epoch", "step", "params", "buffers", "metrics"}
+    if best is not None and not (isinstance(best, dict) and set(best) == fields and _tensors(best["params"])
+                                 and _tensors(best["buffers"]) and isinstance(best["metrics"], dict)):
+        return "best: expected none or {monitor, mode, value, epoch, step, params, buffers, metrics}"
+    if not isinstance(tree["lr_scale"], (int, float)) or isinstance(tree["lr_scale"], bool) \
+            or not 0 <= tree["lr_scale"] < float("inf"):
+        return f"lr_scale: expected a finite number >= 0, got {tree['lr_scale']!r}"
+    if tree["recipe"] is not None and not isinstance(tree["recipe"], dict):
+        return f"recipe: expected a table, got {type(tree['recipe']).__name__}"
+    if not isinstance(tree.get("data_info") or {}, dict):
+        return "data_info: expected a table"
+    return None
+
+
 # --------------------------------------------------------------------------- digest
 
 
@@ -262,6 +326,9 @@ def read(path: str | os.PathLike) -> dict[str, Any]:
             f"{path}: integrity check failed: the state's digest is {actual}, the file says {obj['digest']}; "
             "the file is corrupt — use another checkpoint"
         )
+    problem = tree_problem(obj["state"])
+    if problem:
+        raise CheckpointError(f"{path}: the checkpoint's state is malformed ({problem}); use another checkpoint")
     return obj
 
 
