@@ -59,6 +59,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("target", metavar="CKPT_OR_RUN_DIR")
     _add_sets(p)
     p.add_argument("--out", metavar="DIR", help="fork into this folder (default with --set: <run>-fork)")
+    p.add_argument("--force", action="store_true", help="go on from a checkpoint older than the newest in its "
+                   "folder, overwriting the newer ones (without it such a resume is refused: fork with --out)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_trust(p)
     p.set_defaults(func=generic.resume)
@@ -140,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # outside training (where a signal stops at a batch boundary)
         print("interrupted; the checkpoints written so far are intact", file=sys.stderr)
         return 130
     except BrokenPipeError:  # the reader of our output went away (`... | head`): stop quietly

@@ -24,16 +24,20 @@ import attrs
 from .. import checkpoint
 from .._files import write_text_atomic
 from .._version import __version__
-from ..errors import RecipeError
+from ..errors import CheckpointError, RecipeError
+from ..events import by_event, fire
 from ..loop import fit
 from ..replay import replay as replay_state, verify
+from ..state import RunInfo
 from ..report.values import fmt_exact, plain
 from ..tree import tree_map
 from .build import build, describe, probe
-from .folders import find_checkpoint, free_folder, holds_run, run_folder_of
+from .folders import Found, find_checkpoint, folder_problem, run_folder_of
+from .interrupt import exit_status, interrupted, on_signals, resumable, stop_on
+from .lock import claim, hold
 from .recipe import dumps, load, parse_set, to_dict, to_toml, write
 from .registry import import_path
-from .resume import recipe_of, require_fit, state_in
+from .resume import recipe_of, require_fit, require_progress, state_in
 from .trust import untrusted
 
 DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "default.toml"
@@ -73,27 +77,76 @@ def _header(action: str) -> str:
 
 
 def train(args: argparse.Namespace) -> int:
-    """``train [RECIPE] [--set K=V]... [--out DIR]``: a new run in a new folder."""
+    """``train [RECIPE] [--set K=V]... [--out DIR]``: a new run in a new folder, locked while it trains."""
     recipe = load(args.recipe or DEFAULT_RECIPE, args.sets)
     if args.out:
-        run_dir = Path(args.out)
-        if holds_run(run_dir):
-            raise RecipeError(f"--out {run_dir}: the folder already holds a run; resume it with "
-                              f"`smartcash-fn resume {run_dir}`, or give another folder")
+        folder = hold(Path(args.out), "train", f"--out {args.out}", must_be_new=True)
     else:
-        run_dir = free_folder(Path(recipe.run.out) / recipe.run.name)
-    built = build(recipe, run_dir, quiet=args.quiet)
-    probe(built)
-    for n in built.notes:
-        note(n)
-    write(recipe, run_dir / "recipe.toml", header=_header("train"))
-    say(f"training {recipe.run.name}: {built.loop.epochs} epoch(s) of {built.batches} batches -> {run_dir}")
-    state = fit(built.template, built.loop)
-    return finish(state, run_dir)
+        folder = claim(Path(recipe.run.out) / recipe.run.name, "train", recipe.where("run", "out"))
+    with folder as held:
+        run_dir = held.folder
+        built = build(recipe, run_dir, quiet=args.quiet)
+        probe(built)
+        for n in built.notes:
+            note(n)
+        write(recipe, run_dir / "recipe.toml", header=_header("train"))
+        say(f"training {recipe.run.name}: {built.loop.epochs} epoch(s) of {built.batches} batches -> {run_dir}")
+        return train_on(built.template, built, run_dir, f"smartcash-fn resume {run_dir}")
+
+
+def newer_than(found: Found) -> tuple[Path, int] | None:
+    """The newest checkpoint in ``found``'s folder that is further on than ``found`` (its path and step), or None.
+
+    Only files written after ``found`` are read; an unreadable one is no history to keep.
+    """
+    path = found.path
+    step = found.obj["state"]["progress"]["step"]
+    mine = path.stat()
+    best: tuple[Path, int] | None = None
+    for other in path.parent.glob("*.pt"):
+        st = other.stat()
+        if other.name == "final.pt" or (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino) \
+                or st.st_mtime_ns < mine.st_mtime_ns:
+            continue
+        try:
+            theirs = checkpoint.read(other)["state"]["progress"]["step"]
+        except (CheckpointError, KeyError, TypeError):
+            continue
+        if isinstance(theirs, int) and theirs > step and (best is None or theirs > best[1]):
+            best = (other, theirs)
+    return best
+
+
+def train_on(state: Any, built: Any, run_dir: Path, resume_hint: str) -> int:
+    """``fit`` with SIGINT/SIGTERM stopping at a batch boundary; the exit status (130/143 when interrupted)."""
+    with on_signals() as caught:
+        state = fit(state, built.loop.add(stop_on(caught)))
+    status = finish(state, run_dir)
+    if caught.signum is not None and interrupted(state):
+        say(f"interrupted: a checkpoint of step {state.progress.step} is in {run_dir / 'checkpoints'}; go on with: "
+            f"{resume_hint}")
+        return exit_status(caught.signum)
+    return status
+
+
+def end_writers(state: Any, built: Any) -> None:
+    """Run the ``training_end`` writers (not the checkpoint writer) on a finished ``state``: the summary etc."""
+    ends = [c for c in built.loop.callbacks if c.event == "training_end" and c.writes and c.name != "checkpoint"]
+    p = built.loop
+    v = p.validation
+    state = state.replace(run=RunInfo(epochs=p.epochs, batches=len(p.data), val_batches=0 if v is None else len(v.data),
+                                      batch_size=int(getattr(p.data, "batch_size", 0) or 0)))
+    fire(state, "training_end", by_event(ends))
 
 
 def resume(args: argparse.Namespace) -> int:
-    """``resume CKPT_OR_RUN_DIR [--set K=V]... [--out DIR]``: go on from a checkpoint; with changes, as a fork."""
+    """``resume CKPT_OR_RUN_DIR [--set K=V]... [--out DIR] [--force]``: go on from a checkpoint; with changes, as a fork.
+
+    The run folder is locked while it trains. A checkpoint older than the
+    newest in its folder is refused (going on from it would rewrite the
+    history after it) unless forked (``--out``) or ``--force``d. A run stopped
+    by a signal goes on; a finished run whose end writers never ran gets them.
+    """
     found = find_checkpoint(args.target)
     for s in found.skipped:
         note(f"skipped {s}")
@@ -104,39 +157,55 @@ def resume(args: argparse.Namespace) -> int:
     if fork:
         renamed = any(parse_set(s)[0] == ("run", "name") for s in args.sets)
         if args.out:
-            run_dir = Path(args.out)
-            if holds_run(run_dir):
-                raise RecipeError(f"--out {run_dir}: the folder already holds a run; give another folder")
+            folder = hold(Path(args.out), "resume", f"--out {args.out}", must_be_new=True)
         elif renamed:
-            run_dir = free_folder(old_dir.parent / recipe.run.name)
+            folder = claim(old_dir.parent / recipe.run.name, "resume")
         else:
-            run_dir = free_folder(old_dir.parent / f"{old_dir.name}-fork")
-        recipe = attrs.evolve(recipe, run=attrs.evolve(recipe.run, name=run_dir.name, parent=str(ckpt.resolve())))
+            folder = claim(old_dir.parent / f"{old_dir.name}-fork", "resume")
     else:
-        run_dir = old_dir
-    built = build(recipe, run_dir, quiet=args.quiet)
-    state = state_in(found, built.template)
-    if fork:
-        require_fit(built.template, state, f"--set {' '.join(args.sets) or '(none)'}",
-                    "the forked recipe changes the optimizer's state (change lr, schedule, epochs, callbacks, ... "
-                    "instead)")
-        callbacks = {k: v for k, v in state.callbacks.items() if k != "checkpoint"}  # its files are the parent's
-        state = state.replace(recipe=to_dict(recipe), callbacks=callbacks, stop=None, seed=recipe.run.seed)
-    for n in built.notes:
-        note(n)
-    p = state.progress
-    if state.stop is not None:
-        say(f"{ckpt}: the run had stopped ({state.stop.reason}); fork it with --set to train on")
-        return 0
-    if p.epoch >= built.loop.epochs:
-        say(f"{ckpt}: the run is complete ({p.epoch} of {built.loop.epochs} epochs); fork it with "
-             f"--set train.epochs=N to train on")
-        return 0
-    if fork or not (run_dir / "recipe.toml").exists():
-        write(recipe, run_dir / "recipe.toml", header=_header(f"forked from {ckpt}" if fork else "resume"))
-    say(f"{'forking' if fork else 'resuming'} {ckpt} at epoch {p.epoch}, batch {p.batch} (step {p.step}) -> {run_dir}")
-    state = fit(state, built.loop)
-    return finish(state, run_dir)
+        folder = hold(old_dir, "resume", str(old_dir))
+    with folder as held:
+        run_dir = held.folder
+        if fork:
+            recipe = attrs.evolve(recipe, run=attrs.evolve(recipe.run, name=run_dir.name, parent=str(ckpt.resolve())))
+        elif not getattr(args, "force", False):
+            newer = newer_than(found)
+            if newer is not None:
+                raise CheckpointError(
+                    f"{ckpt}: {newer[0]} is further on (step {newer[1]}); going on from the older checkpoint here "
+                    f"would rewrite the run's history after it. Fork it into a new folder with --out DIR, or "
+                    f"pass --force to overwrite the newer checkpoints")
+        built = build(recipe, run_dir, quiet=args.quiet)
+        state = state_in(found, built.template)
+        require_progress(state, len(built.loop.data), str(ckpt))
+        if fork:
+            require_fit(built.template, state, f"--set {' '.join(args.sets) or '(none)'}",
+                        "the forked recipe changes the optimizer's state (change lr, schedule, epochs, callbacks, ... "
+                        "instead)")
+            callbacks = {k: v for k, v in state.callbacks.items() if k != "checkpoint"}  # its files are the parent's
+            state = state.replace(recipe=to_dict(recipe), callbacks=callbacks, stop=None, seed=recipe.run.seed)
+        if interrupted(state):
+            note(f"{ckpt}: the run was {state.stop.reason}; going on from there")
+            state = resumable(state)
+        for n in built.notes:
+            note(n)
+        p = state.progress
+        done = state.stop is not None or p.epoch >= built.loop.epochs
+        if done and not fork and not (run_dir / "summary.md").exists() and recipe.loggers.summary:
+            end_writers(state, built)
+            say(f"{ckpt}: the run had ended without its end writers (no summary.md); wrote them")
+        if state.stop is not None:
+            say(f"{ckpt}: the run had stopped ({state.stop.reason}); fork it with --set to train on")
+            return 0
+        if p.epoch >= built.loop.epochs:
+            say(f"{ckpt}: the run is complete ({p.epoch} of {built.loop.epochs} epochs); fork it with "
+                f"--set train.epochs=N to train on")
+            return 0
+        if fork or not (run_dir / "recipe.toml").exists():
+            write(recipe, run_dir / "recipe.toml", header=_header(f"forked from {ckpt}" if fork else "resume"))
+        say(f"{'forking' if fork else 'resuming'} {ckpt} at epoch {p.epoch}, batch {p.batch} (step {p.step}) -> "
+            f"{run_dir}")
+        return train_on(state, built, run_dir, f"smartcash-fn resume {run_dir}")
 
 
 def replay(args: argparse.Namespace) -> int:
@@ -156,7 +225,9 @@ def replay(args: argparse.Namespace) -> int:
     built = build(recipe, quiet=True)  # no run folder: no file writers; replay leaves the others out
     loop = built.loop
     start = obj["state"]["progress"]
-    state = replay_state(state_in(found, built.template), loop, to_step=to_step)
+    start_state = state_in(found, built.template)
+    require_progress(start_state, len(loop.data), str(ckpt))
+    state = replay_state(start_state, loop, to_step=to_step)
     p = state.progress
     say(f"replayed {ckpt} from step {start['step']} to step {p.step} (epoch {p.epoch}, batch {p.batch})")
     if p.step != to_step:
@@ -181,6 +252,9 @@ def check(args: argparse.Namespace) -> int:
     the trial step: checking a recipe never runs a component behind the user's back.
     """
     recipe = load(args.recipe, args.sets)
+    problem = folder_problem(Path(recipe.run.out) / (recipe.run.name or "run"))
+    if problem:
+        raise RecipeError(f"{recipe.where('run', 'out')}: {problem}")
     own = untrusted(to_dict(recipe))
     if own and not getattr(args, "trial", False):
         for c in own:

@@ -82,3 +82,12 @@ def require_fit(template: TrainState, state: TrainState, where: str, what: str) 
                           "the checkpoint was trained with")
 
 
+
+
+def require_progress(state: TrainState, batches: int, where: str) -> None:
+    """Raise a :class:`CheckpointError` at ``where`` when ``state``'s progress cannot belong to a run of
+    ``batches`` batches per epoch (a batch index past the epoch's end)."""
+    p = state.progress
+    if p.batch > batches:
+        raise CheckpointError(f"{where}: progress.batch is {p.batch}, but an epoch of this recipe has {batches} "
+                              "batches; the checkpoint does not belong to this recipe's data")
