@@ -195,8 +195,19 @@ def tree_problem(tree: Any) -> str | None:
 
 _PLAIN = (type(None), bool, int, float, str)
 
+KEY_ENV = "SMARTCASH_FN_KEY"
+"""The environment variable holding a team's secret: checkpoints are then signed with a keyed digest."""
+KEYED = "blake2b-256-keyed:"
+UNKEYED = "blake2b-256:"
 
-def digest(tree: Any) -> str:
+
+def team_key() -> bytes | None:
+    """The key of :data:`KEY_ENV` (its SHA-256, so any length of text works), or None when unset or empty."""
+    text = os.environ.get(KEY_ENV, "")
+    return hashlib.sha256(text.encode("utf-8")).digest() if text else None
+
+
+def digest(tree: Any, key: bytes | None = None) -> str:
     """A BLAKE2b-256 digest of nested plain data and tensors (dtype, shape and bytes), order-sensitive.
 
     ``docs/checkpoint-format.md`` spells out the byte stream, so other tools
@@ -205,8 +216,9 @@ def digest(tree: Any) -> str:
     bool and None) raises :class:`CheckpointError` naming where it sits::
 
         digest({"a": torch.zeros(2), "b": [1, "x"]})   # 'blake2b-256:…'
+        digest(tree, key=team_key())                   # 'blake2b-256-keyed:…' (BLAKE2b's keyed mode)
     """
-    h = hashlib.blake2b(digest_size=32)
+    h = hashlib.blake2b(digest_size=32, key=key or b"")
     seen: dict[int, int] = {}
 
     for where, obj in walk(tree):
@@ -231,7 +243,7 @@ def digest(tree: Any) -> str:
                 f"cannot checkpoint the value at {where or 'the top'}, of type {type(obj).__name__}: a checkpoint "
                 "holds tensors, dicts, lists, tuples, str, int, float, bool and None only; convert it "
                 "(e.g. float(x), str(path)) before it enters the state")
-    return "blake2b-256:" + h.hexdigest()
+    return (KEYED if key else UNKEYED) + h.hexdigest()
 
 
 def _body(obj: Mapping[str, Any]) -> dict[str, Any]:
@@ -260,7 +272,7 @@ def save(state: TrainState, path: str | os.PathLike, **meta: Any) -> Path:
         "state": to_tree(state),
     }
     try:
-        obj["digest"] = digest(_body(obj))
+        obj["digest"] = digest(_body(obj), team_key())
     except CheckpointError as e:
         raise CheckpointError(f"{path}: not written: {e}") from None
     try:
@@ -317,10 +329,21 @@ def read(path: str | os.PathLike) -> dict[str, Any]:
     for key in ("digest", "state"):
         if key not in obj:
             raise CheckpointError(f"{path}: checkpoint is missing its {key!r} key")
+    stated, key = obj["digest"], team_key()
+    keyed = isinstance(stated, str) and stated.startswith(KEYED)
+    if keyed and key is None:
+        raise CheckpointError(f"{path}: the checkpoint is signed with a team key; set {KEY_ENV} to that key to "
+                              "verify and read it")
+    if key is not None and not keyed:
+        raise CheckpointError(f"{path}: {KEY_ENV} is set, but the checkpoint is not signed with a key: it was not "
+                              f"written by your team (or was altered); unset {KEY_ENV} to read it as untrusted data")
     try:
-        actual = digest(_body(obj))
+        actual = digest(_body(obj), key if keyed else None)
     except CheckpointError as e:
         raise CheckpointError(f"{path}: {e}") from None
+    if keyed and actual != stated:
+        raise CheckpointError(f"{path}: the keyed digest does not match {KEY_ENV}: the file was altered, or signed "
+                              "with another key; use another checkpoint")
     if actual != obj["digest"]:
         raise CheckpointError(
             f"{path}: integrity check failed: the state's digest is {actual}, the file says {obj['digest']}; "

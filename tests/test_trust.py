@@ -121,3 +121,24 @@ def test_check_imports_a_recipes_own_code_but_calls_it_only_with_trial(tmp_path,
     (tmp_path / "r.toml").write_text('extends = "base.toml"\n[data]\nuse = "os:no_such_function"\n')
     assert main(["check", "r.toml"]) == 2
     assert "r.toml: data.use: cannot import 'os:no_such_function'" in capsys.readouterr().err
+
+
+def test_a_team_key_tells_our_checkpoints_from_altered_ones(trained, tmp_path, monkeypatch):
+    state = checkpoint.load(trained)
+    monkeypatch.setenv("SMARTCASH_FN_KEY", "our team's secret")
+    ours = checkpoint.save(state, tmp_path / "ours.pt")
+    assert checkpoint.read(ours)["digest"].startswith("blake2b-256-keyed:")
+    obj = torch.load(ours, weights_only=True)
+    obj["state"]["seed"] = 1
+    obj["digest"] = checkpoint.digest({k: v for k, v in obj.items() if k != "digest"})     # no key: unkeyed
+    torch.save(obj, tmp_path / "altered.pt")
+    with pytest.raises(CheckpointError, match="not signed with a key: it was not written by your team"):
+        checkpoint.read(tmp_path / "altered.pt")
+    obj["digest"] = "blake2b-256-keyed:" + "0" * 64
+    torch.save(obj, tmp_path / "forged.pt")
+    with pytest.raises(CheckpointError, match="keyed digest does not match SMARTCASH_FN_KEY"):
+        checkpoint.read(tmp_path / "forged.pt")
+    monkeypatch.setenv("SMARTCASH_FN_KEY", "")
+    with pytest.raises(CheckpointError, match="signed with a team key; set SMARTCASH_FN_KEY"):
+        checkpoint.read(ours)
+    assert checkpoint.read(tmp_path / "altered.pt")["state"]["seed"] == 1    # without a key: integrity only
