@@ -7,6 +7,7 @@ opened, and checkpoints get the umask's mode.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -137,3 +138,21 @@ def test_checkpoints_get_the_umask_mode(finished, tmp_path):
         os.umask(old)
     assert path.stat().st_mode & 0o777 == 0o644
     assert (finished / "checkpoints" / "last.pt").stat().st_mode & 0o777 == 0o666 & ~old
+
+
+def test_a_read_only_run_folder_on_resume_is_one_clear_error(finished, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    real_open = os.open
+
+    def read_only(path, flags, *args):      # root ignores chmod: fail the way a read-only mount does
+        if str(path).startswith(str(run)) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", read_only)
+    assert main(["resume", str(run / "checkpoints" / "epoch-0001.pt"), "--force", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: {run}: cannot write in the run folder {run} (Read-only file system); choose a folder "
+                   "you can write to\n")
