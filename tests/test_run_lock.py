@@ -71,15 +71,28 @@ def test_a_failed_start_leaves_no_folder_behind(tmp_path):
 
 
 def cli(*args: str, cwd: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(cwd), str(ROOT)])}
     return subprocess.Popen([sys.executable, "-m", "smartcash_fn", *args], cwd=cwd, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
+SLOW_DATA = """
+import time
+
+from smartcash_fn.builtin.synthetic import classification
+
+
+def data(**params):
+    time.sleep(4.0)    # holds the run folder a while without using a core: the runs overlap for sure
+    return classification(**params)
+"""
+
+
 def test_concurrent_trains_one_folder_one_writer_and_default_names_never_collide(tmp_path):
-    shutil.copy(TINY, tmp_path / "r.toml")
-    sets = [a for s in ["train.epochs=1", "data.params.samples=6000", "data.batch_size=8", "loggers.tensorboard=false",
-                        "loggers.plots=false"] for a in ("--set", s)]
+    shutil.copy(TINY, tmp_path / "base.toml")
+    (tmp_path / "slowdata.py").write_text(SLOW_DATA)
+    (tmp_path / "r.toml").write_text('extends = "base.toml"\n[data]\nuse = "slowdata:data"\n')
+    sets = [a for s in SMALL for a in ("--set", s)]
     procs = [cli("train", "r.toml", *sets, "--out", "same", "--quiet", cwd=tmp_path) for _ in range(2)]
     procs += [cli("train", "r.toml", *sets, "--quiet", cwd=tmp_path) for _ in range(2)]
     outs = [(p.wait(timeout=300), p.stdout.read(), p.stderr.read()) for p in procs]

@@ -26,7 +26,7 @@ from smartcash_fn.run.build import build
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "recipes" / "tiny.toml"
-LONG = ["train.epochs=2", "data.params.samples=3200", "data.batch_size=8", "schedule.warmup_steps=1",
+LONG = ["train.epochs=2", "data.params.samples=2400", "data.batch_size=8", "schedule.warmup_steps=1",
         "loggers.tensorboard=false", "loggers.plots=false", "loggers.console=false"]
 
 
@@ -47,7 +47,7 @@ def test_a_signal_stops_at_a_batch_boundary_with_a_checkpoint_and_resume_is_bit_
     shutil.copy(TINY, tmp_path / "r.toml")
     sets = [a for s in LONG for a in ("--set", s)]
     proc = started(["train", "r.toml", *sets, "--out", "run", "--quiet"], tmp_path)
-    time.sleep(1.5)
+    time.sleep(0.7)
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + sig, (out, err)
@@ -56,7 +56,7 @@ def test_a_signal_stops_at_a_batch_boundary_with_a_checkpoint_and_resume_is_bit_
     run = tmp_path / "run"
     stopped = checkpoint.read(run / "checkpoints" / "last.pt")["state"]
     p = stopped["progress"]
-    assert 0 < p["step"] < 800 and stopped["stop"] == {"reason": f"interrupted by {sig.name}", "failed": False}
+    assert 0 < p["step"] < 600 and stopped["stop"] == {"reason": f"interrupted by {sig.name}", "failed": False}
     assert f"interrupted by {sig.name}" in (run / "summary.md").read_text()
     monkeypatch.chdir(tmp_path)
     assert main(["resume", "run", "--quiet"]) == 0
@@ -66,7 +66,7 @@ def test_a_signal_stops_at_a_batch_boundary_with_a_checkpoint_and_resume_is_bit_
     fit(built.template, built.loop)
     straight = checkpoint.load(tmp_path / "straight" / "checkpoints" / "last.pt")   # the last trained state
     resumed = checkpoint.load(run / "checkpoints" / "last.pt")
-    assert resumed.progress.step == straight.progress.step == 800
+    assert resumed.progress.step == straight.progress.step == 600
     assert verify(resumed, straight) is None
     assert "| stop reason |" not in (run / "summary.md").read_text() or "interrupted" not in \
         (run / "summary.md").read_text()

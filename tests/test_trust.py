@@ -91,6 +91,8 @@ def test_a_malicious_component_is_refused_by_every_command_and_runs_nothing(trai
     assert main(["inspect", str(ckpt)]) == 0                # inspect reads, never builds: it shows and warns
     out = capsys.readouterr().out
     assert f"UNTRUSTED:  the recipe names code that is not built in ({section}.use = 'os:system')" in out
+    assert main(["inspect", str(ckpt), "--json"]) == 0
+    assert '"key": "' + section + '.use"' in capsys.readouterr().out
     assert not marker.exists()
     with pytest.raises(CheckpointError, match="--trust-code"):      # the Python API is guarded the same way
         recipe_of(find_checkpoint(ckpt))
@@ -121,6 +123,11 @@ def test_check_imports_a_recipes_own_code_but_calls_it_only_with_trial(tmp_path,
     (tmp_path / "r.toml").write_text('extends = "base.toml"\n[data]\nuse = "os:no_such_function"\n')
     assert main(["check", "r.toml"]) == 2
     assert "r.toml: data.use: cannot import 'os:no_such_function'" in capsys.readouterr().err
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "mydata.py").write_text(CUSTOM)
+    (tmp_path / "r.toml").write_text('extends = "base.toml"\n[data]\nuse = "mydata:data"\n')
+    assert main(["check", "r.toml", "--trial"]) == 0          # asked: built, and a trial step run
+    assert "# trial step: loss" in capsys.readouterr().out
 
 
 def test_a_team_key_tells_our_checkpoints_from_altered_ones(trained, tmp_path, monkeypatch):
