@@ -200,7 +200,7 @@ def fire(state: TrainState, event: str, table: Mapping[str, tuple[Callback, ...]
         try:
             out = cb.fn(state)
         except OSError as e:
-            if not cb.writes:
+            if not cb.writes or isinstance(e, BrokenPipeError):  # a closed pipe ends the output, not a write
                 raise
             failed = failed or (cb, e)
             continue

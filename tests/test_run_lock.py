@@ -57,9 +57,12 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over(tmp_path):
     dead = {"pid": 999_999_999, "host": "elsewhere", "started": "2026-01-01T00:00:00+00:00", "command": "train"}
     (folder / LOCK_NAME).write_text(json.dumps(dead))
     (folder / ".metrics.csv.abc123.tmp").write_text("half a write")
+    (folder / "checkpoints").mkdir()
+    (folder / "checkpoints" / ".last.pt.xyz789.tmp").write_text("half a checkpoint")
     notes = []
     with hold(folder, "resume", note=notes.append):
         assert not (folder / ".metrics.csv.abc123.tmp").exists()     # temp files of interrupted writes are gone
+        assert not (folder / "checkpoints" / ".last.pt.xyz789.tmp").exists()
     assert notes and "took over the lock left by a process that is gone (pid 999999999 on elsewhere" in notes[0]
 
 

@@ -80,13 +80,16 @@ def prepare_folder(folder: Path, where: str) -> Path:
     return folder
 
 
+RUN_SUBFOLDERS = ("checkpoints", "plots", "tensorboard")
+"""The subfolders of a run folder that the library writes files into."""
+
+
 def tidy(folder: Path) -> list[Path]:
-    """Remove the temp files interrupted writes left in a run folder and its subfolders (``checkpoints/``,
-    ``plots/``, ...); call it holding the folder's lock. ``tidy(Path("runs/a"))``"""
+    """Remove the temp files interrupted writes left in a run folder and its own subfolders
+    (:data:`RUN_SUBFOLDERS`); call it holding the folder's lock. ``tidy(Path("runs/a"))``"""
     gone = remove_temp_files(folder)
-    if folder.is_dir():
-        for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
-            gone += remove_temp_files(sub)
+    for sub in RUN_SUBFOLDERS:
+        gone += remove_temp_files(folder / sub)
     return gone
 
 
