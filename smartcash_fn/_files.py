@@ -48,6 +48,14 @@ def _fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
+def discard(path: str | os.PathLike) -> None:
+    """Remove ``path`` if it is there, never raising: the clean-up after a failed write must not hide its error."""
+    try:
+        Path(path).unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
 def write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> Path:
     """Call ``write(file)`` on a temp file beside ``path``, then move it into place atomically.
 
@@ -66,7 +74,7 @@ def write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
         os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        discard(tmp)
         raise
     _fsync_folder(path.parent)
     return path
@@ -103,7 +111,7 @@ def link_atomic(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
             shutil.copyfile(src, tmp)
         os.replace(tmp, dst)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        discard(tmp)
         raise
     _fsync_folder(dst.parent)
     return dst

@@ -128,13 +128,88 @@ def structure(x: Any) -> Any:
                     else type(v).__name__, x)
 
 
+# --------------------------------------------------------------------------- shape of a stored state
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _tensors(v: Any) -> bool:
+    return isinstance(v, dict) and all(isinstance(k, str) and isinstance(t, torch.Tensor) for k, t in v.items())
+
+
+def tree_problem(tree: Any) -> str | None:
+    """What is wrong with a stored state's structure and types (before anything trains on it), or None.
+
+    A digest only says the file is as written; this says it is a state:
+    ``tree_problem({"progress": {"epoch": 1, "step": -7, "batch": 99}, ...})`` is
+    ``"progress.step: expected an integer >= 0, got -7"``.
+    """
+    if not isinstance(tree, dict):
+        return f"the state is a {type(tree).__name__}, not a table"
+    need = ("params", "buffers", "opt_state", "progress", "seed", "history", "metrics", "running", "extras",
+            "callbacks", "best", "stop", "lr_scale", "recipe")
+    missing = [k for k in need if k not in tree]
+    if missing:
+        return f"missing {', '.join(missing)}"
+    for key in ("params", "buffers", "metrics", "running"):
+        if not _tensors(tree[key]):
+            return f"{key}: expected a table of named tensors"
+    for key in ("extras", "callbacks"):
+        if not isinstance(tree[key], dict):
+            return f"{key}: expected a table, got {type(tree[key]).__name__}"
+    if not isinstance(tree["opt_state"], (dict, list, tuple)):
+        return f"opt_state: expected a table, got {type(tree['opt_state']).__name__}"
+    p = tree["progress"]
+    if not isinstance(p, dict) or set(p) != {"epoch", "step", "batch"}:
+        return f"progress: expected {{epoch, step, batch}}, got {p!r}"[:200]
+    for k in ("epoch", "step", "batch"):
+        if not _is_int(p[k]) or p[k] < 0:
+            return f"progress.{k}: expected an integer >= 0, got {p[k]!r}"
+    if not _is_int(tree["seed"]) or not 0 <= tree["seed"] < 2**63:
+        return f"seed: expected an integer in [0, 2**63), got {tree['seed']!r}"
+    h = tree["history"]
+    if not isinstance(h, dict) or not all(isinstance(h.get(k), (list, tuple)) and
+                                          all(isinstance(r, dict) for r in h[k]) for k in ("epochs", "steps")):
+        return "history: expected {epochs: [records], steps: [records]}"
+    stop = tree["stop"]
+    if stop is not None and not (isinstance(stop, dict) and set(stop) == {"reason", "failed"}
+                                 and isinstance(stop["reason"], str) and isinstance(stop["failed"], bool)):
+        return f"stop: expected none or {{reason, failed}}, got {stop!r}"[:200]
+    best = tree["best"]
+    fields = {"monitor", "mode", "value", "epoch", "step", "params", "buffers", "metrics"}
+    if best is not None and not (isinstance(best, dict) and set(best) == fields and _tensors(best["params"])
+                                 and _tensors(best["buffers"]) and isinstance(best["metrics"], dict)):
+        return "best: expected none or {monitor, mode, value, epoch, step, params, buffers, metrics}"
+    if not isinstance(tree["lr_scale"], (int, float)) or isinstance(tree["lr_scale"], bool) \
+            or not 0 <= tree["lr_scale"] < float("inf"):
+        return f"lr_scale: expected a finite number >= 0, got {tree['lr_scale']!r}"
+    if tree["recipe"] is not None and not isinstance(tree["recipe"], dict):
+        return f"recipe: expected a table, got {type(tree['recipe']).__name__}"
+    if not isinstance(tree.get("data_info") or {}, dict):
+        return "data_info: expected a table"
+    return None
+
+
 # --------------------------------------------------------------------------- digest
 
 
 _PLAIN = (type(None), bool, int, float, str)
 
+KEY_ENV = "SMARTCASH_FN_KEY"
+"""The environment variable holding a team's secret: checkpoints are then signed with a keyed digest."""
+KEYED = "blake2b-256-keyed:"
+UNKEYED = "blake2b-256:"
 
-def digest(tree: Any) -> str:
+
+def team_key() -> bytes | None:
+    """The key of :data:`KEY_ENV` (its SHA-256, so any length of text works), or None when unset or empty."""
+    text = os.environ.get(KEY_ENV, "")
+    return hashlib.sha256(text.encode("utf-8")).digest() if text else None
+
+
+def digest(tree: Any, key: bytes | None = None) -> str:
     """A BLAKE2b-256 digest of nested plain data and tensors (dtype, shape and bytes), order-sensitive.
 
     ``docs/checkpoint-format.md`` spells out the byte stream, so other tools
@@ -143,8 +218,9 @@ def digest(tree: Any) -> str:
     bool and None) raises :class:`CheckpointError` naming where it sits::
 
         digest({"a": torch.zeros(2), "b": [1, "x"]})   # 'blake2b-256:…'
+        digest(tree, key=team_key())                   # 'blake2b-256-keyed:…' (BLAKE2b's keyed mode)
     """
-    h = hashlib.blake2b(digest_size=32)
+    h = hashlib.blake2b(digest_size=32, key=key or b"")
     seen: dict[int, int] = {}
 
     for where, obj in walk(tree):
@@ -169,7 +245,7 @@ def digest(tree: Any) -> str:
                 f"cannot checkpoint the value at {where or 'the top'}, of type {type(obj).__name__}: a checkpoint "
                 "holds tensors, dicts, lists, tuples, str, int, float, bool and None only; convert it "
                 "(e.g. float(x), str(path)) before it enters the state")
-    return "blake2b-256:" + h.hexdigest()
+    return (KEYED if key else UNKEYED) + h.hexdigest()
 
 
 def _body(obj: Mapping[str, Any]) -> dict[str, Any]:
@@ -199,7 +275,7 @@ def save(state: TrainState, path: str | os.PathLike, **meta: Any) -> Path:
         "state": to_tree(state),
     }
     try:
-        obj["digest"] = digest(_body(obj))
+        obj["digest"] = digest(_body(obj), team_key())
     except CheckpointError as e:
         raise CheckpointError(f"{path}: not written: {e}") from None
     try:
@@ -256,15 +332,29 @@ def read(path: str | os.PathLike) -> dict[str, Any]:
     for key in ("digest", "state"):
         if key not in obj:
             raise CheckpointError(f"{path}: checkpoint is missing its {key!r} key")
+    stated, key = obj["digest"], team_key()
+    keyed = isinstance(stated, str) and stated.startswith(KEYED)
+    if keyed and key is None:
+        raise CheckpointError(f"{path}: the checkpoint is signed with a team key; set {KEY_ENV} to that key to "
+                              "verify and read it")
+    if key is not None and not keyed:
+        raise CheckpointError(f"{path}: {KEY_ENV} is set, but the checkpoint is not signed with a key: it was not "
+                              f"written by your team (or was altered); unset {KEY_ENV} to read it as untrusted data")
     try:
-        actual = digest(_body(obj))
+        actual = digest(_body(obj), key if keyed else None)
     except CheckpointError as e:
         raise CheckpointError(f"{path}: {e}") from None
+    if keyed and actual != stated:
+        raise CheckpointError(f"{path}: the keyed digest does not match {KEY_ENV}: the file was altered, or signed "
+                              "with another key; use another checkpoint")
     if actual != obj["digest"]:
         raise CheckpointError(
             f"{path}: integrity check failed: the state's digest is {actual}, the file says {obj['digest']}; "
             "the file is corrupt — use another checkpoint"
         )
+    problem = tree_problem(obj["state"])
+    if problem:
+        raise CheckpointError(f"{path}: the checkpoint's state is malformed ({problem}); use another checkpoint")
     return obj
 
 

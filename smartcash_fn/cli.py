@@ -49,6 +49,12 @@ def _add_sets(p: argparse.ArgumentParser) -> None:
                    help="override a recipe key, the value read as TOML (repeatable): --set train.epochs=5")
 
 
+def _add_trust(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trust-code", action="store_true",
+                   help="allow the checkpoint's recipe to name components that are not built in (import paths "
+                        "'package.module:attr', which are imported and called): only for checkpoints you trust")
+
+
 def parser() -> argparse.ArgumentParser:
     """The argument parser of ``smartcash-fn`` (train, resume, replay, check, inspect, eval, predict, data)."""
     top = argparse.ArgumentParser(prog="smartcash-fn", description="Train, resume, replay, check and inspect "
@@ -68,7 +74,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("target", metavar="CKPT_OR_RUN_DIR")
     _add_sets(p)
     p.add_argument("--out", metavar="DIR", help="fork into this folder (default with --set: <run>-fork)")
+    p.add_argument("--force", action="store_true", help="go on from a checkpoint older than the newest in its "
+                   "folder, overwriting the newer ones (without it such a resume is refused: fork with --out)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_trust(p)
     p.set_defaults(command=("run", "resume"))
 
     p = sub.add_parser("replay", help="recompute a later state from a checkpoint, writing nothing")
@@ -76,11 +85,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--to-step", type=int, metavar="N", help="the global step to replay to")
     p.add_argument("--verify", metavar="OTHER_CKPT",
                    help="compare with this checkpoint: exit 0 when bit-identical, 1 with the first difference")
+    _add_trust(p)
     p.set_defaults(command=("run", "replay"))
 
     p = sub.add_parser("check", help="validate a recipe and show what it builds")
     p.add_argument("recipe", nargs="?", help="a recipe file or a built-in recipe's name (default: the default)")
     _add_sets(p)
+    p.add_argument("--trial", action="store_true",
+                   help="also build a recipe that names your own code (import paths) and run a trial step on its "
+                        "first batch; without it such code is imported and found, never called (a recipe of "
+                        "built-ins always gets the trial step)")
     p.set_defaults(command=("run", "check"))
 
     p = sub.add_parser("recipe", help="the built-in recipes: list, show, copy; the reference of every key")
@@ -110,6 +124,7 @@ def parser() -> argparse.ArgumentParser:
                         "default torchscript")
     p.add_argument("--out", metavar="DIR", help="the folder for model.<format> and its JSON (default: <run>/export)")
     p.add_argument("--half", action="store_true", help="float16 weights")
+    _add_trust(p)
     p.set_defaults(command=("run", "export_model"))
 
     p = sub.add_parser("eval", help="evaluate a detector checkpoint: P, R, F1, mAP per class, layer and scenario")
@@ -124,6 +139,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--conf", type=float, default=0.001, help="decoding score threshold for mAP (default 0.001)")
     p.add_argument("--iou", type=float, default=0.6, help="NMS IoU threshold (default 0.6)")
     p.add_argument("--pr-conf", type=float, default=0.25, help="score threshold of P, R, F1 and the confusion matrix")
+    _add_trust(p)
     p.set_defaults(command=("smartcash", "evaluate"))
 
     p = sub.add_parser("predict", help="detect banknotes on images: draw the boxes and write detections.json")
@@ -133,6 +149,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="write into --out although it holds files")
     p.add_argument("--conf", type=float, default=0.25, help="score threshold (default 0.25)")
     p.add_argument("--iou", type=float, default=0.6, help="NMS IoU threshold (default 0.6)")
+    _add_trust(p)
     p.set_defaults(command=("smartcash", "predict"))
 
     p = sub.add_parser("data", help="datasets: export the synthetic scenes as a YOLO-format dataset")
@@ -166,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # outside training (where a signal stops at a batch boundary)
         print("interrupted; the checkpoints written so far are intact", file=sys.stderr)
         return 130
     except BrokenPipeError:  # the reader of our output went away (`... | head`): stop quietly

@@ -36,3 +36,7 @@ class DataError(UserError):
 
 class StateError(UserError):
     """A TrainState or its parts that do not fit each other (names, shapes, types)."""
+
+
+class OutputError(UserError):
+    """A file the run writes could not be written (no space left, a read-only folder): the checkpoint came first."""

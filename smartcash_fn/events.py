@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterable, Mapping
 import attrs
 
 from ._files import is_main_process
-from .errors import StateError
+from .errors import OutputError, StateError
 from .state import TrainState
 
 EVENTS: tuple[str, ...] = (
@@ -190,9 +190,20 @@ def fire(state: TrainState, event: str, table: Mapping[str, tuple[Callback, ...]
     A queued event runs to completion (its callbacks and whatever they queue)
     before the next queued event and before the next callback of ``event``.
     A writer (``writes=True``) that returns a changed state is an error naming it.
+    A writer that cannot write (an ``OSError``: no space, a read-only folder)
+    does not keep the writers after it from running — the checkpoint writer
+    above all; its error is raised, as an :class:`~smartcash_fn.errors.OutputError`,
+    once the event is done.
     """
+    failed: tuple[Callback, OSError] | None = None
     for cb in table.get(event, ()):
-        out = cb.fn(state)
+        try:
+            out = cb.fn(state)
+        except OSError as e:
+            if not cb.writes or isinstance(e, BrokenPipeError):  # a closed pipe ends the output, not a write
+                raise
+            failed = failed or (cb, e)
+            continue
         if not isinstance(out, TrainState):
             raise StateError(
                 f"callback {cb.name!r} on {event!r} returned {type(out).__name__}; a callback must return the state"
@@ -209,4 +220,15 @@ def fire(state: TrainState, event: str, table: Mapping[str, tuple[Callback, ...]
             queued, rest = state.pending[0], state.pending[1:]
             state = _fire_queued(state.replace(pending=()), queued, table)
             state = state.replace(pending=rest + state.pending)
+    if failed is not None:
+        raise write_failure(failed[0], failed[1], event, state)
     return state
+
+
+def write_failure(cb: Callback, e: OSError, event: str, state: TrainState) -> OutputError:
+    """The error a writer's ``OSError`` becomes: the file (when known), why, where in the run, what came first."""
+    what = f"{e.filename}: " if e.filename else ""
+    p = state.progress
+    return OutputError(f"{what}the {cb.name!r} writer could not write at {event} (epoch {p.epoch}, step {p.step}): "
+                       f"{e.strerror or e}; the writers after it ran, the checkpoint included. Free some space or "
+                       "make the run folder writable, then resume")

@@ -24,7 +24,7 @@ from smartcash_fn import distributed
 from smartcash_fn.cli import main
 from smartcash_fn.data import LoaderData, Shard, TensorData, epoch_order, sharded
 from smartcash_fn.errors import DataError
-from smartcash_fn.loop import classification_metrics, fit, validate
+from smartcash_fn.loop import fit, validate
 from smartcash_fn.replay import difference
 from smartcash_fn.run.build import build
 from smartcash_fn.run.recipe import load
@@ -206,7 +206,7 @@ def test_a_mid_epoch_checkpoint_resumes_bit_for_bit_on_two_processes(two, tmp_pa
     (tmp_path / "b" / "checkpoints").mkdir(parents=True)
     shutil.copy(tmp / "run" / "checkpoints" / "step-00000009.pt", tmp_path / "b" / "checkpoints")
     shutil.copy(tmp / "run" / "recipe.toml", tmp_path / "b")
-    out = torchrun(tmp_path, "resume", "b/checkpoints/step-00000009.pt", "--quiet")
+    out = torchrun(tmp_path, "resume", "b/checkpoints/step-00000009.pt", "--quiet", "--trust-code")  # the probe
     assert out.returncode == 0, out.stdout + out.stderr
     assert "at epoch 1, batch 1 (step 9)" in out.stdout
     a, b = final_state(tmp / "run", recipe), final_state(tmp_path / "b", recipe)

@@ -228,11 +228,43 @@ def test_letterbox_maps_boxes_with_the_image():
     assert out[:, y1 - 2, x1 - 2].max() < 0.01 and torch.all(out[:, :30] == PAD_VALUE)
 
 
-def test_an_image_without_a_label_file_has_no_objects(tmp_path):
+def test_an_image_without_a_label_file_has_no_objects_and_is_counted(tmp_path):
     write_png(tmp_path / "train/images/empty.png", 32, 32)
-    ds = YoloDataset.scan(read_data_yaml(write_yaml(tmp_path)), "train", size=32)
-    _, target = ds[0]
-    assert target["boxes"].shape == (0, 4) and target["labels"].shape == (0,) and ds.problems == ()
+    (tmp_path / "train/labels").mkdir(parents=True)
+    for on_bad in ("skip", "fail"):
+        ds = YoloDataset.scan(read_data_yaml(write_yaml(tmp_path)), "train", size=32, on_bad=on_bad)
+        _, target = ds[0]
+        assert target["boxes"].shape == (0, 4) and target["labels"].shape == (0,)
+        (problem,) = ds.problems
+        assert str(problem) == (f"{tmp_path / 'train/labels/empty.txt'}: missing label file of empty.png (read as "
+                                "an image without objects)")
+
+
+def test_a_missing_labels_folder_is_an_error(tmp_path):
+    write_png(tmp_path / "train/images/a.png", 32, 32)
+    with pytest.raises(DataError, match=r"train: no labels folder .*train/labels for the images in"):
+        YoloDataset.scan(read_data_yaml(write_yaml(tmp_path)), "train", size=32)
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_a_truncated_jpeg_is_found_at_the_scan_under_both_policies(tmp_path, split):
+    from PIL import Image
+
+    for s in ("train", "val"):
+        for name in ("a", "b"):
+            path = tmp_path / f"{s}/images/{name}.jpg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.effect_noise((64, 64), 60).convert("RGB").save(path, quality=95)
+            write_labels(tmp_path / f"{s}/labels/{name}.txt", "0 0.5 0.5 0.25 0.25\n")
+    bad = tmp_path / f"{split}/images/b.jpg"
+    bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])     # the header intact, half the pixels gone
+    spec = read_data_yaml(write_yaml(tmp_path))
+    ds = YoloDataset.scan(spec, split, size=32, on_bad="skip")
+    assert [p.name for p in ds.images] == ["a.jpg"]
+    (problem,) = ds.problems
+    assert str(problem).startswith(f"{bad}: unreadable image")
+    with pytest.raises(DataError, match=rf"^{bad}: unreadable image"):
+        YoloDataset.scan(spec, split, size=32, on_bad="fail")
 
 
 # --------------------------------------------------------------------------- bad files
@@ -243,6 +275,7 @@ def _bad_dataset(root: Path, case: str) -> tuple[Path, int]:
     write_png(root / "train/images/a.png", 32, 32, [(4, 4, 20, 20, (255, 0, 0))])
     write_labels(root / "train/labels/a.txt", "0 0.375 0.375 0.5 0.5\n")
     write_png(root / "train/images/b.png", 32, 32)
+    write_labels(root / "train/labels/b.txt", "")
     good = "1 0.5 0.5 0.25 0.25\n"
     if case == "label without image":
         bad = root / "train/labels/ghost.txt"
@@ -313,6 +346,7 @@ def test_parse_labels_counts_every_bad_line(tmp_path):
 
 def test_no_readable_image_is_an_error(tmp_path):
     (tmp_path / "train/images").mkdir(parents=True)
+    (tmp_path / "train/labels").mkdir(parents=True)
     (tmp_path / "train/images/x.png").write_bytes(b"junk")
     with pytest.raises(DataError, match="no readable images"):
         YoloDataset.scan(read_data_yaml(write_yaml(tmp_path)), "train")

@@ -152,7 +152,8 @@ def summary_markdown(state: TrainState, run_name: str = "run", wall_seconds: flo
 
 
 def data_lines(problems: Sequence[str], shown: int = 20) -> list[str]:
-    """The summary's "Data" section: how many bad files or label lines the data factory skipped, the first
+    """The summary's "Data" section: how many bad files or label lines the data factory skipped (or label files it
+    found missing), the first
     ``shown`` of them (all are in ``data-problems.txt``); no lines when there were none.
 
     ``data_lines(["images/a.jpg: cannot decode"])``
@@ -160,7 +161,7 @@ def data_lines(problems: Sequence[str], shown: int = 20) -> list[str]:
     if not problems:
         return []
     more = [f"- ... and {len(problems) - shown} more"] if len(problems) > shown else []
-    return ["", "## Data", "", f"{len(problems)} bad file(s) or label line(s) skipped "
+    return ["", "## Data", "", f"{len(problems)} bad file(s) or label line(s) skipped, or label file(s) missing "
             "(all listed in `data-problems.txt`):", "", *[f"- `{s}`" for s in problems[:shown]], *more, ""]
 
 

@@ -11,6 +11,7 @@ prints as one ``error:`` line with exit 2::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -24,18 +25,24 @@ import attrs
 from .. import checkpoint, distributed
 from .._files import write_text_atomic
 from .._version import __version__
-from ..errors import RecipeError
+from ..errors import CheckpointError, RecipeError
+from ..events import by_event, fire
 from ..loop import fit
 from ..replay import replay as replay_state, verify
+from ..state import RunInfo
 from ..report.values import fmt_exact, plain
 from ..tree import tree_map
 from . import library
 from .build import build, describe, probe
 from .export import export
+from .folders import Found, find_checkpoint, folder_problem, holds_run, run_folder_of
 from .footprint import footprint
-from .folders import find_checkpoint, free_folder, holds_run, run_folder_of
+from .interrupt import exit_status, interrupted, on_signals, resumable, stop_on
+from .lock import claim, hold
 from .recipe import dumps, load, parse_set, reference, to_dict, to_toml, write
-from .resume import environment_notes, recipe_of, require_fit, state_in
+from .registry import import_path
+from .resume import environment_notes, recipe_of, require_fit, require_progress, state_in
+from .trust import untrusted
 
 DEFAULT_RECIPE = library.path_of(library.DEFAULT)
 """The recipe ``smartcash-fn train`` uses when none is given (shipped inside the package)."""
@@ -85,10 +92,11 @@ def _restarted_here(run_dir: Path, recipe: Any) -> bool:
 
 
 def train(args: argparse.Namespace) -> int:
-    """``train [RECIPE] [--set K=V]... [--out DIR]``: a new run in a new folder.
+    """``train [RECIPE] [--set K=V]... [--out DIR]``: a new run in a new folder, locked while it trains.
 
     Under ``torchrun --max-restarts`` with ``--out``, a restarted group finds
     its own run in the folder and goes on from the newest intact checkpoint.
+    Rank 0 holds the folder's lock and writes; the other ranks train in it.
     """
     recipe = load(library.resolve(args.recipe), args.sets)
     world = distributed.init_from_env(recipe.run.backend or None, recipe.run.device)
@@ -100,85 +108,153 @@ def train(args: argparse.Namespace) -> int:
             if world.main:
                 note(f"restart {distributed.restart_count()} of the group: resuming {run_dir} from its newest "
                      "intact checkpoint")
-            return resume(argparse.Namespace(target=str(run_dir), sets=[], out=None, quiet=args.quiet))
-        if holds_run(run_dir) and not restarted:
-            raise RecipeError(f"--out {run_dir}: the folder already holds a run; resume it with "
-                              f"`smartcash-fn resume {run_dir}`, or give another folder")
+            return resume(argparse.Namespace(target=str(run_dir), sets=[], out=None, quiet=args.quiet, force=False,
+                                             trust_code=True))
+        folder = hold(run_dir, "train", f"--out {args.out}", must_be_new=not restarted)
     else:
-        run_dir = free_folder(Path(recipe.run.out) / recipe.run.name)
-    run_dir = Path(distributed.broadcast_object(str(run_dir)))  # rank 0's folder; every rank has looked
-    built = build(recipe, run_dir, quiet=args.quiet)
-    probe(built)
-    if world.main:
-        for n in built.notes:
-            note(n)
-        write(recipe, run_dir / "recipe.toml", header=_header("train"))
-    say(f"training {recipe.run.name}: {built.loop.epochs} epoch(s) of {built.batches} batches"
-        f"{f' on each of {world.size} processes' if world.size > 1 else ''} -> {run_dir}")
-    if world.main:
-        say(f"model: {footprint(built).text()}")
-    with distributed.failures_named():
-        state = fit(built.template, built.loop)
-    return finish(state, run_dir)
+        folder = claim(Path(recipe.run.out) / recipe.run.name, "train", recipe.where("run", "out"))
+    with (folder if world.main else contextlib.nullcontext(None)) as held:
+        run_dir = Path(distributed.broadcast_object(None if held is None else str(held.folder)))  # rank 0's
+        built = build(recipe, run_dir, quiet=args.quiet)
+        probe(built)
+        if world.main:
+            for n in built.notes:
+                note(n)
+            write(recipe, run_dir / "recipe.toml", header=_header("train"))
+        say(f"training {recipe.run.name}: {built.loop.epochs} epoch(s) of {built.batches} batches"
+            f"{f' on each of {world.size} processes' if world.size > 1 else ''} -> {run_dir}")
+        return train_on(built.template, built, run_dir, f"smartcash-fn resume {run_dir}")
+
+
+def newer_than(found: Found) -> tuple[Path, int] | None:
+    """The newest checkpoint in ``found``'s folder that is further on than ``found`` (its path and step), or None.
+
+    Only files written after ``found`` are read; an unreadable one is no history to keep.
+    """
+    path = found.path
+    step = found.obj["state"]["progress"]["step"]
+    mine = path.stat()
+    best: tuple[Path, int] | None = None
+    for other in path.parent.glob("*.pt"):
+        st = other.stat()
+        if other.name == "final.pt" or (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino) \
+                or st.st_mtime_ns < mine.st_mtime_ns:
+            continue
+        try:
+            theirs = checkpoint.read(other)["state"]["progress"]["step"]
+        except (CheckpointError, KeyError, TypeError):
+            continue
+        if isinstance(theirs, int) and theirs > step and (best is None or theirs > best[1]):
+            best = (other, theirs)
+    return best
+
+
+def train_on(state: Any, built: Any, run_dir: Path, resume_hint: str) -> int:
+    """``fit`` with SIGINT/SIGTERM stopping at a batch boundary; the exit status (130/143 when interrupted).
+
+    The model's footprint is said first, once the signals are in hand (counting FLOPs takes a moment).
+    """
+    with on_signals() as caught:  # under torchrun every rank stops in the same step (one small all-reduce a batch)
+        if distributed.world().main and state.progress.step == 0:
+            say(f"model: {footprint(built).text()}")
+        loop = built.loop.add(stop_on(caught), *distributed.agree_on_stop(every_batch=True)[:1])
+        with distributed.failures_named():
+            state = fit(state, loop)
+    status = finish(state, run_dir)
+    if caught.signum is not None and interrupted(state):
+        say(f"interrupted: a checkpoint of step {state.progress.step} is in {run_dir / 'checkpoints'}; go on with: "
+            f"{resume_hint}")
+        return exit_status(caught.signum)
+    return status
+
+
+def end_writers(state: Any, built: Any) -> None:
+    """Run the ``training_end`` writers (not the checkpoint writer) on a finished ``state``: the summary etc."""
+    ends = [c for c in built.loop.callbacks if c.event == "training_end" and c.writes and c.name != "checkpoint"]
+    p = built.loop
+    v = p.validation
+    state = state.replace(run=RunInfo(epochs=p.epochs, batches=len(p.data), val_batches=0 if v is None else len(v.data),
+                                      batch_size=int(getattr(p.data, "batch_size", 0) or 0)))
+    fire(state, "training_end", by_event(ends))
 
 
 def resume(args: argparse.Namespace) -> int:
-    """``resume CKPT_OR_RUN_DIR [--set K=V]... [--out DIR]``: go on from a checkpoint; with changes, as a fork."""
+    """``resume CKPT_OR_RUN_DIR [--set K=V]... [--out DIR] [--force]``: go on from a checkpoint; with changes, as a fork.
+
+    The run folder is locked while it trains. A checkpoint older than the
+    newest in its folder is refused (going on from it would rewrite the
+    history after it) unless forked (``--out``) or ``--force``d. A run stopped
+    by a signal goes on; a finished run whose end writers never ran gets them.
+    """
     found = find_checkpoint(args.target)
     for s in found.skipped:
         note(f"skipped {s}")
     ckpt = found.path
-    recipe = recipe_of(found, args.sets)
+    recipe = recipe_of(found, args.sets, trust_code=getattr(args, "trust_code", False))
     world = distributed.init_from_env(recipe.run.backend or None, recipe.run.device)
     old_dir = run_folder_of(ckpt)
     fork = bool(args.sets or args.out)
     if fork:
         renamed = any(parse_set(s)[0] == ("run", "name") for s in args.sets)
         if args.out:
-            run_dir = Path(args.out)
-            if holds_run(run_dir):
-                raise RecipeError(f"--out {run_dir}: the folder already holds a run; give another folder")
+            folder = hold(Path(args.out), "resume", f"--out {args.out}", must_be_new=True)
         elif renamed:
-            run_dir = free_folder(old_dir.parent / recipe.run.name)
+            folder = claim(old_dir.parent / recipe.run.name, "resume")
         else:
-            run_dir = free_folder(old_dir.parent / f"{old_dir.name}-fork")
-        recipe = attrs.evolve(recipe, run=attrs.evolve(recipe.run, name=run_dir.name, parent=str(ckpt.resolve())))
+            folder = claim(old_dir.parent / f"{old_dir.name}-fork", "resume")
     else:
-        run_dir = old_dir
-    run_dir = Path(distributed.broadcast_object(str(run_dir)))  # rank 0's folder; every rank has looked
-    built = build(recipe, run_dir, quiet=args.quiet)
-    state = state_in(found, built.template)
-    for n in environment_notes(found, built.template):
-        note(n)
-    if fork:
-        require_fit(built.template, state, f"--set {' '.join(args.sets) or '(none)'}",
-                    "the forked recipe changes the optimizer's state (change lr, schedule, epochs, callbacks, ... "
-                    "instead)")
-        callbacks = {k: v for k, v in state.callbacks.items() if k != "checkpoint"}  # its files are the parent's
-        state = state.replace(recipe=to_dict(recipe), callbacks=callbacks, stop=None, seed=recipe.run.seed)
-    for n in built.notes:
-        note(n)
-    p = state.progress
-    if state.stop is not None:
-        say(f"{ckpt}: the run had stopped ({state.stop.reason}); fork it with --set to train on")
-        return 0
-    if p.epoch >= built.loop.epochs:
-        say(f"{ckpt}: the run is complete ({p.epoch} of {built.loop.epochs} epochs); fork it with "
-             f"--set train.epochs=N to train on")
-        return 0
-    if world.main and (fork or not (run_dir / "recipe.toml").exists()):
-        write(recipe, run_dir / "recipe.toml", header=_header(f"forked from {ckpt}" if fork else "resume"))
-    say(f"{'forking' if fork else 'resuming'} {ckpt} at epoch {p.epoch}, batch {p.batch} (step {p.step}) -> {run_dir}")
-    with distributed.failures_named():
-        state = fit(state, built.loop)
-    return finish(state, run_dir)
+        folder = hold(old_dir, "resume", str(old_dir))
+    with (folder if world.main else contextlib.nullcontext(None)) as held:
+        run_dir = Path(distributed.broadcast_object(None if held is None else str(held.folder)))  # rank 0's
+        if fork:
+            recipe = attrs.evolve(recipe, run=attrs.evolve(recipe.run, name=run_dir.name, parent=str(ckpt.resolve())))
+        elif not getattr(args, "force", False):
+            newer = newer_than(found)
+            if newer is not None:
+                raise CheckpointError(
+                    f"{ckpt}: {newer[0]} is further on (step {newer[1]}); going on from the older checkpoint here "
+                    f"would rewrite the run's history after it. Fork it into a new folder with --out DIR, or "
+                    f"pass --force to overwrite the newer checkpoints")
+        built = build(recipe, run_dir, quiet=args.quiet)
+        state = state_in(found, built.template)
+        require_progress(state, len(built.loop.data), str(ckpt))
+        for n in environment_notes(found, built.template):
+            note(n)
+        if fork:
+            require_fit(built.template, state, f"--set {' '.join(args.sets) or '(none)'}",
+                        "the forked recipe changes the optimizer's state (change lr, schedule, epochs, callbacks, ... "
+                        "instead)")
+            callbacks = {k: v for k, v in state.callbacks.items() if k != "checkpoint"}  # its files are the parent's
+            state = state.replace(recipe=to_dict(recipe), callbacks=callbacks, stop=None, seed=recipe.run.seed)
+        if interrupted(state):
+            note(f"{ckpt}: the run was {state.stop.reason}; going on from there")
+            state = resumable(state)
+        for n in built.notes:
+            note(n)
+        p = state.progress
+        done = state.stop is not None or p.epoch >= built.loop.epochs
+        if done and not fork and not (run_dir / "summary.md").exists() and recipe.loggers.summary:
+            end_writers(state, built)
+            say(f"{ckpt}: the run had ended without its end writers (no summary.md); wrote them")
+        if state.stop is not None:
+            say(f"{ckpt}: the run had stopped ({state.stop.reason}); fork it with --set to train on")
+            return 0
+        if p.epoch >= built.loop.epochs:
+            say(f"{ckpt}: the run is complete ({p.epoch} of {built.loop.epochs} epochs); fork it with "
+                f"--set train.epochs=N to train on")
+            return 0
+        if world.main and (fork or not (run_dir / "recipe.toml").exists()):
+            write(recipe, run_dir / "recipe.toml", header=_header(f"forked from {ckpt}" if fork else "resume"))
+        say(f"{'forking' if fork else 'resuming'} {ckpt} at epoch {p.epoch}, batch {p.batch} (step {p.step}) -> "
+            f"{run_dir}")
+        return train_on(state, built, run_dir, f"smartcash-fn resume {run_dir}")
 
 
 def replay(args: argparse.Namespace) -> int:
     """``replay CKPT --to-step N [--verify OTHER]``: recompute a later state; 0 when it matches OTHER bit for bit."""
     found = find_checkpoint(args.checkpoint)
     ckpt, obj = found.path, found.obj
-    recipe = recipe_of(found)
+    recipe = recipe_of(found, trust_code=getattr(args, "trust_code", False))
     other = find_checkpoint(args.verify) if args.verify else None
     other_obj = None if other is None else other.obj
     to_step = args.to_step
@@ -195,9 +271,11 @@ def replay(args: argparse.Namespace) -> int:
     built = build(recipe, quiet=True)  # no run folder: no file writers; replay leaves the others out
     loop = built.loop
     start = obj["state"]["progress"]
+    start_state = state_in(found, built.template)
+    require_progress(start_state, len(loop.data), str(ckpt))
     for n in environment_notes(found, built.template):
         note(n)
-    state = replay_state(state_in(found, built.template), loop, to_step=to_step)
+    state = replay_state(start_state, loop, to_step=to_step)
     p = state.progress
     say(f"replayed {ckpt} from step {start['step']} to step {p.step} (epoch {p.epoch}, batch {p.batch})")
     if p.step != to_step:
@@ -214,9 +292,32 @@ def replay(args: argparse.Namespace) -> int:
 
 
 def check(args: argparse.Namespace) -> int:
-    """``check RECIPE [--set K=V]...``: validate, print the resolved recipe, the composed step and callbacks."""
+    """``check RECIPE [--set K=V]... [--trial]``: validate, print the resolved recipe, the composed step and callbacks.
+
+    A recipe of built-in components is built and a trial step run on its first
+    batch. A recipe naming the user's own code (import paths) has that code
+    imported and found, not called, unless ``--trial`` asks to build it and run
+    the trial step: checking a recipe never runs a component behind the user's back.
+    """
     path = library.resolve(args.recipe)
     recipe = load(path, args.sets)
+    problem = folder_problem(Path(recipe.run.out) / (recipe.run.name or "run"))
+    if problem:
+        raise RecipeError(f"{recipe.where('run', 'out')}: {problem}")
+    own = untrusted(to_dict(recipe))
+    if own and not getattr(args, "trial", False):
+        for c in own:
+            obj = import_path(c.value, recipe.where(*c.path))
+            if not callable(obj):
+                raise RecipeError(f"{recipe.where(*c.path)}: {c.value!r} is not callable "
+                                  f"(a {type(obj).__name__})")
+        sys.stdout.write(to_toml(recipe, header=f"Resolved recipe of {path}"))
+        say("")
+        for c in own:
+            say(f"# imported, not called: {c}")
+        say(f"# ok: {path} is valid as far as can be told without running its own code; "
+            "`check --trial` builds it and runs a trial step")
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         built = build(recipe, Path(tmp) / recipe.run.name, quiet=True)
         loss = probe(built)
@@ -264,6 +365,7 @@ def inspect_info(path: str | os.PathLike) -> dict[str, Any]:
         "params": {"tensors": len(params), "elements": int(sum(t.numel() for t in params.values()))},
         "parent": recipe.get("run", {}).get("parent"),
         "recipe": recipe or None,
+        "untrusted": [{"key": c.key, "value": c.value} for c in untrusted(recipe)],
     })
 
 
@@ -295,6 +397,10 @@ def inspect(args: argparse.Namespace) -> int:
         f"{info['torch_version']}; created {info['created']}",
         f"digest:     {info['digest']}",
     ]
+    if info["untrusted"]:
+        names = "; ".join(f"{c['key']} = {c['value']!r}" for c in info["untrusted"])
+        lines.append(f"UNTRUSTED:  the recipe names code that is not built in ({names}); resume, replay, eval and "
+                     "predict refuse it unless given --trust-code")
     say("\n".join(lines))
     if info["recipe"]:
         say("\n# recipe\n" + dumps(info["recipe"]).rstrip())
@@ -318,7 +424,7 @@ def export_model(args: argparse.Namespace) -> int:
     found = find_checkpoint(args.checkpoint, prefer=("best", "last"))
     for s in found.skipped:
         note(f"skipped {s}")
-    built = build(recipe_of(found), quiet=True)
+    built = build(recipe_of(found, trust_code=getattr(args, "trust_code", False)), quiet=True)
     out = Path(args.out) if args.out else run_folder_of(found.path) / "export"
     done = export(found, built, args.format, out, half=args.half)
     say(f"wrote {done.path} ({args.format}{', float16' if args.half else ''}) and {done.meta_path}")

@@ -20,7 +20,11 @@ from typing import Any, Sequence
 import attrs
 
 from .. import checkpoint
-from ..errors import CheckpointError
+from .._files import remove_temp_files
+from ..errors import CheckpointError, UserError
+
+VIRTUAL = (Path("/proc"), Path("/sys"), Path("/dev"))
+"""Kernel filesystems: nothing a run writes belongs there."""
 
 
 def holds_run(folder: Path) -> bool:
@@ -40,6 +44,53 @@ def free_folder(base: Path) -> Path:
     while holds_run(base.with_name(f"{base.name}-{n}")):
         n += 1
     return base.with_name(f"{base.name}-{n}")
+
+
+def folder_problem(folder: Path) -> str | None:
+    """What makes ``folder`` unfit to hold a run's files (without creating anything), or None.
+
+    ``folder_problem(Path("/proc/x"))`` is ``"/proc/x is inside /proc, a kernel filesystem; ..."``.
+    """
+    absolute = Path(os.path.abspath(folder))
+    for v in VIRTUAL:
+        if absolute == v or v in absolute.parents:
+            return f"{folder} is inside {v}, a kernel filesystem, not a disk; give a folder on a disk"
+    probe = absolute
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        return (f"{folder} is a file, not a folder" if probe == absolute
+                else f"{probe} is a file, so {folder} cannot be made inside it")
+    return None
+
+
+def prepare_folder(folder: Path, where: str) -> Path:
+    """``folder``, created when missing, or a :class:`UserError` at ``where`` saying why it cannot hold a run.
+
+    ``prepare_folder(Path("runs/tiny"), "--out runs/tiny")``
+    """
+    problem = folder_problem(folder)
+    if problem:
+        raise UserError(f"{where}: {problem}")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"{where}: cannot create the run folder {folder} ({e.strerror or e}); choose a folder "
+                        "you can write to") from None
+    return folder
+
+
+RUN_SUBFOLDERS = ("checkpoints", "plots", "tensorboard")
+"""The subfolders of a run folder that the library writes files into."""
+
+
+def tidy(folder: Path) -> list[Path]:
+    """Remove the temp files interrupted writes left in a run folder and its own subfolders
+    (:data:`RUN_SUBFOLDERS`); call it holding the folder's lock. ``tidy(Path("runs/a"))``"""
+    gone = remove_temp_files(folder)
+    for sub in RUN_SUBFOLDERS:
+        gone += remove_temp_files(folder / sub)
+    return gone
 
 
 def run_folder_of(ckpt: Path) -> Path:

@@ -71,6 +71,12 @@ _FRACTION = (lambda v: 0 <= v <= 1, "a number in [0, 1]")
 _NAME = (lambda v: bool(v) and "/" not in v and "\\" not in v and v not in (".", ".."),
          "a folder name (not empty, no slashes)")
 _OPTIONAL_NAME = (lambda v: v == "" or _NAME[0](v), "a folder name (no slashes)")
+MAX_LR = 1e3
+"""The largest learning rate a recipe may ask for: beyond it an update overflows to inf within a step or two."""
+_LR = (lambda v: 0 <= v <= MAX_LR, f"a learning rate in [0, {MAX_LR:g}]")
+_SEED = (lambda v: 0 <= v < 2**63, "an integer in [0, 2**63)")
+INT64 = (-(2**63), 2**63 - 1)
+"""TOML integers are 64-bit: a recipe's integers must lie in this range (the reader accepts larger ones)."""
 
 
 @attrs.frozen(kw_only=True)
@@ -82,7 +88,7 @@ class RunConfig:
 
     name: str = _key("", "name of the run and of its folder `<out>/<name>`; empty: the recipe file's name",
                      check=_OPTIONAL_NAME)
-    seed: int = _key(0, "seed of every random draw: init, data order, dropout, augmentation")
+    seed: int = _key(0, "seed of every random draw: init, data order, dropout, augmentation", check=_SEED)
     out: str = _key("runs", "folder that holds the run folders (relative to the working directory)")
     parent: str | None = _key(None, "the checkpoint this run was forked from (set by `resume --set`)")
     device: str = _key("cpu", "where the model trains: `cpu`, `cuda` or `cuda:N` (batches are moved there); "
@@ -139,7 +145,7 @@ class GroupConfig:
     prefix: str = _key(doc="params whose names start with this prefix (the longest matching prefix wins)")
     name: str = _key("", "label of the group (it names the group's part of the optimizer state); empty: the "
                          "prefix without its trailing dot")
-    lr: float | None = _key(None, "this group's learning rate; unset: `optimizer.lr`", check=_AT_LEAST_0)
+    lr: float | None = _key(None, "this group's learning rate; unset: `optimizer.lr`", check=_LR)
     weight_decay: float | None = _key(None, "this group's weight decay; unset: `optimizer.weight_decay`",
                                       check=_AT_LEAST_0)
     frozen: bool = _key(False, "never train these params (no gradient is computed for them)")
@@ -147,7 +153,7 @@ class GroupConfig:
                                  "frozen-backbone phase; its schedule starts at the switch)", check=_INT_AT_LEAST_0)
     after_epochs: int = _key(0, "after N epochs switch this group to `lr_after`, with fresh optimizer state and "
                                 "the schedule restarted (0 is never)", check=_INT_AT_LEAST_0)
-    lr_after: float | None = _key(None, "this group's learning rate after `after_epochs`", check=_AT_LEAST_0)
+    lr_after: float | None = _key(None, "this group's learning rate after `after_epochs`", check=_LR)
 
 
 @attrs.frozen(kw_only=True)
@@ -158,7 +164,7 @@ class OptimizerConfig:
     """
 
     use: str = _key("adamw", "optimizer: a built-in name or an import path to a factory `(lr, **params)`")
-    lr: float = _key(1e-3, "learning rate (the peak of the schedule)", check=_AT_LEAST_0)
+    lr: float = _key(1e-3, "learning rate (the peak of the schedule)", check=_LR)
     weight_decay: float | None = _key(None, "weight decay; unset: the optimizer's default (adamw 0.01, "
                                             "sgd and adam 0)", check=_AT_LEAST_0)
     momentum: float = _key(0.0, "momentum (sgd)", check=_AT_LEAST_0)
@@ -182,7 +188,7 @@ class ScheduleConfig:
                                          "`train.accumulate`", check=_INT_AT_LEAST_1)
     warmup_steps: int = _key(0, "linear warmup updates (warmup_cosine)", check=_INT_AT_LEAST_0)
     min_lr: float = _key(0.0, "final learning rate (cosine, warmup_cosine); scaled with each group's lr",
-                         check=_AT_LEAST_0)
+                         check=_LR)
     start_factor: float = _key(0.0, "warmup starts at `lr * start_factor` (warmup_cosine)", check=_FRACTION)
     step_size: int | None = _key(None, "decay every this many updates (step)", check=_INT_AT_LEAST_1)
     milestones: tuple[int, ...] = _key((), "updates at which to decay (multistep)")
@@ -450,13 +456,33 @@ def _type_name(tp: Any) -> str:
 # --------------------------------------------------------------------------- validation
 
 
+def origin_is_mapping(tp: Any) -> bool:
+    """Whether the recipe type ``tp`` is a free-form table (a component's ``params``)."""
+    return typing.get_origin(tp) is Mapping or tp is dict
+
+
+def _ints(value: Any, path: KeyPath) -> list[tuple[KeyPath, int]]:
+    """Every integer (not bool) inside ``value`` with its key path (free-form ``params`` tables)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return [(path, value)]
+    if isinstance(value, dict):
+        return [found for k, v in value.items() for found in _ints(v, path + (k,))]
+    if isinstance(value, list):
+        return [found for i, v in enumerate(value) for found in _ints(v, path + (i,))]
+    return []
+
+
 def _check_value(value: Any, tp: Any, path: KeyPath, problems: list[tuple[KeyPath, str]]) -> bool:
     """Check ``value`` against the recipe type ``tp``; add ``(path, text)`` problems; True when it fits."""
     inner = _optional_inner(tp)
     if inner is not None:
         return _check_value(value, inner, path, problems)
-    if tp is Any:
-        return True
+    if tp is Any or origin_is_mapping(tp):
+        big = [(p, v) for p, v in _ints(value, path) if not INT64[0] <= v <= INT64[1]]
+        for p, v in big:
+            problems.append((p, f"{v} does not fit in a 64-bit integer (TOML's integers are 64-bit)"))
+        if big or tp is Any:
+            return not big
     if attrs.has(tp):
         return _check_table(value, tp, path, problems)
     origin = typing.get_origin(tp)
@@ -465,6 +491,10 @@ def _check_value(value: Any, tp: Any, path: KeyPath, problems: list[tuple[KeyPat
         ok = isinstance(value, bool)
     elif tp is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
+        if ok and not INT64[0] <= value <= INT64[1]:
+            problems.append((path, f"expected an integer, got {value}, which does not fit in 64 bits "
+                                   "(TOML's integers are 64-bit)"))
+            return False
     elif tp is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
     elif tp is str:
@@ -626,6 +656,9 @@ def _read_toml(path: Path, shown: str, named_by: str | None) -> dict[str, Any]:
         return tomli.loads(text)
     except tomli.TOMLDecodeError as e:
         raise RecipeError(f"{shown}: invalid TOML: {e}") from None
+    except RecursionError:
+        raise RecipeError(f"{shown}: invalid TOML: arrays or tables nested too deep; a recipe nests a few "
+                          "levels") from None
 
 
 def _within(path: KeyPath, prefix: KeyPath) -> bool:
@@ -695,6 +728,8 @@ def parse_set(arg: str) -> tuple[KeyPath, Any]:
         value = tomli.loads(f"v = {text}")["v"]
     except tomli.TOMLDecodeError:
         value = text.strip()
+    except RecursionError:
+        raise RecipeError(f"{where}: the value is nested too deep") from None
     return path, value
 
 

@@ -219,6 +219,24 @@ def check_params(fn: Callable[..., Any], params: Mapping[str, Any], where: str |
         )
 
 
+_ALLOCATION = ("can't allocate memory", "not enough memory", "out of memory", "cannot allocate memory",
+               "DefaultCPUAllocator", "Trying to create tensor with negative dimension", "cannot be represented",
+               "overflow")
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of ``e``'s message, shortened to 200 characters."""
+    text = (str(e).strip().splitlines() or [""])[0]
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def too_big(e: BaseException) -> bool:
+    """Whether ``e`` says a size was too large to allocate or represent (not a bug in the component)."""
+    if isinstance(e, (MemoryError, OverflowError)):
+        return True
+    return isinstance(e, RuntimeError) and any(m in str(e) for m in _ALLOCATION)
+
+
 def call(fn: Callable[..., Any], where: str, /, *args: Any, **kwargs: Any) -> Any:
     """``fn(*args, **kwargs)``, with a ``ValueError``/``TypeError`` from bad values turned into a RecipeError.
 
@@ -227,6 +245,12 @@ def call(fn: Callable[..., Any], where: str, /, *args: Any, **kwargs: Any) -> An
     """
     try:
         return fn(*args, **kwargs)
+    except (MemoryError, OverflowError, RuntimeError) as e:
+        if not too_big(e):
+            raise
+        label = getattr(fn, "__name__", "component")
+        raise RecipeError(f"{where}: {label}: its parameters ask for more memory than this machine has "
+                          f"({type(e).__name__}: {first_line(e)}); make the sizes in its params smaller") from None
     except (UserError, ValueError, TypeError) as e:
         if isinstance(e, UserError) and not isinstance(e, ValueError):
             raise RecipeError(f"{where}: {e}") from None

@@ -19,19 +19,28 @@ from ..errors import CheckpointError, RecipeError
 from ..replay import Difference, difference
 from ..state import TrainState
 from .folders import Found
-from .recipe import Recipe, from_dict
+from .recipe import Recipe, from_dict, to_dict
+from .trust import require_trusted
 
 
-def recipe_of(found: Found, sets: Sequence[str] = ()) -> Recipe:
+def recipe_of(found: Found, sets: Sequence[str] = (), trust_code: bool = False) -> Recipe:
     """The resolved recipe inside the checkpoint (with ``--set`` overrides), errors naming the file.
 
-    ``recipe_of(find_checkpoint("runs/tiny"), ["train.epochs=5"])``
+    The checkpoint is data: its recipe may name only built-in components
+    unless ``trust_code`` (the user vouches for the code it names; see
+    :mod:`smartcash_fn.run.trust`). Checked after the overrides, before
+    anything is imported or called::
+
+        recipe_of(find_checkpoint("runs/tiny"), ["train.epochs=5"])
+        recipe_of(find_checkpoint("runs/custom"), trust_code=True)     # a recipe naming mypkg.models:net
     """
     tree = found.obj["state"].get("recipe")
     if not tree:
         raise CheckpointError(f"{found.path}: the checkpoint holds no recipe (it was not made from one); resume it "
                               "from Python with smartcash_fn.resume(path, loop, like=template)")
-    return from_dict(tree, source=f"{found.path} (its recipe)", sets=sets)
+    recipe = from_dict(tree, source=f"{found.path} (its recipe)", sets=sets)
+    require_trusted(to_dict(recipe), str(found.path), trust_code)
+    return recipe
 
 
 def state_in(found: Found, like: TrainState) -> TrainState:
@@ -81,3 +90,12 @@ def require_fit(template: TrainState, state: TrainState, where: str, what: str) 
                           "the checkpoint was trained with")
 
 
+
+
+def require_progress(state: TrainState, batches: int, where: str) -> None:
+    """Raise a :class:`CheckpointError` at ``where`` when ``state``'s progress cannot belong to a run of
+    ``batches`` batches per epoch (a batch index past the epoch's end)."""
+    p = state.progress
+    if p.batch > batches:
+        raise CheckpointError(f"{where}: progress.batch is {p.batch}, but an epoch of this recipe has {batches} "
+                              "batches; the checkpoint does not belong to this recipe's data")

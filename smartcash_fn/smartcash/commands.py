@@ -24,7 +24,7 @@ from .plots import draw_boxes
 def evaluate(args: argparse.Namespace) -> int:
     """``eval CKPT [--data DATA_YAML] [--split val|test] [--scenario NAME] [--json PATH]``: the table and its JSON."""
 
-    det = load_detector(args.checkpoint, data_yaml=args.data)
+    det = load_detector(args.checkpoint, data_yaml=args.data, trust_code=getattr(args, "trust_code", False))
     result = evaluate_split(det, split=args.split, scenario=args.scenario, n=args.n, batch_size=args.batch_size,
                             conf=args.conf, iou=args.iou, pr_conf=args.pr_conf)
     say(result.text())
@@ -38,7 +38,7 @@ def predict(args: argparse.Namespace) -> int:
     """``predict CKPT IMAGE_OR_DIR... --out DIR [--conf C]``: images with their boxes drawn, and detections.json."""
 
 
-    det = load_detector(args.checkpoint)
+    det = load_detector(args.checkpoint, trust_code=getattr(args, "trust_code", False))
     files = image_files(args.inputs)
     out = Path(args.out)
     if out.exists() and not out.is_dir():

@@ -83,7 +83,8 @@ def _yolo_info(data_yaml: str | os.PathLike, size: int) -> tuple[dict[str, Any],
     return detector_info(ordered, layers, size), spec
 
 
-def load_detector(target: str | os.PathLike, data_yaml: str | os.PathLike | None = None) -> LoadedDetector:
+def load_detector(target: str | os.PathLike, data_yaml: str | os.PathLike | None = None, *,
+                  trust_code: bool = False) -> LoadedDetector:
     """The detector in checkpoint ``target`` (a file, or a run folder: its best.pt), params verified.
 
     The classes come from the recipe's data (the synthetic classes, or its
@@ -92,10 +93,13 @@ def load_detector(target: str | os.PathLike, data_yaml: str | os.PathLike | None
     (``validation.use_ema``), those are the detector's params::
 
         det = load_detector("runs/rupiah_synthetic", data_yaml="datasets/rupiah/data.yaml")
+
+    The checkpoint's recipe may name only built-in components unless
+    ``trust_code`` (:func:`smartcash_fn.run.resume.recipe_of`).
     """
     found = find_checkpoint(target, prefer=("best", "last"))
     path = found.path
-    recipe = recipe_of(found)
+    recipe = recipe_of(found, trust_code=trust_code)
     stored = found.obj["state"].get("data_info") or {}
     size = stored.get("image_size") or _data_default(recipe, "size")
     if not isinstance(size, int):

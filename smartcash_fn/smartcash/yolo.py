@@ -200,11 +200,19 @@ def parse_labels(path: Path, num_classes: int, tolerance: float = 1e-3) -> tuple
 
 
 def _readable(image: Path) -> str | None:
+    """Why ``image`` cannot be used, or None: its header is checked, then every pixel decoded.
+
+    ``verify()`` alone passes a JPEG truncated after an intact header, which
+    would fail only when sampled, mid-run, past ``on_bad``; decoding at the
+    scan finds it where ``on_bad`` decides.
+    """
     try:
         from PIL import Image
 
         with Image.open(image) as im:
             im.verify()
+        with Image.open(image) as im:
+            im.load()
         return None
     except Exception as e:  # noqa: BLE001 - any failure means unreadable
         return f"unreadable image ({type(e).__name__}: {e})"
@@ -298,7 +306,13 @@ class YoloDataset:
     @classmethod
     def scan(cls, spec: DataSpec, split: str, size: int = 640, augment: Augment | None = None,
              on_bad: str = "skip") -> "YoloDataset":
-        """Scan ``spec``'s ``split``: list the images, parse their labels, check every file."""
+        """Scan ``spec``'s ``split``: list the images, parse their labels, check every file.
+
+        Every image is decoded (a truncated file is found here, not mid-run);
+        a missing ``labels/`` folder is a :class:`DataError`; an image without
+        its label file is kept as an image without objects and counted in
+        ``problems``, whatever ``on_bad`` says.
+        """
         if on_bad not in ("skip", "fail"):
             raise DataError(f"on_bad must be 'skip' or 'fail', got {on_bad!r}")
         if split not in spec.splits:
@@ -319,16 +333,22 @@ class YoloDataset:
 
         found = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         label_dir = label_path(folder / "x.jpg").parent
-        if label_dir.is_dir():
-            stems = {p.with_suffix("").name for p in found}
-            for lp in sorted(label_dir.rglob("*.txt")):
-                if lp.with_suffix("").name not in stems:
-                    bad(Problem(str(lp), 0, "label file without an image (missing image)"))
+        if not label_dir.is_dir():
+            raise DataError(f"{spec.source}: {split}: no labels folder {label_dir} for the images in {folder}; "
+                            "YOLO data keeps the labels of images/x.jpg in labels/x.txt (an empty file for an "
+                            "image without objects)")
+        stems = {p.with_suffix("").name for p in found}
+        for lp in sorted(label_dir.rglob("*.txt")):
+            if lp.with_suffix("").name not in stems:
+                bad(Problem(str(lp), 0, "label file without an image (missing image)"))
         for img in found:
             why = _readable(img)
             if why:
                 bad(Problem(str(img), 0, why))
                 continue
+            if not label_path(img).exists():  # counted, not skipped: read as an image without objects
+                problems.append(Problem(str(label_path(img)), 0, f"missing label file of {img.name} (read as an "
+                                                                 "image without objects)"))
             rows, line_problems = parse_labels(label_path(img), len(spec.names))
             for p in line_problems:
                 bad(p)
