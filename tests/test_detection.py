@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from smartcash_fn.smartcash.detection import (LEVEL_BALANCE, Detections, Heads, Layout, LossWeights, assign, box_decode,
                                               ciou_loss, decode, detection_collate, detection_loss, level_of,
                                               pad_targets, pair_iou)
+from smartcash_fn.smartcash.components import detector
 from smartcash_fn.smartcash.detector import BACKBONES, STRIDES, Detector, backbone
 from smartcash_fn.errors import StateError, UserError
 
@@ -650,3 +651,18 @@ def test_detection_collate_pads_the_targets_and_keeps_the_list():
     assert images.shape == (2, 3, 64, 64) and kept == targets
     assert padded["boxes"].shape == (2, 2, 4) and padded["labels"].tolist() == [[2, 8], [15, -1]]
     assert torch.equal(padded["boxes"][1, 0], targets[1]["boxes"][0])
+
+
+def test_channels_last_keeps_weights_and_inputs_nhwc_and_the_outputs():
+    plain, nhwc = tiny_detector(), tiny_detector(channels_last=True)
+    conv = next(p for p in nhwc.parameters() if p.ndim == 4 and p.shape[-1] > 1)
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a, b = plain.eval()(images), nhwc.eval()(images)
+    for g in a:
+        for x, y in zip(a[g], b[g]):
+            assert torch.allclose(x, y, atol=1e-4)
+    assert detector(GROUPS, width=16, backbone_width=8, channels_last=True).channels_last
+    with pytest.raises(UserError, match="channels_last must be true or false"):
+        detector(GROUPS, channels_last="yes")

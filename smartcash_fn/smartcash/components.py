@@ -203,17 +203,20 @@ def yolo_dataset(data_yaml: str, size: int = 640, augment: Any = True, on_bad: s
 
 
 def detector(groups: Mapping[str, int], backbone: str = "cspdarknet", width: int = 64, backbone_width: int = 16,
-             backbone_depth: int = 1, weights_path: str | None = None) -> Detector:
+             backbone_depth: int = 1, weights_path: str | None = None, channels_last: bool = False) -> Detector:
     """The SmartCash detector (:class:`~smartcash_fn.smartcash.detector.Detector`); ``groups`` comes from the data.
 
     ``backbone`` is ``cspdarknet`` or ``efficientnet_b0`` … ``efficientnet_b4``;
     ``width`` is the neck and head channels; ``weights_path`` a local file of
-    the EfficientNet's ImageNet weights (nothing is downloaded)::
+    the EfficientNet's ImageNet weights (nothing is downloaded); ``channels_last`` keeps the model and its
+    inputs in ``torch.channels_last`` memory format (``model.params.channels_last = true`` in a recipe)::
 
         model = detector({"banknote": 7, "nominal": 7, "security": 3}, backbone="efficientnet_b0")
     """
+    if not isinstance(channels_last, bool):
+        raise DataError(f"detector: channels_last must be true or false, got {channels_last!r}")
     return Detector(backbone=backbone, groups=dict(groups), width=width, weights_path=weights_path,
-                    backbone_width=backbone_width, backbone_depth=backbone_depth)
+                    backbone_width=backbone_width, backbone_depth=backbone_depth, channels_last=channels_last)
 
 
 # --------------------------------------------------------------------------- loss
