@@ -16,13 +16,17 @@ from pathlib import Path
 
 import attrs
 import pytest
+import torch
 
 import smartcash_fn as sf
 from smartcash_fn.callbacks import time_budget
 from smartcash_fn.errors import RecipeError, StateError
 from smartcash_fn.events import Callback
+from smartcash_fn.report.console import clock_lines, end_lines, plain_text, plan_lines
+from smartcash_fn.report.sinks import read_jsonl
 from smartcash_fn.run.build import build
 from smartcash_fn.run.recipe import load, seconds_of
+from smartcash_fn.state import Clock
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "recipes" / "tiny.toml"
@@ -100,3 +104,31 @@ def test_resume_of_a_budgeted_run_reaches_the_same_bits(tmp_path):
     # a replay (writers left out) from there reaches the final checkpoint too
     replayed = sf.replay(files / "epoch-0001.pt", again_loop, like=again.template)
     assert sf.verify(replayed, full) is None
+
+
+def test_the_run_folder_says_where_the_time_went_and_what_the_budget_planned(tmp_path):
+    built, loop = _built(tmp_path, "train.epochs=3", "train.max_time='1h'")
+    state = sf.fit(built.template, loop)
+    lines = read_jsonl(tmp_path / "metrics.jsonl")
+    times = [r for r in lines if r["kind"] == "time"]
+    assert [t["epoch"] for t in times] == [0, 1, 2]
+    for t in times:  # the sleeping callback runs at batch_end: outside the step, so neither data nor step
+        assert t["time/step"] > 0 and t["time/val"] > 0 and t["time/checkpoint"] > 0 and t["time/data"] >= 0
+    # timings stay out of the state: the history has no time keys, the checkpoint verifies as it is
+    assert not any(k.startswith("time/") for e in state.history.epochs for k in e)
+    assert sf.verify(sf.load(tmp_path / "checkpoints" / "last.pt", like=built.template), state) is None
+    summary = (tmp_path / "summary.md").read_text()
+    assert "| time budget | max_time 1h00m: the first epoch took" in summary and "3 of at most 3 epochs" in summary
+    assert "## Time" in summary and "| data wait |" in summary and "| checkpoint |" in summary
+
+
+def test_console_says_when_the_loader_is_the_bottleneck_and_what_the_budget_planned():
+    state = sf.TrainState.create(lambda: torch.nn.Linear(2, 2), sf.sgd(0.1))
+    assert clock_lines(state.replace(clock=Clock(data=1.0, step=2.0))) == []
+    (line,) = clock_lines(state.replace(clock=Clock(data=3.0, step=1.0)))
+    assert "data loader is the bottleneck: waited 3.0 s for batches, 1.0 s in steps" in plain_text(line[1])
+    (line,) = plan_lines({"max_time": 600.0, "epoch_seconds": 118.0, "epochs": 5, "cap": 8})
+    assert plain_text(line[1]) == "time budget 10m00s: the first epoch took 1m58s, so 5 of at most 8 epochs"
+    done = state.replace(callbacks={"time_budget": {"max_time": 600.0, "epoch_seconds": 118.0, "epochs": 5,
+                                                    "cap": 8}})
+    assert any("time budget 10m00s, used 9m50s" in plain_text(segs) for _, segs, _ in end_lines(done, wall=590.0))
