@@ -623,16 +623,22 @@ def _recorded_ops(batch: int, per_image: int) -> list[str]:
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         loss, _ = detection_loss(out, padded, LAYOUT, 64)
         loss.backward()
-    return sorted(e.name for e in prof.events() if e.name.startswith("aten::"))
+    aten = [e for e in prof.events() if e.name.startswith("aten::")]
+    # the operations called (by the loss, or by autograd for its backward), not what an operation does
+    # inside: `zero_` skips its `fill_` for small tensors on the CPU, a detail of that kernel
+    called = sorted(e.name for e in aten if e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::"))
+    return called, {e.name for e in aten}
 
 
 def test_the_loss_records_the_same_operations_whatever_the_batch_and_the_targets():
-    ops = _recorded_ops(2, 1)
-    assert _recorded_ops(16, 1) == ops
-    assert _recorded_ops(2, 40) == ops
-    assert _recorded_ops(16, 40) == ops
-    # nothing that waits for the device: no data-dependent shapes, no reads of a value
-    assert not {"aten::nonzero", "aten::item", "aten::_local_scalar_dense", "aten::masked_select"} & set(ops)
+    ops, every = _recorded_ops(2, 1)
+    assert len(ops) > 100
+    for batch, per_image in [(16, 1), (2, 40), (16, 40)]:
+        got, inside = _recorded_ops(batch, per_image)
+        assert got == ops, (batch, per_image)
+        every |= inside
+    # nothing that waits for the device, at any depth: no data-dependent shapes, no reads of a value
+    assert not {"aten::nonzero", "aten::item", "aten::_local_scalar_dense", "aten::masked_select"} & every
 
 
 def test_ciou_and_pair_iou_equal_torchvision():

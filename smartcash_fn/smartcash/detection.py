@@ -120,6 +120,15 @@ def _pick(index: torch.Tensor, values: Sequence[float]) -> torch.Tensor:
     return out
 
 
+def _thrice(t: torch.Tensor) -> torch.Tensor:
+    """``t`` ``[B, M, ...]`` repeated for each target's three candidate cells: ``[B, M, 3, ...]``, always a copy.
+
+    A copy whatever the shape (``torch.stack``), where ``expand(...).reshape(...)``
+    would copy for some target counts and not for others.
+    """
+    return torch.stack((t, t, t), 2)
+
+
 def pad_targets(targets: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """One batch's per-image targets as two fixed-size tensors: ``boxes [B, M, 4]`` and ``labels [B, M]``.
 
@@ -280,12 +289,11 @@ def assign(padded: Mapping[str, torch.Tensor], layout: Layout, heads: Heads, ima
     y = torch.stack([gy, gy, ny], -1).long()
     inside = (x >= 0) & (x < w[..., None]) & (y >= 0) & (y < h[..., None]) & valid[..., None]
     cell = torch.where(inside, base[..., None] + y * w[..., None] + x, heads.cells)  # heads.cells: a spare slot
-    index = torch.arange(count, device=labels.device).view(1, count, 1).expand(batch, count, 3)
+    index = _thrice(torch.arange(count, device=labels.device).view(1, count).expand(batch, count).contiguous())
     owner = torch.full((batch, heads.cells + 1), -1, dtype=torch.int64, device=labels.device)
     owner = owner.scatter_reduce(1, cell.reshape(batch, -1), index.reshape(batch, -1), "amax")
     positive = inside & (owner.gather(1, cell.reshape(batch, -1)).view(batch, count, 3) == index)
-    return Assignment(x=x, y=y, stride=stride[..., None].expand(batch, count, 3), cell=cell, positive=positive,
-                      group=group, cls=cls)
+    return Assignment(x=x, y=y, stride=_thrice(stride), cell=cell, positive=positive, group=group, cls=cls)
 
 
 def detection_loss(outputs: Outputs, targets: Sequence[Mapping[str, torch.Tensor]] | Mapping[str, torch.Tensor],
@@ -319,8 +327,7 @@ def detection_loss(outputs: Outputs, targets: Sequence[Mapping[str, torch.Tensor
     boxes = _boxes(pred[..., :4].sigmoid(), a.x.reshape(batch, -1).float(), a.y.reshape(batch, -1).float(),
                    a.stride.reshape(batch, -1))
     unit = torch.tensor([0.0, 0.0, 1.0, 1.0], device=device)
-    tbox = torch.where(pos[..., None], padded["boxes"].float()[:, :, None, :].expand(batch, count, 3, 4)
-                       .reshape(batch, -1, 4), unit)
+    tbox = torch.where(pos[..., None], _thrice(padded["boxes"].float()).reshape(batch, -1, 4), unit)
     boxes = torch.where(pos[..., None], boxes, unit)  # inert pairs off the positives: finite values and gradients
     n = pos.sum().clamp(min=1)
     box_l = torch.where(pos, ciou_loss(boxes, tbox), 0.0).sum() / n
@@ -329,8 +336,8 @@ def detection_loss(outputs: Outputs, targets: Sequence[Mapping[str, torch.Tensor
     obj_t = obj_t.scatter_add(1, torch.where(pos, a.cell.reshape(batch, -1), heads.cells), iou)[:, :heads.cells]
     obj_l = (F.binary_cross_entropy_with_logits(flat[:, 4], obj_t, reduction="none") * balance).sum()
     classes = torch.arange(widest, device=device)
-    cls = a.cls[..., None].expand(batch, count, 3).reshape(batch, -1, 1)
-    group_size = _pick(a.group, [c for _, c in layout.groups])[..., None].expand(batch, count, 3).reshape(batch, -1, 1)
+    cls = _thrice(a.cls).reshape(batch, -1, 1)
+    group_size = _thrice(_pick(a.group, [c for _, c in layout.groups])).reshape(batch, -1, 1)
     cls_bce = F.binary_cross_entropy_with_logits(pred[..., 5:], (classes == cls).float(), reduction="none")
     cls_bce = torch.where(classes < group_size, cls_bce, 0.0).sum(-1) / group_size[..., 0]
     cls_l = torch.where(pos, cls_bce, 0.0).sum() / n
