@@ -439,11 +439,12 @@ def time_budget(seconds: float, replan: Callable[[TrainState, int], TrainState] 
     """Fit a run into ``seconds`` of wall time: time the first epoch, plan the epochs that fit, stop after them.
 
     At the end of the first epoch the plan is fixed and recorded in
-    ``state.callbacks[name]``: ``max_time``, ``epoch_seconds`` (what the first
-    epoch took: training, validation and the callbacks before this one),
-    ``cap`` (the loop's epochs, an upper bound) and ``epochs`` =
-    ``floor(max_time / epoch_seconds)``, at least 1 and at most ``cap``. The
-    run then stops after ``epochs`` epochs. ``replan(state, epochs)`` (given
+    ``state.callbacks[name]``: ``max_time``, ``cap`` (the loop's epochs, an
+    upper bound) and ``epochs`` = ``floor(max_time / first epoch's seconds)``,
+    at least 1 and at most ``cap`` (the first epoch timed from
+    ``training_start`` through validation and the callbacks before this one).
+    The state keeps the decision, not the measurement: two runs whose plans
+    agree hold the same bits. The run then stops after ``epochs`` epochs. ``replan(state, epochs)`` (given
     by :func:`~smartcash_fn.run.build.build`) returns the state with an
     optimizer whose schedule spans the planned epochs; it runs when the plan
     is made and again at ``training_start`` of a run resumed from a planned
@@ -451,7 +452,7 @@ def time_budget(seconds: float, replan: Callable[[TrainState, int], TrainState] 
     never measures again::
 
         loop = loop.add(time_budget(600.0))   # at most 10 minutes, at most loop.epochs epochs
-        state.callbacks["time_budget"]        # {"max_time": 600.0, "epoch_seconds": 118.2, "epochs": 5, "cap": 5}
+        state.callbacks["time_budget"]        # {"max_time": 600.0, "cap": 5, "epochs": 5}
     """
     if not (isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and math.isfinite(seconds)
             and seconds > 0):
@@ -474,14 +475,14 @@ def time_budget(seconds: float, replan: Callable[[TrainState, int], TrainState] 
             trained = max(batches - watch.batch, 1)  # a run resumed inside its first epoch trained fewer
             took = (time.perf_counter() - watch.start) * batches / trained
             cap = state.run.epochs
-            plan = {"max_time": float(seconds), "epoch_seconds": took, "cap": cap,
+            plan = {"max_time": float(seconds), "cap": cap,
                     "epochs": max(1, min(cap, int(seconds // took)) if took > 0 else cap)}
             state = follow(_with_cb_state(state, name, plan), plan)
         done = state.progress.epoch
         if state.stop is None and plan["epochs"] < plan["cap"] and done >= plan["epochs"]:
             state = state.replace(stop=Stop(
                 f"time budget: {plan['epochs']} epoch(s) of {plan['cap']} planned to fit max_time "
-                f"{plan['max_time']:g} s (the first epoch took {plan['epoch_seconds']:.1f} s)"))
+                f"{plan['max_time']:g} s"))
         return state
 
     return (Callback("training_start", start, priority=-900, name=name),

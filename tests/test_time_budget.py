@@ -67,8 +67,10 @@ def test_the_run_plans_the_epochs_that_fit_and_stops_within_one_epoch_of_the_bud
     state = sf.fit(built.template, loop)
     took = time.perf_counter() - start
     plan = state.callbacks["time_budget"]
+    assert set(plan) == {"max_time", "cap", "epochs"}  # the decision, not the measurement
     assert plan["max_time"] == 2.0 and plan["cap"] == 20 and 1 <= plan["epochs"] < 20
-    assert plan["epochs"] == max(1, int(2.0 // plan["epoch_seconds"]))
+    first = ends[0] - start  # as this test saw it, a little later than the callback
+    assert abs(plan["epochs"] - max(1, int(2.0 // first))) <= 1, (plan, first)
     assert len(state.history.epochs) == plan["epochs"]
     assert state.stop is not None and not state.stop.failed and "time budget" in state.stop.reason
     # within one epoch of the budget (the longest epoch seen, on a machine others share)
@@ -118,7 +120,7 @@ def test_the_run_folder_says_where_the_time_went_and_what_the_budget_planned(tmp
     assert not any(k.startswith("time/") for e in state.history.epochs for k in e)
     assert sf.verify(sf.load(tmp_path / "checkpoints" / "last.pt", like=built.template), state) is None
     summary = (tmp_path / "summary.md").read_text()
-    assert "| time budget | max_time 1h00m: the first epoch took" in summary and "3 of at most 3 epochs" in summary
+    assert "| time budget | max_time 1h00m: 3 of at most 3 epochs planned; used " in summary
     assert "## Time" in summary and "| data wait |" in summary and "| checkpoint |" in summary
 
 
@@ -127,8 +129,7 @@ def test_console_says_when_the_loader_is_the_bottleneck_and_what_the_budget_plan
     assert clock_lines(state.replace(clock=Clock(data=1.0, step=2.0))) == []
     (line,) = clock_lines(state.replace(clock=Clock(data=3.0, step=1.0)))
     assert "data loader is the bottleneck: waited 3.0 s for batches, 1.0 s in steps" in plain_text(line[1])
-    (line,) = plan_lines({"max_time": 600.0, "epoch_seconds": 118.0, "epochs": 5, "cap": 8})
+    (line,) = plan_lines({"max_time": 600.0, "epochs": 5, "cap": 8}, first=118.0)
     assert plain_text(line[1]) == "time budget 10m00s: the first epoch took 1m58s, so 5 of at most 8 epochs"
-    done = state.replace(callbacks={"time_budget": {"max_time": 600.0, "epoch_seconds": 118.0, "epochs": 5,
-                                                    "cap": 8}})
+    done = state.replace(callbacks={"time_budget": {"max_time": 600.0, "epochs": 5, "cap": 8}})
     assert any("time budget 10m00s, used 9m50s" in plain_text(segs) for _, segs, _ in end_lines(done, wall=590.0))

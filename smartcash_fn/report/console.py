@@ -313,17 +313,19 @@ def clock_lines(state: TrainState) -> list[Line]:
              MARKS["warning"])]
 
 
-def plan_lines(plan: Mapping[str, Any] | None) -> list[Line]:
+def plan_lines(plan: Mapping[str, Any] | None, first: float | None = None) -> list[Line]:
     """The line that says what a time budget planned (``state.callbacks["time_budget"]``), when it is fixed.
 
-    ``plan_lines({"max_time": 600.0, "epoch_seconds": 118.0, "epochs": 5, "cap": 8})`` ->
-    ``time budget 10m00s: the first epoch took 1m58s, so 5 of at most 8 epochs``.
+    ``first`` is the first epoch's wall time as the console measured it::
+
+        plan_lines({"max_time": 600.0, "epochs": 5, "cap": 8}, first=118.0)
+        # time budget 10m00s: the first epoch took 1m58s, so 5 of at most 8 epochs
     """
     if not isinstance(plan, Mapping) or "max_time" not in plan:
         return []
-    return [(logging.INFO, [(f"time budget {fmt_duration(float(plan['max_time']))}: the first epoch took "
-                             f"{fmt_duration(float(plan['epoch_seconds']))}, so {plan['epochs']} of at most "
-                             f"{plan['cap']} epochs", None)], None)]
+    took = f" the first epoch took {fmt_duration(first)}, so" if first is not None else ""
+    return [(logging.INFO, [(f"time budget {fmt_duration(float(plan['max_time']))}:{took} {plan['epochs']} of at "
+                             f"most {plan['cap']} epochs", None)], None)]
 
 
 def saved_lines(info: Mapping[str, Any] | None) -> list[Line]:
@@ -522,7 +524,7 @@ def console(quiet: bool = False, *, stream: TextIO | None = None, color: bool | 
         session.say(clock_lines(state))
         plan = state.callbacks.get("time_budget")
         if plan and not session.plan_shown:
-            session.say(plan_lines(plan))
+            session.say(plan_lines(plan, session.epoch_times[0] if len(session.epoch_times) == 1 else None))
         session.plan_shown = bool(plan)
         session.scale = state.lr_scale
         return state

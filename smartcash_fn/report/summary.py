@@ -101,13 +101,12 @@ def checkpoint_lines(names: Sequence[str]) -> list[str]:
 def budget_text(plan: Mapping[str, Any] | None, wall_seconds: float | None = None) -> str | None:
     """What a time budget (``state.callbacks["time_budget"]``) planned, and the wall time used; None without one.
 
-    ``budget_text({"max_time": 600.0, "epoch_seconds": 118.0, "epochs": 5, "cap": 5}, 590.0)`` reads
-    ``max_time 10m00s: the first epoch took 1m58s, 5 of at most 5 epochs planned; used 9m50s``.
+    ``budget_text({"max_time": 600.0, "epochs": 5, "cap": 5}, 590.0)`` reads
+    ``max_time 10m00s: 5 of at most 5 epochs planned; used 9m50s``.
     """
     if not isinstance(plan, Mapping) or "max_time" not in plan:
         return None
-    text = (f"max_time {fmt_duration(float(plan['max_time']))}: the first epoch took "
-            f"{fmt_duration(float(plan['epoch_seconds']))}, {plan['epochs']} of at most {plan['cap']} epochs planned")
+    text = f"max_time {fmt_duration(float(plan['max_time']))}: {plan['epochs']} of at most {plan['cap']} epochs planned"
     return text + (f"; used {fmt_duration(wall_seconds)}" if wall_seconds is not None else "")
 
 
