@@ -34,7 +34,15 @@ What runs, in order (nothing is downloaded):
    mAP@0.5 and mAP@0.5:0.95 over all classes, per layer (banknote, nominal,
    security) and per scenario; precision/recall at conf 0.25; inference ms
    per image (preprocess, forward, decode and NMS, batch 1, after a warm-up).
-   Ultralytics' own ``val`` mAP is printed beside it for reference.
+   The peer's predictions are converted box for box (``peer_detections``:
+   a test holds our evaluator on the converted set equal to pycocotools on
+   the peer's own, within 1e-6). Each side's predictions are also scored by
+   Ultralytics' own metric (its matching by IoU and ``ap_per_class``:
+   ``ultralytics_scores``), and Ultralytics' own ``val`` of its weights is
+   printed too: three figures that separate the metric (ours against theirs
+   on the same predictions) from the decoding (``val`` decodes multi-label,
+   at IoU 0.7 and up to 300 boxes an image, where ``predict`` gives one class
+   per box at the comparison's IoU 0.6 and 100 boxes).
 
 A full comparison takes 20+ minutes of a quiet machine (two 10-minute
 trainings one after the other, then the evaluations)::
@@ -61,6 +69,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+import torchvision
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -243,27 +252,113 @@ def ours_predictor(ckpt: Path, conf: float, iou: float, max_det: int, scenes: di
     return predict, {"ema": ema}
 
 
+def class_table(names: Any, where: str) -> torch.Tensor:
+    """The peer's class index -> our class id (``rupiah.CLASSES``), matched by name; ``names`` as YOLO gives them.
+
+    ``class_table({0: "l3_sign", 1: "001"}, "w.pt").tolist() == [14, 0]``
+    """
+    try:
+        return torch.tensor([rupiah.CLASSES.index(str(names[i])) for i in range(len(names))], dtype=torch.int64)
+    except (ValueError, KeyError):
+        raise BenchError(f"{where}: its classes {names} are not rupiah.CLASSES") from None
+
+
+def peer_detections(boxes: Any, table: torch.Tensor) -> M.Detections:
+    """One image's peer predictions (an Ultralytics ``Results.boxes``: ``xyxy``, ``conf``, ``cls``) as our Detections.
+
+    Boxes stay xyxy pixels of the same input, scores the same float32
+    confidences, classes go through ``table`` (:func:`class_table`); no
+    prediction is dropped, reordered or rounded — the test in
+    ``tests/test_peer_benchmark.py`` holds our evaluator on the converted
+    set equal to pycocotools on the peer's own (1e-6)::
+
+        peer_detections(results[0].boxes, class_table(model.names, "best.pt"))
+    """
+    xyxy = torch.as_tensor(boxes.xyxy).detach().cpu().float().reshape(-1, 4)
+    conf = torch.as_tensor(boxes.conf).detach().cpu().float().reshape(-1)
+    cls = torch.as_tensor(boxes.cls).detach().cpu().reshape(-1).long()
+    return M.Detections(xyxy, conf, table[cls])
+
+
 def peer_predictor(weights: Path, imgsz: int, conf: float, iou: float, max_det: int
                    ) -> tuple[Callable[[np.ndarray], M.Detections], dict[str, Any]]:
-    """A batch-1 predictor of a YOLO checkpoint (classes mapped by name to rupiah.CLASSES)."""
+    """A batch-1 predictor of a YOLO checkpoint (classes mapped by name to rupiah.CLASSES).
+
+    It decodes as ``YOLO.predict`` does — one class per box (no multi-label
+    NMS), at the ``conf``, ``iou`` and ``max_det`` given — which is not how
+    Ultralytics' validator decodes (multi-label, IoU 0.7, 300 per image, its
+    own letterbox): the validator's figure and ours differ for that reason
+    too, not only by the metric (see :func:`ultralytics_scores`).
+    """
     from ultralytics import YOLO
 
     model = YOLO(str(weights))
-    names = model.names
-    try:
-        table = torch.tensor([rupiah.CLASSES.index(str(names[i])) for i in range(len(names))], dtype=torch.int64)
-    except ValueError:
-        raise BenchError(f"{weights}: its classes {names} are not rupiah.CLASSES") from None
+    table = class_table(model.names, str(weights))
     speeds: list[dict[str, float]] = []
 
     def predict(a: np.ndarray) -> M.Detections:
         r = model.predict(np.ascontiguousarray(a[:, :, ::-1]), imgsz=imgsz, conf=conf, iou=iou, max_det=max_det,
                           device="cpu", verbose=False)[0]  # numpy input is BGR, as from cv2
         speeds.append(dict(r.speed))
-        b = r.boxes
-        return M.Detections(b.xyxy.cpu().float(), b.conf.cpu().float(), table[b.cls.cpu().long()])
+        return peer_detections(r.boxes, table)
 
     return predict, {"speeds": speeds}
+
+
+IOUS = np.linspace(0.5, 0.95, 10)
+"""The ten IoU thresholds of mAP@0.5:0.95."""
+
+
+def match_like_ultralytics(dets: M.Detections, target: M.Targets, ious: np.ndarray = IOUS) -> np.ndarray:
+    """Which detections of one image are true positives at each IoU threshold, the way Ultralytics' validator says.
+
+    At each threshold every (detection, target) pair of the same class with
+    IoU at least the threshold is a candidate; candidates are taken by IoU,
+    highest first, each detection and each target at most once. (COCO
+    instead takes detections by score.) Returns bool ``[detections, thresholds]``::
+
+        tp = match_like_ultralytics(dets[0], targets[0])   # tp[:, 0]: true positives at IoU 0.5
+    """
+    boxes, labels = torch.as_tensor(dets.boxes).double().reshape(-1, 4), torch.as_tensor(dets.labels).reshape(-1)
+    gboxes, glabels = torch.as_tensor(target.boxes).double().reshape(-1, 4), torch.as_tensor(target.labels).reshape(-1)
+    tp = np.zeros((len(boxes), len(ious)), dtype=bool)
+    if not len(boxes) or not len(gboxes):
+        return tp
+    iou = (torchvision.ops.box_iou(gboxes, boxes) * (glabels[:, None] == labels[None, :])).numpy()  # [targets, dets]
+    for k, t in enumerate(ious):
+        gi, di = np.nonzero(iou >= t)
+        order = np.argsort(-iou[gi, di], kind="stable")
+        used_d, used_g = set(), set()
+        for g, d in zip(gi[order], di[order]):
+            if d not in used_d and g not in used_g:
+                used_d.add(d)
+                used_g.add(g)
+                tp[d, k] = True
+    return tp
+
+
+def ultralytics_scores(dets: Sequence[M.Detections], targets: Sequence[M.Targets],
+                       ap_per_class: Callable[..., Any] | None = None) -> dict[str, float]:
+    """mAP@0.5 and mAP@0.5:0.95 of a prediction set by Ultralytics' own metric (``ultralytics.utils.metrics.ap_per_class``).
+
+    The same predictions our evaluator scores, matched as Ultralytics'
+    validator matches (:func:`match_like_ultralytics`) and integrated by its
+    ``ap_per_class``: the two figures side by side separate what the metric
+    does from what the decoding does. ``ap_per_class`` defaults to
+    Ultralytics' (an ImportError without it); a test passes a fake::
+
+        ultralytics_scores(dets, targets)   # {"mAP50": 0.31, "mAP50-95": 0.17}
+    """
+    if ap_per_class is None:
+        from ultralytics.utils.metrics import ap_per_class
+    tp = [match_like_ultralytics(d, t) for d, t in zip(dets, targets)]
+    conf = [torch.as_tensor(d.scores).double().reshape(-1).numpy() for d in dets]
+    pred_cls = [torch.as_tensor(d.labels).reshape(-1).numpy() for d in dets]
+    target_cls = [torch.as_tensor(t.labels).reshape(-1).numpy() for t in targets]
+    out = ap_per_class(np.concatenate(tp), np.concatenate(conf), np.concatenate(pred_cls),
+                       np.concatenate(target_cls))
+    ap = np.asarray(out[5])  # [classes with targets, 10]: every version returns (tp, fp, p, r, f1, ap, ...)
+    return {"mAP50": float(ap[:, 0].mean()) if ap.size else 0.0, "mAP50-95": float(ap.mean()) if ap.size else 0.0}
 
 
 # --------------------------------------------------------------------------- training
@@ -377,13 +472,20 @@ def peer_own_val(weights: Path, data_yaml: Path, imgsz: int, work: Path) -> dict
 # --------------------------------------------------------------------------- evaluating
 
 
-def evaluate_sets(predict: Callable[[np.ndarray], M.Detections], sets: dict[str, tuple]) -> dict[str, Any]:
-    """Our evaluator on each named validation set; the main set also gives the inference ms per image."""
+def evaluate_sets(predict: Callable[[np.ndarray], M.Detections], sets: dict[str, tuple],
+                  theirs: Callable[..., dict[str, float]] | None = None) -> dict[str, Any]:
+    """Our evaluator on each named validation set; the main set also gives the inference ms per image.
+
+    With ``theirs`` (:func:`ultralytics_scores`) the same predictions are
+    also scored by Ultralytics' metric, under ``"ultralytics_metric"``.
+    """
     out: dict[str, Any] = {}
     for name, (_, arrays, targets) in sets.items():
         dets, ms = timed_predictions(predict, arrays)
         rep = M.evaluate(dets, targets, rupiah.CLASSES, rupiah.LAYERS, conf=0.25, max_dets=100)
         out[name] = {"images": len(arrays), "ms_per_image": ms, "metrics": rep.metrics(), "table": rep.table()}
+        if theirs is not None:
+            out[name]["ultralytics_metric"] = theirs(dets, targets)
     return out
 
 
@@ -415,8 +517,14 @@ def side_by_side(ours: dict[str, Any], peer: dict[str, Any]) -> str:
             rows.append((f"scenario {s} {key}", _f(mo.get(key)), _f(mp.get(key))))
     rows.append(("inference ms/image (batch 1)", _f(eo.get("val", {}).get("ms_per_image"), ".1f"),
                  _f(ep.get("val", {}).get("ms_per_image"), ".1f")))
+    um_o = eo.get("val", {}).get("ultralytics_metric") or {}
+    um_p = ep.get("val", {}).get("ultralytics_metric") or {}
+    rows.append(("same predictions, Ultralytics' metric mAP50 / mAP50-95",
+                 f"{_f(um_o.get('mAP50'))} / {_f(um_o.get('mAP50-95'))}",
+                 f"{_f(um_p.get('mAP50'))} / {_f(um_p.get('mAP50-95'))}"))
     own = peer.get("own_val") or {}
-    rows.append(("ultralytics' own val mAP50 / mAP50-95", "", f"{_f(own.get('mAP50'))} / {_f(own.get('mAP50-95'))}"))
+    rows.append(("ultralytics' own val mAP50 / mAP50-95 (its decoding)", "",
+                 f"{_f(own.get('mAP50'))} / {_f(own.get('mAP50-95'))}"))
     w = max(len(r[0]) for r in rows)
     lines = [f"{'':<{w}}  {'smartcash_fn':>14}  {'YOLOv8n':>14}", "-" * (w + 32)]
     lines += [f"{a:<{w}}  {b:>14}  {c:>14}" for a, b, c in rows]
@@ -522,6 +630,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         paths = export_data(args.data_dir.resolve(), scenes, scenario_val, args.export_workers, say)
         sets_eval = {"val": val_set(paths["main"], imgsz)}
         sets_eval.update({s: val_set(p, imgsz) for s, p in paths["scenarios"].items()})
+        # the same predictions scored by Ultralytics' metric too, whenever it is installed
+        theirs = ultralytics_scores if importlib.util.find_spec("ultralytics") is not None else None
 
         ours: dict[str, Any] = {}
         peer: dict[str, Any] = {}
@@ -542,7 +652,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     pass
             predict, extra = ours_predictor(Path(ours["checkpoint"]), 0.001, args.iou, 100, scenes)
             ours.update(extra)
-            ours["eval"] = evaluate_sets(predict, sets_eval)
+            ours["eval"] = evaluate_sets(predict, sets_eval, theirs)
             say(f"smartcash_fn ({ours['checkpoint']}) on the validation split:\n{ours['eval']['val']['table']}")
 
         if "peer" in args.sides:
@@ -552,7 +662,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 peer = {"weights": str(args.peer_weights)}
             predict, extra = peer_predictor(Path(peer["weights"]), imgsz, 0.001, args.iou, 100)
-            peer["eval"] = evaluate_sets(predict, sets_eval)
+            peer["eval"] = evaluate_sets(predict, sets_eval, theirs)
             sp = extra["speeds"]
             peer["ultralytics_speed_ms"] = {k: float(np.mean([s[k] for s in sp])) for k in sp[0]} if sp else {}
             peer["own_val"] = peer_own_val(Path(peer["weights"]), paths["main"], imgsz, work)

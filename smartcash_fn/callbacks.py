@@ -1,4 +1,4 @@
-"""Built-in callbacks: best params, early stopping, checkpoints, plateau, NaN guard, memory, step records.
+"""Built-in callbacks: best params, early stopping, checkpoints, plateau, NaN guard, memory, step records, time budget.
 
 Each factory returns a :class:`~smartcash_fn.events.Callback` (or a tuple of
 them) to register on a :class:`~smartcash_fn.loop.Loop`. Metric callbacks run
@@ -20,8 +20,9 @@ from __future__ import annotations
 import gc
 import math
 import os
+import time
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import attrs
 import torch
@@ -444,3 +445,70 @@ def checkpointing(directory: str | os.PathLike, every_epochs: int = 1, every_ste
         writer("epoch_end", on_epoch, priority=1000, name=name),
         writer("training_end", on_end, priority=1000, name=name),
     )
+
+
+# --------------------------------------------------------------------------- time budget
+
+
+@attrs.define
+class _Watch:
+    """When this process started training and at which batch of its epoch (outside the state: a timing)."""
+
+    start: float = 0.0
+    batch: int = 0
+
+
+def time_budget(seconds: float, replan: Callable[[TrainState, int], TrainState] | None = None,
+                name: str = "time_budget", priority: int = 800) -> tuple[Callback, ...]:
+    """Fit a run into ``seconds`` of wall time: time the first epoch, plan the epochs that fit, stop after them.
+
+    At the end of the first epoch the plan is fixed and recorded in
+    ``state.callbacks[name]``: ``max_time``, ``cap`` (the loop's epochs, an
+    upper bound) and ``epochs`` = ``floor(max_time / first epoch's seconds)``,
+    at least 1 and at most ``cap`` (the first epoch timed from
+    ``training_start`` through validation and the callbacks before this one).
+    The state keeps the decision, not the measurement: two runs whose plans
+    agree hold the same bits. The run then stops after ``epochs`` epochs. ``replan(state, epochs)`` (given
+    by :func:`~smartcash_fn.run.build.build`) returns the state with an
+    optimizer whose schedule spans the planned epochs; it runs when the plan
+    is made and again at ``training_start`` of a run resumed from a planned
+    checkpoint, so a resumed or replayed run follows the recorded plan and
+    never measures again::
+
+        loop = loop.add(time_budget(600.0))   # at most 10 minutes, at most loop.epochs epochs
+        state = fit(state, loop)
+        state.callbacks["time_budget"]        # the plan: {"max_time": 600.0, "cap": 3, "epochs": 3}
+    """
+    if not (isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and math.isfinite(seconds)
+            and seconds > 0):
+        raise StateError(f"time_budget: seconds must be a number > 0, got {seconds!r}")
+    watch = _Watch()
+
+    def follow(state: TrainState, plan: dict) -> TrainState:
+        state = state.replace(run=attrs.evolve(state.run, epochs=plan["epochs"]))
+        return replan(state, plan["epochs"]) if replan is not None and plan["epochs"] != plan["cap"] else state
+
+    def start(state: TrainState) -> TrainState:
+        watch.start, watch.batch = time.perf_counter(), state.progress.batch
+        plan = state.callbacks.get(name)
+        return follow(state, plan) if plan else state
+
+    def epoch_end(state: TrainState) -> TrainState:
+        plan = state.callbacks.get(name)
+        if not plan:
+            batches = max(state.run.batches, 1)
+            trained = max(batches - watch.batch, 1)  # a run resumed inside its first epoch trained fewer
+            took = (time.perf_counter() - watch.start) * batches / trained
+            cap = state.run.epochs
+            plan = {"max_time": float(seconds), "cap": cap,
+                    "epochs": max(1, min(cap, int(seconds // took)) if took > 0 else cap)}
+            state = follow(_with_cb_state(state, name, plan), plan)
+        done = state.progress.epoch
+        if state.stop is None and plan["epochs"] < plan["cap"] and done >= plan["epochs"]:
+            state = state.replace(stop=Stop(
+                f"time budget: {plan['epochs']} epoch(s) of {plan['cap']} planned to fit max_time "
+                f"{plan['max_time']:g} s"))
+        return state
+
+    return (Callback("training_start", start, priority=-900, name=name),
+            Callback("epoch_end", epoch_end, priority=priority, name=name))

@@ -14,6 +14,7 @@ where it stands, skipping the batches it already trained on::
 
 from __future__ import annotations
 
+import time
 from functools import partial
 from typing import Any, Callable, Mapping
 
@@ -25,7 +26,7 @@ import torch.nn.functional as F
 from .data import as_data
 from .errors import StateError
 from .events import Callback, by_event, fire, flatten
-from .state import History, Progress, RunInfo, TrainState
+from .state import Clock, History, Progress, RunInfo, TrainState
 
 Apply = Callable[..., Any]
 
@@ -149,6 +150,8 @@ def train_epoch(state: TrainState, loop: Loop, table: Mapping, to_step: int | No
     """Train on the rest of the current epoch's batches, firing ``batch_end`` after each.
 
     Stops early when a callback stops the run or ``progress.step`` reaches ``to_step``.
+    The seconds spent waiting for batches and inside the step are added to
+    ``state.clock`` (transient: never saved, never compared).
     """
     if state.model is not None:
         state.model.train(True)
@@ -157,13 +160,21 @@ def train_epoch(state: TrainState, loop: Loop, table: Mapping, to_step: int | No
         return state
     step = loop.step
     has_batch_end = bool(table.get("batch_end"))
+    clock = state.clock if p.batch > 0 else Clock()  # a new epoch starts a new clock
+    waited = stepped = 0.0
+    ready = time.perf_counter()
     for batch in loop.data.batches(state.seed, p.epoch, p.batch):
-        state = _advance(state, step(state, batch))
+        got = time.perf_counter()
+        after = step(state, batch)
+        done = time.perf_counter()
+        waited, stepped = waited + (got - ready), stepped + (done - got)
+        state = _advance(state, after)
         if has_batch_end:
             state = fire(state, "batch_end", table)
+        ready = time.perf_counter()
         if state.stop is not None or (to_step is not None and state.progress.step >= to_step):
             break
-    return state
+    return state.replace(clock=attrs.evolve(clock, data=clock.data + waited, step=clock.step + stepped))
 
 
 def epoch_done(state: TrainState, loop: Loop) -> bool:
@@ -209,9 +220,11 @@ def finish_epoch(state: TrainState, loop: Loop, table: Mapping) -> TrainState:
     """
     v = loop.validation
     due = v is not None and v.every > 0 and (state.progress.epoch + 1) % v.every == 0
+    start = time.perf_counter()
     val = validate(state, v) if due else {}
     record = _epoch_record(state, val)
-    state = state.replace(history=History(epochs=state.history.epochs + (record,), steps=state.history.steps))
+    state = state.replace(history=History(epochs=state.history.epochs + (record,), steps=state.history.steps),
+                          clock=attrs.evolve(state.clock, val=time.perf_counter() - start))
     if due:
         state = fire(state, "validation_end", table)
     p = state.progress

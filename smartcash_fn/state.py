@@ -112,6 +112,23 @@ class RunInfo:
     batch_size: int = 0
 
 
+@attrs.frozen
+class Clock:
+    """Wall-clock seconds of the epoch in hand, measured by the loop (transient): where the time went.
+
+    ``data``: waiting for batches; ``step``: inside the step function;
+    ``val``: validation. Timings differ from run to run, so a clock is never
+    written to a checkpoint nor compared by ``verify``; writers read it
+    (``metrics.jsonl``'s ``"time"`` lines, the summary, the console)::
+
+        Clock(data=3.0, step=1.5).data > Clock(data=3.0, step=1.5).step   # the loader is the bottleneck
+    """
+
+    data: float = 0.0
+    step: float = 0.0
+    val: float = 0.0
+
+
 @attrs.frozen(eq=False)
 class TrainState:
     """Everything a run needs to continue, and nothing else.
@@ -134,7 +151,8 @@ class TrainState:
     Transient fields, never serialized: ``model`` (a template module used
     through ``torch.func.functional_call``), ``optimizer`` (an
     :class:`~smartcash_fn.optim.Optimizer`) and ``pending`` (events queued by
-    callbacks, fired by the loop) and ``run`` (:class:`RunInfo`, set by ``fit``)::
+    callbacks, fired by the loop), ``run`` (:class:`RunInfo`, set by ``fit``) and ``clock``
+    (:class:`Clock`, the epoch's timings, set by the loop)::
 
         state = TrainState.create(lambda: MyNet(), adamw(1e-3), seed=0)
         logits = state.apply(x)
@@ -160,6 +178,7 @@ class TrainState:
     optimizer: Any = _transient()
     pending: tuple[str, ...] = _transient(default=())
     run: RunInfo = _transient(default=RunInfo())
+    clock: Clock = _transient(default=Clock())
 
     @classmethod
     def create(

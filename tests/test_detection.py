@@ -20,8 +20,12 @@ import pytest
 import torch
 import torchvision
 
-from smartcash_fn.smartcash.detection import (LEVEL_BALANCE, Detections, Layout, LossWeights, _positives, box_decode, decode,
-                                    detection_loss, level_of)
+import torch.nn.functional as F
+
+from smartcash_fn.smartcash.detection import (LEVEL_BALANCE, Detections, Heads, Layout, LossWeights, assign, box_decode,
+                                              ciou_loss, decode, detection_collate, detection_loss, level_of,
+                                              pad_targets, pair_iou)
+from smartcash_fn.smartcash.components import detector
 from smartcash_fn.smartcash.detector import BACKBONES, STRIDES, Detector, backbone
 from smartcash_fn.errors import StateError, UserError
 
@@ -197,6 +201,89 @@ def test_level_of_never_assigns_a_box_its_level_cannot_reach():
         reach = torch.tensor([16.0 * s for s in STRIDES])[levels]
         assert torch.all(sizes <= reach), image_size
         assert torch.all(sizes[levels < 2] <= reach[levels < 2] / 2), image_size  # σ <= 0.71: not saturated
+
+
+# --------------------------------------------------------------------------- the per-image reference
+# The loss as it was before it became one batched computation: a loop over groups, levels and images,
+# positives found by boolean masks and a sort. Kept here, not in the package, as the reference the
+# batched loss must equal.
+
+
+def _ref_group_targets(targets, layout, group):
+    """Rows ``(image, class-in-group, x1, y1, x2, y2)`` of one group's targets over the batch."""
+    lo = layout.offset(group)
+    hi = lo + dict(layout.groups)[group]
+    rows = []
+    for i, t in enumerate(targets):
+        labels = t["labels"]
+        keep = (labels >= lo) & (labels < hi)
+        if keep.any():
+            boxes = t["boxes"].float()[keep]
+            img = torch.full((int(keep.sum()), 1), float(i))
+            rows.append(torch.cat([img, (labels[keep] - lo).float()[:, None], boxes], 1))
+    return torch.cat(rows) if rows else torch.zeros((0, 6))
+
+
+def _positives(rows, stride, h, w):
+    """(row index, grid y, grid x) of every positive: centre cell and the two nearer neighbours, the later wins."""
+    cx = (rows[:, 2] + rows[:, 4]) / 2 / stride
+    cy = (rows[:, 3] + rows[:, 5]) / 2 / stride
+    gx, gy = cx.floor(), cy.floor()
+    nx = torch.where(cx - gx < 0.5, gx - 1, gx + 1)
+    ny = torch.where(cy - gy < 0.5, gy - 1, gy + 1)
+    idx = torch.arange(len(rows))
+    all_idx = torch.cat([idx, idx, idx])
+    all_x = torch.cat([gx, nx, gx]).long()
+    all_y = torch.cat([gy, gy, ny]).long()
+    ok = (all_x >= 0) & (all_x < w) & (all_y >= 0) & (all_y < h)
+    all_idx, all_y, all_x = all_idx[ok], all_y[ok], all_x[ok]
+    img = rows[all_idx, 0].long()
+    key = (img * h + all_y) * w + all_x
+    order = torch.argsort(key * (len(rows) + 1) + all_idx, stable=True)
+    key_sorted = key[order]
+    last = torch.ones_like(key_sorted, dtype=torch.bool)
+    if len(key_sorted) > 1:
+        last[:-1] = key_sorted[1:] != key_sorted[:-1]
+    sel = order[last]
+    return all_idx[sel], all_y[sel], all_x[sel]
+
+
+def _ref_boxes(t, gx, gy, stride):
+    cx = (gx + t[..., 0] * 2 - 0.5) * stride
+    cy = (gy + t[..., 1] * 2 - 0.5) * stride
+    bw = (t[..., 2] * 4) ** 2 * stride
+    bh = (t[..., 3] * 4) ** 2 * stride
+    return torch.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], -1)
+
+
+def reference_loss(outputs, targets, layout, image_size, weights=LossWeights()):
+    """The per-image loss (docs/detection.md), one group, level and image at a time."""
+    batch = next(iter(outputs.values()))[0].shape[0]
+    box_l, obj_l, cls_l, n_box = torch.zeros(()), torch.zeros(()), torch.zeros(()), 0
+    for group, classes in layout.groups:
+        rows = _ref_group_targets(targets, layout, group)
+        levels = level_of(torch.maximum(rows[:, 4] - rows[:, 2], rows[:, 5] - rows[:, 3]), image_size)
+        for li, (raw, stride) in enumerate(zip(outputs[group], STRIDES)):
+            raw = raw.float()
+            h, w = raw.shape[-2:]
+            obj_t = torch.zeros((batch, h, w))
+            mine = rows[levels == li]
+            if len(mine):
+                ridx, gy, gx = _positives(mine, stride, h, w)
+                img = mine[ridx, 0].long()
+                pred = raw[img, :, gy, gx]
+                boxes = _ref_boxes(pred[:, :4].sigmoid(), gx.float(), gy.float(), stride)
+                tbox = mine[ridx, 2:6]
+                box_l = box_l + torchvision.ops.complete_box_iou_loss(boxes, tbox, reduction="sum")
+                n_box += len(ridx)
+                obj_t[img, gy, gx] = torchvision.ops.box_iou(boxes.detach(), tbox).diagonal().clamp(0)
+                cls_t = F.one_hot(mine[ridx, 1].long(), classes).float()
+                cls_l = cls_l + F.binary_cross_entropy_with_logits(pred[:, 5:], cls_t, reduction="sum") / classes
+            obj_l = obj_l + LEVEL_BALANCE[li] * F.binary_cross_entropy_with_logits(raw[:, 4], obj_t)
+    n = max(n_box, 1)
+    box_l, cls_l, obj_l = box_l / n, cls_l / n, obj_l / len(layout.groups)
+    total = (weights.box * box_l + weights.obj * obj_l + weights.cls * cls_l) * batch
+    return total, {"box": box_l.detach(), "obj": obj_l.detach(), "cls": cls_l.detach()}
 
 
 def _rows(*boxes, image=0):
@@ -445,3 +532,143 @@ def test_decode_of_a_model_output_is_well_formed():
     for d in dets:
         assert d.boxes.shape == (50, 4) and d.scores.shape == (50,) and d.labels.shape == (50,)
         assert d.labels.min() >= 0 and d.labels.max() < 17 and d.labels.dtype == torch.int64
+
+
+# --------------------------------------------------------------------------- the batched loss
+
+
+def _random_targets(g, batch, size, most, classes=17):
+    """Random boxes and labels; image 0 has none, the others 0 to ``most``."""
+    out = []
+    for i in range(batch):
+        k = 0 if i == 0 else int(torch.randint(0, most + 1, (1,), generator=g))
+        centre = torch.rand(k, 2, generator=g) * size
+        side = torch.rand(k, 2, generator=g) * size * 0.7 + 2
+        out.append({"boxes": torch.cat([centre - side / 2, centre + side / 2], 1),
+                    "labels": torch.randint(0, classes, (k,), generator=g)})
+    return out
+
+
+def _random_outputs(g, batch, size, layout=LAYOUT):
+    return {name: [torch.randn(batch, 5 + c, size // s, size // s, generator=g).requires_grad_(True) for s in STRIDES]
+            for name, c in layout.groups}
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_batched_loss_equals_the_per_image_reference(seed):
+    g = torch.Generator().manual_seed(seed)
+    size = (64, 96, 128)[seed % 3]
+    out = _random_outputs(g, 4, size)
+    targets = _random_targets(g, 4, size, most=25)
+    leaves = [t for ts in out.values() for t in ts]
+    want, want_parts = reference_loss(out, targets, LAYOUT, size, LossWeights(0.05, 1.0, 0.5))
+    want_grads = torch.autograd.grad(want, leaves)
+    for given in (targets, pad_targets(targets)):  # a list is padded at the loss entry
+        got, parts = detection_loss(out, given, LAYOUT, size, LossWeights(0.05, 1.0, 0.5))
+        assert torch.allclose(got, want, rtol=1e-5, atol=1e-5), (got, want)
+        for k in want_parts:
+            assert torch.allclose(parts[k], want_parts[k], rtol=1e-5, atol=1e-5), (k, parts[k], want_parts[k])
+        for a, b in zip(torch.autograd.grad(got, leaves), want_grads):
+            assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_batched_loss_of_a_batch_without_targets_equals_the_reference():
+    g = torch.Generator().manual_seed(3)
+    out = _random_outputs(g, 3, 64)
+    empty = [{"boxes": torch.zeros((0, 4)), "labels": torch.zeros(0, dtype=torch.int64)}] * 3
+    assert pad_targets(empty)["labels"].shape == (3, 0)
+    got, parts = detection_loss(out, empty, LAYOUT, 64)
+    want, _ = reference_loss(out, empty, LAYOUT, 64)
+    assert torch.allclose(got, want, rtol=1e-6) and parts["box"] == 0 and parts["cls"] == 0
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_assignment_picks_the_reference_cells(seed):
+    g = torch.Generator().manual_seed(seed)
+    size = 96
+    out = _random_outputs(g, 3, size)
+    targets = _random_targets(g, 3, size, most=40)  # crowded: many cells claimed twice
+    heads = Heads.of(out, LAYOUT)
+    a = assign(pad_targets(targets), LAYOUT, heads, size)
+    got = set()
+    for b, m, k in a.positive.nonzero().tolist():
+        got.add((b, int(targets[b]["labels"][m]), m, int(a.y[b, m, k]), int(a.x[b, m, k])))
+    want = set()
+    for gi, (group, _) in enumerate(LAYOUT.groups):
+        rows = _ref_group_targets(targets, LAYOUT, group)
+        # the row's index inside its image's own target list
+        own = [m for i, t in enumerate(targets) for m in range(len(t["labels"]))
+               if LAYOUT.group_of(int(t["labels"][m]))[0] == group]
+        levels = level_of(torch.maximum(rows[:, 4] - rows[:, 2], rows[:, 5] - rows[:, 3]), size)
+        for li, s in enumerate(STRIDES):
+            pick = (levels == li).nonzero()[:, 0]
+            ridx, gy, gx = _positives(rows[pick], s, size // s, size // s)
+            for r, y, x in zip(ridx.tolist(), gy.tolist(), gx.tolist()):
+                row = int(pick[r])
+                b = int(rows[row, 0])
+                want.add((b, int(targets[b]["labels"][own[row]]), own[row], y, x))
+    assert got == want and len(got) > 50
+
+
+def _recorded_ops(batch: int, per_image: int) -> list[str]:
+    g = torch.Generator().manual_seed(0)
+    out = _random_outputs(g, batch, 64)
+    targets = []
+    for _ in range(batch):
+        centre = torch.rand(per_image, 2, generator=g) * 64
+        side = torch.rand(per_image, 2, generator=g) * 40 + 2
+        targets.append({"boxes": torch.cat([centre - side / 2, centre + side / 2], 1),
+                        "labels": torch.randint(0, 17, (per_image,), generator=g)})
+    padded = detection_collate([(torch.zeros(3, 64, 64), t) for t in targets])[2]
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        loss, _ = detection_loss(out, padded, LAYOUT, 64)
+        loss.backward()
+    aten = [e for e in prof.events() if e.name.startswith("aten::")]
+    # the operations called (by the loss, or by autograd for its backward), not what an operation does
+    # inside: `zero_` skips its `fill_` for small tensors on the CPU, a detail of that kernel
+    called = sorted(e.name for e in aten if e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::"))
+    return called, {e.name for e in aten}
+
+
+def test_the_loss_records_the_same_operations_whatever_the_batch_and_the_targets():
+    ops, every = _recorded_ops(2, 1)
+    assert len(ops) > 100
+    for batch, per_image in [(16, 1), (2, 40), (16, 40)]:
+        got, inside = _recorded_ops(batch, per_image)
+        assert got == ops, (batch, per_image)
+        every |= inside
+    # nothing that waits for the device, at any depth: no data-dependent shapes, no reads of a value
+    assert not {"aten::nonzero", "aten::item", "aten::_local_scalar_dense", "aten::masked_select"} & every
+
+
+def test_ciou_and_pair_iou_equal_torchvision():
+    g = torch.Generator().manual_seed(5)
+    a = torch.rand(200, 4, generator=g) * 50
+    b = torch.rand(200, 4, generator=g) * 50
+    a = torch.cat([torch.minimum(a[:, :2], a[:, 2:]), torch.maximum(a[:, :2], a[:, 2:]) + 0.5], 1)
+    b = torch.cat([torch.minimum(b[:, :2], b[:, 2:]), torch.maximum(b[:, :2], b[:, 2:]) + 0.5], 1)
+    assert torch.allclose(ciou_loss(a, b), torchvision.ops.complete_box_iou_loss(a, b), atol=1e-6)
+    assert torch.allclose(pair_iou(a, b), torchvision.ops.box_iou(a, b).diagonal(), atol=1e-7)
+
+
+def test_detection_collate_pads_the_targets_and_keeps_the_list():
+    targets = _targets()
+    images, kept, padded = detection_collate([(torch.zeros(3, 64, 64), t) for t in targets])
+    assert images.shape == (2, 3, 64, 64) and kept == targets
+    assert padded["boxes"].shape == (2, 2, 4) and padded["labels"].tolist() == [[2, 8], [15, -1]]
+    assert torch.equal(padded["boxes"][1, 0], targets[1]["boxes"][0])
+
+
+def test_channels_last_keeps_weights_and_inputs_nhwc_and_the_outputs():
+    plain, nhwc = tiny_detector(), tiny_detector(channels_last=True)
+    conv = next(p for p in nhwc.parameters() if p.ndim == 4 and p.shape[-1] > 1)
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a, b = plain.eval()(images), nhwc.eval()(images)
+    for g in a:
+        for x, y in zip(a[g], b[g]):
+            assert torch.allclose(x, y, atol=1e-4)
+    assert detector(GROUPS, width=16, backbone_width=8, channels_last=True).channels_last
+    with pytest.raises(UserError, match="channels_last must be true or false"):
+        detector(GROUPS, channels_last="yes")

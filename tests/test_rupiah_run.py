@@ -46,8 +46,9 @@ def test_synthetic_data_gives_scenes_and_the_info_the_other_factories_need():
     assert info["class_names"] == rupiah.CLASSES and info["layers"]["security"] == ("l3_sign", "l3_text", "l3_thread")
     image, target = splits.val[1]
     assert image.shape == (3, 64, 64) and torch.equal(image, rupiah.render(2, "val", 1, 64)[0])
-    images, targets = info["collate_fn"]([splits.val[0], splits.val[1]])
+    images, targets, padded = info["collate_fn"]([splits.val[0], splits.val[1]])
     assert images.shape == (2, 3, 64, 64) and len(targets) == 2
+    assert padded["labels"].shape[0] == 2  # the targets padded for the loss (detection_collate)
 
 
 @pytest.mark.parametrize("kwargs, text", [
@@ -117,10 +118,11 @@ def test_a_bad_label_line_is_skipped_and_listed_or_fails_naming_file_and_line(ex
 def test_loss_factory_and_evaluator_work_on_a_batch():
     splits = rupiah_synthetic(train=2, val=2, size=64)
     model = detector(GROUPS, width=16, backbone_width=8)
-    images, targets = splits.info["collate_fn"]([splits.train[0], splits.train[1]])
+    images, targets, padded = splits.info["collate_fn"]([splits.train[0], splits.train[1]])
     loss_fn = detection(GROUPS, image_size=64, box=0.05, obj=1.0, cls=0.5)
     assert isinstance(loss_fn, DetectionLoss)
-    loss, parts = loss_fn(model, (images, targets))
+    loss, parts = loss_fn(model, (images, targets, padded))
+    assert torch.allclose(loss_fn(model, (images, targets))[0], loss)  # a list is padded by the loss itself
     assert loss.ndim == 0 and torch.isfinite(loss) and set(parts) == {"box", "obj", "cls"}
     with pytest.raises(DataError, match="box must be a weight >= 0"):
         detection(GROUPS, 64, box=-1.0)

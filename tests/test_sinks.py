@@ -27,6 +27,7 @@ from smartcash_fn.report.sinks import (
     jsonl_line,
     jsonl_log,
     read_csv,
+    kept_times,
     read_jsonl,
     tensorboard_figure,
     tensorboard_log,
@@ -74,6 +75,12 @@ def assert_files_match_history(run_dir: Path, history: sf.History) -> None:
     with open(run_dir / "metrics.csv", newline="") as f:
         assert f.readline().rstrip("\n").split(",") == csv_header(history.epochs)
     lines = read_jsonl(run_dir / "metrics.jsonl")
+    times = [r for r in lines if r["kind"] == "time"]  # timings: the file's own, not the history's
+    for r in times:
+        assert set(r) == {"kind", "epoch", "step", "time/data", "time/step", "time/val", "time/checkpoint"}
+        assert all(r[k] >= 0 for k in r if k.startswith("time/"))
+    assert len({r["epoch"] for r in times}) == len(times) <= len(history.epochs)
+    lines = [r for r in lines if r["kind"] != "time"]
     assert [r.pop("kind") for r in lines] == [k for k, _ in history_lines(history)]
     assert lines == [dict(r) for _, r in history_lines(history)]
 
@@ -91,7 +98,9 @@ def test_csv_and_jsonl_agree_with_history(tmp_path):
     assert_files_match_history(tmp_path, h)
     # the files are byte for byte what the history renders to
     assert (tmp_path / "metrics.csv").read_text() == csv_text(h.epochs)
-    assert (tmp_path / "metrics.jsonl").read_text() == "".join(jsonl_line(k, r) for k, r in history_lines(h))
+    times = kept_times(tmp_path / "metrics.jsonl", len(h.epochs))  # one "time" line after each epoch's line
+    assert [t["epoch"] for t in times] == [0, 1, 2]
+    assert (tmp_path / "metrics.jsonl").read_text() == "".join(jsonl_line(k, r) for k, r in history_lines(h, times))
     assert read_csv(tmp_path / "metrics.csv")[0].keys() == {"epoch", "step", "train/loss", "lr"}
     # steps 3, 6, 9, 12 around epoch ends at steps 4, 8, 12
     assert [k for k, _ in history_lines(h)] == ["step", "epoch", "step", "epoch", "step", "step", "epoch"]
@@ -136,11 +145,16 @@ def checkpointed_loop(run_dir, epochs):
     )
 
 
+def untimed(text: str) -> str:
+    return "".join(line for line in text.splitlines(keepends=True) if not line.startswith('{"kind": "time"'))
+
+
 @pytest.mark.parametrize("resume_from", ["epoch-0002.pt", "step-00000006.pt"])
 def test_resume_after_a_kill_gives_files_without_duplicates(tmp_path, resume_from):
     run = tmp_path / "run"
     full = sf.fit(template(), checkpointed_loop(run, 4))
     reference = {n: (run / n).read_text() for n in ("metrics.csv", "metrics.jsonl")}
+    (tmp_path / "reference.jsonl").write_text(reference["metrics.jsonl"])
     # The run "died" after writing rows past the checkpoint we resume from (and mid-line).
     with open(run / "metrics.csv", "a") as f:
         f.write("3,16,0.12")
@@ -162,10 +176,14 @@ def test_resume_after_a_kill_gives_files_without_duplicates(tmp_path, resume_fro
     assert sf.verify(resumed, full) is None
 
     assert len(at_start["csv"]) == len(start.history.epochs)
-    assert len(at_start["jsonl"]) == len(start.history.epochs) + len(start.history.steps)
+    kept = [r for r in at_start["jsonl"] if r["kind"] != "time"]
+    assert len(kept) == len(start.history.epochs) + len(start.history.steps)
+    # the time lines of the epochs before the checkpoint are kept as they were
+    assert [r for r in at_start["jsonl"] if r["kind"] == "time"] == [
+        {"kind": "time", **t} for t in kept_times(tmp_path / "reference.jsonl", len(start.history.epochs))]
     assert_files_match_history(run, resumed.history)
-    for n, text in reference.items():
-        assert (run / n).read_text() == text, n
+    for n, text in reference.items():  # timings differ from run to run: every other line is the same
+        assert untimed((run / n).read_text()) == untimed(text), n
 
     # TensorBoard: each tag's steps once each, values of the final history
     acc = events(run / "tensorboard")
@@ -302,10 +320,15 @@ def test_summary_of_a_finished_run_without_recipe(tmp_path):
     assert "| status | finished |" in text and "| stop reason | all 2 planned epochs ran |" in text
     assert "| best |" not in text and "## Best epoch" not in text
     assert "_No recipe: the run was built in code._" in text
-    def without_wall_time(t):
-        return [ln for ln in t.splitlines() if not ln.startswith("| wall time |")]
+    assert "## Time" in text and "| data wait |" in text  # the session's timings, measured by the writer
 
-    assert without_wall_time(summary_markdown(state, "out")) == without_wall_time(text)
+    def without_timings(t):
+        lines = [ln for ln in t.splitlines() if not ln.startswith("| wall time |")]
+        if "## Time" in lines:
+            lines = lines[:lines.index("## Time")] + lines[lines.index("## Recipe"):]
+        return lines
+
+    assert without_timings(summary_markdown(state, "out")) == without_timings(text)
 
 
 def test_summary_of_a_failed_run_and_an_untoml_recipe():

@@ -44,6 +44,7 @@ import attrs
 
 from ..events import Callback, writer
 from ..state import TrainState
+from .timing import data_bound
 from .values import fmt_value, number
 
 LOGGER_NAME = "smartcash_fn"
@@ -297,6 +298,36 @@ def epoch_lines(state: TrainState, took: float | None = None, eta: float | None 
     return out
 
 
+def clock_lines(state: TrainState) -> list[Line]:
+    """A warning at ``epoch_end`` when the epoch waited longer for batches than it spent in steps.
+
+    Read from ``state.clock`` (the loop's timings, transient)::
+
+        clock_lines(state)   # [] or "data loader is the bottleneck: waited 12.1 s for batches, 4.0 s in steps ..."
+    """
+    c = state.clock
+    if not data_bound(c):
+        return []
+    return [(logging.WARNING, [(f"data loader is the bottleneck: waited {c.data:.1f} s for batches, {c.step:.1f} s "
+                                "in steps this epoch (more loader workers, or a cheaper augmentation)", "warn")],
+             MARKS["warning"])]
+
+
+def plan_lines(plan: Mapping[str, Any] | None, first: float | None = None) -> list[Line]:
+    """The line that says what a time budget planned (``state.callbacks["time_budget"]``), when it is fixed.
+
+    ``first`` is the first epoch's wall time as the console measured it::
+
+        plan_lines({"max_time": 600.0, "epochs": 5, "cap": 8}, first=118.0)
+        # time budget 10m00s: the first epoch took 1m58s, so 5 of at most 8 epochs
+    """
+    if not isinstance(plan, Mapping) or "max_time" not in plan:
+        return []
+    took = f" the first epoch took {fmt_duration(first)}, so" if first is not None else ""
+    return [(logging.INFO, [(f"time budget {fmt_duration(float(plan['max_time']))}:{took} {plan['epochs']} of at "
+                             f"most {plan['cap']} epochs", None)], None)]
+
+
 def saved_lines(info: Mapping[str, Any] | None) -> list[Line]:
     """The line at ``checkpoint_saved`` from the writer's notice: the path, and whether it is best or restored.
 
@@ -328,6 +359,10 @@ def end_lines(state: TrainState, wall: float | None = None) -> list[Line]:
     else:
         out = [(logging.INFO, [(f"finished {state.progress.epoch} epochs", "bold"), (f" in {took}{best}", None)],
                 MARKS["done"])]
+    plan = state.callbacks.get("time_budget")
+    if isinstance(plan, Mapping) and "max_time" in plan:
+        out.append((logging.INFO, [(f"time budget {fmt_duration(float(plan['max_time']))}, used {took}", None)],
+                    None))
     for cb_state in state.callbacks.values():
         if isinstance(cb_state, Mapping) and "restored_epoch" in cb_state:
             out.append((logging.INFO, [(f"restored the params of epoch {cb_state['restored_epoch'] + 1}", None)], None))
@@ -370,6 +405,7 @@ class _Session:
     t_epoch: float | None = None
     epoch_times: list = attrs.Factory(list)
     scale: float = 1.0
+    plan_shown: bool = False
     postfix_at: float = 0.0
     bar_t0: float = 0.0
     bar_n0: int = 0
@@ -443,6 +479,7 @@ def console(quiet: bool = False, *, stream: TextIO | None = None, color: bool | 
     def start(state: TrainState) -> TrainState:
         session.install()
         session.t0, session.t_epoch, session.epoch_times, session.scale = time.perf_counter(), None, [], state.lr_scale
+        session.plan_shown = bool(state.callbacks.get("time_budget"))  # a resumed run's plan was said before
         session.say(start_lines(state))
         return state
 
@@ -484,6 +521,11 @@ def console(quiet: bool = False, *, stream: TextIO | None = None, color: bool | 
                 eta = sum(session.epoch_times) / len(session.epoch_times) * left
         session.t_epoch = None
         session.say(epoch_lines(state, took, eta, session.scale))
+        session.say(clock_lines(state))
+        plan = state.callbacks.get("time_budget")
+        if plan and not session.plan_shown:
+            session.say(plan_lines(plan, session.epoch_times[0] if len(session.epoch_times) == 1 else None))
+        session.plan_shown = bool(plan)
         session.scale = state.lr_scale
         return state
 

@@ -38,6 +38,7 @@ from ..errors import StateError
 from ..events import Callback, writer
 from ..state import History, TrainState
 from .plots import curves_figure
+from .timing import EpochTimer
 from .values import number, plain
 
 Record = Mapping[str, Any]
@@ -209,14 +210,19 @@ def _step_of(record: Record) -> float:
     return -math.inf if s is None else s
 
 
-def history_lines(history: History) -> Iterator[tuple[str, Record]]:
+def history_lines(history: History, times: Sequence[Record] = ()) -> Iterator[tuple[str, Record]]:
     """The history's records in the order they happened: ``("step", rec)`` and ``("epoch", rec)`` pairs.
 
-    Step records come before the epoch record whose ``step`` they do not pass::
+    Step records come before the epoch record whose ``step`` they do not pass;
+    each of ``times`` (:func:`~smartcash_fn.report.timing.time_record`) follows
+    the epoch record it belongs to, as ``("time", rec)``::
 
         [kind for kind, _ in history_lines(state.history)]   # ["step", "step", "epoch", ...]
     """
     steps = history.steps
+    by_epoch: dict[Any, list[Record]] = {}
+    for t in times:
+        by_epoch.setdefault(t.get("epoch"), []).append(t)
     i = 0
     for e in history.epochs:
         end = _step_of(e)
@@ -224,6 +230,8 @@ def history_lines(history: History) -> Iterator[tuple[str, Record]]:
             yield "step", steps[i]
             i += 1
         yield "epoch", e
+        for t in by_epoch.get(e.get("epoch"), ()):
+            yield "time", t
     for s in steps[i:]:
         yield "step", s
 
@@ -246,17 +254,18 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def jsonl_update(on_disk: OnDisk | None, history: History) -> Update:
+def jsonl_update(on_disk: OnDisk | None, history: History, times: Sequence[Record] = ()) -> Update:
     """How ``metrics.jsonl`` follows the history: append the new step and epoch lines, or rewrite it.
 
     A rewrite when the file's content is unknown (None) or holds more than
-    the history (a resume)::
+    the history (a resume); a rewrite keeps the ``times`` lines (appended as
+    each epoch ends, see :func:`jsonl_log`) after their epochs::
 
         jsonl_update(OnDisk(epochs=1, steps=4), state.history).text   # the lines since
     """
     now = OnDisk(epochs=len(history.epochs), steps=len(history.steps))
     if on_disk is None or on_disk.epochs > now.epochs or on_disk.steps > now.steps:
-        return Update("write", "".join(jsonl_line(k, r) for k, r in history_lines(history)), now)
+        return Update("write", "".join(jsonl_line(k, r) for k, r in history_lines(history, times)), now)
     lines = [jsonl_line("step", r) for r in history.steps[on_disk.steps:]]
     lines += [jsonl_line("epoch", r) for r in history.epochs[on_disk.epochs:]]
     return Update("append", "".join(lines), now) if lines else Update("", "", on_disk)
@@ -268,21 +277,33 @@ def jsonl_log(run_dir: str | os.PathLike, filename: str = "metrics.jsonl", prior
 
     A line per epoch record (``"kind": "epoch"``) and per step record
     (``"kind": "step"``, as :func:`~smartcash_fn.callbacks.record_steps`
-    appends them), in the order they happened. At ``training_start`` the file
-    is rewritten from the state's history, so a resumed run holds no
-    duplicates and nothing from past its checkpoint (:func:`jsonl_update`)::
+    appends them), in the order they happened. After each epoch's checkpoint
+    a ``"kind": "time"`` line says where the epoch's time went
+    (``time/data``, ``time/step``, ``time/val``, ``time/checkpoint`` seconds,
+    :mod:`~smartcash_fn.report.timing`): timings are not the state's, so they
+    live only in this file. At ``training_start`` the file is rewritten from
+    the state's history, so a resumed run holds no duplicates and nothing
+    from past its checkpoint (:func:`jsonl_update`); the time lines of the
+    epochs kept are kept::
 
         loop = loop.add(record_steps(10), jsonl_log("runs/a"))
     """
     file = _File(check_folder(run_dir, name) / filename, name)
+    timer = EpochTimer()
 
     def start(state: TrainState) -> TrainState:
-        file.apply(jsonl_update(None, state.history))
+        timer.records = kept_times(file.path, len(state.history.epochs))
+        file.apply(jsonl_update(None, state.history, timer.records))
         return state
 
     def append(state: TrainState) -> TrainState:
-        file.apply(jsonl_update(file.known(), state.history))
+        file.apply(jsonl_update(file.known(), state.history, timer.records))
         return state
+
+    def timed(state: TrainState, record: dict[str, Any]) -> None:
+        known = file.known()
+        if known is not None:
+            file.apply(Update("append", jsonl_line("time", record), known))
 
     def batch_end(state: TrainState) -> TrainState:
         if file.on_disk is not None and len(state.history.steps) == file.on_disk.steps:
@@ -293,8 +314,31 @@ def jsonl_log(run_dir: str | os.PathLike, filename: str = "metrics.jsonl", prior
         writer("training_start", start, priority=priority, name=name),
         writer("batch_end", batch_end, priority=priority, name=name),
         writer("epoch_end", append, priority=priority, name=name),
+        *timer.callbacks(name, timed),
         writer("training_end", append, priority=priority, name=name),
     )
+
+
+def kept_times(path: str | os.PathLike, epochs: int) -> list[dict[str, Any]]:
+    """The ``"time"`` lines of a ``metrics.jsonl`` for epochs before ``epochs`` (none when unreadable).
+
+    What a resumed run keeps of the timings the file already holds: ``kept_times("runs/a/metrics.jsonl", 2)``.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError:
+        return []
+    out = []
+    for line in text.splitlines():
+        try:
+            r = json.loads(line)
+        except ValueError:
+            continue  # a line cut short by a killed run
+        if (isinstance(r, dict) and r.get("kind") == "time" and isinstance(r.get("epoch"), int)
+                and r["epoch"] < epochs):
+            out.append({k: v for k, v in r.items() if k != "kind"})
+    return out
 
 
 # --------------------------------------------------------------------------- TensorBoard

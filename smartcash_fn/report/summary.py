@@ -2,7 +2,8 @@
 
 :func:`write_summary` is a ``training_end`` callback; :func:`summary_markdown`
 is the pure function that builds the text from a state. The summary names the
-run, says how it ended (epochs run, stop reason, wall time of this session),
+run, says how it ended (epochs run, stop reason, wall time of this session, the time
+budget when there is one, where the time went),
 says which checkpoint file holds what (``last.pt`` the last trained state,
 ``best.pt`` the best epoch, ``final.pt`` the restored best params), lists
 the best epoch's metrics (``state.best``) and the last epoch's, and closes with the resolved recipe as TOML (written by :func:`smartcash_fn.run.recipe.dumps`)::
@@ -26,6 +27,7 @@ from ..errors import StateError
 from ..events import Callback, writer
 from ..state import TrainState
 from .console import fmt_duration
+from .timing import EpochTimer, totals
 from .toml import dumps
 from .values import fmt_value, number, plain
 
@@ -96,13 +98,46 @@ def checkpoint_lines(names: Sequence[str]) -> list[str]:
     return rows + [""]
 
 
+def budget_text(plan: Mapping[str, Any] | None, wall_seconds: float | None = None) -> str | None:
+    """What a time budget (``state.callbacks["time_budget"]``) planned, and the wall time used; None without one.
+
+    ``budget_text({"max_time": 600.0, "epochs": 5, "cap": 5}, 590.0)`` reads
+    ``max_time 10m00s: 5 of at most 5 epochs planned; used 9m50s``.
+    """
+    if not isinstance(plan, Mapping) or "max_time" not in plan:
+        return None
+    text = f"max_time {fmt_duration(float(plan['max_time']))}: {plan['epochs']} of at most {plan['cap']} epochs planned"
+    return text + (f"; used {fmt_duration(wall_seconds)}" if wall_seconds is not None else "")
+
+
+def time_lines(times: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The summary's "Time" section: data wait, step, validation and checkpoint seconds, summed and per epoch.
+
+    ``times`` are this session's :func:`~smartcash_fn.report.timing.time_record` records; no lines without them.
+    """
+    if not times:
+        return []
+    total = totals(times)
+    whole = sum(total.values()) or 1.0
+    names = {"time/data": "data wait", "time/step": "step", "time/val": "validation", "time/checkpoint": "checkpoint"}
+    lines = ["## Time", "", f"Where the {len(times)} epoch(s) of this session went (wall seconds; the data "
+             "loader held training back where data wait exceeds step time):", "",
+             "| | total | share | per epoch |", "|---|---|---|---|"]
+    for k, label in names.items():
+        lines.append(f"| {label} | {fmt_duration(total[k])} | {100 * total[k] / whole:.0f}% | "
+                     f"{total[k] / len(times):.2f} s |")
+    return lines + [""]
+
+
 def summary_markdown(state: TrainState, run_name: str = "run", wall_seconds: float | None = None,
-                     session_epochs: int | None = None, checkpoints: Sequence[str] = ()) -> str:
+                     session_epochs: int | None = None, checkpoints: Sequence[str] = (),
+                     times: Sequence[Mapping[str, Any]] = ()) -> str:
     """The Markdown summary of a finished (or stopped) run.
 
     ``wall_seconds`` is this session's wall time and ``session_epochs`` the
     epochs it trained (both measured by :func:`write_summary`); ``checkpoints``
-    the names in the run's ``checkpoints/`` folder, each named file's role said::
+    the names in the run's ``checkpoints/`` folder, each named file's role said;
+    ``times`` the session's epoch time records (see :func:`time_lines`)::
 
         Path("summary.md").write_text(summary_markdown(state, "a", wall_seconds=93.0))
     """
@@ -128,6 +163,9 @@ def summary_markdown(state: TrainState, run_name: str = "run", wall_seconds: flo
         lines.append(f"| wall time | {fmt_duration(wall_seconds)}"
                      + (" (this session)" if session_epochs is not None and session_epochs != p.epoch else "")
                      + " |")
+    budget = budget_text(state.callbacks.get("time_budget"), wall_seconds)
+    if budget is not None:
+        lines.append(f"| time budget | {_cell(budget)} |")
     if best is not None:
         lines.append(f"| best | {_cell(best.monitor)} = {fmt_value(best.value)} at epoch {best.epoch + 1} "
                      f"({best.mode}) |")
@@ -146,6 +184,7 @@ def summary_markdown(state: TrainState, run_name: str = "run", wall_seconds: flo
                   *_metric_table(last), ""]
     else:
         lines += ["## Last epoch", "", "_No epoch finished._", ""]
+    lines += time_lines(times)
     lines += ["## Recipe", "", recipe_block(state.recipe)]
     lines += data_lines(state.data_info.get("problems") or ())
     return "\n".join(lines)
@@ -179,9 +218,11 @@ def write_summary(run_dir: str | os.PathLike, filename: str = "summary.md", prio
         raise StateError(f"{name}: run_dir must be a path (str or os.PathLike), got {type(run_dir).__name__}")
     folder = Path(run_dir)
     clock = _Clock()
+    timer = EpochTimer()
 
     def start(state: TrainState) -> TrainState:
         clock.t0, clock.epoch0 = time.perf_counter(), state.progress.epoch
+        timer.records = []
         return state
 
     def end(state: TrainState) -> TrainState:
@@ -189,13 +230,14 @@ def write_summary(run_dir: str | os.PathLike, filename: str = "summary.md", prio
         ckpts = folder / "checkpoints"
         names = sorted(os.listdir(ckpts)) if ckpts.is_dir() else []
         text = summary_markdown(state, run_name(state, folder.resolve().name), wall,
-                                state.progress.epoch - clock.epoch0, names)
+                                state.progress.epoch - clock.epoch0, names, timer.records)
         ensure_folder(folder, name)
         write_text_atomic(folder / filename, text)
         return state
 
     return (
         writer("training_start", start, priority=priority, name=name),
+        *timer.callbacks(name),
         writer("training_end", end, priority=priority, name=name),
     )
 

@@ -30,7 +30,7 @@ import torch
 from .. import distributed, environment, optim
 from .. import step as step_lib
 from .._files import write_text_atomic
-from ..callbacks import Monitor, checkpointing, early_stopping, keep_best, reduce_on_plateau, weights_file
+from ..callbacks import Monitor, checkpointing, early_stopping, keep_best, reduce_on_plateau, time_budget, weights_file
 from ..data import Splits, as_data, sharded
 from ..errors import RecipeError, StateError, UserError
 from ..events import EVENTS, Callback, flatten, writer
@@ -40,7 +40,7 @@ from ..state import TrainState
 from ..step import Step, make_step
 from ..tree import tree_map, walk
 from . import registry
-from .recipe import Recipe, to_dict
+from .recipe import Recipe, seconds_of, to_dict
 
 
 @attrs.frozen
@@ -263,6 +263,35 @@ def make_schedule(recipe: Recipe, batches: int) -> tuple[Callable[..., Any], int
 
     for_lr(base_lr)  # check the arguments now
     return for_lr, updates
+
+
+def replan_for(recipe: Recipe, schedule_for: Callable[..., Any], batches: int
+               ) -> Callable[[TrainState, int], TrainState]:
+    """``replan(state, epochs)``: the state with the recipe's optimizer rebuilt, its schedule spanning ``epochs``.
+
+    What :func:`~smartcash_fn.callbacks.time_budget` calls once it has
+    planned the epochs that fit ``train.max_time``. The optimizer state
+    keeps its shape (the same optimizer, another schedule length), so the
+    run goes on from where it is. A schedule whose length the recipe fixes
+    (``schedule.total_steps``), or one that cannot span so few updates
+    (``warmup_steps`` longer than the planned run), is kept::
+
+        replan = replan_for(recipe, schedule_for, batches=len(train))
+        state = replan(state, 3)
+    """
+
+    def replan(state: TrainState, epochs: int) -> TrainState:
+        if recipe.schedule.total_steps is not None:
+            return state
+        updates = max(1, epochs * batches // _accumulation(recipe))
+        try:
+            opt = make_optimizer(recipe, lambda lr, total=None: schedule_for(lr, updates if total is None else total),
+                                 batches, updates)
+        except (UserError, ValueError):
+            return state
+        return state.replace(optimizer=opt)
+
+    return replan
 
 
 def make_optimizer(recipe: Recipe, schedule_for: Callable[..., Any], batches: int | None = None,
@@ -684,6 +713,8 @@ def build(recipe: Recipe, run_dir: str | os.PathLike | None = None, *, quiet: bo
     context = {**{k: v for k, v in info.items() if k != "collate_fn"}, "run_dir": run_dir,
                "val_data": None if validation is None else validation.data, "use_ema": recipe.validation.use_ema}
     callbacks = list(make_callbacks(recipe, context))
+    if recipe.train.max_time is not None:
+        callbacks.extend(time_budget(seconds_of(recipe.train.max_time), replan_for(recipe, schedule_for, batches)))
     problems = tuple(info.get("problems") or ())
     if problems:
         notes.append(f"data: {len(problems)} bad file(s) or label line(s) skipped (first: {problems[0]})"

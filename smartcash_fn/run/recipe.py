@@ -24,6 +24,7 @@ key (generated from the records), ``--update-readme`` writes it into README.md.
 import copy
 import json
 import os
+import re
 import sys
 import types
 import typing
@@ -68,6 +69,28 @@ _INT_AT_LEAST_0 = (lambda v: v >= 0, "an integer >= 0")
 _INT_AT_LEAST_1 = (lambda v: v >= 1, "an integer >= 1")
 _DECAY = (lambda v: 0 <= v < 1, "a number in [0, 1) (0 is off)")
 _FRACTION = (lambda v: 0 <= v <= 1, "a number in [0, 1]")
+_DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?")
+
+
+def seconds_of(value: Any) -> float | None:
+    """Seconds of a duration: a number of seconds, or a string of hours, minutes and seconds; None if neither.
+
+    ``seconds_of(90) == seconds_of("90s") == seconds_of("1m30s") == 90.0``; ``seconds_of("1h30m") == 5400.0``.
+    """
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, str):
+        return None
+    text = value.strip().replace(" ", "")
+    m = _DURATION.fullmatch(text)
+    if not text or m is None or not any(m.groups()):
+        return None
+    h, mi, se = (float(g) if g else 0.0 for g in m.groups())
+    return h * 3600 + mi * 60 + se
+
+
+_DURATION_CHECK = (lambda v: (seconds_of(v) or 0) > 0,
+                   'seconds > 0, or a duration like "90s", "10m", "1h30m"')
 _NAME = (lambda v: bool(v) and "/" not in v and "\\" not in v and v not in (".", ".."),
          "a folder name (not empty, no slashes)")
 _OPTIONAL_NAME = (lambda v: v == "" or _NAME[0](v), "a folder name (no slashes)")
@@ -237,6 +260,9 @@ class TrainConfig:
     clip: float = _key(0.0, "clip the gradients to this total L2 norm (0 is off)", check=_AT_LEAST_0)
     ema: float = _key(0.0, "decay of an exponential moving average of the params (0 is off)", check=_DECAY)
     compile: bool = _key(False, "compile the loss function with `torch.compile` (its first steps are slow)")
+    max_time: Any = _key(None, "a wall-time budget: seconds, or a duration like \"10m\", \"1h30m\"; the first "
+                               "epoch is timed and the run plans the epochs that fit (at least 1, at most "
+                               "`epochs`), its schedule spanning them", check=_DURATION_CHECK)
     sync_bn: bool = _key(False, "under `torchrun`, BatchNorm statistics over all processes' batches "
                                 "(`torch.nn.SyncBatchNorm`; CUDA only)")
 

@@ -34,7 +34,7 @@ from ..data import Splits
 from ..errors import DataError
 from ..loop import Evaluator
 from . import scenes as rupiah
-from .detection import Layout, LossWeights, decode, detection_loss
+from .detection import Layout, LossWeights, decode, detection_collate, detection_loss
 from .detector import Detector
 from .metrics import Detections, detection_evaluator
 from .yolo import Augment, group_layers, read_data_yaml, YoloDataset
@@ -51,12 +51,13 @@ def groups_of(layers: Mapping[str, Sequence[str]]) -> dict[str, int]:
 
 
 def detector_info(class_names: Sequence[str], layers: Mapping[str, Sequence[str]], image_size: int,
-                  collate_fn: Callable[..., Any] = rupiah.collate) -> dict[str, Any]:
+                  collate_fn: Callable[..., Any] = detection_collate) -> dict[str, Any]:
     """The ``info`` a detection data factory hands the other factories.
 
     ``groups`` (for the model, loss and evaluator), ``image_size`` (the
     square input side), ``class_names`` and ``layers`` (for the metrics and
-    plots) and ``collate_fn`` (images stacked, targets kept as a list)::
+    plots) and ``collate_fn`` (images stacked, targets kept as a list and
+    padded for the loss: :func:`~smartcash_fn.smartcash.detection.detection_collate`)::
 
         info = detector_info(rupiah.CLASSES, rupiah.LAYERS, 256)
     """
@@ -202,17 +203,20 @@ def yolo_dataset(data_yaml: str, size: int = 640, augment: Any = True, on_bad: s
 
 
 def detector(groups: Mapping[str, int], backbone: str = "cspdarknet", width: int = 64, backbone_width: int = 16,
-             backbone_depth: int = 1, weights_path: str | None = None) -> Detector:
+             backbone_depth: int = 1, weights_path: str | None = None, channels_last: bool = False) -> Detector:
     """The SmartCash detector (:class:`~smartcash_fn.smartcash.detector.Detector`); ``groups`` comes from the data.
 
     ``backbone`` is ``cspdarknet`` or ``efficientnet_b0`` … ``efficientnet_b4``;
     ``width`` is the neck and head channels; ``weights_path`` a local file of
-    the EfficientNet's ImageNet weights (nothing is downloaded)::
+    the EfficientNet's ImageNet weights (nothing is downloaded); ``channels_last`` keeps the model and its
+    inputs in ``torch.channels_last`` memory format (``model.params.channels_last = true`` in a recipe)::
 
         model = detector({"banknote": 7, "nominal": 7, "security": 3}, backbone="efficientnet_b0")
     """
+    if not isinstance(channels_last, bool):
+        raise DataError(f"detector: channels_last must be true or false, got {channels_last!r}")
     return Detector(backbone=backbone, groups=dict(groups), width=width, weights_path=weights_path,
-                    backbone_width=backbone_width, backbone_depth=backbone_depth)
+                    backbone_width=backbone_width, backbone_depth=backbone_depth, channels_last=channels_last)
 
 
 # --------------------------------------------------------------------------- loss
@@ -220,7 +224,7 @@ def detector(groups: Mapping[str, int], backbone: str = "cspdarknet", width: int
 
 @attrs.frozen
 class DetectionLoss:
-    """The loss function ``(apply, batch) -> (loss, {"box", "obj", "cls"})`` of a detector on ``(images, targets)``.
+    """The loss function ``(apply, batch) -> (loss, {"box", "obj", "cls"})`` of a detector on ``(images, targets[, padded])``.
 
     ``DetectionLoss(Layout.of(groups), image_size=256, weights=LossWeights(0.05, 1.0, 0.5))``
     """
@@ -230,7 +234,7 @@ class DetectionLoss:
     weights: LossWeights = LossWeights()
 
     def __call__(self, apply: Callable[..., Any], batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        images, targets = batch[0], batch[1]
+        images, targets = batch[0], batch[2] if len(batch) > 2 else batch[1]  # padded by the collate when there
         return detection_loss(apply(images), targets, self.layout, self.image_size, self.weights)
 
 

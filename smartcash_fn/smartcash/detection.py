@@ -14,6 +14,7 @@ A target is a mapping with ``boxes`` (float ``[K, 4]``, xyxy pixels) and
 
 from __future__ import annotations
 
+import math
 from typing import Mapping, Sequence
 
 import attrs
@@ -108,90 +109,238 @@ def level_of(sizes: torch.Tensor, image_size: int, strides: Sequence[int] = STRI
     return (sizes > first).long() + (sizes > second).long()
 
 
-def _group_targets(targets: Sequence[Mapping[str, torch.Tensor]], layout: Layout, group: str,
-                   device: torch.device) -> torch.Tensor:
-    """Rows ``(image, class-in-group, x1, y1, x2, y2)`` of one group's targets over the batch."""
-    lo = layout.offset(group)
-    hi = lo + dict(layout.groups)[group]
-    rows = []
-    for i, t in enumerate(targets):
-        labels = t["labels"].to(device)
-        keep = (labels >= lo) & (labels < hi)
-        if keep.any():
-            boxes = t["boxes"].to(device, torch.float32)[keep]
-            img = torch.full((int(keep.sum()), 1), float(i), device=device)
-            rows.append(torch.cat([img, (labels[keep] - lo).float()[:, None], boxes], 1))
-    return torch.cat(rows) if rows else torch.zeros((0, 6), device=device)
+def _pick(index: torch.Tensor, values: Sequence[float]) -> torch.Tensor:
+    """``values[index]`` for an integer tensor ``index``, with the values as kernel arguments: no host copy.
 
-
-def _positives(rows: torch.Tensor, stride: int, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The cells that learn each target: its centre cell and the two neighbours nearest the centre.
-
-    Returns (row index, grid y, grid x) of every positive, duplicates removed
-    (the later target wins a shared cell).
+    ``_pick(torch.tensor([2, 0]), (8, 16, 32))`` is ``tensor([32, 8])``; an index outside gives 0.
     """
-    cx = (rows[:, 2] + rows[:, 4]) / 2 / stride
-    cy = (rows[:, 3] + rows[:, 5]) / 2 / stride
+    out = torch.zeros(index.shape, dtype=torch.float32, device=index.device)
+    for i, v in enumerate(values):
+        out = torch.where(index == i, float(v), out)
+    return out
+
+
+def _thrice(t: torch.Tensor) -> torch.Tensor:
+    """``t`` ``[B, M, ...]`` repeated for each target's three candidate cells: ``[B, M, 3, ...]``, always a copy.
+
+    A copy whatever the shape (``torch.stack``), where ``expand(...).reshape(...)``
+    would copy for some target counts and not for others.
+    """
+    return torch.stack((t, t, t), 2)
+
+
+def pad_targets(targets: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """One batch's per-image targets as two fixed-size tensors: ``boxes [B, M, 4]`` and ``labels [B, M]``.
+
+    ``M`` is the largest target count of the batch; the rows past an image's
+    own targets hold the box ``(0, 0, 1, 1)`` and the label ``-1`` (no
+    target). :func:`detection_collate` pads in the data loader, so the loss
+    receives a batch it can compute on without a per-image loop::
+
+        padded = pad_targets([{"boxes": torch.tensor([[1.0, 2, 9, 8]]), "labels": torch.tensor([3])},
+                              {"boxes": torch.zeros((0, 4)), "labels": torch.zeros(0, dtype=torch.int64)}])
+        padded["labels"].tolist()    # [[3], [-1]]
+    """
+    count = max((len(t["labels"]) for t in targets), default=0)
+    device = targets[0]["boxes"].device if len(targets) else torch.device("cpu")
+    boxes = torch.tensor([0.0, 0.0, 1.0, 1.0], device=device).repeat(len(targets), count, 1)
+    labels = torch.full((len(targets), count), -1, dtype=torch.int64, device=device)
+    for i, t in enumerate(targets):
+        k = len(t["labels"])
+        boxes[i, :k] = t["boxes"].to(device, torch.float32).reshape(k, 4)
+        labels[i, :k] = t["labels"].to(device, torch.int64)
+    return {"boxes": boxes, "labels": labels}
+
+
+def detection_collate(batch: Sequence[tuple[torch.Tensor, Mapping[str, torch.Tensor]]]
+                      ) -> tuple[torch.Tensor, list[Mapping[str, torch.Tensor]], dict[str, torch.Tensor]]:
+    """Stack the images and keep the targets both per image and padded: ``(images, targets, padded)``.
+
+    The list serves the evaluator and the plots; the padded form
+    (:func:`pad_targets`) feeds the loss. Padding here, in the loader's
+    workers, keeps the per-image loop out of the training step and moves one
+    pair of tensors to the device instead of two per image::
+
+        images, targets, padded = detection_collate([(torch.zeros(3, 64, 64), {"boxes": torch.zeros((0, 4)),
+                                                       "labels": torch.zeros(0, dtype=torch.int64)})])
+    """
+    targets = [b[1] for b in batch]
+    return torch.stack([b[0] for b in batch]), targets, pad_targets(targets)
+
+
+def ciou_loss(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """The complete-IoU loss of box pairs ``a[..., 4]``, ``b[..., 4]`` (xyxy), elementwise, no reduction.
+
+    ``1 − IoU + ρ²/c² + α·v`` (Zheng et al. 2020): ``ρ`` the distance of the
+    centres, ``c`` the diagonal of the smallest box enclosing both,
+    ``v = 4/π² (atan(w_b/h_b) − atan(w_a/h_a))²`` and ``α = v / (1 − IoU + v)``
+    (no gradient through ``α``). The values of
+    ``torchvision.ops.complete_box_iou_loss``, computed with clamps instead of
+    a boolean mask so it runs on any shape without a host synchronization::
+
+        ciou_loss(torch.tensor([0.0, 0, 2, 2]), torch.tensor([0.0, 0, 2, 2]))   # tensor(0.)
+    """
+    ax1, ay1, ax2, ay2 = a.unbind(-1)
+    bx1, by1, bx2, by2 = b.unbind(-1)
+    iw = (torch.minimum(ax2, bx2) - torch.maximum(ax1, bx1)).clamp(min=0)
+    ih = (torch.minimum(ay2, by2) - torch.maximum(ay1, by1)).clamp(min=0)
+    inter = iw * ih
+    union = (ax2 - ax1) * (ay2 - ay1) + (bx2 - bx1) * (by2 - by1) - inter
+    iou = inter / (union + eps)
+    diag = (torch.maximum(ax2, bx2) - torch.minimum(ax1, bx1)) ** 2 \
+        + (torch.maximum(ay2, by2) - torch.minimum(ay1, by1)) ** 2 + eps
+    dist = ((ax1 + ax2) / 2 - (bx1 + bx2) / 2) ** 2 + ((ay1 + ay2) / 2 - (by1 + by2) / 2) ** 2
+    v = (4 / math.pi ** 2) * (torch.atan((bx2 - bx1) / (by2 - by1)) - torch.atan((ax2 - ax1) / (ay2 - ay1))) ** 2
+    with torch.no_grad():
+        alpha = v / (1 - iou + v + eps)
+    return 1 - iou + dist / diag + alpha * v
+
+
+def pair_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The IoU of box pairs ``a[..., 4]``, ``b[..., 4]`` (xyxy), elementwise: the diagonal of ``box_iou(a, b)``.
+
+    ``pair_iou(torch.tensor([0.0, 0, 2, 2]), torch.tensor([1.0, 0, 3, 2]))`` is ``tensor(0.3333)``.
+    """
+    lt = torch.maximum(a[..., :2], b[..., :2])
+    rb = torch.minimum(a[..., 2:], b[..., 2:])
+    wh = (rb - lt).clamp(min=0)
+    inter = wh[..., 0] * wh[..., 1]
+    area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
+    area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+    return inter / (area_a + area_b - inter)
+
+
+@attrs.frozen
+class Heads:
+    """Where each head's cells sit in the flat cell axis of a batch's outputs, one entry per (group, level).
+
+    ``heads[g * levels + l]`` is group ``g`` at level ``l``: its grid ``(h, w)``
+    and its first cell ``base`` in the concatenation of every head's cells;
+    ``cells`` counts them all. ``Heads.of(outputs, layout)``.
+    """
+
+    shapes: tuple[tuple[int, int], ...]
+    bases: tuple[int, ...]
+    levels: int
+    cells: int
+
+    @classmethod
+    def of(cls, outputs: Outputs, layout: Layout) -> "Heads":
+        shapes = tuple(tuple(raw.shape[-2:]) for g, _ in layout.groups for raw in outputs[g])
+        bases, total = [], 0
+        for h, w in shapes:
+            bases.append(total)
+            total += h * w
+        return cls(shapes, tuple(bases), len(outputs[layout.groups[0][0]]), total)
+
+
+@attrs.frozen
+class Assignment:
+    """Which cells learn which target, for a padded batch: three candidate cells per target, ``[B, M, 3]`` each.
+
+    ``x``, ``y``: the candidate's grid cell (centre cell, then the horizontal
+    and the vertical neighbour nearer the centre); ``stride`` its level's
+    stride; ``cell``: its index in the flat cell axis (:class:`Heads`);
+    ``positive``: whether it learns the target — inside the grid, a real
+    target, and the last target of the image to claim that cell. ``group``
+    and ``cls`` (``[B, M]``) are each target's group index and class in the group.
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor
+    stride: torch.Tensor
+    cell: torch.Tensor
+    positive: torch.Tensor
+    group: torch.Tensor
+    cls: torch.Tensor
+
+
+def assign(padded: Mapping[str, torch.Tensor], layout: Layout, heads: Heads, image_size: int,
+           strides: Sequence[int] = STRIDES) -> Assignment:
+    """The assignment of ``docs/detection.md`` for a whole padded batch, in tensor ops only.
+
+    Group by label, level by size, the centre cell and its two nearer
+    neighbours, one target per cell (the later one wins: the largest target
+    index among the claims, by ``scatter_reduce(amax)``). No loop over images
+    or targets and no host synchronization; the operations recorded do not
+    depend on the batch size or the target count::
+
+        a = assign(pad_targets(targets), layout, Heads.of(outputs, layout), image_size=256)
+        a.positive.sum()    # the number of positive cells
+    """
+    boxes, labels = padded["boxes"].float(), padded["labels"]
+    batch, count = labels.shape
+    valid = (labels >= 0) & (labels < layout.num_classes)
+    offsets = [layout.offset(g) for g, _ in layout.groups]
+    group = sum(((labels >= o).long() for o in offsets[1:]), torch.zeros_like(labels))
+    cls = labels - _pick(group, offsets).long()
+    level = level_of(torch.maximum(boxes[..., 2] - boxes[..., 0], boxes[..., 3] - boxes[..., 1]), image_size, strides)
+    head = group * heads.levels + level
+    stride = _pick(level, strides)
+    w = _pick(head, [s[1] for s in heads.shapes]).long()
+    h = _pick(head, [s[0] for s in heads.shapes]).long()
+    base = _pick(head, heads.bases).long()
+    cx = (boxes[..., 0] + boxes[..., 2]) / 2 / stride
+    cy = (boxes[..., 1] + boxes[..., 3]) / 2 / stride
     gx, gy = cx.floor(), cy.floor()
-    fx, fy = cx - gx, cy - gy
-    nx = torch.where(fx < 0.5, gx - 1, gx + 1)
-    ny = torch.where(fy < 0.5, gy - 1, gy + 1)
-    idx = torch.arange(len(rows), device=rows.device)
-    all_idx = torch.cat([idx, idx, idx])
-    all_x = torch.cat([gx, nx, gx]).long()
-    all_y = torch.cat([gy, gy, ny]).long()
-    ok = (all_x >= 0) & (all_x < w) & (all_y >= 0) & (all_y < h)
-    all_idx, all_y, all_x = all_idx[ok], all_y[ok], all_x[ok]
-    # one target per (image, cell): keep the last writer, deterministically
-    img = rows[all_idx, 0].long()
-    key = (img * h + all_y) * w + all_x
-    order = torch.argsort(key * (len(rows) + 1) + all_idx, stable=True)
-    key_sorted = key[order]
-    last = torch.ones_like(key_sorted, dtype=torch.bool)
-    if len(key_sorted) > 1:
-        last[:-1] = key_sorted[1:] != key_sorted[:-1]
-    sel = order[last]
-    return all_idx[sel], all_y[sel], all_x[sel]
+    nx = torch.where(cx - gx < 0.5, gx - 1, gx + 1)
+    ny = torch.where(cy - gy < 0.5, gy - 1, gy + 1)
+    x = torch.stack([gx, nx, gx], -1).long()
+    y = torch.stack([gy, gy, ny], -1).long()
+    inside = (x >= 0) & (x < w[..., None]) & (y >= 0) & (y < h[..., None]) & valid[..., None]
+    cell = torch.where(inside, base[..., None] + y * w[..., None] + x, heads.cells)  # heads.cells: a spare slot
+    index = _thrice(torch.arange(count, device=labels.device).view(1, count).expand(batch, count).contiguous())
+    owner = torch.full((batch, heads.cells + 1), -1, dtype=torch.int64, device=labels.device)
+    owner = owner.scatter_reduce(1, cell.reshape(batch, -1), index.reshape(batch, -1), "amax")
+    positive = inside & (owner.gather(1, cell.reshape(batch, -1)).view(batch, count, 3) == index)
+    return Assignment(x=x, y=y, stride=_thrice(stride), cell=cell, positive=positive, group=group, cls=cls)
 
 
-def detection_loss(outputs: Outputs, targets: Sequence[Mapping[str, torch.Tensor]], layout: Layout,
-                   image_size: int, weights: LossWeights = LossWeights(),
+def detection_loss(outputs: Outputs, targets: Sequence[Mapping[str, torch.Tensor]] | Mapping[str, torch.Tensor],
+                   layout: Layout, image_size: int, weights: LossWeights = LossWeights(),
                    strides: Sequence[int] = STRIDES) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The weighted sum of box (CIoU), objectness and class losses, and the three parts.
 
-    Objectness targets at positive cells are the detached IoU of the
-    predicted box with its target, so scores rank boxes by quality.
+    ``targets`` is a list of per-image targets or their padded form
+    (:func:`pad_targets`, what :func:`detection_collate` serves); a list is
+    padded here. The loss is one batched computation over every head at once:
+    each head's outputs are laid side by side on one cell axis, the
+    :func:`assign`-ed cells are gathered from it and the objectness targets
+    scattered into it. Objectness targets at positive cells are the detached
+    IoU of the predicted box with its target, so scores rank boxes by quality.
     """
-    any_out = next(iter(outputs.values()))[0]
-    device, batch = any_out.device, any_out.shape[0]
-    box_l = torch.zeros((), device=device)
-    obj_l = torch.zeros((), device=device)
-    cls_l = torch.zeros((), device=device)
-    n_box = 0
-    for group, classes in layout.groups:
-        rows = _group_targets(targets, layout, group, device)
-        levels = level_of(torch.maximum(rows[:, 4] - rows[:, 2], rows[:, 5] - rows[:, 3]), image_size, strides)
-        for li, (raw, stride) in enumerate(zip(outputs[group], strides)):
-            raw = raw.float()
-            h, w = raw.shape[-2:]
-            obj_t = torch.zeros((batch, h, w), device=device)
-            mine = rows[levels == li]
-            if len(mine):
-                ridx, gy, gx = _positives(mine, stride, h, w)
-                img = mine[ridx, 0].long()
-                pred = raw[img, :, gy, gx]  # [P, 5 + C]
-                boxes = _boxes(pred[:, :4].sigmoid(), gx.float(), gy.float(), stride)
-                tbox = mine[ridx, 2:6]
-                box_l = box_l + torchvision.ops.complete_box_iou_loss(boxes, tbox, reduction="sum")
-                n_box += len(ridx)
-                iou = torchvision.ops.box_iou(boxes.detach(), tbox).diagonal().clamp(0)
-                obj_t[img, gy, gx] = iou
-                cls_t = F.one_hot(mine[ridx, 1].long(), classes).float()
-                cls_l = cls_l + F.binary_cross_entropy_with_logits(pred[:, 5:], cls_t, reduction="sum") / classes
-            obj_l = obj_l + LEVEL_BALANCE[li] * F.binary_cross_entropy_with_logits(raw[:, 4], obj_t)
-    n = max(n_box, 1)
-    box_l, cls_l = box_l / n, cls_l / n
-    obj_l = obj_l / len(layout.groups)
+    padded = targets if isinstance(targets, Mapping) else pad_targets(targets)
+    first = next(iter(outputs.values()))[0]
+    device, batch = first.device, first.shape[0]
+    padded = {k: v.to(device) for k, v in padded.items()}
+    heads = Heads.of(outputs, layout)
+    widest = max(c for _, c in layout.groups)
+    flat = torch.cat([F.pad(raw.float().flatten(2), (0, 0, 0, widest - c))
+                      for g, c in layout.groups for raw in outputs[g]], 2)  # [B, 5 + widest, cells]
+    balance = torch.cat([torch.full((h * w,), LEVEL_BALANCE[i % heads.levels] / (batch * h * w), device=device)
+                         for i, (h, w) in enumerate(heads.shapes)]) / len(layout.groups)
+    a = assign(padded, layout, heads, image_size, strides)
+    _, count = padded["labels"].shape
+    spots = a.cell.reshape(batch, -1).clamp(max=heads.cells - 1)
+    pred = flat.gather(2, spots[:, None, :].expand(-1, flat.shape[1], -1)).transpose(1, 2)  # [B, 3M, 5 + widest]
+    pos = a.positive.reshape(batch, -1)
+    boxes = _boxes(pred[..., :4].sigmoid(), a.x.reshape(batch, -1).float(), a.y.reshape(batch, -1).float(),
+                   a.stride.reshape(batch, -1))
+    unit = torch.tensor([0.0, 0.0, 1.0, 1.0], device=device)
+    tbox = torch.where(pos[..., None], _thrice(padded["boxes"].float()).reshape(batch, -1, 4), unit)
+    boxes = torch.where(pos[..., None], boxes, unit)  # inert pairs off the positives: finite values and gradients
+    n = pos.sum().clamp(min=1)
+    box_l = torch.where(pos, ciou_loss(boxes, tbox), 0.0).sum() / n
+    iou = torch.where(pos, pair_iou(boxes.detach(), tbox).clamp(min=0), 0.0)
+    obj_t = torch.zeros((batch, heads.cells + 1), device=device)
+    obj_t = obj_t.scatter_add(1, torch.where(pos, a.cell.reshape(batch, -1), heads.cells), iou)[:, :heads.cells]
+    obj_l = (F.binary_cross_entropy_with_logits(flat[:, 4], obj_t, reduction="none") * balance).sum()
+    classes = torch.arange(widest, device=device)
+    cls = _thrice(a.cls).reshape(batch, -1, 1)
+    group_size = _thrice(_pick(a.group, [c for _, c in layout.groups])).reshape(batch, -1, 1)
+    cls_bce = F.binary_cross_entropy_with_logits(pred[..., 5:], (classes == cls).float(), reduction="none")
+    cls_bce = torch.where(classes < group_size, cls_bce, 0.0).sum(-1) / group_size[..., 0]
+    cls_l = torch.where(pos, cls_bce, 0.0).sum() / n
     total = (weights.box * box_l + weights.obj * obj_l + weights.cls * cls_l) * batch
     return total, {"box": box_l.detach(), "obj": obj_l.detach(), "cls": cls_l.detach()}
 

@@ -198,13 +198,18 @@ class GroupHead(nn.Module):
 class Detector(nn.Module):
     """Backbone → PAN neck → one :class:`GroupHead` per label layer; outputs raw logits per group and level.
 
-    ``groups`` maps each layer's name to its number of classes, in class-id order; ``notes`` says what a
-    person should know about the model as built (an EfficientNet without its ImageNet weights trains from scratch).
+    ``groups`` maps each layer's name to its number of classes, in class-id order. With
+    ``channels_last`` the convolution weights and every input are kept in
+    ``torch.channels_last`` memory format (NHWC), the layout cuDNN's and
+    oneDNN's fastest convolution kernels use; the values are those of the
+    default layout up to float rounding.
+    ``notes`` says what a person should know about the model as built (an
+    EfficientNet without its ImageNet weights trains from scratch).
     """
 
     def __init__(self, backbone: str = "efficientnet_b0", groups: Mapping[str, int] | None = None,
                  width: int = 64, weights_path: str | None = None, backbone_width: int = 16,
-                 backbone_depth: int = 1):
+                 backbone_depth: int = 1, channels_last: bool = False):
         super().__init__()
         self.groups = dict(groups or {"banknote": 7, "nominal": 7, "security": 3})
         self.backbone = globals()["backbone"](backbone, weights_path, backbone_width, backbone_depth)
@@ -214,7 +219,12 @@ class Detector(nn.Module):
         self.notes = ((f"model.params.backbone = {backbone!r} without model.params.weights_path: the backbone "
                        "trains from scratch (give a local file of torchvision's ImageNet weights to start from them)",)
                       if backbone.startswith("efficientnet") and not weights_path else ())
+        self.channels_last = bool(channels_last)
+        if self.channels_last:
+            self.to(memory_format=torch.channels_last)
 
     def forward(self, images: torch.Tensor) -> dict[str, list[torch.Tensor]]:
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         feats = self.neck(self.backbone(images))
         return {g: head(feats) for g, head in self.head.items()}
