@@ -161,6 +161,18 @@ def locked_message(folder: Path, holder: Holder) -> str:
 
 
 @contextlib.contextmanager
+def _released(got: Held, top: Path | None) -> Iterator[None]:
+    """Release ``got`` after the block; when the block fails, also remove the folders made for it (if empty)."""
+    try:
+        yield
+    except BaseException:
+        got.release()
+        undo_if_empty(top)
+        raise
+    got.release()
+
+
+@contextlib.contextmanager
 def hold(folder: Path, command: str, where: str = "", must_be_new: bool = False,
          note: Callable[[str], Any] = lambda text: print(f"note: {text}", file=sys.stderr)) -> Iterator[Held]:
     """Hold ``folder``'s lock for the ``with`` block (created when missing); :class:`RunLocked` when another has it.
@@ -176,8 +188,7 @@ def hold(folder: Path, command: str, where: str = "", must_be_new: bool = False,
     got = try_lock(folder, command, where)
     if isinstance(got, Holder):
         raise RunLocked(locked_message(folder, got))
-    failed = False
-    try:
+    with _released(got, top):
         if must_be_new and holds_run(folder):
             raise UserError(f"{where}: the folder already holds a run; resume it with `smartcash-fn resume "
                             f"{folder}`, or give another folder")
@@ -185,13 +196,6 @@ def hold(folder: Path, command: str, where: str = "", must_be_new: bool = False,
             note(f"{folder}: took over the lock left by a process that is gone ({got.stale})")
         tidy(folder)
         yield got
-    except BaseException:
-        failed = True
-        raise
-    finally:
-        got.release()
-        if failed:
-            undo_if_empty(top)
 
 
 @contextlib.contextmanager
@@ -218,15 +222,7 @@ def claim(base: Path, command: str = "train", where: str = "") -> Iterator[Held]
         if holds_run(folder):        # it became a run before we locked it
             got.release()
             continue
-        failed = False
-        try:
+        with _released(got, top):
             tidy(folder)
             yield got
-        except BaseException:
-            failed = True
-            raise
-        finally:
-            got.release()
-            if failed:
-                undo_if_empty(top)
         return
