@@ -115,6 +115,7 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="show what a checkpoint (or a run folder's newest) holds")
     p.add_argument("checkpoint", metavar="CKPT_OR_RUN_DIR")
     p.add_argument("--json", action="store_true", help="print JSON")
+    _add_trust(p)
     p.set_defaults(command=("run", "inspect"))
 
     p = sub.add_parser("export", help="write a checkpoint's model for deployment: weights, TorchScript or ONNX")

@@ -88,10 +88,13 @@ def test_a_malicious_component_is_refused_by_every_command_and_runs_nothing(trai
         assert err.startswith(f"error: {ckpt} (its recipe): {section}.use = 'os:system'"), (argv, err)
         assert "--trust-code" in err and "Traceback" not in err
         assert not marker.exists(), argv
-    assert main(["inspect", str(ckpt)]) == 0                # inspect reads, never builds: it shows and warns
+    assert main(["inspect", str(ckpt)]) == 2                # refused like the others, naming the key and the flag
+    err = capsys.readouterr().err
+    assert f"{section}.use = 'os:system'" in err and "--trust-code" in err
+    assert main(["inspect", str(ckpt), "--trust-code"]) == 0  # inspect never builds: with the flag it shows it
     out = capsys.readouterr().out
     assert f"UNTRUSTED:  the recipe names code that is not built in ({section}.use = 'os:system')" in out
-    assert main(["inspect", str(ckpt), "--json"]) == 0
+    assert main(["inspect", str(ckpt), "--json", "--trust-code"]) == 0
     assert '"key": "' + section + '.use"' in capsys.readouterr().out
     assert not marker.exists()
     with pytest.raises(CheckpointError, match="--trust-code"):      # the Python API is guarded the same way

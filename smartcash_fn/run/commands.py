@@ -370,8 +370,18 @@ def inspect_info(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def inspect(args: argparse.Namespace) -> int:
-    """``inspect CKPT [--json]``: what a checkpoint holds."""
+    """``inspect CKPT [--json] [--trust-code]``: what a checkpoint holds.
+
+    Like every command that reads a checkpoint, it refuses one whose recipe
+    names code that is not built in, unless ``--trust-code``; inspect itself
+    never imports or calls that code, so with the flag it only shows it.
+    """
     info = inspect_info(args.checkpoint)
+    if info["untrusted"] and not getattr(args, "trust_code", False):
+        names = "; ".join(f"{c['key']} = {c['value']!r}" for c in info["untrusted"])
+        raise CheckpointError(f"{info['path']} (its recipe): {names}: not built-in components; resume, replay, "
+                              "eval and predict would import and call them. inspect runs nothing: pass "
+                              "--trust-code to look at it anyway")
     if args.json:
         say(json.dumps(info, indent=2))
         return 0
