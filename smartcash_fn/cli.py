@@ -49,6 +49,48 @@ def _add_sets(p: argparse.ArgumentParser) -> None:
                    help="override a recipe key, the value read as TOML (repeatable): --set train.epochs=5")
 
 
+EXAMPLES: dict[str, tuple[str, ...]] = {
+    "train": ("smartcash-fn train tiny                      # a built-in recipe by name: seconds",
+              "smartcash-fn train                           # the default detector, at most 10 minutes",
+              "smartcash-fn train my.toml --set train.epochs=5 --out runs/mine"),
+    "resume": ("smartcash-fn resume runs/tiny                 # its newest intact checkpoint",
+               "smartcash-fn resume runs/tiny/checkpoints/epoch-0002.pt --set optimizer.lr=0.003   # a fork"),
+    "replay": ("smartcash-fn replay runs/tiny/checkpoints/epoch-0001.pt --verify runs/tiny/checkpoints/epoch-0002.pt",
+               "smartcash-fn replay runs/tiny/checkpoints/epoch-0001.pt --to-step 40"),
+    "check": ("smartcash-fn check                            # the default recipe",
+              "smartcash-fn check my.toml --set train.accumulate=2"),
+    "recipe": ("smartcash-fn recipe list", "smartcash-fn recipe copy tiny my.toml", "smartcash-fn recipe reference"),
+    "list": ("smartcash-fn recipe list",),
+    "show": ("smartcash-fn recipe show rupiah_synthetic",),
+    "copy": ("smartcash-fn recipe copy tiny my.toml", "smartcash-fn recipe copy tiny recipes/ --force"),
+    "reference": ("smartcash-fn recipe reference > reference.md",),
+    "inspect": ("smartcash-fn inspect runs/tiny", "smartcash-fn inspect runs/tiny/checkpoints/last.pt --json"),
+    "export": ("smartcash-fn export runs/rupiah_synthetic                   # TorchScript in runs/.../export",
+               "smartcash-fn export runs/rupiah_synthetic --format onnx --half"),
+    "eval": ("smartcash-fn eval runs/rupiah_synthetic --scenario low_light",
+             "smartcash-fn eval runs/rupiah_synthetic --data datasets/rupiah/data.yaml --split test"),
+    "predict": ("smartcash-fn predict runs/rupiah_synthetic photos/ one.jpg --out predictions --conf 0.25",),
+    "data": ("smartcash-fn data export-synthetic --out data/rupiah --n 1000 --size 256",),
+    "export-synthetic": ("smartcash-fn data export-synthetic --out data/rupiah --n 1000 --size 256 --workers 2",),
+}
+"""A few example command lines per subcommand, shown under its ``--help``."""
+
+
+def _describe(parser: argparse.ArgumentParser) -> None:
+    """Give every subcommand (nested too) its one-line help as description and its examples as epilog."""
+    for action in parser._actions:
+        if not isinstance(action, argparse._SubParsersAction):
+            continue
+        helps = {a.dest: a.help for a in action._choices_actions}
+        for name, sub in action.choices.items():
+            sub.description = sub.description or (helps.get(name) or "").capitalize() + "."
+            examples = EXAMPLES.get(name, ())
+            if examples:
+                sub.epilog = "examples:\n" + "\n".join(f"  {e}" for e in examples)
+                sub.formatter_class = argparse.RawDescriptionHelpFormatter
+            _describe(sub)
+
+
 def _add_trust(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trust-code", action="store_true",
                    help="allow the checkpoint's recipe to name components that are not built in (import paths "
@@ -71,7 +113,8 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(command=("run", "train"))
 
     p = sub.add_parser("resume", help="continue a run from a checkpoint or a run folder (with --set: a fork)")
-    p.add_argument("target", metavar="CKPT_OR_RUN_DIR")
+    p.add_argument("target", metavar="CKPT_OR_RUN_DIR",
+                   help="a checkpoint, or a run folder (its newest intact checkpoint)")
     _add_sets(p)
     p.add_argument("--out", metavar="DIR", help="fork into this folder (default with --set: <run>-fork)")
     p.add_argument("--force", action="store_true", help="go on from a checkpoint older than the newest in its "
@@ -81,7 +124,7 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(command=("run", "resume"))
 
     p = sub.add_parser("replay", help="recompute a later state from a checkpoint, writing nothing")
-    p.add_argument("checkpoint", metavar="CKPT")
+    p.add_argument("checkpoint", metavar="CKPT", help="the checkpoint to replay from (a file, or a run folder: its last.pt)")
     p.add_argument("--to-step", type=int, metavar="N", help="the global step to replay to")
     p.add_argument("--verify", metavar="OTHER_CKPT",
                    help="compare with this checkpoint: exit 0 when bit-identical, 1 with the first difference")
@@ -113,7 +156,7 @@ def parser() -> argparse.ArgumentParser:
     q.set_defaults(command=("run", "recipe_reference"))
 
     p = sub.add_parser("inspect", help="show what a checkpoint (or a run folder's newest) holds")
-    p.add_argument("checkpoint", metavar="CKPT_OR_RUN_DIR")
+    p.add_argument("checkpoint", metavar="CKPT_OR_RUN_DIR", help="a checkpoint, or a run folder (its newest intact one)")
     p.add_argument("--json", action="store_true", help="print JSON")
     _add_trust(p)
     p.set_defaults(command=("run", "inspect"))
@@ -145,7 +188,7 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="detect banknotes on images: draw the boxes and write detections.json")
     p.add_argument("checkpoint", metavar="CKPT_OR_RUN_DIR", help="a checkpoint, or a run folder (its best.pt)")
-    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="images, or folders of images")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the drawn images and detections.json")
     p.add_argument("--overwrite", action="store_true", help="write into --out although it holds files")
     p.add_argument("--conf", type=float, default=0.25, help="score threshold (default 0.25)")
@@ -167,6 +210,7 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--overwrite", action="store_true", help="replace a previous export in --out")
     q.add_argument("--quiet", action="store_true", help="no progress lines")
     q.set_defaults(command=("smartcash", "export"))
+    _describe(top)
     return top
 
 

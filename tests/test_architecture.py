@@ -191,3 +191,27 @@ def test_version_and_help_import_no_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=PACKAGE.parent)
     assert out.stdout.strip().splitlines()[-1] == "False", out.stdout
+
+
+def test_every_subcommand_has_a_description_examples_and_helped_arguments():
+    import argparse
+
+    from smartcash_fn.cli import parser
+
+    seen = []
+
+    def walk_parsers(p, path):
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    seen.append(" ".join(path + [name]))
+                    assert sub.description and len(sub.description) > 10, name
+                    assert sub.epilog and sub.epilog.startswith("examples:"), name
+                    for a in sub._actions:
+                        if not a.option_strings and not isinstance(a, argparse._SubParsersAction):
+                            assert a.help, f"{name}: positional {a.dest} has no help"
+                    walk_parsers(sub, path + [name])
+
+    walk_parsers(parser(), [])
+    assert {"train", "resume", "replay", "check", "inspect", "export", "eval", "predict", "recipe copy",
+            "data export-synthetic"} <= set(seen)
