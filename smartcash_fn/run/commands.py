@@ -157,7 +157,8 @@ def train_on(state: Any, built: Any, run_dir: Path, resume_hint: str) -> int:
     with on_signals() as caught:  # under torchrun every rank stops in the same step (one small all-reduce a batch)
         if distributed.world().main and state.progress.step == 0:
             say(f"model: {footprint(built).text()}")
-        loop = built.loop.add(stop_on(caught), *distributed.agree_on_stop(every_batch=True)[:1])
+        agreed = distributed.agree_on_stop(every_batch=True)[:1] if distributed.active() else ()
+        loop = built.loop.add(stop_on(caught), *agreed)
         with distributed.failures_named():
             state = fit(state, loop)
     status = finish(state, run_dir)
