@@ -48,6 +48,8 @@ nothing more (it counts the batch when such a function does not).
 
 from __future__ import annotations
 
+import math
+
 import weakref
 from typing import Any, Callable
 
@@ -315,19 +317,27 @@ def accumulate(every: int) -> Callable[[Step], Step]:
     return transform
 
 
-def ema(decay: float, every: int = 1) -> Callable[[Step], Step]:
+def ema(decay: float, every: int = 1, warmup: float = 0.0) -> Callable[[Step], Step]:
     """Keep an exponential moving average of the params in ``state.extras["ema"]``.
 
     A second ``ema`` in one composition keeps its average under ``"ema-2"``
     (the innermost one has ``"ema"``; see :func:`claim`).
 
-    After each update ``ema = ema + (1 - decay) * (params - ema)``; buffers are
-    copied by reference. Evaluate with ``state.apply(x, params=state.extras["ema"]["params"])``::
+    After each update ``ema = ema + (1 - d) * (params - ema)``; buffers are
+    copied by reference. ``d`` is ``decay``, or with ``warmup > 0``
+    ``decay · (1 − exp(−n / warmup))`` at the average's ``n``-th update: early
+    on, when the params move fast, the average follows them closely, and it
+    reaches the full ``decay`` after a few ``warmup`` updates (a short run then
+    gains from an average that a fixed 0.999 would still weigh towards the
+    random init). Evaluate with ``state.apply(x, params=state.extras["ema"]["params"])``::
 
         step = ema(0.999)(make_step(loss_fn))
+        step = ema(0.9999, warmup=2000)(make_step(loss_fn))
     """
     if not 0.0 <= decay < 1.0:
         raise StateError(f"ema: decay must be in [0, 1), got {decay}")
+    if not (isinstance(warmup, (int, float)) and not isinstance(warmup, bool) and warmup >= 0):
+        raise StateError(f"ema: warmup must be a number of updates >= 0, got {warmup!r}")
 
     def transform(inner: Step) -> Step:
         key, inner = claim(inner, "ema")
@@ -344,8 +354,9 @@ def ema(decay: float, every: int = 1) -> Callable[[Step], Step]:
                 if count % every:
                     return new.replace(extras={**new.extras, key: {**prev, "count": count}})
                 names = list(new.params)
+                d = decay * (1.0 - math.exp(-count / warmup)) if warmup else decay
                 avg = dict(zip(names, torch._foreach_lerp(
-                    [prev["params"][k] for k in names], [new.params[k] for k in names], 1.0 - decay)))
+                    [prev["params"][k] for k in names], [new.params[k] for k in names], 1.0 - d)))
             entry = {"params": avg, "buffers": dict(new.buffers), "count": count}
             return new.replace(extras={**new.extras, key: entry})
 

@@ -11,6 +11,7 @@ and its reason are stated at the assertion.
 from __future__ import annotations
 
 import copy
+import math
 from collections import OrderedDict
 
 import attrs
@@ -474,6 +475,25 @@ def test_ema_equals_a_hand_computation():
     plain = run(make_step(classification_loss), state, batches(6))[-1]
     for name in plain.params:
         assert torch.equal(plain.params[name], states[-1].params[name])
+
+
+def test_ema_warmup_ramps_the_decay_by_the_update_count():
+    state = TrainState.create(mlp, sgd(0.2), seed=0)
+    states = run(ema(0.9, warmup=3.0)(make_step(classification_loss)), state, batches(6))
+    sets = [s.params for s in states[1:]]
+    avg = {k: v.double() for k, v in sets[0].items()}
+    for n, ps in enumerate(sets[1:], start=2):
+        d = 0.9 * (1 - math.exp(-n / 3.0))
+        avg = {k: d * avg[k] + (1 - d) * ps[k].double() for k in avg}
+    for name, v in states[-1].extras["ema"]["params"].items():
+        torch.testing.assert_close(v.double(), avg[name], rtol=0, atol=1e-6)
+    # a ramped average sits nearer the latest params than the fixed-decay one
+    fixed = run(ema(0.9)(make_step(classification_loss)), state, batches(6))[-1].extras["ema"]["params"]
+    last = states[-1].params
+    gap = lambda e: sum(float((e[k] - last[k]).abs().sum()) for k in last)  # noqa: E731
+    assert gap(states[-1].extras["ema"]["params"]) < gap(fixed)
+    with pytest.raises(StateError, match="warmup"):
+        ema(0.9, warmup=-1)
 
 
 def test_ema_every_n_updates():

@@ -19,7 +19,7 @@ from smartcash_fn.data import LoaderData
 from smartcash_fn.errors import DataError
 from smartcash_fn.smartcash.scenes import CLASSES, LAYERS, collate
 from smartcash_fn.smartcash.yolo import (PAD_VALUE, Augment, Problem, YoloDataset, group_layers, label_path, layer_of,
-                               letterbox, parse_labels, parse_yaml, read_data_yaml)
+                               letterbox, mosaic, parse_labels, parse_yaml, read_data_yaml)
 
 NAMES = ("001", "l2_001", "l3_sign")
 
@@ -378,6 +378,52 @@ def test_augment_is_a_function_of_the_generator(tmp_path):
     before = torch.random.get_rng_state()
     ds.sample(1, _generator(3))
     assert torch.equal(torch.random.get_rng_state(), before)
+
+
+def test_mosaic_places_four_tiles_around_the_centre_and_cuts_the_window():
+    size = 32
+    tiles = []
+    for k in range(4):  # tile k: a flat image of value k/4 with one box of label k
+        tiles.append((torch.full((3, size, size), k / 4), torch.tensor([[4.0, 4.0, 28.0, 28.0]]), torch.tensor([k])))
+    image, boxes, labels = mosaic(tiles, centre=(32, 32), origin=(16, 16))
+    # each quarter of the window is the inner quarter of one tile
+    assert image.shape == (3, size, size)
+    for k, (ys, xs) in enumerate([(slice(0, 16), slice(0, 16)), (slice(0, 16), slice(16, 32)),
+                                  (slice(16, 32), slice(0, 16)), (slice(16, 32), slice(16, 32))]):
+        assert torch.all(image[:, ys, xs] == k / 4)
+    # every box keeps its visible part: tile 0's box (4..28 on the canvas) is 0..12 in the window
+    assert labels.tolist() == [0, 1, 2, 3]
+    assert boxes.tolist() == [[0.0, 0.0, 12.0, 12.0], [20.0, 0.0, 32.0, 12.0], [0.0, 20.0, 12.0, 32.0],
+                              [20.0, 20.0, 32.0, 32.0]]
+    # a box with less than min_visible of its area in the window is dropped with its label
+    _, boxes, labels = mosaic(tiles, centre=(32, 32), origin=(16, 16), min_visible=0.5)
+    assert len(boxes) == 0 and len(labels) == 0
+    # off-centre: the window shows the bottom-right tile's grey-free corner and the canvas padding nowhere
+    image, boxes, labels = mosaic(tiles, centre=(8, 8), origin=(8, 8))
+    assert torch.all(image == 3 / 4) and labels.tolist() == [3]
+    assert boxes.tolist() == [[4.0, 4.0, 28.0, 28.0]]
+
+
+def test_mosaic_augment_is_a_function_of_the_generator(tmp_path):
+    ds = YoloDataset.scan(read_data_yaml(tiny_dataset(tmp_path, n=6)), "train", size=64,
+                          augment=Augment(mosaic=1.0, degrees=0, translate=0, scale=(1, 1)))
+    a_img, a_t = ds.sample(2, _generator(5))
+    b_img, b_t = ds.sample(2, _generator(5))
+    assert torch.equal(a_img, b_img) and torch.equal(a_t["boxes"], b_t["boxes"])
+    assert torch.equal(a_t["labels"], b_t["labels"])
+    plain_img, _ = ds[2]
+    assert a_img.shape == plain_img.shape and not torch.equal(a_img, plain_img)
+    for seed in range(10):
+        img, t = ds.sample(seed % 6, _generator(seed))
+        b = t["boxes"]
+        assert img.shape == (3, 64, 64) and torch.all(b >= 0) and torch.all(b <= 64)
+        assert torch.all(b[:, 2:] > b[:, :2]) and len(b) == len(t["labels"])
+    # mosaic = 0 is the plain augmentation: the generator draws nothing for it
+    no = YoloDataset.scan(read_data_yaml(tmp_path / "data.yaml"), "train", size=64,
+                          augment=Augment(mosaic=0.0, degrees=0, translate=0, scale=(1, 1)))
+    plain = YoloDataset.scan(read_data_yaml(tmp_path / "data.yaml"), "train", size=64,
+                             augment=Augment(degrees=0, translate=0, scale=(1, 1)))
+    assert torch.equal(no.sample(1, _generator(3))[0], plain.sample(1, _generator(3))[0])
 
 
 def test_augmented_boxes_stay_inside_the_image_and_keep_their_labels():

@@ -248,15 +248,57 @@ def letterbox(image: torch.Tensor, boxes: torch.Tensor, size: int) -> tuple[torc
     return out, boxes * r + shift
 
 
+def mosaic(tiles: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], centre: tuple[int, int],
+           origin: tuple[int, int], min_visible: float = 0.25) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Four square samples ``(image, boxes, labels)`` of side ``S`` as one ``S × S`` sample.
+
+    The tiles are laid on a ``2S × 2S`` grey canvas around ``centre`` (top-left,
+    top-right, bottom-left, bottom-right, each touching the centre with its
+    inner corner) and the window of side ``S`` at ``origin`` is cut out, so
+    each tile shows the part of it nearest the centre. A box keeps the part of
+    it inside the window; it is dropped when less than ``min_visible`` of its
+    area is left (a note cut down to a corner no longer shows what it is)::
+
+        tile = (torch.rand(3, 64, 64), torch.tensor([[8.0, 8, 40, 30]]), torch.tensor([2]))
+        image, boxes, labels = mosaic([tile] * 4, centre=(64, 64), origin=(32, 32))
+        image.shape, len(labels)      # (torch.Size([3, 64, 64]), 2): two boxes fall outside the window
+    """
+    size = tiles[0][0].shape[-1]
+    cx, cy = centre
+    ox, oy = origin
+    canvas = torch.full((3, 2 * size, 2 * size), PAD_VALUE, dtype=tiles[0][0].dtype)
+    boxes_out, labels_out = [], []
+    for k, (image, boxes, labels) in enumerate(tiles):
+        x0 = cx - size if k in (0, 2) else cx  # the tile's top-left corner on the canvas
+        y0 = cy - size if k in (0, 1) else cy
+        cx0, cy0 = max(x0, 0), max(y0, 0)  # the part of the tile on the canvas
+        cx1, cy1 = min(x0 + size, 2 * size), min(y0 + size, 2 * size)
+        canvas[:, cy0:cy1, cx0:cx1] = image[:, cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0]
+        boxes_out.append(boxes + torch.tensor([x0, y0, x0, y0], dtype=boxes.dtype))
+        labels_out.append(labels)
+    boxes = torch.cat(boxes_out) - torch.tensor([ox, oy, ox, oy], dtype=torch.float32)
+    labels = torch.cat(labels_out)
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    clipped = boxes.clamp(0, size)
+    left = (clipped[:, 2] - clipped[:, 0]) * (clipped[:, 3] - clipped[:, 1])
+    keep = left >= min_visible * area.clamp(min=1e-9)
+    keep &= (clipped[:, 2] - clipped[:, 0] >= 2) & (clipped[:, 3] - clipped[:, 1] >= 2)
+    return canvas[:, oy:oy + size, ox:ox + size].contiguous(), clipped[keep], labels[keep]
+
+
 @attrs.frozen
 class Augment:
-    """Training augmentation: horizontal flip, random affine and colour jitter, on image and boxes.
+    """Training augmentation: mosaic, horizontal flip, random affine and colour jitter, on image and boxes.
 
     Every draw comes from the generator handed in, so a sample's augmentation
-    is a function of ``(seed, epoch, index)``.
-    ``Augment(flip=0.0, degrees=5, translate=0.1, scale=(0.8, 1.2))``
+    is a function of ``(seed, epoch, index)``. ``mosaic`` is the probability
+    that a sample is a :func:`mosaic` of itself and three other samples of
+    the split, drawn by that generator (the affine and the colours then apply
+    to the whole mosaic).
+    ``Augment(flip=0.0, degrees=5, translate=0.1, scale=(0.8, 1.2), mosaic=1.0)``
     """
 
+    mosaic: float = 0.0
     flip: float = 0.0
     degrees: float = 5.0
     translate: float = 0.1
@@ -367,6 +409,23 @@ class YoloDataset:
 
     def sample(self, index: int, generator: torch.Generator | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Image ``index`` letterboxed to ``size``; augmented when the dataset has ``augment`` and a generator is given."""
+        aug = self.augment if generator is not None else None
+        if aug is not None and aug.mosaic > 0 and float(torch.rand((), generator=generator)) < aug.mosaic:
+            others = torch.randint(0, len(self), (3,), generator=generator).tolist()
+            centre = torch.randint(self.size // 2, self.size * 3 // 2 + 1, (2,), generator=generator).tolist()
+            lo = (max(0, centre[0] - self.size), max(0, centre[1] - self.size))
+            origin = [int(torch.randint(lo[i], min(centre[i], self.size) + 1, (), generator=generator))
+                      for i in range(2)]
+            tiles = [self._letterboxed(i) for i in [index, *others]]
+            image, boxes, labels = mosaic(tiles, tuple(centre), tuple(origin))
+            image, boxes, labels = aug(image, boxes, labels, generator)
+            return image, {"boxes": boxes.float(), "labels": labels}
+        image, boxes, labels = self._letterboxed(index)
+        if aug is not None:
+            image, boxes, labels = aug(image, boxes, labels, generator)
+        return image, {"boxes": boxes.float(), "labels": labels}
+
+    def _letterboxed(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         image = load_image(self.images[index])
         _, h, w = image.shape
         rows = self.labels[index]
@@ -375,6 +434,4 @@ class YoloDataset:
         boxes = torch.minimum(boxes, torch.tensor([w, h, w, h], dtype=boxes.dtype))
         labels = rows[:, 0].long()
         image, boxes = letterbox(image, boxes, self.size)
-        if self.augment is not None and generator is not None:
-            image, boxes, labels = self.augment(image, boxes, labels, generator)
-        return image, {"boxes": boxes.float(), "labels": labels}
+        return image, boxes.float(), labels
