@@ -72,6 +72,16 @@ def _file(recipe: Recipe, *path: str | int) -> Callable[[str | None], str]:
     return lambda name: recipe.origin.of(path + (name,)) if name is not None else recipe.origin.of(path)
 
 
+def _site(recipe: Recipe, name_at: tuple, label: str, *tables: tuple[tuple, Any]) -> registry.Site:
+    """Where the recipe names a component (the key ``name_at``, written ``label``) and each argument it gives:
+    ``tables`` are ``(key path, names)`` pairs, the names' keys lying under that path.
+
+    ``_site(recipe, ("data", "use"), "synthetic", (("data", "params"), recipe.data.params))``
+    """
+    return registry.Site(recipe.where(*name_at), label,
+                         {str(k): recipe.where(*at, k) for at, names in tables for k in names})
+
+
 def _as_source(src: Any, recipe: Recipe, train: bool, info: Mapping[str, Any]) -> Any:
     cfg = recipe.data
     where = recipe.where("data", "use")
@@ -109,8 +119,8 @@ def make_data(recipe: Recipe) -> tuple[Any, Any, Mapping[str, Any]]:
     cfg = recipe.data
     where = recipe.where("data", "use")
     fn = registry.resolve("data", cfg.use, where)
-    registry.check_params(fn, cfg.params, _file(recipe, "data", "params"), key="data.params")
-    out = registry.call(fn, where, **cfg.params)
+    registry.check_params(fn, cfg.params, _file(recipe, "data", "params"), key="data.params", label=cfg.use)
+    out = registry.call(fn, _site(recipe, ("data", "use"), cfg.use, (("data", "params"), cfg.params)), **cfg.params)
     if isinstance(out, Mapping) and "train" in out:
         out = Splits(**out)
     splits = out if isinstance(out, Splits) else Splits(train=out)
@@ -173,10 +183,12 @@ def make_model_factory(recipe: Recipe, info: Mapping[str, Any]) -> Callable[[], 
     sig = registry.parameters(fn)
     filled = {k: v for k, v in info.items() if sig is not None and k in sig and k not in cfg.params}
     kwargs = {**filled, **cfg.params}
-    registry.check_params(fn, cfg.params, _file(recipe, "model", "params"), supplied=filled, key="model.params")
+    registry.check_params(fn, cfg.params, _file(recipe, "model", "params"), supplied=filled, key="model.params",
+                          label=cfg.use)
+    site = _site(recipe, ("model", "use"), cfg.use, (("model", "params"), cfg.params))
 
     def factory() -> torch.nn.Module:
-        model = registry.call(fn, where, **kwargs)
+        model = registry.call(fn, site, **kwargs)
         if not isinstance(model, torch.nn.Module):
             raise RecipeError(f"{where}: the model factory returned a {type(model).__name__}, not an nn.Module")
         return model
@@ -250,8 +262,11 @@ def make_schedule(recipe: Recipe, batches: int) -> tuple[Callable[..., Any], int
         if p.default is p.empty and name in fields and name not in kwargs and name not in cfg.params:
             raise recipe.error(("schedule", name), f"schedule {cfg.use!r} needs this key; add it to [schedule]")
     registry.check_params(fn, cfg.params, _file(recipe, "schedule", "params"),
-                          supplied=(lr_name, *kwargs), key="schedule.params")
+                          supplied=(lr_name, *kwargs), key="schedule.params", label=cfg.use)
     base_lr = recipe.optimizer.lr
+    own = [k for k in kwargs if k != "total_steps" or cfg.total_steps is not None]
+    site = _site(recipe, ("schedule", "use"), cfg.use, (("schedule",), own), (("schedule", "params"), cfg.params))
+    site = attrs.evolve(site, params={**site.params, lr_name: recipe.where("optimizer", "lr")})
 
     def for_lr(lr: float, total: int | None = None) -> Any:
         kw = {**kwargs, **cfg.params, lr_name: lr}
@@ -259,7 +274,7 @@ def make_schedule(recipe: Recipe, batches: int) -> tuple[Callable[..., Any], int
             kw["total_steps"] = max(1, int(total))
         if "min_lr" in kw and base_lr > 0:
             kw["min_lr"] = kw["min_lr"] * lr / base_lr
-        return registry.call(fn, f"{recipe.origin.of(('schedule',))}: schedule", **kw)
+        return registry.call(fn, site, **kw)
 
     for_lr(base_lr)  # check the arguments now
     return for_lr, updates
@@ -317,13 +332,15 @@ def make_optimizer(recipe: Recipe, schedule_for: Callable[..., Any], batches: in
     if cfg.weight_decay is not None and not wd_ok:
         raise recipe.error(("optimizer", "weight_decay"), f"{cfg.use} takes no 'weight_decay'; remove the key")
     registry.check_params(fn, cfg.params, _file(recipe, "optimizer", "params"),
-                          supplied=(lr_name, "weight_decay", *kwargs), key="optimizer.params")
+                          supplied=(lr_name, "weight_decay", *kwargs), key="optimizer.params", label=cfg.use)
+    site = _site(recipe, ("optimizer", "use"), cfg.use, (("optimizer",), [*kwargs, "weight_decay"]),
+                 (("optimizer", "params"), cfg.params))
 
     def make(lr: float, weight_decay: float | None, where: str, total: int | None = None) -> optim.Optimizer:
         kw = {**kwargs, **cfg.params, lr_name: schedule_for(lr) if total is None else schedule_for(lr, total)}
         if weight_decay is not None:
             kw["weight_decay"] = weight_decay
-        opt = registry.call(fn, where, **kw)
+        opt = registry.call(fn, attrs.evolve(site, where=where), **kw)
         if not (callable(getattr(opt, "init", None)) and callable(getattr(opt, "update", None))):
             raise RecipeError(f"{where}: the optimizer factory returned a {type(opt).__name__}, not an Optimizer")
         return opt
@@ -409,8 +426,9 @@ def make_loss(recipe: Recipe, info: Mapping[str, Any] | None = None) -> Callable
     filled = filled_from(fn, cfg.loss_params, info or {})
     if cfg.loss_params or filled:
         registry.check_params(fn, cfg.loss_params, _file(recipe, "train", "loss_params"), supplied=filled,
-                              key="train.loss_params")
-        fn = registry.call(fn, where, **filled, **cfg.loss_params)
+                              key="train.loss_params", label=cfg.loss)
+        fn = registry.call(fn, _site(recipe, ("train", "loss"), cfg.loss, (("train", "loss_params"), cfg.loss_params)),
+                           **filled, **cfg.loss_params)
     if not callable(fn):
         raise RecipeError(f"{where}: the loss is a {type(fn).__name__}, not a function (apply, batch) -> loss")
     if cfg.compile:
@@ -463,8 +481,10 @@ def make_train_step(recipe: Recipe, loss_fn: Callable[..., Any]) -> tuple[Callab
     for i, s in enumerate(cfg.steps):
         where = recipe.where("train", "steps", i, "use")
         fn = registry.resolve("step", s.use, where)
-        registry.check_params(fn, s.params, _file(recipe, "train", "steps", i), key=f"train.steps[{i}]")
-        transform = registry.call(fn, recipe.where("train", "steps", i), **s.params)
+        registry.check_params(fn, s.params, _file(recipe, "train", "steps", i), key=f"train.steps[{i}]", label=s.use)
+        at = ("train", "steps", i)
+        transform = registry.call(fn, attrs.evolve(_site(recipe, at, s.use, (at, s.params)), where=recipe.where(*at)),
+                                  **s.params)
         if not callable(transform):
             raise RecipeError(f"{where}: {s.use} returned a {type(transform).__name__}, not a step transformer "
                               "(Step -> Step)")
@@ -541,10 +561,11 @@ def make_validation(recipe: Recipe, val: Any, info: Mapping[str, Any] | None = N
     fn = registry.resolve("metrics", cfg.metrics, where)
     filled = filled_from(fn, cfg.params, info or {})
     registry.check_params(fn, cfg.params, _file(recipe, "validation", "params"), supplied=filled,
-                          key="validation.params")
+                          key="validation.params", label=cfg.metrics)
     if val is None or cfg.every == 0:
         return None
-    ev = registry.call(fn, where, **filled, **cfg.params)
+    ev = registry.call(fn, _site(recipe, ("validation", "metrics"), cfg.metrics, (("validation", "params"), cfg.params)),
+                       **filled, **cfg.params)
     if not all(callable(getattr(ev, a, None)) for a in ("init", "update", "finish")):
         raise RecipeError(f"{where}: {cfg.metrics} returned a {type(ev).__name__}, not an Evaluator "
                           "(init, update, finish)")
@@ -605,7 +626,8 @@ def make_callbacks(recipe: Recipe, context: Mapping[str, Any] | None = None) -> 
         obj = registry.resolve("callback", c.use, where)
         label = c.use.rpartition(":")[2].rpartition(".")[2]
         if c.event is not None:
-            fn = registry.call(obj, recipe.where("callbacks", i), **c.params) if c.params else obj
+            site = _site(recipe, ("callbacks", i), c.use, (("callbacks", i), c.params))
+            fn = registry.call(obj, site, **c.params) if c.params else obj
             if not callable(fn):
                 raise RecipeError(f"{where}: {c.use} is a {type(fn).__name__}, not a function state -> state")
             cbs: tuple[Callback, ...] = (Callback(c.event, fn, priority=c.priority or 0, name=label),)
@@ -617,8 +639,9 @@ def make_callbacks(recipe: Recipe, context: Mapping[str, Any] | None = None) -> 
                     f"function, add event = \"epoch_end\" (or another of {', '.join(EVENTS)}) to the table")
             filled = filled_from(obj, c.params, context)
             registry.check_params(obj, c.params, _file(recipe, "callbacks", i), supplied=filled,
-                                  key=f"callbacks[{i}]")
-            made = registry.call(obj, recipe.where("callbacks", i), **filled, **c.params)
+                                  key=f"callbacks[{i}]", label=c.use)
+            made = registry.call(obj, _site(recipe, ("callbacks", i), c.use, (("callbacks", i), c.params)),
+                                 **filled, **c.params)
             try:
                 cbs = flatten([made])
             except StateError:
