@@ -662,7 +662,8 @@ _LOGGERS: tuple[tuple[str, Callable[..., Any]], ...] = (
     ("summary", summary.write_summary),
     ("console", console.console),
 )
-"""``[loggers]`` key -> the writer factory it switches on (``console`` takes ``quiet``, the others the run folder)."""
+"""``[loggers]`` key -> the writer factory it switches on (``console`` takes ``quiet``, the others the run folder;
+``tensorboard`` its ``every_steps`` from ``loggers.tensorboard_every_steps``)."""
 
 
 def make_loggers(recipe: Recipe, run_dir: Path | None,
@@ -675,10 +676,11 @@ def make_loggers(recipe: Recipe, run_dir: Path | None,
     cbs: list[Callback] = []
     notes: list[str] = []
     console_names: list[str] = []
+    settings = {"console": {"quiet": quiet}, "tensorboard": {"every_steps": recipe.loggers.tensorboard_every_steps}}
     for key, factory in _LOGGERS:
         if not getattr(recipe.loggers, key) or (run_dir is None and key != "console"):
             continue
-        made = flatten([factory(quiet=quiet) if key == "console" else factory(run_dir)])
+        made = flatten([factory(**settings[key]) if key == "console" else factory(run_dir, **settings.get(key, {}))])
         if key == "console":
             console_names.extend(c.name for c in made)
         cbs.extend(made)

@@ -324,7 +324,11 @@ class LoggersConfig:
 
     csv: bool = _key(True, "`metrics.csv`, one row per epoch")
     jsonl: bool = _key(True, "`metrics.jsonl`, one line per epoch and per recorded step")
-    tensorboard: bool = _key(True, "TensorBoard event files in `tensorboard/`")
+    tensorboard: bool = _key(True, "TensorBoard event files in `tensorboard/`: epoch metrics, figures, the "
+                                   "hyperparameters with the final and best metrics (HParams)")
+    tensorboard_every_steps: int = _key(10, "TensorBoard: the step metrics (`train/loss_step`) and the learning "
+                                            "rate of each parameter group (`lr_step`) every this many steps "
+                                            "(batches; 0 is off)", check=_INT_AT_LEAST_0)
     plots: bool = _key(True, "metric curves as PNG files in `plots/`")
     console: bool = _key(True, "a progress bar and a line per epoch on the terminal")
     summary: bool = _key(True, "`summary.md` at the end of the run")
