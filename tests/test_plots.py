@@ -249,3 +249,26 @@ def test_lr_series_needs_an_optimizer_that_says_its_rates():
 
     state = small_fit(1)                  # a stand-in optimizer with lrs but no lrs_at
     assert lr_series(state) is None and curves_figure(state.history, lr=None).axes
+
+
+def test_confidence_figure_draws_each_class_faint_the_mean_bold_and_the_best_f1():
+    from smartcash_fn.report.plots import class_colours, confidence_figure
+
+    conf = np.linspace(0, 1, 101)
+    rows = {f"c{i}": np.clip(1 - np.abs(conf - i / 20), 0, 1) for i in range(17)}
+    rows["empty"] = np.full_like(conf, np.nan)                          # no ground truth: left out
+    fig = confidence_figure(conf, rows, "F1", best=0.4)
+    ax = fig.axes[0]
+    lines = [ln for ln in ax.get_lines() if ln.get_gid() != BEST_GID]
+    assert len(lines) == 18 and lines[-1].get_linewidth() > 2 * lines[0].get_linewidth()
+    assert len({tuple(ln.get_color()) for ln in lines[:-1]}) == 17 and lines[0].get_color() == class_colours(17)[0]
+    mean = np.mean([rows[f"c{i}"] for i in range(17)], axis=0)
+    assert lines[-1].get_label() == f"all classes {np.interp(0.4, conf, mean):.3f} at conf 0.400"
+    assert [ln.get_xdata()[0] for ln in ax.get_lines() if ln.get_gid() == BEST_GID] == [0.4]
+    assert ax.get_xlabel() == "confidence" and ax.get_ylabel() == "F1"
+    p = confidence_figure(conf, rows, "precision", best=0.4).axes[0]
+    assert p.get_lines()[-1].get_label().endswith("at conf 0.400 (best F1)")
+    with pytest.raises(sf.DataError, match="none has ground truth"):
+        confidence_figure(conf, {"x": np.full_like(conf, np.nan)}, "F1")
+    with pytest.raises(sf.DataError, match="class 'a' has 3 values for 101 thresholds"):
+        confidence_figure(conf, {"a": [0.1, 0.2, 0.3]}, "F1")

@@ -1,4 +1,4 @@
-"""Plots: metric curves over epochs, confusion matrices and precision-recall curves, as matplotlib figures.
+"""Plots: metric curves over epochs, confusion matrices, precision-recall and confidence curves, as matplotlib figures.
 
 The figure functions are pure — data in, a ``matplotlib.figure.Figure`` out,
 drawn by the Agg backend without pyplot, so nothing depends on a display or
@@ -433,6 +433,52 @@ def pr_curve_figure(curves: Mapping[str, tuple[Any, Any]], ap: Mapping[str, floa
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, loc="lower left")
+    return fig
+
+
+def confidence_figure(conf: Any, curves: Mapping[str, Any], metric: str, best: float | None = None,
+                      title: str | None = None) -> Any:
+    """A metric (``"F1"``, ``"precision"``, ``"recall"``) of each class against the confidence threshold: each class
+    faint in its own colour (:func:`class_colours`), their mean bold; ``best`` (the threshold where the mean F1
+    peaks) is a dashed line, the mean's value there in the legend.
+
+    ``curves`` maps a class name to its values at the thresholds ``conf``; a
+    class whose values are all NaN (no ground truth) is left out::
+
+        confidence_figure(np.linspace(0, 1, 101), {"001": f1_a, "002": f1_b}, "F1", best=0.31)
+    """
+    import numpy as np
+
+    x = _as_array(conf, "confidence_figure: conf").reshape(-1)
+    rows = {}
+    for name, values in curves.items():
+        y = _as_array(values, f"confidence_figure: {metric} of {name!r}").reshape(-1)
+        if y.shape != x.shape:
+            raise DataError(f"confidence_figure: class {name!r} has {y.size} values for {x.size} thresholds; "
+                            "give one value per threshold")
+        if not np.isnan(y).all():
+            rows[str(name)] = y
+    if not rows:
+        raise DataError("confidence_figure: no class has values (none has ground truth)")
+    fig = _figure(6.5, 5.0)
+    ax = fig.add_subplot()
+    show_each = len(rows) <= 20
+    for (name, y), colour in zip(rows.items(), class_colours(len(rows))):
+        ax.plot(x, y, linewidth=1, alpha=0.45, color=colour, label=name if show_each else None)
+    mean = np.mean(np.stack(list(rows.values())), axis=0)
+    label = "all classes"
+    if best is not None and math.isfinite(best):
+        at = float(np.interp(best, x, mean))
+        label += f" {at:.3f} at conf {best:.3f}" + ("" if metric == "F1" else " (best F1)")
+        ax.axvline(best, linestyle="--", linewidth=1, color="0.45", gid=BEST_GID)
+    ax.plot(x, mean, linewidth=2.5, color="black", label=label)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("confidence")
+    ax.set_ylabel(metric)
+    ax.set_title(title or f"{metric} against confidence")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="lower left" if metric != "recall" else "upper right")
     return fig
 
 
