@@ -18,6 +18,7 @@ a ``Dataset`` or any object with ``batches`` and ``__len__``.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from pathlib import Path
@@ -40,6 +41,7 @@ from ..state import TrainState
 from ..step import Step, make_step
 from ..tree import tree_map, walk
 from . import registry
+from .footprint import Footprint, footprint_of
 from .recipe import Recipe, seconds_of, to_dict
 
 
@@ -62,6 +64,9 @@ class Built:
     step_text: str
     notes: tuple[str, ...] = ()
     console: tuple[str, ...] = ()
+    footprint: Callable[[], Footprint] | None = None
+    """The model's :class:`~smartcash_fn.run.footprint.Footprint`, counted on the first call (FLOPs take a
+    forward pass) and kept: the start of training prints it, ``summary.md`` shows it."""
 
 
 # --------------------------------------------------------------------------- data
@@ -666,17 +671,19 @@ _LOGGERS: tuple[tuple[str, Callable[..., Any]], ...] = (
 ``tensorboard`` its ``every_steps`` from ``loggers.tensorboard_every_steps``)."""
 
 
-def make_loggers(recipe: Recipe, run_dir: Path | None,
-                 quiet: bool = False) -> tuple[tuple[Callback, ...], tuple[str, ...], tuple[str, ...]]:
+def make_loggers(recipe: Recipe, run_dir: Path | None, quiet: bool = False, model: Callable[[], Any] | None = None
+                 ) -> tuple[tuple[Callback, ...], tuple[str, ...], tuple[str, ...]]:
     """The logger callbacks ``[loggers]`` asks for, notes about them (none today), and the console's names.
 
-    Loggers that write files need ``run_dir``; ``console`` gets ``quiet``:
+    Loggers that write files need ``run_dir``; ``console`` gets ``quiet``; ``model`` gives
+    the rows of the summary's ``Model`` section (:meth:`~smartcash_fn.run.footprint.Footprint.rows`):
     ``callbacks, notes, console_names = make_loggers(recipe, Path("runs/a"))``.
     """
     cbs: list[Callback] = []
     notes: list[str] = []
     console_names: list[str] = []
-    settings = {"console": {"quiet": quiet}, "tensorboard": {"every_steps": recipe.loggers.tensorboard_every_steps}}
+    settings = {"console": {"quiet": quiet}, "tensorboard": {"every_steps": recipe.loggers.tensorboard_every_steps},
+                "summary": {"model": model}}
     for key, factory in _LOGGERS:
         if not getattr(recipe.loggers, key) or (run_dir is None and key != "console"):
             continue
@@ -759,9 +766,6 @@ def build(recipe: Recipe, run_dir: str | os.PathLike | None = None, *, quiet: bo
         callbacks.extend(checkpointing(run_dir / "checkpoints", every_epochs=cp.every_epochs,
                                        every_steps=cp.every_steps, monitor=monitor, top_k=cp.top_k,
                                        keep_periodic=cp.keep_periodic))
-    loggers, logger_notes, console = make_loggers(recipe, run_dir, quiet=quiet)
-    callbacks.extend(loggers)
-    notes.extend(logger_notes)
     factory = make_model_factory(recipe, info)
     if recipe.train.sync_bn and world.size > 1:
         if device.type != "cuda":
@@ -776,9 +780,14 @@ def build(recipe: Recipe, run_dir: str | os.PathLike | None = None, *, quiet: bo
         raise RecipeError(f"{recipe.where('optimizer')}: {e}") from None
     template = template.replace(data_info=plain_info(info))
     notes.extend(getattr(template.model, "notes", ()))  # what the model says about itself (from scratch, ...)
+    model_footprint = functools.cache(lambda: footprint_of(template, train if validation is None else validation.data))
+    loggers, logger_notes, console = make_loggers(recipe, run_dir, quiet=quiet,
+                                                  model=lambda: model_footprint().rows())
+    callbacks.extend(loggers)
+    notes.extend(logger_notes)
     loop = Loop(step=step, data=train, epochs=recipe.train.epochs, validation=validation, callbacks=tuple(callbacks))
     return Built(recipe=recipe, template=template, loop=loop, run_dir=run_dir, batches=batches, updates=updates,
-                 step_text=step_text, notes=tuple(notes), console=console)
+                 step_text=step_text, notes=tuple(notes), console=console, footprint=model_footprint)
 
 
 AGREED_AT_BATCH_END = ("nan_guard", "record_steps")
