@@ -461,7 +461,7 @@ def epoch_scalars(epochs: Sequence[Record], since: int = 0, step: int = 0) -> li
     return out
 
 
-HParam = Any
+HParam = bool | int | float | str
 """A hyperparameter value TensorBoard's HParams dashboard takes: bool, int, float or str."""
 
 

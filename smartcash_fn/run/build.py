@@ -488,8 +488,7 @@ def make_train_step(recipe: Recipe, loss_fn: Callable[..., Any]) -> tuple[Callab
         fn = registry.resolve("step", s.use, where)
         registry.check_params(fn, s.params, _file(recipe, "train", "steps", i), key=f"train.steps[{i}]", label=s.use)
         at = ("train", "steps", i)
-        transform = registry.call(fn, attrs.evolve(_site(recipe, at, s.use, (at, s.params)), where=recipe.where(*at)),
-                                  **s.params)
+        transform = registry.call(fn, _site(recipe, at, s.use, (at, s.params)), **s.params)
         if not callable(transform):
             raise RecipeError(f"{where}: {s.use} returned a {type(transform).__name__}, not a step transformer "
                               "(Step -> Step)")
@@ -569,8 +568,8 @@ def make_validation(recipe: Recipe, val: Any, info: Mapping[str, Any] | None = N
                           key="validation.params", label=cfg.metrics)
     if val is None or cfg.every == 0:
         return None
-    ev = registry.call(fn, _site(recipe, ("validation", "metrics"), cfg.metrics, (("validation", "params"), cfg.params)),
-                       **filled, **cfg.params)
+    site = _site(recipe, ("validation", "metrics"), cfg.metrics, (("validation", "params"), cfg.params))
+    ev = registry.call(fn, site, **filled, **cfg.params)
     if not all(callable(getattr(ev, a, None)) for a in ("init", "update", "finish")):
         raise RecipeError(f"{where}: {cfg.metrics} returned a {type(ev).__name__}, not an Evaluator "
                           "(init, update, finish)")

@@ -255,7 +255,7 @@ class Site:
         from smartcash_fn.builtin.synthetic import classification
         site = Site("a.toml: data.use", "synthetic", {"samples": "--set data.params.samples=0: data.params.samples"})
         call(classification, site, samples=0)
-        # RecipeError: --set data.params.samples=0: data.params.samples: synthetic: samples must be an integer > 0, got 0
+        # RecipeError: --set data.params.samples=0: data.params.samples: synthetic: samples must be an integer > 0
     """
 
     where: str
