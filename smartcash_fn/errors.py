@@ -13,9 +13,20 @@ from __future__ import annotations
 
 
 class UserError(Exception):
-    """Bad input: the message alone tells the user what to fix (exit code 2)."""
+    """Bad input: the message alone tells the user what to fix (exit code 2).
+
+    ``param`` names the argument of the function that raised it, when one
+    argument is to blame: a recipe then names that argument's key (the
+    ``data.params.data_yaml`` the user wrote) rather than the component::
+
+        raise DataError("datasets/a/data.yaml: no such data.yaml", param="data_yaml")
+    """
 
     exit_code = 2
+
+    def __init__(self, *args: object, param: str | None = None) -> None:
+        super().__init__(*args)
+        self.param = param
 
 
 class ArgumentError(UserError, ValueError):

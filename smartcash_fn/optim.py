@@ -81,18 +81,23 @@ class Optimizer:
     ``trains(name)`` tells the step which params need a gradient (``frozen()``
     says none do); ``lrs(opt_state, lr_scale)`` gives the learning rate the
     next update will use, by group label (``""`` for a single optimizer) — the
-    loop records it in the history. Build one with a factory rather than by hand::
+    loop records it in the history; ``lrs_at(count, lr_scale)`` the rates
+    update number ``count`` uses, a pure function of the count (how the
+    learning-rate plot draws every update of a run). Build one with a factory
+    rather than by hand::
 
         opt = sgd(0.1, momentum=0.9)
         state = opt.init(params)
         params, state = opt.update(grads, state, params)
         opt.lrs(state, 1.0)        # {"": 0.1}
+        opt.lrs_at(0, 1.0)         # {"": 0.1}: the rate of the first update
     """
 
     init: Callable[[Tensors], OptState]
     update: Callable[..., tuple[dict[str, Tensor], OptState]]
     trains: Callable[[str], bool] = _always_trains
     lrs: Callable[[OptState, float], dict[str, float]] = lambda opt_state, lr_scale: {}
+    lrs_at: Callable[[int, float], dict[str, float]] = lambda count, lr_scale=1.0: {}
     trains_in: Callable[[OptState], Callable[[str], bool]] | None = None
     """For an optimizer whose trained set changes as it runs (:func:`switch`): the ``trains``
     predicate in force for the next update, given the state (the same object while it holds)."""
@@ -101,6 +106,11 @@ class Optimizer:
 def _next_lrs(schedule: Schedule) -> Callable[[OptState, float], dict[str, float]]:
     """``lrs`` of a single optimizer: ``schedule(count) * lr_scale`` under the label ``""``."""
     return lambda opt_state, lr_scale=1.0: {"": float(schedule(opt_state["count"])) * lr_scale}
+
+
+def _lrs_at(schedule: Schedule) -> Callable[[int, float], dict[str, float]]:
+    """``lrs_at`` of a single optimizer: ``schedule(count) * lr_scale`` under the label ``""``."""
+    return lambda count, lr_scale=1.0: {"": float(schedule(count)) * lr_scale}
 
 
 # --------------------------------------------------------------------------
@@ -215,7 +225,7 @@ def sgd(
             new_params.update(zip(names, torch._foreach_add(p, g, alpha=-step_lr)))
         return new_params, new_state
 
-    return Optimizer(init=init, update=update, lrs=_next_lrs(schedule))
+    return Optimizer(init=init, update=update, lrs=_next_lrs(schedule), lrs_at=_lrs_at(schedule))
 
 
 # --------------------------------------------------------------------------
@@ -293,7 +303,7 @@ def _adam_family(
         exp_avg_sq.update(zip(names, v))
         return new_params, new_state
 
-    return Optimizer(init=init, update=update, lrs=_next_lrs(schedule))
+    return Optimizer(init=init, update=update, lrs=_next_lrs(schedule), lrs_at=_lrs_at(schedule))
 
 
 def adam(
@@ -482,6 +492,13 @@ def multi_transform(
                 out[label if sub == "" else f"{label}/{sub}"] = lr
         return out
 
+    def lrs_at(count: int, lr_scale: float = 1.0) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for label, opt in transforms.items():
+            for sub, lr in opt.lrs_at(count, lr_scale).items():
+                out[label if sub == "" else f"{label}/{sub}"] = lr
+        return out
+
     phased = {label: opt.trains_in for label, opt in transforms.items() if opt.trains_in is not None}
     predicates: dict[tuple[int, ...], Callable[[str], bool]] = {}
 
@@ -497,7 +514,8 @@ def multi_transform(
             predicates[key] = pred
         return pred
 
-    return Optimizer(init=init, update=update, trains=trains, lrs=lrs, trains_in=trains_in if phased else None)
+    return Optimizer(init=init, update=update, trains=trains, lrs=lrs, lrs_at=lrs_at,
+                     trains_in=trains_in if phased else None)
 
 
 def switch(at: int, first: Optimizer, then: Optimizer) -> Optimizer:
@@ -535,8 +553,12 @@ def switch(at: int, first: Optimizer, then: Optimizer) -> Optimizer:
             return {}  # the next phase's state does not exist yet
         return opt.lrs(opt_state["state"], lr_scale)
 
+    def lrs_at(count: int, lr_scale: float = 1.0) -> dict[str, float]:
+        return first.lrs_at(count, lr_scale) if count < at else then.lrs_at(count - at, lr_scale)
+
     def trains_in(opt_state: OptState) -> Callable[[str], bool]:
         return current(opt_state).trains
 
     return Optimizer(init=init, update=update, trains=lambda n: first.trains(n) or then.trains(n), lrs=lrs,
+                     lrs_at=lrs_at,
                      trains_in=trains_in)

@@ -63,9 +63,11 @@ CASES = {
     "epochs_2_63": (["check", "r.toml", "--set", f"train.epochs={BIG}"], "train.epochs: expected an integer, got "
                                                                          f"{BIG}, which does not fit in 64 bits"),
     "seed_2_63": (["check", "seed.toml"], f"error: seed.toml: run.seed: expected an integer, got {BIG}"),
-    "samples_1e15": (["check", "r.toml", "--set", "data.params.samples=1e15"], "r.toml: data.use: "),
+    "samples_1e15": (["check", "r.toml", "--set", "data.params.samples=1e15"],
+                     "error: --set data.params.samples=1e15: data.params.samples: synthetic: samples must be an "
+                     "integer > 0, got 1000000000000000.0"),
     "samples_10_15": (["check", "r.toml", "--set", "data.params.samples=1000000000000000"],
-                      "r.toml: data.use: classification: its parameters ask for more memory"),
+                      "r.toml: data.use: synthetic: its parameters ask for more memory"),
     "hidden_1e14": (["check", "r.toml", "--set", "model.params.hidden=[100000000000000]"],
                     "r.toml: model.use: mlp: its parameters ask for more memory"),
     "deep_toml": (["check", "deep.toml"], "error: deep.toml: invalid TOML: arrays or tables nested too deep"),
@@ -76,6 +78,33 @@ CASES = {
     "progress_negative": (["resume", "CKPT_NEGATIVE", "--quiet"], "progress.step: expected an integer >= 0, got -7"),
     "progress_past_epoch": (["resume", "CKPT_PAST", "--quiet"], "progress.batch is 99, but an epoch of this recipe "
                                                                 "has 2 batches"),
+    # each error names the place the user wrote: the --set argument, the dotted key, the name as written
+    "set_unknown_section": (["check", "r.toml", "--set", "trian.epochs=3"],
+                            "error: --set trian.epochs=3: trian: unknown section; did you mean 'train'?"),
+    "set_bad_model_param": (["check", "r.toml", "--set", 'model.params.hidden=[32,"a"]'],
+                            'error: --set model.params.hidden=[32,"a"]: model.params.hidden: mlp: hidden must be an '
+                            "array of integers > 0, got [32, 'a']"),
+    "set_data_param_typo": (["check", "r.toml", "--set", "data.params.sizee=64"],
+                            "error: --set data.params.sizee=64: data.params.sizee: synthetic takes no parameter "
+                            "'sizee'"),
+    "warmup_past_the_run": (["check", "r.toml", "--set", "schedule.warmup_steps=100"],
+                            "error: --set schedule.warmup_steps=100: schedule.warmup_steps: warmup_cosine: "
+                            "warmup_steps must be < total_steps"),
+    "optimizer_key_value": (["check", "r.toml", "--set", "optimizer.betas=[0.9, 2.0]"],
+                            "error: --set optimizer.betas=[0.9, 2.0]: optimizer.betas: adamw: betas[1] must be"),
+    "yolo_without_data_yaml": (["check", "yolo.toml"], "error: yolo.toml: data.params.data_yaml: required by "
+                                                       "yolo_dataset; add it to the recipe"),
+    "yolo_data_yaml_not_there": (["check", "yolo.toml", "--set", 'data.params.data_yaml="nowhere/data.yaml"'],
+                                 'error: --set data.params.data_yaml="nowhere/data.yaml": data.params.data_yaml: '
+                                 "yolo_dataset: nowhere/data.yaml: no such data.yaml"),
+    "epochs_0": (["train", "r.toml", "--quiet", "--set", "train.epochs=0"],
+                 "error: --set train.epochs=0: train.epochs: expected an integer >= 1, got 0"),
+    "eval_a_classifier": (["eval", "CKPT_TINY"], "last.pt: not a detector's checkpoint: its recipe trains "
+                                                 "model.use = 'mlp'"),
+    "predict_a_classifier": (["predict", "CKPT_TINY", "r.toml", "--out", "drawn"],
+                             "last.pt: not a detector's checkpoint"),
+    "export_into_a_full_folder": (["data", "export-synthetic", "--out", ".", "--n", "2", "--size", "64"],
+                                  "folder exists and is not empty; choose a new folder, or pass --overwrite"),
 }
 
 
@@ -86,7 +115,9 @@ def test_bad_input_exits_2_with_one_line(tmp_path, ckpt, case):
     (tmp_path / "afile").write_text("")
     (tmp_path / "seed.toml").write_text(f'extends = "r.toml"\n[run]\nseed = {BIG}\n')
     (tmp_path / "deep.toml").write_text("a = " + "[" * 5000 + "]" * 5000 + "\n")
-    bad = {"CKPT_NO_STEP": {"progress": {"epoch": 1, "batch": 0}},
+    (tmp_path / "yolo.toml").write_text('[model]\nuse = "detector"\n[data]\nuse = "yolo_dataset"\n[train]\n'
+                                        'epochs = 1\n')
+    bad = {"CKPT_TINY": {}, "CKPT_NO_STEP": {"progress": {"epoch": 1, "batch": 0}},
            "CKPT_NEGATIVE": {"progress": {"epoch": 1, "step": -7, "batch": 99}},
            "CKPT_PAST": {"progress": {"epoch": 1, "step": 200, "batch": 99}}}
     for i, a in enumerate(argv):

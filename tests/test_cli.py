@@ -208,5 +208,6 @@ def test_train_without_a_recipe_uses_the_built_in_default(tmp_path):
     record = checkpoint.read(run / "checkpoints" / "last.pt")["state"]["history"]["epochs"][0]
     assert {"val/mAP50", "val/mAP50-95", "val/mAP50/banknote", "val/mAP50-95/security"} <= set(record)
     assert (run / "plots" / "pr_curves.png").is_file() and (run / "plots" / "val_samples.png").is_file()
+    assert all((run / "plots" / f"{n}_curve.png").is_file() for n in ("f1", "p", "r"))   # where to set conf
     out = cli("train", "--out", str(run), *sets, cwd=tmp_path)    # an existing run is never overwritten
     assert out.returncode == 2 and "already holds a run" in out.stderr

@@ -161,7 +161,8 @@ def test_bad_data_input_exits_2_naming_the_file_and_line(tmp_path, monkeypatch, 
     monkeypatch.chdir(tmp_path)
     err = refused(capsys, "train", str(DEFAULT), "--set", "data.use=yolo_dataset",
                   "--set", "data.params={data_yaml = 'missing/data.yaml'}")
-    assert "data.use" in err and "missing/data.yaml: no such data.yaml" in err
+    assert ("--set data.params={data_yaml = 'missing/data.yaml'}: data.params.data_yaml: yolo_dataset: "
+            "missing/data.yaml: no such data.yaml") in err                  # the key that names the file
     code, out, _ = run_main(capsys, "data", "export-synthetic", "--out", "data", "--n", "4", "--size", "64")
     assert code == 0 and "4/4 scenes" in out
     label = tmp_path / "data" / "labels" / "train" / "train_000001.txt"

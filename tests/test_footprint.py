@@ -30,3 +30,27 @@ def test_a_frozen_backbone_is_counted_apart(one_thread):
     assert "backbone" in fp.text() and "frozen" in fp.text()
     assert any("trains from scratch" in n for n in built.notes)
     assert not any("trains from scratch" in n for n in build(load(DEFAULT_RECIPE), quiet=True).notes)
+
+
+def test_summary_md_shows_the_model_counted_once(tmp_path):
+    from smartcash_fn.loop import fit
+
+    built = build(load(path_of("tiny"), sets=["train.epochs=1", "loggers.console=false", "loggers.plots=false",
+                                              "loggers.tensorboard=false"]), tmp_path, quiet=True)
+    assert footprint(built) is footprint(built) is built.footprint()   # the start of training and the summary share it
+    fit(built.template, built.loop)
+    text = (tmp_path / "summary.md").read_text()
+    model = text[text.index("## Model"):text.index("## Recipe")]
+    assert "| parameters | 387 |" in model and "| trained at the start | 387 |" in model
+    assert "| input (one sample) | 1x8 |" in model and "| FLOPs of one forward pass | 704 FLOPs |" in model
+    assert "| checkpoint at the start | 4.5 KiB |" in model and "frozen" not in model
+
+
+def test_rows_say_which_parts_are_frozen(one_thread):
+    sets = ["run.device=cpu", "model.params.backbone=efficientnet_b0", "data.use=rupiah_synthetic",
+            "data.params={train = 4, val = 2, size = 64}", "data.batch_size=2", "data.val_batch_size=2",
+            "data.workers=0"]
+    rows = dict(footprint(build(load(path_of("rupiah_efficientnet_b4"), sets=sets), quiet=True),
+                          count_flops=False).rows())
+    assert rows["`backbone`"].endswith("frozen at the start") and rows["`head`"].endswith(", trained at the start")
+    assert "frozen at the start" in rows and "FLOPs of one forward pass" not in rows

@@ -503,3 +503,25 @@ def test_benchmark_quick_mode_runs_and_agrees(capsys):
     assert bench.main(["--quick", "--images", "40", "--repeats", "1"]) == 0
     out = capsys.readouterr().out
     assert "speed-up" in out and "agree" in out
+
+
+def test_confidence_curves_count_what_passes_each_threshold():
+    box = [0.0, 0.0, 10.0, 10.0]
+    far = [50.0, 50.0, 60.0, 60.0]
+    # class 0: two gts; detections 0.9 (hit), 0.6 (miss), 0.3 (hit). class 1: no gt. class 2: one gt, no detection
+    dets = [M.Detections(torch.tensor([box, far, [20.0, 20.0, 30.0, 30.0], far]),
+                         torch.tensor([0.9, 0.6, 0.3, 0.8]), torch.tensor([0, 0, 0, 1]))]
+    tgts = [M.Targets(torch.tensor([box, [20.0, 20.0, 30.0, 30.0], box]), torch.tensor([0, 0, 2]))]
+    curves = M.evaluate(dets, tgts, ("a", "b", "c")).by_conf
+    at = {round(float(c), 3): i for i, c in enumerate(curves.conf)}
+    p, r, f1 = curves.precision[0], curves.recall[0], curves.f1[0]
+    assert (float(p[at[0.2]]), float(r[at[0.2]])) == (2 / 3, 1.0)        # all three pass
+    assert (float(p[at[0.5]]), float(r[at[0.5]])) == (0.5, 0.5)          # 0.9 and 0.6
+    assert (float(p[at[0.7]]), float(r[at[0.7]])) == (1.0, 0.5)          # 0.9 alone
+    assert (float(p[at[0.95]]), float(r[at[0.95]]), float(f1[at[0.95]])) == (1.0, 0.0, 0.0)  # none: precision 1
+    assert float(f1[at[0.2]]) == pytest.approx(0.8)
+    assert torch.isnan(curves.f1[1]).all() and torch.isnan(curves.precision[1]).all()     # no gt: no curve
+    assert (curves.recall[2] == 0).all() and (curves.f1[2] == 0).all()                   # gt, never found
+    conf, best = curves.best()
+    assert best == pytest.approx(0.4) and 0.0 <= conf <= 0.3          # mean of a's 0.8 and c's 0 where all pass
+    assert curves.mean(curves.f1)[at[0.5]] == pytest.approx(0.25)

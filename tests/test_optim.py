@@ -538,3 +538,22 @@ def test_switch_freezes_then_trains_and_resumes_in_the_right_phase(tmp_path):
     assert sf.verify(again, states[-1]) is None
     with pytest.raises(ValueError, match="switch: at"):
         switch(-1, sf.frozen(), sf.adamw(1e-3))
+
+
+def test_lrs_at_is_the_rate_each_update_uses_in_groups_and_phases():
+    # a frozen phase then a warm-up, beside a cosine group: lrs_at(k) is what lrs said before update k
+    opt = O.multi_transform(
+        {"backbone": O.switch(3, O.frozen(), O.adamw(S.warmup_cosine(1e-3, warmup_steps=2, total_steps=5))),
+         "head": O.sgd(S.cosine(1e-2, STEPS), momentum=0.9)},
+        {"0.weight": "backbone", "0.bias": "backbone", "2.weight": "head", "2.bias": "head"},
+    )
+    params = initial_params()
+    opt_state = opt.init(params)
+    for k, batch in enumerate(BATCHES[:STEPS]):
+        said = opt.lrs(opt_state, 0.5)
+        at = opt.lrs_at(k, 0.5)
+        assert {label: at[label] for label in said} == said, k  # lrs leaves out a phase not begun yet
+        assert at["head"] == S.cosine(1e-2, STEPS)(k) * 0.5
+        assert at.get("backbone") == (None if k < 3 else S.warmup_cosine(1e-3, 2, 5)(k - 3) * 0.5)
+        params, opt_state = opt.update(grads_at(params, batch, opt.trains_in(opt_state)), opt_state, params, 0.5)
+    assert O.adamw(1e-3).lrs_at(7) == {"": 1e-3} and O.frozen().lrs_at(7) == {}

@@ -132,7 +132,7 @@ def test_plot_curves_by_default_draws_when_drawing_is_cheap_next_to_the_epochs(t
 
     drawn = []
     monkeypatch.setattr(plots, "time", SimpleNamespace(perf_counter=perf_counter))
-    monkeypatch.setattr(plots, "write_curves", lambda folder, h, best, per_metric: drawn.append(len(h.epochs)))
+    monkeypatch.setattr(plots, "write_curves", lambda folder, h, best, per_metric, lr: drawn.append(len(h.epochs)))
 
     def wait(state):  # the fourth epoch is long: 5 s, far over 20 x 0.1 s
         if state.progress.epoch == 4:
@@ -202,3 +202,73 @@ def test_class_colours_are_distinct_for_seventeen_classes():
     from smartcash_fn.report.plots import class_colours
 
     assert len(set(class_colours(17))) == 17 and len(set(class_colours(25))) == 25
+
+
+TINY = sf.__file__.rsplit("/", 2)[0] + "/recipes/tiny.toml"
+PLATEAU = 'callbacks=[{use = "reduce_on_plateau", monitor = "val/loss", factor = 0.5, patience = 0, threshold = 10.0}]'
+
+
+@pytest.mark.parametrize("sets", [[], ["train.accumulate=2"], [PLATEAU, "schedule.min_lr=0.001"]],
+                         ids=["plain", "accumulate", "plateau"])
+def test_lr_series_is_the_rate_of_every_update_on_an_epoch_axis(sets):
+    from smartcash_fn.events import writer
+    from smartcash_fn.report.plots import lr_series
+    from smartcash_fn.run.build import build
+    from smartcash_fn.run.recipe import load
+
+    recipe = load(TINY, ["train.epochs=3", "schedule.warmup_steps=3", "data.params.samples=128",
+                         "loggers.console=false", *sets])
+    built = build(recipe, quiet=True)
+    seen = {}  # step -> the rate the next update uses, as the optimizer says it (after any epoch-end change)
+
+    def rec(state):
+        seen[state.progress.step] = state.optimizer.lrs(state.opt_state, state.lr_scale)[""]
+        return state
+
+    events = ("training_start", "batch_end", "epoch_start", "training_end")
+    state = sf.fit(built.template, built.loop.add(*(writer(e, rec, name=f"rec_{e}") for e in events)))
+    xs, ys = lr_series(state)["lr"]
+    per_update = 2 if "train.accumulate=2" in sets else 1
+    assert len(xs) == 3 * 4 // per_update + 1 and xs[0] == 0.0 and xs[-1] == 3.0   # 4 batches an epoch
+    steps = [round(x * 4) for x in xs]
+    assert steps == list(range(0, 13, per_update))
+    assert ys == pytest.approx([seen[s] for s in steps], rel=1e-12, abs=0)
+    assert ys[0] < ys[1] < ys[2] and max(ys) == pytest.approx(0.01)           # the warm-up shows
+    if PLATEAU in sets:
+        assert state.lr_scale < 1.0                                          # the plateau did lower the rate
+    # the lr panel draws the updates, one line, on whole-epoch ticks
+    fig = curves_figure(state.history, state.best, lr=lr_series(state))
+    ax = next(a for a in fig.axes if a.get_title() == "lr")
+    (line,) = [ln for ln in ax.get_lines() if ln.get_gid() != BEST_GID]
+    assert list(line.get_xdata()) == xs and line.get_label() == "lr"
+    assert all(float(t).is_integer() for t in ax.get_xticks())
+
+
+def test_lr_series_needs_an_optimizer_that_says_its_rates():
+    from smartcash_fn.report.plots import lr_series
+
+    state = small_fit(1)                  # a stand-in optimizer with lrs but no lrs_at
+    assert lr_series(state) is None and curves_figure(state.history, lr=None).axes
+
+
+def test_confidence_figure_draws_each_class_faint_the_mean_bold_and_the_best_f1():
+    from smartcash_fn.report.plots import class_colours, confidence_figure
+
+    conf = np.linspace(0, 1, 101)
+    rows = {f"c{i}": np.clip(1 - np.abs(conf - i / 20), 0, 1) for i in range(17)}
+    rows["empty"] = np.full_like(conf, np.nan)                          # no ground truth: left out
+    fig = confidence_figure(conf, rows, "F1", best=0.4)
+    ax = fig.axes[0]
+    lines = [ln for ln in ax.get_lines() if ln.get_gid() != BEST_GID]
+    assert len(lines) == 18 and lines[-1].get_linewidth() > 2 * lines[0].get_linewidth()
+    assert len({tuple(ln.get_color()) for ln in lines[:-1]}) == 17 and lines[0].get_color() == class_colours(17)[0]
+    mean = np.mean([rows[f"c{i}"] for i in range(17)], axis=0)
+    assert lines[-1].get_label() == f"all classes {np.interp(0.4, conf, mean):.3f} at conf 0.400"
+    assert [ln.get_xdata()[0] for ln in ax.get_lines() if ln.get_gid() == BEST_GID] == [0.4]
+    assert ax.get_xlabel() == "confidence" and ax.get_ylabel() == "F1"
+    p = confidence_figure(conf, rows, "precision", best=0.4).axes[0]
+    assert p.get_lines()[-1].get_label().endswith("at conf 0.400 (best F1)")
+    with pytest.raises(sf.DataError, match="none has ground truth"):
+        confidence_figure(conf, {"x": np.full_like(conf, np.nan)}, "F1")
+    with pytest.raises(sf.DataError, match="class 'a' has 3 values for 101 thresholds"):
+        confidence_figure(conf, {"a": [0.1, 0.2, 0.3]}, "F1")

@@ -211,13 +211,13 @@ def test_component_parameters_are_checked_against_signatures(tmp_path):
     cases = [
         ("[[train.steps]]\nuse = \"clip\"\nmax_nrom = 1.0\n",
          "train.steps[0].max_nrom: clip takes no parameter 'max_nrom'; did you mean 'max_norm'?"),
-        ("[[train.steps]]\nuse = \"clip\"\n", "train.steps[0]: clip needs 'max_norm'"),
+        ("[[train.steps]]\nuse = \"clip\"\n", "train.steps[0].max_norm: required by clip; add it"),
         ("[[train.steps]]\nuse = \"clipp\"\n", "train.steps[0].use: unknown step 'clipp'; did you mean 'clip'?"),
         ("[model.params]\nwidth = 3\n", "model.params.width: mlp takes no parameter 'width'"),
         ("[[callbacks]]\nuse = \"early_stoping\"\n", "callbacks[0].use: unknown callback 'early_stoping'; did you "
                                                      "mean 'early_stopping'?"),
-        ("[[callbacks]]\nuse = \"early_stopping\"\npatiense = 3\n", "callbacks[0].patiense: early_stopping_callback "
-                                                                   "takes no parameter 'patiense'"),
+        ("[[callbacks]]\nuse = \"early_stopping\"\npatiense = 3\n", "callbacks[0].patiense: early_stopping takes "
+                                                                   "no parameter 'patiense'"),
         ("[optimizer]\nuse = \"adam\"\nmomentum = 0.9\n", "optimizer.momentum: adam takes no 'momentum'"),
         ("[schedule]\nuse = \"cosine\"\ngamma = 0.5\n", "schedule.gamma: cosine takes no 'gamma'"),
         ("[schedule]\nuse = \"step\"\n", "schedule.step_size: schedule 'step' needs this key"),
@@ -232,8 +232,8 @@ def test_component_parameters_are_checked_against_signatures(tmp_path):
          "'clasification_loss'; did you mean 'classification_loss'?"),
         ("[[optimizer.groups]]\nprefix = \"0.\"\nname = \"default\"\n", "optimizer.groups[0].name: the label "
                                                                         "'default' is taken"),
-        ("[schedule]\nuse = \"warmup_cosine\"\nwarmup_steps = 100\n", "schedule: warmup_cosine: warmup_steps must "
-                                                                      "be < total_steps"),
+        ("[schedule]\nuse = \"warmup_cosine\"\nwarmup_steps = 100\n", "schedule.warmup_steps: warmup_cosine: "
+                                                                      "warmup_steps must be < total_steps"),
     ]
     for extra, expected in cases:
         path = write(tmp_path, "r.toml", 'extends = "base.toml"\n' + extra)

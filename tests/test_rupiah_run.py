@@ -289,7 +289,7 @@ def test_plot_pieces_draw_boxes_and_make_figures():
     assert len(fig.axes) == 3
     report = evaluate([dets], [truth], rupiah.CLASSES, rupiah.LAYERS)
     names = [n for n, _ in report_figures(report)]
-    assert names == ["pr_curves", "confusion_matrix"]
+    assert names == ["pr_curves", "f1_curve", "p_curve", "r_curve", "confusion_matrix"]
 
 
 def test_box_labels_are_readable_text_on_a_filled_background():

@@ -213,7 +213,9 @@ def test_tensorboard_scalars_and_images_read_back(tmp_path):
     state = sf.fit(template(), loop)
     acc = events(tmp_path / "tensorboard")
     tags = acc.Tags()
-    assert set(tags["scalars"]) == {"train/loss_step", "epoch", "train/loss", "lr", "val/loss", "val/acc"}
+    assert set(tags["scalars"]) == {"train/loss_step", "lr_step", "epoch", "train/loss", "lr", "val/loss", "val/acc",
+                                    "hparams/train/loss", "hparams/lr", "hparams/val/loss", "hparams/val/acc",
+                                    "hparams/best/val/acc"}
     # step metrics every 3 steps, from the step's own loss (checked against record_steps-free training)
     assert [e.step for e in acc.Scalars("train/loss_step")] == [3, 6]
     for tag in ("train/loss", "lr", "val/loss", "val/acc", "epoch"):
@@ -378,7 +380,50 @@ def test_tensorboard_scalars_are_computed_from_the_state():
     from smartcash_fn.report.sinks import epoch_scalars, step_scalars
 
     s = template().replace(progress=sf.Progress(0, 20, 4), metrics={"loss": torch.tensor(0.25)})
-    assert step_scalars(s, 10) == [("train/loss_step", 0.25, 20)]
+    assert step_scalars(s, 10) == [("train/loss_step", 0.25, 20), ("lr_step", 1e-2, 20)]
     assert step_scalars(s, 3) == [] and step_scalars(s, 0) == []
     epochs = ({"epoch": 0, "step": 10, "train/loss": 1.0, "note": "x"}, {"epoch": 1, "step": 20, "train/loss": 0.5})
     assert epoch_scalars(epochs, since=1) == [("epoch", 1.0, 20), ("train/loss", 0.5, 20)]
+
+
+def test_tensorboard_from_a_recipe_logs_the_rate_every_n_steps_and_the_hparams(tmp_path):
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    from smartcash_fn.run.build import build
+    from smartcash_fn.run.recipe import load
+
+    tiny = Path(sf.__file__).resolve().parents[1] / "recipes" / "tiny.toml"
+    sets = ["train.epochs=2", "schedule.warmup_steps=3", "data.params.samples=128", "loggers.console=false",
+            "loggers.plots=false", "loggers.tensorboard_every_steps=3"]
+    off = build(load(tiny, sets + ["loggers.tensorboard=false"]), tmp_path / "off", quiet=True)
+    built = build(load(tiny, sets), tmp_path / "on", quiet=True)
+    state = sf.fit(built.template, built.loop)
+    without = sf.fit(off.template.replace(recipe=built.template.recipe), off.loop)
+    assert sf.verify(state, without) is None                                # the writer only observes
+    acc = events(tmp_path / "on" / "tensorboard")
+    rates = [(e.step, e.value) for e in acc.Scalars("lr_step")]
+    from smartcash_fn.schedule import warmup_cosine
+
+    schedule = warmup_cosine(0.01, warmup_steps=3, total_steps=8)
+    assert rates == [(s, f32(schedule(s))) for s in (3, 6)]                 # the next update's rate, every 3 steps
+    assert [e.step for e in acc.Scalars("train/loss_step")] == [3, 6]
+    content = acc.PluginTagToContent("hparams")
+    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
+    assert start.hparams["optimizer.lr"].number_value == 0.01 and start.hparams["model.use"].string_value == "mlp"
+    assert start.hparams["model.params.hidden"].string_value == "[32]"
+    assert start.hparams["callbacks[1].patience"].number_value == 5
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    metrics = {m.name.tag for m in experiment.metric_infos}
+    assert {"hparams/val/loss", "hparams/val/acc", "hparams/best/val/loss"} <= metrics
+    for tag in metrics:                                                       # each one's value is in the run itself
+        assert len(acc.Scalars(tag)) == 1 and acc.Scalars(tag)[0].step == state.progress.step
+    assert acc.Scalars("hparams/best/val/loss")[0].value == f32(state.best.value)
+
+
+def test_hparams_flatten_the_recipe_scalars():
+    from smartcash_fn.report.sinks import hparams_of
+
+    got = hparams_of({"run": {"seed": 0, "parent": None}, "model": {"params": {"hidden": [32, 16]}},
+                      "callbacks": [{"use": "nan_guard"}, {"use": "early_stopping", "patience": 5}], "train": {}})
+    assert got == {"run.seed": 0, "model.params.hidden": "[32, 16]", "callbacks[0].use": "nan_guard",
+                   "callbacks[1].use": "early_stopping", "callbacks[1].patience": 5}

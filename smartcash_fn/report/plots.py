@@ -1,4 +1,4 @@
-"""Plots: metric curves over epochs, confusion matrices and precision-recall curves, as matplotlib figures.
+"""Plots: metric curves over epochs, confusion matrices, precision-recall and confidence curves, as matplotlib figures.
 
 The figure functions are pure — data in, a ``matplotlib.figure.Figure`` out,
 drawn by the Agg backend without pyplot, so nothing depends on a display or
@@ -15,6 +15,7 @@ Epochs are numbered from 1 on every axis, as the checkpoint files are
 
 from __future__ import annotations
 
+import bisect
 import math
 import os
 import re
@@ -83,6 +84,76 @@ def _series(history: History, key: str) -> tuple[list[float], list[float]]:
     return xs, ys
 
 
+# --------------------------------------------------------------------------- the learning rate of every update
+
+Series = tuple[list[float], list[float]]
+"""A curve: its x values (epochs) and its y values."""
+
+
+def _updates(opt_state: Any) -> int:
+    """The updates an optimizer state has applied: its largest ``count`` (every optimizer here keeps one)."""
+    if not isinstance(opt_state, Mapping):
+        return 0
+    own = opt_state.get("count")
+    counts = [own] if isinstance(own, int) and not isinstance(own, bool) else []
+    return max(counts + [_updates(v) for v in opt_state.values()] + [0])
+
+
+def _epoch_scales(history: History, lrs_at: Any, per_update: float) -> tuple[list[float], list[float]]:
+    """Each epoch record's step and the ``lr_scale`` its epoch trained with (recorded lr / the schedule's).
+
+    A plateau callback changes ``lr_scale`` after an epoch's record is made, so
+    an epoch trains at the scale its own record shows; where the schedule's
+    rate is 0 there (the end of a cosine) the scale cannot be read, and the
+    epoch before it lends its own.
+    """
+    steps, scales, scale = [], [], 1.0
+    for rec in history.epochs:
+        s = number(rec.get("step"))
+        if s is None:
+            continue
+        for label, unscaled in lrs_at(round(s / per_update), 1.0).items():
+            y = number(rec.get("lr" if label == "" else f"lr/{label}"))
+            if y is not None and unscaled > 0:
+                scale = y / unscaled
+                break
+        steps.append(s)
+        scales.append(scale)
+    return steps, scales
+
+
+def lr_series(state: TrainState, points: int = 2000) -> dict[str, Series] | None:
+    """The learning rate of every update of the run so far, on an epoch axis: ``{"lr": (epochs, rates)}``
+    (``"lr/<group>"`` per parameter group), or None when the optimizer cannot say (no ``lrs_at``).
+
+    The schedule is a pure function of the update count, so the rates come
+    from ``state.optimizer.lrs_at`` (nothing is recorded per step); update
+    ``k`` sits at ``k x steps per update / batches per epoch``, so the end of
+    epoch ``e`` is at ``e``, where its epoch record's ``lr`` is drawn. Each
+    epoch's ``lr_scale`` (reduce on plateau) comes from its record. At most
+    ``points`` updates are drawn, evenly spaced::
+
+        curves_figure(state.history, state.best, lr=lr_series(state))
+    """
+    lrs_at = getattr(state.optimizer, "lrs_at", None)
+    updates, steps, batches = _updates(state.opt_state), state.progress.step, state.run.batches
+    if lrs_at is None or not updates or not steps or not batches:
+        return None
+    per_update = steps / updates  # batches per update: gradient accumulation
+    ends, scales = _epoch_scales(state.history, lrs_at, per_update)
+    stride = max(1, math.ceil(updates / points))
+    out: dict[str, Series] = {}
+    for k in [*range(0, updates, stride), updates]:
+        at = k * per_update
+        i = bisect.bisect_right(ends, at)
+        scale = scales[i] if i < len(scales) else state.lr_scale
+        for label, lr in lrs_at(k, scale).items():
+            xs, ys = out.setdefault("lr" if label == "" else f"lr/{label}", ([], []))
+            xs.append(at / batches)
+            ys.append(float(lr))
+    return out or None
+
+
 def _figure(width: float, height: float) -> Any:
     from matplotlib.figure import Figure
 
@@ -92,11 +163,16 @@ def _figure(width: float, height: float) -> Any:
 # --------------------------------------------------------------------------- curves
 
 
-def _draw_group(ax: Any, history: History, group: str, keys: Sequence[str], best: Best | None) -> None:
+def _draw_group(ax: Any, history: History, group: str, keys: Sequence[str], best: Best | None,
+                lr: Mapping[str, Series] | None = None) -> None:
     many = len(history.epochs) > 40
+    lr = lr or {}
     for key in keys:
-        xs, ys = _series(history, key)
         _, label = metric_group(key)
+        if key in lr:  # every update's rate: a warm-up shows
+            ax.plot(*lr[key], linewidth=1.5, label=label)
+            continue
+        xs, ys = _series(history, key)
         ax.plot(xs, ys, marker=None if many else "o", markersize=3, linewidth=1.5, label=label)
     from matplotlib.ticker import MaxNLocator
 
@@ -104,7 +180,7 @@ def _draw_group(ax: Any, history: History, group: str, keys: Sequence[str], best
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: no tick at 1.5
     ax.grid(True, alpha=0.3)
-    values = [y for k in keys for y in _series(history, k)[1] if math.isfinite(y)]
+    values = [y for k in keys for y in (lr[k][1] if k in lr else _series(history, k)[1]) if math.isfinite(y)]
     if group == "lr" and values and min(values) > 0 and max(values) / min(values) > 100:
         ax.set_yscale("log")
     if best is not None:
@@ -118,14 +194,17 @@ def _draw_group(ax: Any, history: History, group: str, keys: Sequence[str], best
         ax.legend(fontsize=8)  # every series says what it is (train, val), also alone in its panel
 
 
-def curves_figure(history: History, best: Best | None = None, groups: Mapping[str, Sequence[str]] | None = None) -> Any:
+def curves_figure(history: History, best: Best | None = None, groups: Mapping[str, Sequence[str]] | None = None,
+                  lr: Mapping[str, Series] | None = None) -> Any:
     """A figure of the metric curves over epochs: one panel per metric, train beside val.
 
     With ``best`` (``state.best``) every panel has a dashed line at the best
     epoch and the monitored metric's panel a star at its value (artists with
-    ``gid="best"``). ``groups`` picks panels (default :func:`metric_groups`)::
+    ``gid="best"``). ``groups`` picks panels (default :func:`metric_groups`);
+    ``lr`` (:func:`lr_series`) draws the learning rate of every update rather
+    than one point per epoch::
 
-        curves_figure(state.history, state.best).savefig("curves.png")
+        curves_figure(state.history, state.best, lr=lr_series(state)).savefig("curves.png")
     """
     groups = dict(metric_groups(history) if groups is None else groups)
     n = max(len(groups), 1)
@@ -138,7 +217,7 @@ def curves_figure(history: History, best: Best | None = None, groups: Mapping[st
         ax.set_axis_off()
         return fig
     for i, (group, keys) in enumerate(groups.items()):
-        _draw_group(fig.add_subplot(rows, cols, i + 1), history, group, keys, best)
+        _draw_group(fig.add_subplot(rows, cols, i + 1), history, group, keys, best, lr)
     if best is not None and any(best.monitor in keys for keys in groups.values()):
         fig.suptitle(f"best {best.monitor} {fmt_value(best.value)} at epoch {best.epoch + 1}", fontsize=11)
     return fig
@@ -160,17 +239,17 @@ def save_figure(figure: Any, path: str | os.PathLike) -> Path:
 
 
 def write_curves(folder: str | os.PathLike, history: History, best: Best | None = None,
-                 per_metric: bool = False) -> list[Path]:
+                 per_metric: bool = False, lr: Mapping[str, Series] | None = None) -> list[Path]:
     """Write ``curves.png`` (all panels) and, with ``per_metric``, one ``<metric>.png`` per panel.
 
-    ``write_curves("runs/a/plots", state.history, state.best)`` returns the paths written.
+    ``write_curves("runs/a/plots", state.history, state.best, lr=lr_series(state))`` returns the paths written.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    paths = [save_figure(curves_figure(history, best), folder / "curves.png")]
+    paths = [save_figure(curves_figure(history, best, lr=lr), folder / "curves.png")]
     if per_metric:
         for group, keys in metric_groups(history).items():
-            fig = curves_figure(history, best, {group: keys})
+            fig = curves_figure(history, best, {group: keys}, lr=lr)
             paths.append(save_figure(fig, folder / f"{_safe_name(group)}.png"))
     return paths
 
@@ -180,7 +259,8 @@ def plot_curves(run_dir: str | os.PathLike, every_epochs: int | None = None, per
     """Callbacks saving the metric curves as PNGs in ``run_dir/plots``, the best epoch marked.
 
     ``curves.png`` holds every panel and, with ``per_metric``, ``loss.png``,
-    ``acc.png``, ``lr.png``... one each; the best epoch comes from
+    ``acc.png``, ``lr.png``... one each; the learning rate is drawn for every
+    update (:func:`lr_series`), so a warm-up shows; the best epoch comes from
     ``state.best`` (its monitor and epoch). They are always written at
     ``training_end``; during the run every ``every_epochs`` epochs (0: never),
     or by default at an epoch end once the time since the last drawing is at
@@ -200,7 +280,7 @@ def plot_curves(run_dir: str | os.PathLike, every_epochs: int | None = None, per
     def write(state: TrainState) -> None:
         t0 = time.perf_counter()
         ensure_folder(folder, name)
-        write_curves(folder, state.history, state.best, per_metric)
+        write_curves(folder, state.history, state.best, per_metric, lr_series(state))
         clock.done = time.perf_counter()
         clock.took = clock.done - t0
 
@@ -353,6 +433,52 @@ def pr_curve_figure(curves: Mapping[str, tuple[Any, Any]], ap: Mapping[str, floa
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, loc="lower left")
+    return fig
+
+
+def confidence_figure(conf: Any, curves: Mapping[str, Any], metric: str, best: float | None = None,
+                      title: str | None = None) -> Any:
+    """A metric (``"F1"``, ``"precision"``, ``"recall"``) of each class against the confidence threshold: each class
+    faint in its own colour (:func:`class_colours`), their mean bold; ``best`` (the threshold where the mean F1
+    peaks) is a dashed line, the mean's value there in the legend.
+
+    ``curves`` maps a class name to its values at the thresholds ``conf``; a
+    class whose values are all NaN (no ground truth) is left out::
+
+        confidence_figure(np.linspace(0, 1, 101), {"001": f1_a, "002": f1_b}, "F1", best=0.31)
+    """
+    import numpy as np
+
+    x = _as_array(conf, "confidence_figure: conf").reshape(-1)
+    rows = {}
+    for name, values in curves.items():
+        y = _as_array(values, f"confidence_figure: {metric} of {name!r}").reshape(-1)
+        if y.shape != x.shape:
+            raise DataError(f"confidence_figure: class {name!r} has {y.size} values for {x.size} thresholds; "
+                            "give one value per threshold")
+        if not np.isnan(y).all():
+            rows[str(name)] = y
+    if not rows:
+        raise DataError("confidence_figure: no class has values (none has ground truth)")
+    fig = _figure(6.5, 5.0)
+    ax = fig.add_subplot()
+    show_each = len(rows) <= 20
+    for (name, y), colour in zip(rows.items(), class_colours(len(rows))):
+        ax.plot(x, y, linewidth=1, alpha=0.45, color=colour, label=name if show_each else None)
+    mean = np.mean(np.stack(list(rows.values())), axis=0)
+    label = "all classes"
+    if best is not None and math.isfinite(best):
+        at = float(np.interp(best, x, mean))
+        label += f" {at:.3f} at conf {best:.3f}" + ("" if metric == "F1" else " (best F1)")
+        ax.axvline(best, linestyle="--", linewidth=1, color="0.45", gid=BEST_GID)
+    ax.plot(x, mean, linewidth=2.5, color="black", label=label)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("confidence")
+    ax.set_ylabel(metric)
+    ax.set_title(title or f"{metric} against confidence")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="lower left" if metric != "recall" else "upper right")
     return fig
 
 

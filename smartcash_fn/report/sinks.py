@@ -37,7 +37,7 @@ from .._files import check_folder, ensure_folder, write_text_atomic
 from ..errors import StateError
 from ..events import Callback, writer
 from ..state import History, TrainState
-from .plots import curves_figure
+from .plots import curves_figure, lr_series
 from .timing import EpochTimer
 from .values import number, plain
 
@@ -429,14 +429,23 @@ Scalar = tuple[str, float, int]
 
 
 def step_scalars(state: TrainState, every_steps: int) -> list[Scalar]:
-    """The step metrics to log at this ``batch_end``: ``train/<name>_step`` every ``every_steps`` steps (0: never).
+    """The step metrics to log at this ``batch_end`` every ``every_steps`` steps (0: never): ``train/<name>_step``,
+    and the learning rate of the next update, ``lr_step`` (``lr_step/<group>`` per parameter group).
 
-    ``step_scalars(state, 10)`` -> ``[("train/loss_step", 0.41, 20)]`` at step 20, ``[]`` at step 21.
+    The rate is the optimizer's ``lrs(opt_state, lr_scale)``, read, never
+    changed: the epoch record's ``lr`` is the same number at an epoch's end.
+    ``step_scalars(state, 10)`` -> ``[("train/loss_step", 0.41, 20), ("lr_step", 0.001, 20)]`` at step 20,
+    ``[]`` at step 21.
     """
     step = state.progress.step
     if not every_steps or step % every_steps:
         return []
-    return [(f"train/{k}_step", x, step) for k, v in state.metrics.items() if (x := number(v)) is not None]
+    out = [(f"train/{k}_step", x, step) for k, v in state.metrics.items() if (x := number(v)) is not None]
+    lrs = getattr(state.optimizer, "lrs", None)
+    if lrs is not None:
+        out += [("lr_step" if label == "" else f"lr_step/{label}", float(lr), step)
+                for label, lr in lrs(state.opt_state, state.lr_scale).items()]
+    return out
 
 
 def epoch_scalars(epochs: Sequence[Record], since: int = 0, step: int = 0) -> list[Scalar]:
@@ -450,6 +459,72 @@ def epoch_scalars(epochs: Sequence[Record], since: int = 0, step: int = 0) -> li
         s = step if at is None else int(at)
         out += [(str(k), x, s) for k, v in rec.items() if k != "step" and (x := number(v)) is not None]
     return out
+
+
+HParam = bool | int | float | str
+"""A hyperparameter value TensorBoard's HParams dashboard takes: bool, int, float or str."""
+
+
+def hparams_of(recipe: Mapping[str, Any] | None) -> dict[str, HParam]:
+    """The recipe's scalar keys, flattened to dotted names: the hyperparameters of the run.
+
+    Tables nest with dots, arrays of tables with an index (``callbacks[0].patience``);
+    an array of plain values is one hyperparameter, its JSON text::
+
+        hparams_of({"optimizer": {"lr": 0.01}, "model": {"params": {"hidden": [32]}}})
+        # {"optimizer.lr": 0.01, "model.params.hidden": "[32]"}
+    """
+    out: dict[str, HParam] = {}
+
+    def visit(value: Any, name: str) -> None:
+        value = plain(value)
+        if isinstance(value, Mapping):
+            for k, v in value.items():
+                visit(v, f"{name}.{k}" if name else str(k))
+        elif isinstance(value, list) and value and all(isinstance(v, Mapping) for v in value):
+            for i, v in enumerate(value):
+                visit(v, f"{name}[{i}]")
+        elif isinstance(value, list):
+            out[name] = json.dumps(value)
+        elif isinstance(value, (bool, int, float, str)):
+            out[name] = value
+
+    visit(recipe or {}, "")
+    return out
+
+
+def hparam_metrics(state: TrainState) -> dict[str, float]:
+    """The metrics the HParams dashboard shows beside the hyperparameters: the last epoch's numbers as
+    ``hparams/<key>``, and the best monitored value as ``hparams/best/<monitor>``.
+
+    ``hparam_metrics(state)`` -> ``{"hparams/val/loss": 0.41, ..., "hparams/best/val/loss": 0.39}``
+    """
+    last = state.history.last() or {}
+    out = {f"hparams/{k}": x for k, v in last.items() if k not in ("epoch", "step") and (x := number(v)) is not None}
+    if state.best is not None and (x := number(state.best.value)) is not None:
+        out[f"hparams/best/{state.best.monitor}"] = x
+    return out
+
+
+def add_hparams(w: Any, state: TrainState) -> None:
+    """Write the run's hyperparameters (:func:`hparams_of` its recipe) and :func:`hparam_metrics` into the event
+    file of the writer ``w``, at the state's step.
+
+    Unlike ``SummaryWriter.add_hparams``, which opens a folder of its own, it
+    writes into the run's own event file, so the HParams dashboard's session
+    is the run itself, beside its curves: ``add_hparams(writer, state)``.
+    """
+    from torch.utils.tensorboard.summary import hparams
+
+    metrics = hparam_metrics(state)
+    hp = hparams_of(state.recipe)
+    if not hp and not metrics:
+        return
+    step = state.progress.step
+    for summary in hparams(hp, metrics):
+        w.file_writer.add_summary(summary, step)
+    for tag, value in metrics.items():
+        w.add_scalar(tag, value, step)
 
 
 @attrs.define
@@ -484,16 +559,20 @@ class _EventFile:
 
 def tensorboard_log(run_dir: str | os.PathLike, every_steps: int = 10,
                     figures: Mapping[str, Callable[[TrainState], Any]] | None = None, curves: bool = True,
-                    priority: int = PRIORITY, name: str = "tensorboard_log") -> tuple[Callback, ...]:
+                    hparams: bool = True, priority: int = PRIORITY,
+                    name: str = "tensorboard_log") -> tuple[Callback, ...]:
     """Callbacks writing TensorBoard event files to ``run_dir/tensorboard``.
 
     - every ``every_steps`` steps (0: never), each step metric as
-      ``train/<name>_step`` (``train/loss_step``; :func:`step_scalars`);
+      ``train/<name>_step`` (``train/loss_step``) and the learning rate as
+      ``lr_step`` (``lr_step/<group>`` per parameter group; :func:`step_scalars`);
     - at each epoch end, every numeric key of the epoch record (``train/loss``,
       ``val/acc``, ``lr``, ``epoch``; :func:`epoch_scalars`), then each of
       ``figures`` — a mapping ``tag -> fn(state) -> matplotlib Figure or None``;
-    - at ``training_end`` the metric-curves figure (``curves``), then the file
-      is flushed and closed. It is flushed at each epoch end and checkpoint too.
+    - at ``training_end`` the metric-curves figure (``curves``), the run's
+      hyperparameters with its final and best metrics for the HParams
+      dashboard (``hparams``; :func:`add_hparams`), then the file is flushed
+      and closed. It is flushed at each epoch end and checkpoint too.
 
     Every value is logged at the global step (``state.progress.step``), one
     axis for all tags. When the folder already holds event files, the writer
@@ -545,8 +624,11 @@ def tensorboard_log(run_dir: str | os.PathLike, every_steps: int = 10,
 
     def end(state: TrainState) -> TrainState:
         if curves and state.history.epochs:
-            events.get(state).add_image("curves", figure_image(curves_figure(state.history, state.best)),
+            events.get(state).add_image("curves", figure_image(curves_figure(state.history, state.best,
+                                                                             lr=lr_series(state))),
                                         state.progress.step, dataformats="HWC")
+        if hparams:
+            add_hparams(events.get(state), state)
         events.close()
         return state
 

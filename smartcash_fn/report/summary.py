@@ -18,7 +18,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import attrs
 
@@ -129,15 +129,26 @@ def time_lines(times: Sequence[Mapping[str, Any]]) -> list[str]:
     return lines + [""]
 
 
+def model_lines(rows: Sequence[tuple[str, str]]) -> list[str]:
+    """The summary's "Model" section: the model's footprint as ``(what, value)`` rows (none: no section).
+
+    ``model_lines([("parameters", "1.23 M"), ("FLOPs of one forward pass", "0.86 GFLOPs")])``
+    """
+    if not rows:
+        return []
+    return ["## Model", "", "| | |", "|---|---|", *[f"| {_cell(k)} | {_cell(v)} |" for k, v in rows], ""]
+
+
 def summary_markdown(state: TrainState, run_name: str = "run", wall_seconds: float | None = None,
                      session_epochs: int | None = None, checkpoints: Sequence[str] = (),
-                     times: Sequence[Mapping[str, Any]] = ()) -> str:
+                     times: Sequence[Mapping[str, Any]] = (), model: Sequence[tuple[str, str]] = ()) -> str:
     """The Markdown summary of a finished (or stopped) run.
 
     ``wall_seconds`` is this session's wall time and ``session_epochs`` the
     epochs it trained (both measured by :func:`write_summary`); ``checkpoints``
     the names in the run's ``checkpoints/`` folder, each named file's role said;
-    ``times`` the session's epoch time records (see :func:`time_lines`)::
+    ``times`` the session's epoch time records (see :func:`time_lines`); ``model``
+    the model's footprint rows (see :func:`model_lines`)::
 
         Path("summary.md").write_text(summary_markdown(state, "a", wall_seconds=93.0))
     """
@@ -185,6 +196,7 @@ def summary_markdown(state: TrainState, run_name: str = "run", wall_seconds: flo
     else:
         lines += ["## Last epoch", "", "_No epoch finished._", ""]
     lines += time_lines(times)
+    lines += model_lines(model)
     lines += ["## Recipe", "", recipe_block(state.recipe)]
     lines += data_lines(state.data_info.get("problems") or ())
     return "\n".join(lines)
@@ -205,12 +217,14 @@ def data_lines(problems: Sequence[str], shown: int = 20) -> list[str]:
 
 
 def write_summary(run_dir: str | os.PathLike, filename: str = "summary.md", priority: int = 1100,
-                  name: str = "summary") -> tuple[Callback, ...]:
+                  name: str = "summary", model: Callable[[], Sequence[tuple[str, str]]] | None = None
+                  ) -> tuple[Callback, ...]:
     """Callbacks writing ``run_dir/summary.md`` at ``training_end`` (atomically; after the final checkpoint).
 
     The wall time is measured from ``training_start`` in this session and kept
     in the callback, never in the state; the checkpoint files are listed from
-    ``run_dir/checkpoints``::
+    ``run_dir/checkpoints``; ``model`` gives the rows of the "Model" section
+    (a recipe's run passes the footprint of its model; this layer knows no model)::
 
         loop = loop.add(write_summary("runs/a"))
     """
@@ -230,7 +244,8 @@ def write_summary(run_dir: str | os.PathLike, filename: str = "summary.md", prio
         ckpts = folder / "checkpoints"
         names = sorted(os.listdir(ckpts)) if ckpts.is_dir() else []
         text = summary_markdown(state, run_name(state, folder.resolve().name), wall,
-                                state.progress.epoch - clock.epoch0, names, timer.records)
+                                state.progress.epoch - clock.epoch0, names, timer.records,
+                                model() if model is not None else ())
         ensure_folder(folder, name)
         write_text_atomic(folder / filename, text)
         return state

@@ -18,6 +18,7 @@ a ``Dataset`` or any object with ``batches`` and ``__len__``.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from pathlib import Path
@@ -40,6 +41,7 @@ from ..state import TrainState
 from ..step import Step, make_step
 from ..tree import tree_map, walk
 from . import registry
+from .footprint import Footprint, footprint_of
 from .recipe import Recipe, seconds_of, to_dict
 
 
@@ -62,6 +64,9 @@ class Built:
     step_text: str
     notes: tuple[str, ...] = ()
     console: tuple[str, ...] = ()
+    footprint: Callable[[], Footprint] | None = None
+    """The model's :class:`~smartcash_fn.run.footprint.Footprint`, counted on the first call (FLOPs take a
+    forward pass) and kept: the start of training prints it, ``summary.md`` shows it."""
 
 
 # --------------------------------------------------------------------------- data
@@ -70,6 +75,16 @@ class Built:
 def _file(recipe: Recipe, *path: str | int) -> Callable[[str | None], str]:
     """The source file of a component parameter under ``path`` (the recipe's own file for a missing one)."""
     return lambda name: recipe.origin.of(path + (name,)) if name is not None else recipe.origin.of(path)
+
+
+def _site(recipe: Recipe, name_at: tuple, label: str, *tables: tuple[tuple, Any]) -> registry.Site:
+    """Where the recipe names a component (the key ``name_at``, written ``label``) and each argument it gives:
+    ``tables`` are ``(key path, names)`` pairs, the names' keys lying under that path.
+
+    ``_site(recipe, ("data", "use"), "synthetic", (("data", "params"), recipe.data.params))``
+    """
+    return registry.Site(recipe.where(*name_at), label,
+                         {str(k): recipe.where(*at, k) for at, names in tables for k in names})
 
 
 def _as_source(src: Any, recipe: Recipe, train: bool, info: Mapping[str, Any]) -> Any:
@@ -109,8 +124,8 @@ def make_data(recipe: Recipe) -> tuple[Any, Any, Mapping[str, Any]]:
     cfg = recipe.data
     where = recipe.where("data", "use")
     fn = registry.resolve("data", cfg.use, where)
-    registry.check_params(fn, cfg.params, _file(recipe, "data", "params"), key="data.params")
-    out = registry.call(fn, where, **cfg.params)
+    registry.check_params(fn, cfg.params, _file(recipe, "data", "params"), key="data.params", label=cfg.use)
+    out = registry.call(fn, _site(recipe, ("data", "use"), cfg.use, (("data", "params"), cfg.params)), **cfg.params)
     if isinstance(out, Mapping) and "train" in out:
         out = Splits(**out)
     splits = out if isinstance(out, Splits) else Splits(train=out)
@@ -173,10 +188,12 @@ def make_model_factory(recipe: Recipe, info: Mapping[str, Any]) -> Callable[[], 
     sig = registry.parameters(fn)
     filled = {k: v for k, v in info.items() if sig is not None and k in sig and k not in cfg.params}
     kwargs = {**filled, **cfg.params}
-    registry.check_params(fn, cfg.params, _file(recipe, "model", "params"), supplied=filled, key="model.params")
+    registry.check_params(fn, cfg.params, _file(recipe, "model", "params"), supplied=filled, key="model.params",
+                          label=cfg.use)
+    site = _site(recipe, ("model", "use"), cfg.use, (("model", "params"), cfg.params))
 
     def factory() -> torch.nn.Module:
-        model = registry.call(fn, where, **kwargs)
+        model = registry.call(fn, site, **kwargs)
         if not isinstance(model, torch.nn.Module):
             raise RecipeError(f"{where}: the model factory returned a {type(model).__name__}, not an nn.Module")
         return model
@@ -250,8 +267,11 @@ def make_schedule(recipe: Recipe, batches: int) -> tuple[Callable[..., Any], int
         if p.default is p.empty and name in fields and name not in kwargs and name not in cfg.params:
             raise recipe.error(("schedule", name), f"schedule {cfg.use!r} needs this key; add it to [schedule]")
     registry.check_params(fn, cfg.params, _file(recipe, "schedule", "params"),
-                          supplied=(lr_name, *kwargs), key="schedule.params")
+                          supplied=(lr_name, *kwargs), key="schedule.params", label=cfg.use)
     base_lr = recipe.optimizer.lr
+    own = [k for k in kwargs if k != "total_steps" or cfg.total_steps is not None]
+    site = _site(recipe, ("schedule", "use"), cfg.use, (("schedule",), own), (("schedule", "params"), cfg.params))
+    site = attrs.evolve(site, params={**site.params, lr_name: recipe.where("optimizer", "lr")})
 
     def for_lr(lr: float, total: int | None = None) -> Any:
         kw = {**kwargs, **cfg.params, lr_name: lr}
@@ -259,7 +279,7 @@ def make_schedule(recipe: Recipe, batches: int) -> tuple[Callable[..., Any], int
             kw["total_steps"] = max(1, int(total))
         if "min_lr" in kw and base_lr > 0:
             kw["min_lr"] = kw["min_lr"] * lr / base_lr
-        return registry.call(fn, f"{recipe.origin.of(('schedule',))}: schedule", **kw)
+        return registry.call(fn, site, **kw)
 
     for_lr(base_lr)  # check the arguments now
     return for_lr, updates
@@ -317,13 +337,15 @@ def make_optimizer(recipe: Recipe, schedule_for: Callable[..., Any], batches: in
     if cfg.weight_decay is not None and not wd_ok:
         raise recipe.error(("optimizer", "weight_decay"), f"{cfg.use} takes no 'weight_decay'; remove the key")
     registry.check_params(fn, cfg.params, _file(recipe, "optimizer", "params"),
-                          supplied=(lr_name, "weight_decay", *kwargs), key="optimizer.params")
+                          supplied=(lr_name, "weight_decay", *kwargs), key="optimizer.params", label=cfg.use)
+    site = _site(recipe, ("optimizer", "use"), cfg.use, (("optimizer",), [*kwargs, "weight_decay"]),
+                 (("optimizer", "params"), cfg.params))
 
     def make(lr: float, weight_decay: float | None, where: str, total: int | None = None) -> optim.Optimizer:
         kw = {**kwargs, **cfg.params, lr_name: schedule_for(lr) if total is None else schedule_for(lr, total)}
         if weight_decay is not None:
             kw["weight_decay"] = weight_decay
-        opt = registry.call(fn, where, **kw)
+        opt = registry.call(fn, attrs.evolve(site, where=where), **kw)
         if not (callable(getattr(opt, "init", None)) and callable(getattr(opt, "update", None))):
             raise RecipeError(f"{where}: the optimizer factory returned a {type(opt).__name__}, not an Optimizer")
         return opt
@@ -409,8 +431,9 @@ def make_loss(recipe: Recipe, info: Mapping[str, Any] | None = None) -> Callable
     filled = filled_from(fn, cfg.loss_params, info or {})
     if cfg.loss_params or filled:
         registry.check_params(fn, cfg.loss_params, _file(recipe, "train", "loss_params"), supplied=filled,
-                              key="train.loss_params")
-        fn = registry.call(fn, where, **filled, **cfg.loss_params)
+                              key="train.loss_params", label=cfg.loss)
+        fn = registry.call(fn, _site(recipe, ("train", "loss"), cfg.loss, (("train", "loss_params"), cfg.loss_params)),
+                           **filled, **cfg.loss_params)
     if not callable(fn):
         raise RecipeError(f"{where}: the loss is a {type(fn).__name__}, not a function (apply, batch) -> loss")
     if cfg.compile:
@@ -463,8 +486,9 @@ def make_train_step(recipe: Recipe, loss_fn: Callable[..., Any]) -> tuple[Callab
     for i, s in enumerate(cfg.steps):
         where = recipe.where("train", "steps", i, "use")
         fn = registry.resolve("step", s.use, where)
-        registry.check_params(fn, s.params, _file(recipe, "train", "steps", i), key=f"train.steps[{i}]")
-        transform = registry.call(fn, recipe.where("train", "steps", i), **s.params)
+        registry.check_params(fn, s.params, _file(recipe, "train", "steps", i), key=f"train.steps[{i}]", label=s.use)
+        at = ("train", "steps", i)
+        transform = registry.call(fn, _site(recipe, at, s.use, (at, s.params)), **s.params)
         if not callable(transform):
             raise RecipeError(f"{where}: {s.use} returned a {type(transform).__name__}, not a step transformer "
                               "(Step -> Step)")
@@ -541,10 +565,11 @@ def make_validation(recipe: Recipe, val: Any, info: Mapping[str, Any] | None = N
     fn = registry.resolve("metrics", cfg.metrics, where)
     filled = filled_from(fn, cfg.params, info or {})
     registry.check_params(fn, cfg.params, _file(recipe, "validation", "params"), supplied=filled,
-                          key="validation.params")
+                          key="validation.params", label=cfg.metrics)
     if val is None or cfg.every == 0:
         return None
-    ev = registry.call(fn, where, **filled, **cfg.params)
+    site = _site(recipe, ("validation", "metrics"), cfg.metrics, (("validation", "params"), cfg.params))
+    ev = registry.call(fn, site, **filled, **cfg.params)
     if not all(callable(getattr(ev, a, None)) for a in ("init", "update", "finish")):
         raise RecipeError(f"{where}: {cfg.metrics} returned a {type(ev).__name__}, not an Evaluator "
                           "(init, update, finish)")
@@ -605,7 +630,8 @@ def make_callbacks(recipe: Recipe, context: Mapping[str, Any] | None = None) -> 
         obj = registry.resolve("callback", c.use, where)
         label = c.use.rpartition(":")[2].rpartition(".")[2]
         if c.event is not None:
-            fn = registry.call(obj, recipe.where("callbacks", i), **c.params) if c.params else obj
+            site = _site(recipe, ("callbacks", i), c.use, (("callbacks", i), c.params))
+            fn = registry.call(obj, site, **c.params) if c.params else obj
             if not callable(fn):
                 raise RecipeError(f"{where}: {c.use} is a {type(fn).__name__}, not a function state -> state")
             cbs: tuple[Callback, ...] = (Callback(c.event, fn, priority=c.priority or 0, name=label),)
@@ -617,8 +643,9 @@ def make_callbacks(recipe: Recipe, context: Mapping[str, Any] | None = None) -> 
                     f"function, add event = \"epoch_end\" (or another of {', '.join(EVENTS)}) to the table")
             filled = filled_from(obj, c.params, context)
             registry.check_params(obj, c.params, _file(recipe, "callbacks", i), supplied=filled,
-                                  key=f"callbacks[{i}]")
-            made = registry.call(obj, recipe.where("callbacks", i), **filled, **c.params)
+                                  key=f"callbacks[{i}]", label=c.use)
+            made = registry.call(obj, _site(recipe, ("callbacks", i), c.use, (("callbacks", i), c.params)),
+                                 **filled, **c.params)
             try:
                 cbs = flatten([made])
             except StateError:
@@ -639,23 +666,27 @@ _LOGGERS: tuple[tuple[str, Callable[..., Any]], ...] = (
     ("summary", summary.write_summary),
     ("console", console.console),
 )
-"""``[loggers]`` key -> the writer factory it switches on (``console`` takes ``quiet``, the others the run folder)."""
+"""``[loggers]`` key -> the writer factory it switches on (``console`` takes ``quiet``, the others the run folder;
+``tensorboard`` its ``every_steps`` from ``loggers.tensorboard_every_steps``)."""
 
 
-def make_loggers(recipe: Recipe, run_dir: Path | None,
-                 quiet: bool = False) -> tuple[tuple[Callback, ...], tuple[str, ...], tuple[str, ...]]:
+def make_loggers(recipe: Recipe, run_dir: Path | None, quiet: bool = False, model: Callable[[], Any] | None = None
+                 ) -> tuple[tuple[Callback, ...], tuple[str, ...], tuple[str, ...]]:
     """The logger callbacks ``[loggers]`` asks for, notes about them (none today), and the console's names.
 
-    Loggers that write files need ``run_dir``; ``console`` gets ``quiet``:
+    Loggers that write files need ``run_dir``; ``console`` gets ``quiet``; ``model`` gives
+    the rows of the summary's ``Model`` section (:meth:`~smartcash_fn.run.footprint.Footprint.rows`):
     ``callbacks, notes, console_names = make_loggers(recipe, Path("runs/a"))``.
     """
     cbs: list[Callback] = []
     notes: list[str] = []
     console_names: list[str] = []
+    settings = {"console": {"quiet": quiet}, "tensorboard": {"every_steps": recipe.loggers.tensorboard_every_steps},
+                "summary": {"model": model}}
     for key, factory in _LOGGERS:
         if not getattr(recipe.loggers, key) or (run_dir is None and key != "console"):
             continue
-        made = flatten([factory(quiet=quiet) if key == "console" else factory(run_dir)])
+        made = flatten([factory(**settings[key]) if key == "console" else factory(run_dir, **settings.get(key, {}))])
         if key == "console":
             console_names.extend(c.name for c in made)
         cbs.extend(made)
@@ -734,9 +765,6 @@ def build(recipe: Recipe, run_dir: str | os.PathLike | None = None, *, quiet: bo
         callbacks.extend(checkpointing(run_dir / "checkpoints", every_epochs=cp.every_epochs,
                                        every_steps=cp.every_steps, monitor=monitor, top_k=cp.top_k,
                                        keep_periodic=cp.keep_periodic))
-    loggers, logger_notes, console = make_loggers(recipe, run_dir, quiet=quiet)
-    callbacks.extend(loggers)
-    notes.extend(logger_notes)
     factory = make_model_factory(recipe, info)
     if recipe.train.sync_bn and world.size > 1:
         if device.type != "cuda":
@@ -751,9 +779,14 @@ def build(recipe: Recipe, run_dir: str | os.PathLike | None = None, *, quiet: bo
         raise RecipeError(f"{recipe.where('optimizer')}: {e}") from None
     template = template.replace(data_info=plain_info(info))
     notes.extend(getattr(template.model, "notes", ()))  # what the model says about itself (from scratch, ...)
+    model_footprint = functools.cache(lambda: footprint_of(template, train if validation is None else validation.data))
+    loggers, logger_notes, console = make_loggers(recipe, run_dir, quiet=quiet,
+                                                  model=lambda: model_footprint().rows())
+    callbacks.extend(loggers)
+    notes.extend(logger_notes)
     loop = Loop(step=step, data=train, epochs=recipe.train.epochs, validation=validation, callbacks=tuple(callbacks))
     return Built(recipe=recipe, template=template, loop=loop, run_dir=run_dir, batches=batches, updates=updates,
-                 step_text=step_text, notes=tuple(notes), console=console)
+                 step_text=step_text, notes=tuple(notes), console=console, footprint=model_footprint)
 
 
 AGREED_AT_BATCH_END = ("nan_guard", "record_steps")

@@ -39,6 +39,7 @@ from ..state import TrainState
 from ..tree import walk
 from .build import Built
 from .folders import Found
+from .footprint import sample_inputs
 from .resume import state_in
 
 FORMATS = ("weights", "torchscript", "onnx")
@@ -103,12 +104,11 @@ def model_of(state: TrainState, use_ema: bool = False) -> nn.Module:
 def example_inputs(built: Built) -> tuple[torch.Tensor, ...]:
     """The model's inputs for one sample: the first of the first validation (else training) batch."""
     data = built.loop.validation.data if built.loop.validation is not None else built.loop.data
-    batch = next(iter(data.batches(built.template.seed, 0, 0)))
-    first = batch[0] if isinstance(batch, (tuple, list)) else batch
-    if not isinstance(first, torch.Tensor):
+    inputs = sample_inputs(data, built.template.seed)
+    if inputs is None:
         raise UserError("export: the data's batches do not start with the model's input tensor; export from "
                         "Python with torch.jit.trace on smartcash_fn.run.export.model_of(state)")
-    return (first[:1],)
+    return inputs
 
 
 def _meta(built: Built, found: Found, fmt: str, inputs: tuple[torch.Tensor, ...], names: list[str],

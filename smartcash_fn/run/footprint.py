@@ -6,9 +6,15 @@ what one image costs, and how large each checkpoint will be::
 
     fp = footprint(built)
     print(fp.text())        # params 1.23 M (trained 0.41 M, frozen 0.82 M); input 1x3x192x192; 0.86 GFLOPs ...
+
+:func:`footprint_of` counts a state and one sample's inputs alone, so
+:mod:`~smartcash_fn.run.build` hands the run summary a thunk of it (the
+``Model`` section of ``summary.md``, :meth:`Footprint.rows`).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import attrs
 import torch
@@ -16,8 +22,6 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ..state import TrainState
 from ..tree import walk
-from .build import Built
-from .export import example_inputs
 
 
 @attrs.frozen
@@ -44,9 +48,30 @@ class Footprint:
             line += f"; input {'x'.join(map(str, self.input))}"
         if self.flops is not None:
             line += f"; {_flops(self.flops)} per forward pass of one sample"
-        size = self.checkpoint_bytes
-        return line + f"; a checkpoint at the start {size / 2**20:.1f} MiB" if size >= 2**20 else \
-            line + f"; a checkpoint at the start {size / 1024:.1f} KiB"
+        return line + f"; a checkpoint at the start {_size(self.checkpoint_bytes)}"
+
+    def rows(self) -> list[tuple[str, str]]:
+        """The footprint as ``(what, value)`` rows, for the run summary's table.
+
+        ``footprint(built).rows()[0]`` is ``("parameters", "387")``; one row per
+        top-level module (``backbone``, ``head``) says whether it trains at the start.
+        """
+        frozen = self.params - self.trained
+        out = [("parameters", _m(self.params)), ("trained at the start", _m(self.trained))]
+        if frozen:
+            out.append(("frozen at the start", _m(frozen)))
+        if len(self.parts) > 1 and not any(n.isdigit() for n, _, _ in self.parts):
+            out += [(f"`{n}`", f"{_m(c)}, {'trained' if t else 'frozen'} at the start") for n, c, t in self.parts]
+        if self.input is not None:
+            out.append(("input (one sample)", "x".join(map(str, self.input))))
+        if self.flops is not None:
+            out.append(("FLOPs of one forward pass", _flops(self.flops)))
+        out.append(("checkpoint at the start", _size(self.checkpoint_bytes)))
+        return out
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 1024:.1f} KiB"
 
 
 def _flops(n: int) -> str:
@@ -76,9 +101,31 @@ def _bytes(tree) -> int:
     return total
 
 
-def footprint(built: Built, count_flops: bool = True) -> Footprint:
-    """The footprint of ``built``'s template state (FLOPs from one forward pass on the first sample)."""
-    state = built.template
+def sample_inputs(data: Any, seed: int) -> tuple[torch.Tensor, ...] | None:
+    """The model's inputs for one sample: the first of ``data``'s first batch, or None when batches do not start
+    with a tensor: ``sample_inputs(built.loop.data, built.template.seed)``."""
+    batch = next(iter(data.batches(seed, 0, 0)))
+    first = batch[0] if isinstance(batch, (tuple, list)) else batch
+    return (first[:1],) if isinstance(first, torch.Tensor) else None
+
+
+def footprint(built: Any, count_flops: bool = True) -> Footprint:
+    """The footprint of a :class:`~smartcash_fn.run.build.Built` run's template state (FLOPs from one forward
+    pass on the first validation sample, else the first training one); counted once per build.
+
+    ``footprint(build(load("recipes/tiny.toml"))).text()``
+    """
+    if count_flops and built.footprint is not None:
+        return built.footprint()
+    return footprint_of(built.template, built.loop.validation.data if built.loop.validation is not None
+                        else built.loop.data, count_flops)
+
+
+def footprint_of(state: TrainState, data: Any, count_flops: bool = True) -> Footprint:
+    """The footprint of ``state`` whose model reads ``data``'s batches (one sample of them is run for the FLOPs).
+
+    ``footprint_of(built.template, built.loop.data).rows()``
+    """
     trains = _trains(state)
     parts: dict[str, list[int]] = {}
     for name, p in state.params.items():
@@ -90,10 +137,11 @@ def footprint(built: Built, count_flops: bool = True) -> Footprint:
     trained = sum(t for _, t in parts.values())
     shape, flops = None, None
     try:
-        inputs = example_inputs(built)
-        shape = tuple(inputs[0].shape)
-    except Exception:  # noqa: BLE001 - data whose batches do not start with a tensor: no input line
+        inputs = sample_inputs(data, state.seed)
+    except Exception:  # noqa: BLE001 - data that cannot give a sample here: no input line
         inputs = None
+    if inputs is not None:
+        shape = tuple(inputs[0].shape)
     if count_flops and inputs is not None:
         counter = FlopCounterMode(display=False)
         with counter:

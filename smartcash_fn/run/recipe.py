@@ -244,7 +244,7 @@ class TrainConfig:
     ``[train]`` ``epochs = 30``, ``loss = "cross_entropy"``, ``clip = 10.0``, ``precision = "bf16"``
     """
 
-    epochs: int = _key(doc="epochs to train", check=_INT_AT_LEAST_0)
+    epochs: int = _key(doc="epochs to train", check=_INT_AT_LEAST_1)
     loss: str = _key("cross_entropy", "loss `(apply, batch) -> loss or (loss, parts)`: a built-in name or an "
                                       "import path")
     loss_params: Mapping[str, Any] = _key(doc="when given (or when the data's info fills some of its "
@@ -324,7 +324,11 @@ class LoggersConfig:
 
     csv: bool = _key(True, "`metrics.csv`, one row per epoch")
     jsonl: bool = _key(True, "`metrics.jsonl`, one line per epoch and per recorded step")
-    tensorboard: bool = _key(True, "TensorBoard event files in `tensorboard/`")
+    tensorboard: bool = _key(True, "TensorBoard event files in `tensorboard/`: epoch metrics, figures, the "
+                                   "hyperparameters with the final and best metrics (HParams)")
+    tensorboard_every_steps: int = _key(10, "TensorBoard: the step metrics (`train/loss_step`) and the learning "
+                                            "rate of each parameter group (`lr_step`) every this many steps "
+                                            "(batches; 0 is off)", check=_INT_AT_LEAST_0)
     plots: bool = _key(True, "metric curves as PNG files in `plots/`")
     console: bool = _key(True, "a progress bar and a line per epoch on the terminal")
     summary: bool = _key(True, "`summary.md` at the end of the run")
@@ -769,6 +773,7 @@ def apply_sets(tree: Mapping[str, Any], sets: Iterable[str], keys: dict | None =
         path, value = parse_set(arg)
         where = f"--set {arg}"
         node: Any = out
+        made: KeyPath | None = None  # the first table this argument makes (not in the recipe before it)
         for i, part in enumerate(path[:-1]):
             nxt = path[i + 1]
             if isinstance(part, int):
@@ -779,6 +784,8 @@ def apply_sets(tree: Mapping[str, Any], sets: Iterable[str], keys: dict | None =
             else:
                 if not isinstance(node, dict):
                     raise RecipeError(f"{where}: {dotted(path[:i])} is not a table")
+                if part not in node and made is None:
+                    made = path[:i + 1]
                 node = node.setdefault(part, [] if isinstance(nxt, int) else {})
         last = path[-1]
         if isinstance(last, int):
@@ -796,6 +803,8 @@ def apply_sets(tree: Mapping[str, Any], sets: Iterable[str], keys: dict | None =
             for q in [q for q in keys if _within(q, path)]:
                 del keys[q]
             keys[path] = where
+            if made is not None:  # `--set trian.epochs=3` made the section `trian`: errors about it name the argument
+                keys[made] = where
     return out
 
 

@@ -9,6 +9,10 @@ factory, a loss, a step transformer, a callback factory)::
     resolve("loss", "smartcash_fn.step:classification_loss", where="recipes/a.toml: train.loss")  # or mypkg.losses:focal
     check_params(fn, {"max_norm": 10.0}, where="recipes/a.toml: train.steps[0]")
 
+A :class:`Site` says where the recipe names a component and each of its
+parameters, so that a factory's complaint about one argument names the key
+the user wrote (``data.params.size``, or the ``--set`` argument that set it).
+
 Built-ins are stored as import paths too, so naming a kind's entry costs
 nothing until it is used. Every failure is a :class:`~smartcash_fn.errors.RecipeError`
 that starts with ``where`` (the recipe file and the dotted key).
@@ -20,8 +24,11 @@ import difflib
 import functools
 import importlib
 import inspect
+import re
 from importlib import metadata
 from typing import Any, Callable, Iterable, Mapping
+
+import attrs
 
 from ..errors import RecipeError, UserError
 
@@ -184,14 +191,15 @@ def accepts(fn: Callable[..., Any], name: str) -> bool:
 
 
 def check_params(fn: Callable[..., Any], params: Mapping[str, Any], where: str | Callable[[str | None], str],
-                 supplied: Iterable[str] = (), key: str = "") -> None:
+                 supplied: Iterable[str] = (), key: str = "", label: str | None = None) -> None:
     """Check that ``fn(**supplied, **params)`` fits ``fn``'s signature before calling it.
 
     ``supplied`` names the arguments the builder passes itself; ``key`` is the
     dotted prefix of the params in the recipe, and ``where`` the file they
     come from (or a function of the param's name, None for a missing one,
-    giving the file). Unknown names get a did-you-mean; required parameters
-    left out are listed::
+    giving the file); ``label`` is the component's name as the recipe wrote
+    it (default: the function's name). Unknown names get a did-you-mean;
+    required parameters left out are listed::
 
         check_params(clip, {"max_nrom": 1.0}, where="a.toml", key="train.steps[0]")
         # RecipeError: a.toml: train.steps[0].max_nrom: clip takes no parameter 'max_nrom'; did you mean 'max_norm'?
@@ -200,7 +208,7 @@ def check_params(fn: Callable[..., Any], params: Mapping[str, Any], where: str |
     sig_params = parameters(fn)
     if sig_params is None:
         return
-    label = getattr(fn, "__name__", "the component")
+    label = label or getattr(fn, "__name__", "the component")
     prefix = f"{key}." if key else ""
     supplied = set(supplied)
     for name in params:
@@ -213,10 +221,9 @@ def check_params(fn: Callable[..., Any], params: Mapping[str, Any], where: str |
     missing = [n for n, p in sig_params.items()
                if p.default is inspect.Parameter.empty and n not in params and n not in supplied]
     if missing:
-        raise RecipeError(
-            f"{file_of(None)}: {key or 'parameters'}: {label} needs {', '.join(repr(m) for m in missing)}; "
-            f"add {' and '.join(f'{prefix}{m}' for m in missing)} to the recipe"
-        )
+        keys = " and ".join(f"{prefix}{m}" for m in missing)
+        raise RecipeError(f"{file_of(None)}: {keys}: required by {label}; add "
+                          f"{'it' if len(missing) == 1 else 'them'} to the recipe")
 
 
 _ALLOCATION = ("can't allocate memory", "not enough memory", "out of memory", "cannot allocate memory",
@@ -237,8 +244,61 @@ def too_big(e: BaseException) -> bool:
     return isinstance(e, RuntimeError) and any(m in str(e) for m in _ALLOCATION)
 
 
-def call(fn: Callable[..., Any], where: str, /, *args: Any, **kwargs: Any) -> Any:
-    """``fn(*args, **kwargs)``, with a ``ValueError``/``TypeError`` from bad values turned into a RecipeError.
+@attrs.frozen
+class Site:
+    """Where a recipe names a component: ``where`` (``"<file>: <key>"`` of its name), the ``label`` the recipe
+    wrote (``"synthetic"``, not the function's name), and ``params``: the ``"<file>: <key>"`` of each argument
+    the recipe gave.
+
+    :func:`call` blames the argument a factory's error names on its key::
+
+        from smartcash_fn.builtin.synthetic import classification
+        site = Site("a.toml: data.use", "synthetic", {"samples": "--set data.params.samples=0: data.params.samples"})
+        call(classification, site, samples=0)
+        # RecipeError: --set data.params.samples=0: data.params.samples: synthetic: samples must be an integer > 0
+    """
+
+    where: str
+    label: str = ""
+    params: Mapping[str, str] = attrs.field(factory=dict)
+
+
+_HEAD = re.compile(r"(\w+): ")
+_FIRST_WORD = re.compile(r"(\w+)(?=[\s=:,\[]|$)")
+
+
+def _own_names(fn: Callable[..., Any], label: str) -> set[str]:
+    """The names a component calls itself in its messages: its function name, the recipe's label, its short names."""
+    names = {getattr(fn, "__name__", ""), label}
+    path = f"{getattr(fn, '__module__', '')}:{getattr(fn, '__qualname__', '')}"
+    names.update(n for table in builtins().values() for n, p in table.items() if p == path)
+    return names - {""}
+
+
+def blame(fn: Callable[..., Any], site: str | Site, e: BaseException) -> str:
+    """The one-line message of a factory's error ``e``: the key it is about, the component's label, the reason.
+
+    The key is the argument named by ``e.param`` (a :class:`~smartcash_fn.errors.UserError`'s), else the
+    argument the message starts with (``"hidden must be ..."``, after the component's own name), when the
+    recipe gave it; else ``site.where``. ``blame(mlp, site, ValueError("mlp: hidden must be ..."))``
+    """
+    site = site if isinstance(site, Site) else Site(site)
+    label = site.label or getattr(fn, "__name__", "component")
+    text = str(e)
+    head = _HEAD.match(text)
+    if head and head.group(1) in _own_names(fn, label):
+        text = text[head.end():]  # "mlp: hidden must ...": the label said once, as the recipe wrote it
+    param = getattr(e, "param", None)
+    if param is None:
+        first = _FIRST_WORD.match(text)
+        param = first.group(1) if first else None
+    where = site.params.get(param, site.where) if param is not None else site.where
+    return f"{where}: {label}: {text}"
+
+
+def call(fn: Callable[..., Any], where: str | Site, /, *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)``, with a ``ValueError``/``TypeError``/``UserError`` from bad values turned into a
+    RecipeError naming the key to fix (see :class:`Site` and :func:`blame`).
 
     ``call(clip, "a.toml: train.steps[0]", max_norm=-1.0)`` raises
     ``RecipeError("a.toml: train.steps[0]: clip: max_norm must be > 0, got -1.0")``.
@@ -248,12 +308,9 @@ def call(fn: Callable[..., Any], where: str, /, *args: Any, **kwargs: Any) -> An
     except (MemoryError, OverflowError, RuntimeError) as e:
         if not too_big(e):
             raise
-        label = getattr(fn, "__name__", "component")
-        raise RecipeError(f"{where}: {label}: its parameters ask for more memory than this machine has "
+        site = where if isinstance(where, Site) else Site(where)
+        label = site.label or getattr(fn, "__name__", "component")
+        raise RecipeError(f"{site.where}: {label}: its parameters ask for more memory than this machine has "
                           f"({type(e).__name__}: {first_line(e)}); make the sizes in its params smaller") from None
     except (UserError, ValueError, TypeError) as e:
-        if isinstance(e, UserError) and not isinstance(e, ValueError):
-            raise RecipeError(f"{where}: {e}") from None
-        label = getattr(fn, "__name__", "component")
-        text = str(e)
-        raise RecipeError(f"{where}: {text if text.startswith(label) else f'{label}: {text}'}") from None
+        raise RecipeError(blame(fn, where, e)) from None

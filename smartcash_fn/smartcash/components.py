@@ -183,8 +183,11 @@ def yolo_dataset(data_yaml: str, size: int = 640, augment: Any = True, on_bad: s
     where = "yolo_dataset"
     _check_size(size, where)
     if not isinstance(data_yaml, (str, os.PathLike)) or not str(data_yaml):
-        raise DataError(f"{where}: data_yaml must be the path of a data.yaml, got {data_yaml!r}")
-    spec = read_data_yaml(Path(data_yaml))
+        raise DataError(f"{where}: data_yaml must be the path of a data.yaml, got {data_yaml!r}", param="data_yaml")
+    try:
+        spec = read_data_yaml(Path(data_yaml))
+    except DataError as e:  # the file the recipe's data_yaml names: a recipe error names that key
+        raise DataError(str(e), param="data_yaml") from None
     aug = _augment_of(augment, where)
     train = YoloDataset.scan(spec, train_split, size=size, augment=aug, on_bad=on_bad)
     val = YoloDataset.scan(spec, val_split, size=size, on_bad=on_bad) if val_split else None

@@ -162,8 +162,8 @@ def _check_target(out: Path, overwrite: bool) -> None:
         raise DataError(f"{out}: exists and is not a folder; choose another output folder")
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
-            raise DataError(f"{out}: folder exists and is not empty; choose a new folder, or pass overwrite=True "
-                            "to replace a previous export")
+            raise DataError(f"{out}: folder exists and is not empty; choose a new folder, or pass --overwrite "
+                            "(overwrite=True from Python) to replace a previous export")
         if not _looks_like_export(out):
             raise DataError(f"{out}: will not replace it: it holds more than data.yaml, images/ and labels/ "
                             "(not a previous export); choose a new folder")

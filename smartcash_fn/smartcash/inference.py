@@ -34,7 +34,7 @@ from ..run.recipe import Recipe
 from ..run.resume import recipe_of, state_in
 from ..state import TrainState
 from . import scenes as rupiah
-from .components import Decoder, Relabeled, detector_info, layer_order, rupiah_synthetic, yolo_dataset
+from .components import Decoder, Relabeled, detector, detector_info, layer_order, rupiah_synthetic, yolo_dataset
 from .detection import Layout
 from .metrics import DetectionReport, Detections, collect_detections, evaluate
 from .yolo import IMAGE_SUFFIXES, YoloDataset, letterbox, load_image, read_data_yaml
@@ -77,6 +77,25 @@ def _data_kind(recipe: Recipe) -> str:
     return "synthetic" if fn is rupiah_synthetic else "yolo" if fn is yolo_dataset else "other"
 
 
+def require_detector(recipe: Recipe, data_info: Mapping[str, Any], where: str) -> None:
+    """Refuse the checkpoint at ``where`` unless its recipe trains a detector: eval and predict read detection runs.
+
+    A detector's model factory takes the detection layout (``groups``), which
+    its data's info gives; a classifier's (``mlp``, ``cnn``) takes neither::
+
+        require_detector(recipe_of(found), found.obj["state"]["data_info"], str(found.path))
+    """
+    fn = registry.resolve("model", recipe.model.use, recipe.where("model", "use"))
+    takes = registry.parameters(fn)
+    if fn is detector or "groups" in data_info or takes is None or "groups" in takes:
+        return
+    raise CheckpointError(
+        f"{where}: not a detector's checkpoint: its recipe trains model.use = {recipe.model.use!r} on "
+        f"data.use = {recipe.data.use!r} (validation.metrics = {recipe.validation.metrics!r}); eval and predict "
+        "read the checkpoints of detection runs (model.use = \"detector\", e.g. smartcash-fn train "
+        "rupiah_synthetic)")
+
+
 def _yolo_info(data_yaml: str | os.PathLike, size: int) -> tuple[dict[str, Any], Any]:
     spec = read_data_yaml(Path(data_yaml))
     ordered, layers, _ = layer_order(spec.names)
@@ -101,6 +120,7 @@ def load_detector(target: str | os.PathLike, data_yaml: str | os.PathLike | None
     path = found.path
     recipe = recipe_of(found, trust_code=trust_code)
     stored = found.obj["state"].get("data_info") or {}
+    require_detector(recipe, stored, str(path))
     size = stored.get("image_size") or _data_default(recipe, "size")
     if not isinstance(size, int):
         raise RecipeError(f"{path} (its recipe): data.params.size: expected the input size in pixels, got {size!r}")

@@ -583,6 +583,71 @@ def confusion_matrix(detections: Sequence[Any], targets: Sequence[Any], num_clas
 # --------------------------------------------------------------------------- the report
 
 
+CONF_POINTS = 1001
+"""Score thresholds the confidence curves are computed at: 0, 0.001, ..., 1."""
+
+
+@attrs.frozen(eq=False)
+class ConfidenceCurves:
+    """Precision, recall and F1 of each class at IoU 0.5 as the score threshold rises — the curves an
+    Ultralytics user picks ``conf`` from.
+
+    ``conf`` [G] runs from 0 to 1; ``precision``, ``recall`` and ``f1`` are
+    [C, G], NaN rows for classes without gt. Where no detection of a class
+    passes a threshold its precision is 1 (no false positive), as Ultralytics
+    draws it::
+
+        curves = confidence_curves(match_detections(dets, tgts, num_classes=17))
+        conf, f1 = curves.best()      # the threshold where the mean F1 over the classes peaks
+    """
+
+    conf: torch.Tensor
+    precision: torch.Tensor
+    recall: torch.Tensor
+    f1: torch.Tensor
+
+    def mean(self, values: torch.Tensor) -> torch.Tensor:
+        """The mean over the classes with gt of ``values`` [C, G] (``self.f1``, ...): one curve [G]."""
+        has = ~torch.isnan(values).all(dim=1)
+        return values[has].mean(dim=0) if bool(has.any()) else torch.full_like(self.conf, math.nan)
+
+    def best(self) -> tuple[float, float]:
+        """The threshold where the mean F1 peaks (the lowest of equal peaks) and that F1; NaNs without gt."""
+        mean = self.mean(self.f1)
+        if bool(torch.isnan(mean).all()):
+            return math.nan, math.nan
+        i = int(torch.argmax(torch.nan_to_num(mean, nan=-1.0)))
+        return float(self.conf[i]), float(mean[i])
+
+
+def confidence_curves(matches: Matches, points: int = CONF_POINTS) -> ConfidenceCurves:
+    """Per class, the precision, recall and F1 at IoU 0.5 of the detections scoring at least each threshold.
+
+    ``confidence_curves(match_detections(dets, tgts, 17)).f1[3]`` is class 3's F1 at ``points`` thresholds.
+    """
+    conf = torch.linspace(0.0, 1.0, points, dtype=torch.float64)
+    C = int(matches.num_gt.numel())
+    precision = torch.full((C, points), math.nan, dtype=torch.float64)
+    recall = torch.full((C, points), math.nan, dtype=torch.float64)
+    order = torch.sort(matches.scores.double(), descending=True, stable=True).indices
+    scores, labels = matches.scores.double()[order], matches.labels[order]
+    hits = matches.matched[0][order] if matches.matched.numel() else torch.zeros(0, dtype=torch.bool)
+    for c in range(C):
+        n_gt = int(matches.num_gt[c])
+        if n_gt == 0:
+            continue
+        mine = labels == c
+        ranked = scores[mine]                                          # descending
+        passed = ranked.numel() - torch.searchsorted(ranked.flip(0), conf)   # how many score >= each threshold
+        tp = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(hits[mine].double(), 0)])[passed]
+        precision[c] = torch.where(passed > 0, tp / passed.clamp(min=1), 1.0)
+        recall[c] = tp / n_gt
+    total = precision + recall
+    f1 = torch.where(total > 0, 2 * precision * recall / total.clamp(min=1e-300), 0.0)
+    f1 = torch.where(torch.isnan(precision), math.nan, f1)
+    return ConfidenceCurves(conf=conf, precision=precision, recall=recall, f1=f1)
+
+
 def _nanmean(x: torch.Tensor) -> float:
     x = x[~torch.isnan(x)]
     return float(x.mean()) if x.numel() else math.nan
@@ -595,7 +660,8 @@ class DetectionReport:
     ``ap`` [T, C] is COCO AP per IoU threshold (NaN for a class without gt);
     ``precision``/``recall``/``f1`` [C] are at ``conf`` and IoU 0.5;
     ``confusion`` [C+1, C+1] has rows true, columns predicted, last background;
-    ``pr`` is COCO's precision table [T, R, C]::
+    ``pr`` is COCO's precision table [T, R, C]; ``by_conf`` P, R and F1 against
+    the score threshold (:class:`ConfidenceCurves`)::
 
         report = evaluate(dets, targets, class_names)
         report.map50, report.ap50[3], report.confusion[-1]   # background row: spurious detections
@@ -616,6 +682,7 @@ class DetectionReport:
     confusion: torch.Tensor
     conf: float
     max_dets: int
+    by_conf: ConfidenceCurves | None = None
 
     @property
     def ap50(self) -> torch.Tensor:
@@ -764,6 +831,7 @@ def evaluate(detections: Sequence[Any], targets: Sequence[Any], class_names: Seq
         num_det=torch.bincount(matches.labels, minlength=C), ap=table.ap, max_recall=table.recall,
         pr=table.precision, precision=precision, recall=recall, f1=f1,
         confusion=_confusion_flat(flat, conf, 0.5, kept), conf=conf, max_dets=max_dets,
+        by_conf=confidence_curves(matches),
     )
 
 

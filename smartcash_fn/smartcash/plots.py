@@ -5,6 +5,9 @@ of training (and, if asked, every few epochs) it runs the model over the
 validation data and writes, to ``run_dir/plots`` and to TensorBoard:
 
 - ``pr_curves.png`` — precision-recall per class at IoU 0.5, AP in the legend;
+- ``f1_curve.png``, ``p_curve.png``, ``r_curve.png`` — F1, precision and
+  recall at IoU 0.5 against the confidence threshold, per class and their
+  mean, the threshold of the best mean F1 marked: where to set ``conf``;
 - ``confusion_matrix.png`` — rows true, columns predicted, a background row
   and column for missed and spurious boxes, each row normalized;
 - ``val_samples.png`` — validation images, true boxes in white, predictions
@@ -29,7 +32,7 @@ import torch
 from .._files import ensure_folder
 from ..errors import StateError
 from ..events import Callback, writer
-from ..report.plots import confusion_matrix_figure, pr_curve_figure, save_figure
+from ..report.plots import confidence_figure, confusion_matrix_figure, pr_curve_figure, save_figure
 from ..report.sinks import tensorboard_figures
 from ..state import TrainState
 from .components import Decoder
@@ -132,7 +135,8 @@ def samples_figure(images: Sequence[torch.Tensor], titles: Sequence[str] | None 
 
 
 def report_figures(report: DetectionReport) -> list[tuple[str, Any]]:
-    """The PR-curve and normalized confusion-matrix figures of a report, as ``(name, figure)`` pairs.
+    """The PR-curve, confidence-curve (F1, P, R) and normalized confusion-matrix figures of a report, as
+    ``(name, figure)`` pairs.
 
     ``save_figures(report_figures(evaluate(dets, tgts, names, layers)), "runs/a/plots")``
     """
@@ -141,6 +145,14 @@ def report_figures(report: DetectionReport) -> list[tuple[str, Any]]:
     if curves:
         ap = {n: float(a) for n, a in zip(report.class_names, report.ap50) if n in curves}
         out.append(("pr_curves", pr_curve_figure(curves, ap=ap, title="Precision-recall at IoU 0.5")))
+    by_conf = report.by_conf
+    if by_conf is not None and bool(report.has_gt.any()):
+        best = by_conf.best()[0]
+        for name, values, metric in (("f1_curve", by_conf.f1, "F1"), ("p_curve", by_conf.precision, "precision"),
+                                     ("r_curve", by_conf.recall, "recall")):
+            rows = {n: values[c] for c, n in enumerate(report.class_names) if report.has_gt[c]}
+            out.append((name, confidence_figure(by_conf.conf, rows, metric, best=best,
+                                                title=f"{metric} against confidence at IoU 0.5")))
     out.append(("confusion_matrix", confusion_matrix_figure(report.confusion, list(report.class_names) + ["background"],
                                                             normalize=True,
                                                             title=f"Confusion matrix (conf {report.conf:g}, IoU 0.5)")))
