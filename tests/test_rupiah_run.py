@@ -263,10 +263,10 @@ def test_skipped_bad_files_are_counted_in_the_run_summary(exported, tmp_path):
                                             "loggers.console=false", "callbacks=[]"])
     run = tmp_path / "run"
     built = build(recipe, run)
-    assert any("2 bad file(s) or label line(s) skipped" in n for n in built.notes)
+    assert any("2 bad files or label lines skipped" in n for n in built.notes)
     fit(built.template, built.loop)
     summary = (run / "summary.md").read_text()
-    assert "## Data" in summary and "2 bad file(s) or label line(s) skipped" in summary
+    assert "## Data" in summary and "2 data problems (bad files or label lines skipped, label files missing)" in summary
     listed = (run / "data-problems.txt").read_text().splitlines()
     assert len(listed) == 2 and any("orphan.txt" in line and "missing image" in line for line in listed)
     assert any("val_000000.txt:1: box outside the image" in line for line in listed)
