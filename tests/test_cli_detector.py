@@ -29,7 +29,7 @@ TINY_RUN = ["--set", "data.params.train=16", "--set", "data.params.val=8", "--se
             "--set", "data.batch_size=16", "--set", "data.val_batch_size=16", "--set", "data.workers=0",
             "--set", "model.params.width=32", "--set", "model.params.backbone_width=8",
             "--set", "train.epochs=100", "--set", "validation.every=25", "--set", "schedule.warmup_steps=5",
-            "--set", "loggers.tensorboard=false", "--set", "loggers.console=false"]
+            "--set", "loggers.tensorboard=false"]
 """The default recipe shrunk to a 30-second run: 16 scenes at 128 px, 100 full-batch epochs."""
 
 
@@ -54,7 +54,9 @@ def user_error(out: subprocess.CompletedProcess) -> str:
 def trained(tmp_path_factory) -> Path:
     """A run of the default recipe at tiny sizes (:data:`TINY_RUN`) and an untrained checkpoint beside it."""
     work = tmp_path_factory.mktemp("detector")
-    ok(cli("train", *TINY_RUN, "--out", "runs/tiny", cwd=work))
+    out = ok(cli("train", *TINY_RUN, "--out", "runs/tiny", cwd=work))
+    (work / "train.out").write_text(out.stdout)
+    (work / "train.err").write_text(out.stderr)
     recipe = rc.load(DEFAULT, sets=TINY_RUN[1::2])
     untrained = work / "untrained" / "untrained.pt"
     untrained.parent.mkdir()
@@ -81,6 +83,33 @@ def test_training_beats_the_untrained_model_by_a_clear_margin(trained):
     assert got["overall"]["mAP50-95"] > base["overall"]["mAP50-95"] + 0.2
     for layer in ("banknote", "nominal", "security"):
         assert got["layers"][layer]["mAP50"] > base["layers"][layer]["mAP50"] + 0.2, layer
+
+
+@pytest.mark.slow
+def test_the_run_ends_with_evals_per_class_table_on_the_console_and_in_the_summary(trained):
+    run = trained / "runs" / "tiny"
+    out, err = (trained / "train.out").read_text(), (trained / "train.err").read_text()
+    assert out == ""                                            # a run's facts and tables go to stderr
+    title = "Validation of the final params (8 validation images)"
+    assert err.count(f"{title}:\n") == 1
+    table = err.split(f"{title}:\n", 1)[1].split("\nfinished ", 1)[0]
+    rows = table.splitlines()
+    assert rows[0].split() == ["class", "layer", "gt", "dets", "P", "R", "F1", "AP50", "AP50-95"]
+    assert [r.split()[0] for r in rows[2:19]] == list(rupiah.CLASSES)
+    assert [r.split()[0] for r in rows[-4:]] == ["banknote", "nominal", "security", "all"]
+    summary = (run / "summary.md").read_text()
+    assert f"## {title}\n\n```text\n{table.rstrip()}\n```" in summary
+    # the same table `eval` prints for the params the run ended with, on the same validation scenes
+    ended = "final.pt" if "restored the params of epoch" in err else "last.pt"
+    said = ok(cli("eval", str(run / "checkpoints" / ended), "--n", "8", "--json", "ended.json", cwd=trained)).stdout
+    assert table.rstrip() in said
+    # the epoch table: a header, then a row per epoch, narrow; validation's columns from its first epoch (25)
+    epoch_rows = [ln for ln in err.splitlines() if ln.split("/")[0].isdigit() and "/100 " in ln]
+    assert len(epoch_rows) == 100 and max(len(ln) for ln in err.splitlines() if ln in epoch_rows) <= 120
+    headers = [ln for ln in err.splitlines() if ln.startswith("epoch  ")]
+    assert headers[0].split() == ["epoch", "train/loss", "took", "ETA"]
+    assert headers[1].split()[:4] == ["epoch", "train/loss", "val/mAP50", "val/mAP50-95"] and len(headers) == 2
+    assert "(best " in epoch_rows[24] and "(best " not in epoch_rows[23]
 
 
 @pytest.mark.slow

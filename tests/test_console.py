@@ -9,13 +9,21 @@ worse), ``acc`` 0.25, 0.5, 0.25 (better, then worse), ``grad_norm`` 1, 2, 3
 from __future__ import annotations
 
 import io
+import json
 import logging
 import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 import smartcash_fn as sf
+from smartcash_fn import checkpoint
+from smartcash_fn.report.sinks import read_csv, read_jsonl
 from conftest import make_mlp, tiny_xy
 from smartcash_fn.report.console import (
     DEFAULT_COLUMNS,
@@ -364,3 +372,110 @@ def test_the_detector_table_is_narrow_and_labels_the_best_and_the_time():
     assert row == "12/100   4.512       0.1235 (best 0.361 *)   0.1235        1m42s    2h30m"
     assert len(header) <= 120 and len(row) <= 120
     assert header.index("val/mAP50 ") == row.index("0.1235 (best") and header.index("took") == row.index("1m42s")
+
+
+# --------------------------------------------------------------------------- on the command line
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "recipes" / "tiny.toml"
+MANY_BATCHES = ["--set", "data.params.samples=8192", "--set", "data.batch_size=4", "--set", "train.epochs=2",
+                "--set", "loggers.tensorboard=false", "--set", "loggers.plots=false", "--set", "checkpoint.every_steps=4000"]
+"""tiny, 2048 batches an epoch: seconds long, so that a pipe gets progress lines (at most one a second)."""
+PROGRESS_LINE = re.compile(r"^epoch [12]/2 batch \d+/2048  [\d,.]+ samples/s  loss [\d.e+-]+"
+                           r"(  ETA epoch [\dhms.]+, run [\dhms.]+)?$")
+ROW = re.compile(r"^[12]/2 ")
+
+
+def cli(*args, cwd, env=None):
+    full = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    full = {k: v for k, v in full.items() if k not in ("NO_COLOR", "FORCE_COLOR")} | (env or {})
+    return subprocess.run([sys.executable, "-m", "smartcash_fn", *args], cwd=cwd, env=full, capture_output=True,
+                          text=True, timeout=600)
+
+
+def in_a_terminal(*args, cwd, env):
+    """``smartcash-fn ARGS`` with stdin, stdout and stderr on a pseudo-terminal: the exit status and what it showed."""
+    master, slave = os.openpty()
+    full = {**os.environ, "PYTHONPATH": str(ROOT), "TERM": "xterm-256color", **env}
+    proc = subprocess.Popen([sys.executable, "-m", "smartcash_fn", *args], cwd=cwd, env=full, stdin=slave,
+                            stdout=slave, stderr=slave, close_fds=True)
+    os.close(slave)
+    got = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # the other end closed
+            break
+        if not chunk:
+            break
+        got += chunk
+    os.close(master)
+    return proc.wait(timeout=600), got.decode()
+
+
+@pytest.fixture(scope="module")
+def piped(tmp_path_factory):
+    work = tmp_path_factory.mktemp("piped")
+    out = cli("train", str(TINY), *MANY_BATCHES, "--out", "run", cwd=work)
+    assert out.returncode == 0, out.stderr
+    return work, out
+
+
+def test_a_piped_run_says_each_fact_once_on_stderr_and_progress_lines_inside_epochs(piped):
+    work, out = piped
+    run = work / "run"
+    assert out.stdout == ""
+    said = out.stderr.splitlines()
+    assert said[0] == "training tiny: 2 epochs of 2048 batches -> run"  # the folder as given
+    assert said[1].startswith("model: params 387")
+    progress = [ln for ln in said if ln.startswith("epoch ") and " batch " in ln]
+    assert {ln.split()[1] for ln in progress} == {"1/2", "2/2"}          # each epoch says how it goes
+    assert all(PROGRESS_LINE.match(ln) for ln in progress), progress
+    rows = [ln for ln in said if ROW.match(ln)]
+    assert len(rows) == 2 and all(len(ln) <= 120 for ln in rows)
+    assert said.count("epoch  train/loss  val/loss                val/acc    took     ETA") == 1
+    facts = [ln for ln in said if ln not in progress and ln not in rows and not ln.startswith("epoch  ")]
+    assert len(facts) == 4 and len(set(facts)) == 4
+    best = checkpoint.read(run / "checkpoints" / "best.pt")["state"]["best"]["epoch"] + 1
+    assert facts[2].startswith("finished 2 epochs (4096 steps) in ") and facts[2].endswith(f" at epoch {best}")
+    assert facts[3] == "summary: run/summary.md"
+    assert "\x1b" not in out.stderr and "\r" not in out.stderr and not has_emoji(out.stderr)
+
+
+def test_epochs_count_from_1_in_the_files_and_inspect_as_on_the_console(piped):
+    work, _ = piped
+    run = work / "run"
+    assert [r["epoch"] for r in read_csv(run / "metrics.csv")] == [1.0, 2.0]
+    assert [r["epoch"] for r in read_jsonl(run / "metrics.jsonl") if r["kind"] in ("epoch", "time")] == [1, 1, 2, 2]
+    info = json.loads(cli("inspect", str(run / "checkpoints" / "epoch-0002.pt"), "--json", cwd=work).stdout)
+    assert info["metrics"]["epoch"] == 2 and info["progress"] == {"epoch": 2, "step": 4096, "batch": 0}
+    best = checkpoint.read(run / "checkpoints" / "best.pt")["state"]
+    assert info["best"]["epoch"] == best["history"]["epochs"][-1]["epoch"] + 1
+    assert "| best | val/loss = " in (run / "summary.md").read_text()
+    assert f"at epoch {info['best']['epoch']} (min) |" in (run / "summary.md").read_text()
+
+
+def test_a_resumed_fork_says_where_it_goes_on_once_with_epochs_from_1(piped):
+    work, _ = piped
+    ckpt = work / "run" / "checkpoints" / "step-00004000.pt"             # inside the second epoch
+    out = cli("resume", str(ckpt), "--out", "fork", "--progress", "none", cwd=work)
+    assert out.returncode == 0, out.stderr
+    said = out.stderr.splitlines()
+    assert out.stdout == "" and said[:2] == [f"forking {ckpt}",
+                                             "resuming fork at epoch 2/2, batch 1953/2048 (step 4000) -> fork"]
+    assert not any(ln.startswith("epoch 2/2 batch ") for ln in said)     # --progress none
+    assert [ln[:4] for ln in said if ROW.match(ln)] == ["2/2 "]
+    assert sum(ln.startswith("finished 2 epochs (4096 steps)") for ln in said) == 1
+    assert not any(ln.startswith("model:") for ln in said)              # said when the run began, not again
+
+
+def test_no_color_in_a_terminal_keeps_the_bar_and_drops_the_colour(tmp_path):
+    code, shown = in_a_terminal("train", str(TINY), "--set", "train.epochs=1", "--set", "loggers.tensorboard=false",
+                                "--out", "run", cwd=tmp_path, env={"NO_COLOR": "1"})
+    assert code == 0, shown
+    assert "\repoch 1/1:" in shown and "batch/s" in shown and "/8 [" in shown    # 80 columns: the pty says 0
+    assert not re.search(r"\x1b\[[0-9;]*m", shown) and not has_emoji(shown)
+    lines_shown = [ln.split("\r")[-1] for ln in shown.split("\r\n")]
+    assert not any(PROGRESS_LINE.match(ln) for ln in lines_shown)      # a bar, not lines
+    assert sum(ln.startswith("1/1 ") for ln in lines_shown) == 1
+    assert lines_shown[0] == "training tiny: 1 epoch of 8 batches -> run"
