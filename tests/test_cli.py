@@ -161,6 +161,7 @@ def test_fork_with_set_trains_on_in_a_new_folder_recording_its_parent(tiny_run):
     assert out.returncode == 0, out.stderr
     info = json.loads(out.stdout)
     assert info["progress"]["epoch"] == 4 and info["epochs_planned"] == 4
+    assert info["metrics"]["epoch"] == 4 and info["metrics"]["step"] == 32    # the 4th epoch, as in metrics.csv
     assert info["parent"] == str(parent.resolve()) and info["best"]["monitor"] == "val/loss"
     assert info["torch_version"] == torch.__version__ and info["format_version"] == checkpoint.FORMAT_VERSION
     assert info["recipe"]["optimizer"]["lr"] == 0.02 and set(info["metrics"]) >= {"val/loss", "val/acc"}

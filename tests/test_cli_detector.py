@@ -165,7 +165,7 @@ def test_export_then_train_the_b4_recipe_one_step_on_it(tmp_path):
             "data.val_batch_size=2", "data.workers=0", "train.epochs=1", "model.params.width=16",
             "loggers.tensorboard=false", "loggers.plots=false", "loggers.console=false", "callbacks=[]"]
     out = ok(cli("train", str(B4), *[a for s in sets for a in ("--set", s)], "--out", "b4", cwd=tmp_path))
-    assert "1 epoch(s) of 1 batches" in out.stdout
+    assert "1 epoch of 1 batch -> b4" in out.stderr
     state = checkpoint.read(tmp_path / "b4" / "checkpoints" / "last.pt")["state"]
     assert state["progress"]["step"] == 1 and "val/mAP50" in state["history"]["epochs"][0]
     assert state["opt_state"]["backbone"]["phase"] == 0                 # the backbone is still frozen
