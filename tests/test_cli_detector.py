@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import end_table
 from smartcash_fn import checkpoint
 from smartcash_fn.run import recipe as rc
 from smartcash_fn.smartcash import scenes as rupiah
@@ -90,19 +91,11 @@ def test_the_run_ends_with_evals_per_class_table_on_the_console_and_in_the_summa
     run = trained / "runs" / "tiny"
     out, err = (trained / "train.out").read_text(), (trained / "train.err").read_text()
     assert out == ""                                            # a run's facts and tables go to stderr
-    title = "Validation of the final params (8 validation images)"
-    assert err.count(f"{title}:\n") == 1
-    table = err.split(f"{title}:\n", 1)[1].split("\nfinished ", 1)[0]
-    rows = table.splitlines()
-    assert rows[0].split() == ["class", "layer", "gt", "dets", "P", "R", "F1", "AP50", "AP50-95"]
-    assert [r.split()[0] for r in rows[2:19]] == list(rupiah.CLASSES)
-    assert [r.split()[0] for r in rows[-4:]] == ["banknote", "nominal", "security", "all"]
-    summary = (run / "summary.md").read_text()
-    assert f"## {title}\n\n```text\n{table.rstrip()}\n```" in summary
+    table = end_table(err, 8, (run / "summary.md").read_text())
     # the same table `eval` prints for the params the run ended with, on the same validation scenes
     ended = "final.pt" if "restored the params of epoch" in err else "last.pt"
     said = ok(cli("eval", str(run / "checkpoints" / ended), "--n", "8", "--json", "ended.json", cwd=trained)).stdout
-    assert table.rstrip() in said
+    assert table in said
     # the epoch table: a header, then a row per epoch, narrow; validation's columns from its first epoch (25)
     epoch_rows = [ln for ln in err.splitlines() if ln.split("/")[0].isdigit() and "/100 " in ln]
     assert len(epoch_rows) == 100 and max(len(ln) for ln in err.splitlines() if ln in epoch_rows) <= 120

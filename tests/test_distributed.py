@@ -209,7 +209,7 @@ def test_a_mid_epoch_checkpoint_resumes_bit_for_bit_on_two_processes(two, tmp_pa
     shutil.copy(tmp / "run" / "recipe.toml", tmp_path / "b")
     out = torchrun(tmp_path, "resume", "b/checkpoints/step-00000009.pt", "--quiet", "--trust-code")  # the probe
     assert out.returncode == 0, out.stdout + out.stderr
-    assert out.stderr.count("at epoch 2/3, batch 2/8 (step 9) -> b\n") == 1
+    assert out.stderr.count("resuming tiny at epoch 2/3, batch 2/8 (step 9) on each of 2 processes -> b\n") == 1
     a, b = final_state(tmp / "run", recipe), final_state(tmp_path / "b", recipe)
     for part in ("params", "buffers", "opt_state", "progress"):
         assert difference(getattr(a, part), getattr(b, part), part) is None, part
