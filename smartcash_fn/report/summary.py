@@ -47,7 +47,7 @@ def add_section(title: str, markdown: str, text: str | None = None) -> None:
     ``markdown``; the console, like any handler of the ``smartcash_fn``
     logger, prints ``title:`` and ``text`` (default: ``markdown``)::
 
-        add_section("Per class", "```\n" + table + "\n```", table)
+        add_section("Per class", markdown_of(table), table)   # a callback's own table, in a fenced block
     """
     log = logging.getLogger(SECTIONS_LOGGER)
     record = log.makeRecord(log.name, logging.INFO, __file__, 0, f"{title}:\n{markdown if text is None else text}",
