@@ -284,6 +284,17 @@ def test_small_helpers():
         console(progress="fancy")
 
 
+def test_the_command_line_offers_the_consoles_progress_modes(capsys):
+    from smartcash_fn import cli
+    from smartcash_fn.report import console as module
+
+    assert cli.PROGRESS == module.PROGRESS
+    assert cli.parser().parse_args(["train", "tiny", "--progress", "lines"]).progress == "lines"
+    assert cli.parser().parse_args(["resume", "runs/tiny"]).progress is None     # the recipe's loggers.progress
+    assert cli.main(["train", "tiny", "--progress", "fancy"]) == 2
+    assert "--progress: invalid choice: 'fancy'" in capsys.readouterr().err
+
+
 def test_a_terminal_of_zero_columns_gets_a_default_width(monkeypatch):
     import os
 
