@@ -262,8 +262,9 @@ def replicas(global_batch: int, name: str = STATE_KEY) -> Callback:
             if w.main:
                 n = was["world"]
                 print(f"note: this run was trained on {n} process{'es' if n != 1 else ''} and now goes on on {w.size}: "
-                      f"the data order continues from sample {batch * global_batch} of epoch {p.epoch + 1} (it stopped at "
-                      f"{at}), and the bits will differ from an uninterrupted run", file=sys.stderr, flush=True)
+                      f"the data order continues from sample {batch * global_batch} of epoch {p.epoch + 1} (it "
+                      f"stopped at {at}), and the bits will differ from an uninterrupted run", file=sys.stderr,
+                      flush=True)
             state = state.replace(progress=attrs.evolve(p, batch=batch))
         if was != now:
             state = state.replace(callbacks={**state.callbacks, name: now})

@@ -390,7 +390,8 @@ def test_the_detector_table_is_narrow_and_labels_the_best_and_the_time():
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "recipes" / "tiny.toml"
 MANY_BATCHES = ["--set", "data.params.samples=8192", "--set", "data.batch_size=4", "--set", "train.epochs=2",
-                "--set", "loggers.tensorboard=false", "--set", "loggers.plots=false", "--set", "checkpoint.every_steps=4000"]
+                "--set", "loggers.tensorboard=false", "--set", "loggers.plots=false",
+                "--set", "checkpoint.every_steps=4000"]
 """tiny, 2048 batches an epoch: seconds long, so that a pipe gets progress lines (at most one a second)."""
 PROGRESS_LINE = re.compile(r"^epoch [12]/2 batch \d+/2048  [\d,.]+ samples/s  loss [\d.e+-]+"
                            r"(  ETA epoch [\dhms.]+, run [\dhms.]+)?$")
