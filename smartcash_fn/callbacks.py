@@ -228,7 +228,7 @@ def nan_guard(name: str = "nan_guard") -> Callback:
     Runs first at ``batch_end``; the stop is marked failed, so the checkpoint
     writer keeps the last good checkpoint instead of saving the broken state::
 
-        nan_guard()   # state.stop.reason names the step, epoch and batch
+        nan_guard()   # state.stop.reason names the step, the epoch and the batch in it (counted from 1)
     """
 
     def fn(state: TrainState) -> TrainState:
@@ -238,7 +238,7 @@ def nan_guard(name: str = "nan_guard") -> Callback:
         if not bad:
             return state
         p = state.progress
-        reason = (f"non-finite {', '.join(bad)} at step {p.step} (epoch {p.epoch}, batch {p.batch}); "
+        reason = (f"non-finite {', '.join(bad)} at step {p.step} (epoch {p.epoch + 1}, batch {p.batch}); "
                   "stopped, the last good checkpoint is kept")
         return _with_cb_state(state.replace(stop=Stop(reason, failed=True)), name, {"tripped_step": p.step})
 
@@ -506,7 +506,7 @@ def time_budget(seconds: float, replan: Callable[[TrainState, int], TrainState] 
         done = state.progress.epoch
         if state.stop is None and plan["epochs"] < plan["cap"] and done >= plan["epochs"]:
             state = state.replace(stop=Stop(
-                f"time budget: {plan['epochs']} epoch(s) of {plan['cap']} planned to fit max_time "
+                f"time budget: {plan['epochs']} of {plan['cap']} epochs planned to fit max_time "
                 f"{plan['max_time']:g} s"))
         return state
 

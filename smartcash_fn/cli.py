@@ -15,6 +15,11 @@ traceback::
     smartcash-fn data export-synthetic --out data/rupiah --n 1000 --size 256
 
 ``main(argv)`` is the whole program (``python -m smartcash_fn`` runs it too).
+
+Streams: stdout carries a command's result (``check``'s recipe, ``inspect``
+and its ``--json``, ``replay``'s verdict, ``eval``'s table); stderr carries
+everything said along the way, through the ``smartcash_fn`` logger: a run's
+facts, its progress and epoch table, notes, warnings, and ``error:`` lines.
 """
 
 from __future__ import annotations
@@ -91,6 +96,18 @@ def _describe(parser: argparse.ArgumentParser) -> None:
             _describe(sub)
 
 
+PROGRESS = ("auto", "bar", "lines", "none")
+"""``--progress`` choices; the same as :data:`smartcash_fn.report.console.PROGRESS` (a test checks)."""
+
+
+def _add_console(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--progress", choices=PROGRESS, default=None,
+                   help="progress inside an epoch: auto (a bar on a terminal, else a line every 10%% or 30 s), "
+                        "bar, lines or none (default: the recipe's loggers.progress, auto)")
+    p.add_argument("--quiet", action="store_true", help="no progress and no epoch table: the run's start and end, "
+                   "notes, warnings and errors only")
+
+
 def _add_trust(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trust-code", action="store_true",
                    help="allow the checkpoint's recipe to name components that are not built in (import paths "
@@ -109,7 +126,7 @@ def parser() -> argparse.ArgumentParser:
                    "list); default: rupiah_synthetic, the SmartCash detector (about 10 minutes on 2 CPU cores)")
     _add_sets(p)
     p.add_argument("--out", metavar="DIR", help="the run folder (default: <run.out>/<run.name>, made unique)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_console(p)
     p.set_defaults(command=("run", "train"))
 
     p = sub.add_parser("resume", help="continue a run from a checkpoint or a run folder (with --set: a fork)")
@@ -119,7 +136,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="fork into this folder (default with --set: <run>-fork)")
     p.add_argument("--force", action="store_true", help="go on from a checkpoint older than the newest in its "
                    "folder, overwriting the newer ones (without it such a resume is refused: fork with --out)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_console(p)
     _add_trust(p)
     p.set_defaults(command=("run", "resume"))
 
@@ -224,7 +241,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as e:  # --help, --version, or a usage error (argparse exits 2)
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
     try:
-        return command(*args.command)(args)
+        run = command(*args.command)
+        from .report.console import console_logging
+
+        with console_logging():
+            return run(args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code

@@ -260,9 +260,11 @@ def replicas(global_batch: int, name: str = STATE_KEY) -> Callback:
             at = p.batch * int(was.get("global_batch") or global_batch)
             batch = at // max(1, global_batch)
             if w.main:
-                print(f"note: this run was trained on {was['world']} process(es) and now goes on on {w.size}: the "
-                      f"data order continues from sample {batch * global_batch} of epoch {p.epoch} (it stopped at "
-                      f"{at}), and the bits will differ from an uninterrupted run", file=sys.stderr, flush=True)
+                n = was["world"]
+                print(f"note: this run was trained on {n} process{'es' if n != 1 else ''} and now goes on on {w.size}: "
+                      f"the data order continues from sample {batch * global_batch} of epoch {p.epoch + 1} (it "
+                      f"stopped at {at}), and the bits will differ from an uninterrupted run", file=sys.stderr,
+                      flush=True)
             state = state.replace(progress=attrs.evolve(p, batch=batch))
         if was != now:
             state = state.replace(callbacks={**state.callbacks, name: now})

@@ -87,6 +87,25 @@ class NoisyDataset(torch.utils.data.Dataset):
         return x + self.noise * torch.randn(x.shape, generator=generator), y
 
 
+def end_table(said: str, images: int, summary: str) -> str:
+    """The detection table a run said at its end (``detection_table``), checked row by row and against summary.md.
+
+    One title line, eval's header, a row per class in the layers' order, then per layer and for all classes.
+    """
+    from smartcash_fn.smartcash import scenes as rupiah
+
+    title = f"Validation of the final params ({images} validation images)"
+    assert said.count(f"{title}:\n") == 1
+    after = said.split(f"{title}:\n", 1)[1].splitlines()
+    rows = after[:next(i for i, r in enumerate(after) if r.startswith("all ")) + 1]
+    table = "\n".join(rows)
+    assert rows[0].split() == ["class", "layer", "gt", "dets", "P", "R", "F1", "AP50", "AP50-95"]
+    assert [r.split()[0] for r in rows[2:19]] == list(rupiah.CLASSES)
+    assert [r.split()[0] for r in rows[-4:]] == ["banknote", "nominal", "security", "all"]
+    assert f"## {title}\n\n```text\n{table}\n```" in summary
+    return table
+
+
 @pytest.fixture
 def xy() -> tuple[torch.Tensor, torch.Tensor]:
     """Tiny classification data for :func:`make_mlp` (48 samples)."""

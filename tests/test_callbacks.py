@@ -268,7 +268,7 @@ def test_nan_guard_stops_and_keeps_the_last_good_checkpoint(tmp_path, guarded):
         return
 
     assert out.stop is not None and out.stop.failed
-    assert "non-finite loss at step 7 (epoch 1, batch 3)" in out.stop.reason
+    assert "non-finite loss at step 7 (epoch 2, batch 3)" in out.stop.reason   # the 3rd batch of the 2nd epoch
     assert out.callbacks["nan_guard"] == {"tripped_step": 7}
     assert out.progress.step == 7
     assert files(tmp_path) == {"step-00000001.pt", "step-00000002.pt", "step-00000003.pt", "epoch-0001.pt",

@@ -121,7 +121,9 @@ def test_resume_from_a_mid_run_checkpoint_is_bit_identical(tiny_run, tmp_path):
     out = cli("resume", str(fork), "--quiet", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "skipped" in out.stderr and "last.pt" in out.stderr
-    assert "resuming" in out.stdout and "epoch-0001.pt" in out.stdout
+    assert out.stdout == ""  # a run's facts are said on stderr, each once
+    assert out.stderr.count(f"going on from {fork / 'checkpoints' / 'epoch-0001.pt'}\n") == 1
+    assert out.stderr.count(f"resuming tiny at epoch 2/3 (step 8) -> {fork}\n") == 1
     resumed = checkpoint.load(fork / "checkpoints" / "last.pt")
     straight = checkpoint.load(run / "checkpoints" / "last.pt")
     assert resumed.progress.step == straight.progress.step == 24
@@ -135,7 +137,7 @@ def test_resume_of_a_finished_run_does_nothing(tiny_run):
     work, run = tiny_run
     before = (run / "checkpoints" / "last.pt").stat().st_mtime_ns
     out = cli("resume", str(run), "--quiet", cwd=work)
-    assert out.returncode == 0 and "complete" in out.stdout
+    assert out.returncode == 0 and "the run is complete (3 of 3 epochs)" in out.stderr and out.stdout == ""
     assert (run / "checkpoints" / "last.pt").stat().st_mtime_ns == before
 
 
@@ -159,6 +161,7 @@ def test_fork_with_set_trains_on_in_a_new_folder_recording_its_parent(tiny_run):
     assert out.returncode == 0, out.stderr
     info = json.loads(out.stdout)
     assert info["progress"]["epoch"] == 4 and info["epochs_planned"] == 4
+    assert info["metrics"]["epoch"] == 4 and info["metrics"]["step"] == 32    # the 4th epoch, as in metrics.csv
     assert info["parent"] == str(parent.resolve()) and info["best"]["monitor"] == "val/loss"
     assert info["torch_version"] == torch.__version__ and info["format_version"] == checkpoint.FORMAT_VERSION
     assert info["recipe"]["optimizer"]["lr"] == 0.02 and set(info["metrics"]) >= {"val/loss", "val/acc"}

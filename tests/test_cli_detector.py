@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import end_table
 from smartcash_fn import checkpoint
 from smartcash_fn.run import recipe as rc
 from smartcash_fn.smartcash import scenes as rupiah
@@ -29,7 +30,7 @@ TINY_RUN = ["--set", "data.params.train=16", "--set", "data.params.val=8", "--se
             "--set", "data.batch_size=16", "--set", "data.val_batch_size=16", "--set", "data.workers=0",
             "--set", "model.params.width=32", "--set", "model.params.backbone_width=8",
             "--set", "train.epochs=100", "--set", "validation.every=25", "--set", "schedule.warmup_steps=5",
-            "--set", "loggers.tensorboard=false", "--set", "loggers.console=false"]
+            "--set", "loggers.tensorboard=false"]
 """The default recipe shrunk to a 30-second run: 16 scenes at 128 px, 100 full-batch epochs."""
 
 
@@ -54,7 +55,9 @@ def user_error(out: subprocess.CompletedProcess) -> str:
 def trained(tmp_path_factory) -> Path:
     """A run of the default recipe at tiny sizes (:data:`TINY_RUN`) and an untrained checkpoint beside it."""
     work = tmp_path_factory.mktemp("detector")
-    ok(cli("train", *TINY_RUN, "--out", "runs/tiny", cwd=work))
+    out = ok(cli("train", *TINY_RUN, "--out", "runs/tiny", cwd=work))
+    (work / "train.out").write_text(out.stdout)
+    (work / "train.err").write_text(out.stderr)
     recipe = rc.load(DEFAULT, sets=TINY_RUN[1::2])
     untrained = work / "untrained" / "untrained.pt"
     untrained.parent.mkdir()
@@ -81,6 +84,25 @@ def test_training_beats_the_untrained_model_by_a_clear_margin(trained):
     assert got["overall"]["mAP50-95"] > base["overall"]["mAP50-95"] + 0.2
     for layer in ("banknote", "nominal", "security"):
         assert got["layers"][layer]["mAP50"] > base["layers"][layer]["mAP50"] + 0.2, layer
+
+
+@pytest.mark.slow
+def test_the_run_ends_with_evals_per_class_table_on_the_console_and_in_the_summary(trained):
+    run = trained / "runs" / "tiny"
+    out, err = (trained / "train.out").read_text(), (trained / "train.err").read_text()
+    assert out == ""                                            # a run's facts and tables go to stderr
+    table = end_table(err, 8, (run / "summary.md").read_text())
+    # the same table `eval` prints for the params the run ended with, on the same validation scenes
+    ended = "final.pt" if "restored the params of epoch" in err else "last.pt"
+    said = ok(cli("eval", str(run / "checkpoints" / ended), "--n", "8", "--json", "ended.json", cwd=trained)).stdout
+    assert table in said
+    # the epoch table: a header, then a row per epoch, narrow; validation's columns from its first epoch (25)
+    epoch_rows = [ln for ln in err.splitlines() if ln.split("/")[0].isdigit() and "/100 " in ln]
+    assert len(epoch_rows) == 100 and max(len(ln) for ln in err.splitlines() if ln in epoch_rows) <= 120
+    headers = [ln for ln in err.splitlines() if ln.startswith("epoch  ")]
+    assert headers[0].split() == ["epoch", "train/loss", "took", "ETA"]
+    assert headers[1].split()[:4] == ["epoch", "train/loss", "val/mAP50", "val/mAP50-95"] and len(headers) == 2
+    assert "(best " in epoch_rows[24] and "(best " not in epoch_rows[23]
 
 
 @pytest.mark.slow
@@ -136,7 +158,7 @@ def test_export_then_train_the_b4_recipe_one_step_on_it(tmp_path):
             "data.val_batch_size=2", "data.workers=0", "train.epochs=1", "model.params.width=16",
             "loggers.tensorboard=false", "loggers.plots=false", "loggers.console=false", "callbacks=[]"]
     out = ok(cli("train", str(B4), *[a for s in sets for a in ("--set", s)], "--out", "b4", cwd=tmp_path))
-    assert "1 epoch(s) of 1 batches" in out.stdout
+    assert "1 epoch of 1 batch -> b4" in out.stderr
     state = checkpoint.read(tmp_path / "b4" / "checkpoints" / "last.pt")["state"]
     assert state["progress"]["step"] == 1 and "val/mAP50" in state["history"]["epochs"][0]
     assert state["opt_state"]["backbone"]["phase"] == 0                 # the backbone is still frozen

@@ -163,7 +163,8 @@ def test_two_processes_make_one_run(two):
     assert ckpts == ["best.pt", "epoch-0001.pt", "epoch-0002.pt", "epoch-0003.pt", "last.pt",
                      "step-00000003.pt", "step-00000006.pt", "step-00000009.pt", "step-00000012.pt",
                      "step-00000015.pt", "step-00000018.pt", "step-00000021.pt", "top-epoch-0003.pt"]
-    assert out.stdout.count("done: 3 epoch(s), step 24") == 1  # rank 0 speaks; 8 batches of 16 per rank
+    assert out.stderr.count("finished 3 epochs (24 steps) in ") == 1  # rank 0 speaks; 8 batches of 16 per rank
+    assert out.stderr.count("training tiny: 3 epochs of 8 batches on each of 2 processes -> run\n") == 1
     state = final_state(tmp / "run", recipe)
     assert state.callbacks["distributed"] == {"world": 2, "global_batch": 32}
 
@@ -208,7 +209,7 @@ def test_a_mid_epoch_checkpoint_resumes_bit_for_bit_on_two_processes(two, tmp_pa
     shutil.copy(tmp / "run" / "recipe.toml", tmp_path / "b")
     out = torchrun(tmp_path, "resume", "b/checkpoints/step-00000009.pt", "--quiet", "--trust-code")  # the probe
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "at epoch 1, batch 1 (step 9)" in out.stdout
+    assert out.stderr.count("resuming tiny at epoch 2/3, batch 2/8 (step 9) on each of 2 processes -> b\n") == 1
     a, b = final_state(tmp / "run", recipe), final_state(tmp_path / "b", recipe)
     for part in ("params", "buffers", "opt_state", "progress"):
         assert difference(getattr(a, part), getattr(b, part), part) is None, part
@@ -219,7 +220,7 @@ def test_a_two_process_checkpoint_goes_on_in_one_process_from_the_same_sample(tw
     ckpt = tmp / "run" / "checkpoints" / "step-00000009.pt"  # epoch 1, batch 1 of 8 (16 per rank, 32 together)
     assert main(["resume", str(ckpt), "--set", "callbacks=[]", "--out", str(tmp_path / "one"), "--quiet"]) == 0
     err = capsys.readouterr().err
-    assert "trained on 2 process(es) and now goes on on 1" in err and "from sample 32 of epoch 1" in err
+    assert "trained on 2 processes and now goes on on 1" in err and "from sample 32 of epoch 2" in err
     assert "bits will differ" in err
     state = final_state(tmp_path / "one", recipe)
     assert state.progress.epoch == 3 and state.callbacks["distributed"] == {"world": 1, "global_batch": 32}
@@ -240,8 +241,9 @@ def test_a_nan_on_rank_1_stops_both_ranks_in_the_same_step(tmp_path):
     recipe.write_text(text)
     out = torchrun(tmp_path, "train", str(recipe), "--out", "run", "--quiet", timeout=120)
     assert out.returncode != 0, out.stdout + out.stderr  # a failed run: exit status 1 on both ranks
-    assert "stopped: non-finite loss, grad_norm at step 3 (epoch 0, batch 3)" in out.stdout  # 4th call: step 3
-    assert out.stdout.count("stopped:") == 1 and "Connection closed" not in out.stderr
+    # the 4th call of the loss (the first was the trial step): the 3rd batch of the first epoch, step 3
+    assert out.stderr.count("stopped on error: non-finite loss, grad_norm at step 3 (epoch 1, batch 3)") == 1
+    assert "Connection closed" not in out.stderr
 
 
 @pytest.mark.slow
@@ -252,7 +254,7 @@ def test_a_killed_worker_restarts_and_ends_with_the_uninterrupted_bits(two, tmp_
     out = torchrun(tmp_path, "train", str(recipe2), "--out", "run", "--quiet", restarts=1)
     assert out.returncode == 0, out.stdout + out.stderr
     assert (tmp_path / "killed").exists()
-    assert "resuming" in out.stdout and "restart 1 of the group" in out.stderr
+    assert "resuming" in out.stderr and "restart 1 of the group" in out.stderr
     a, b = final_state(tmp / "run", recipe), final_state(tmp_path / "run", recipe2)
     for part in ("params", "buffers", "opt_state", "progress"):
         assert difference(getattr(a, part), getattr(b, part), part) is None, part

@@ -105,8 +105,8 @@ def test_concurrent_trains_one_folder_one_writer_and_default_names_never_collide
                                                      "process (pid "), same[1][2]
     assert "Traceback" not in same[1][2]
     assert [o[0] for o in outs[2:]] == [0, 0], [o[2] for o in outs[2:]]
-    folders = sorted(line.split("run folder: ")[1] for o in outs[2:] for line in o[1].splitlines()
-                     if line.startswith("run folder: "))
+    folders = sorted(line.split(" -> ")[1] for o in outs[2:] for line in o[2].splitlines()
+                     if line.startswith("training r"))
     assert folders == ["runs/r", "runs/r-2"]
 
 
@@ -131,7 +131,7 @@ def test_resume_from_an_older_checkpoint_is_refused_unless_forked_or_forced(fini
     assert "--out DIR" in err and "--force" in err
     assert main(["resume", str(old), "--quiet", "--out", str(tmp_path / "fork")]) == 0
     assert main(["resume", str(old), "--quiet", "--force"]) == 0
-    assert "resuming" in capsys.readouterr().out
+    assert f"resuming tiny at epoch 2/2 (step 2) -> {run}" in capsys.readouterr().err
 
 
 def test_resume_of_a_finished_run_writes_the_missing_end_writers(finished, tmp_path, capsys, monkeypatch):
@@ -141,7 +141,7 @@ def test_resume_of_a_finished_run_writes_the_missing_end_writers(finished, tmp_p
     (run / "summary.md").unlink()               # killed after the final checkpoint, before the summary
     before = (run / "checkpoints" / "last.pt").stat().st_mtime_ns
     assert main(["resume", str(run), "--quiet"]) == 0
-    assert "wrote them" in capsys.readouterr().out
+    assert "wrote them" in capsys.readouterr().err
     assert "| status |" in (run / "summary.md").read_text()
     assert (run / "checkpoints" / "last.pt").stat().st_mtime_ns == before
 

@@ -263,10 +263,10 @@ def test_skipped_bad_files_are_counted_in_the_run_summary(exported, tmp_path):
                                             "loggers.console=false", "callbacks=[]"])
     run = tmp_path / "run"
     built = build(recipe, run)
-    assert any("2 bad file(s) or label line(s) skipped" in n for n in built.notes)
+    assert any("2 bad files or label lines skipped" in n for n in built.notes)
     fit(built.template, built.loop)
     summary = (run / "summary.md").read_text()
-    assert "## Data" in summary and "2 bad file(s) or label line(s) skipped" in summary
+    assert "## Data" in summary and "2 data problems (bad files or label lines skipped, label files missing)" in summary
     listed = (run / "data-problems.txt").read_text().splitlines()
     assert len(listed) == 2 and any("orphan.txt" in line and "missing image" in line for line in listed)
     assert any("val_000000.txt:1: box outside the image" in line for line in listed)
@@ -304,3 +304,20 @@ def test_box_labels_are_readable_text_on_a_filled_background():
     light = (band > 200).all(0).sum()                                    # its white text
     assert red > band[0].numel() // 4 and light > 40
     assert label_size((640, 640)) == 16 and label_size((64, 64)) == 10
+
+
+def test_a_detection_run_ends_with_the_per_class_table_on_the_console_and_in_the_summary(tmp_path):
+    import io
+
+    from conftest import end_table
+    from smartcash_fn.report.console import console_logging
+
+    recipe = rc.load(DEFAULT, sets=SMALL + ["loggers.tensorboard=false", "loggers.plots=false",
+                                            "callbacks=[{use = 'detection_table'}]"])
+    run = tmp_path / "run"
+    built = build(recipe, run)
+    said = io.StringIO()
+    with console_logging(said):
+        fit(built.template, built.loop)
+    assert "\nfinished 1 epoch (2 steps) in " in said.getvalue()
+    end_table(said.getvalue(), 4, (run / "summary.md").read_text())

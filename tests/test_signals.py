@@ -35,7 +35,7 @@ def started(args: list[str], cwd: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "smartcash_fn", *args], cwd=cwd, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    line = proc.stdout.readline()
+    line = proc.stderr.readline()
     assert line.startswith("training "), (line, proc.stderr.read() if proc.poll() is not None else "")
     return proc
 
@@ -52,7 +52,7 @@ def test_a_signal_stops_at_a_batch_boundary_with_a_checkpoint_and_resume_is_bit_
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + sig, (out, err)
     assert "Traceback" not in err and f"{sig.name}: stopping after this batch" in err
-    assert "go on with: smartcash-fn resume run" in out
+    assert "go on with: smartcash-fn resume run" in err and out == ""
     run = tmp_path / "run"
     stopped = checkpoint.read(run / "checkpoints" / "last.pt")["state"]
     p = stopped["progress"]

@@ -33,6 +33,7 @@ from smartcash_fn.report.sinks import (
     tensorboard_log,
 )
 from smartcash_fn.report.summary import recipe_block, summary_markdown, write_summary
+from smartcash_fn.report.values import one_based
 
 BATCHES = 4
 
@@ -67,11 +68,12 @@ def f32(v):
 
 
 def assert_files_match_history(run_dir: Path, history: sf.History) -> None:
-    """metrics.csv and metrics.jsonl hold exactly the history's records, values equal as floats."""
+    """metrics.csv and metrics.jsonl hold exactly the history's records, values equal as floats, epochs from 1."""
     rows = read_csv(run_dir / "metrics.csv")
     assert len(rows) == len(history.epochs)
     for row, rec in zip(rows, history.epochs):
-        assert row == {k: float(v) for k, v in rec.items()}
+        assert row == {k: float(v) for k, v in one_based(rec).items()}
+        assert row["epoch"] == rec["epoch"] + 1
     with open(run_dir / "metrics.csv", newline="") as f:
         assert f.readline().rstrip("\n").split(",") == csv_header(history.epochs)
     lines = read_jsonl(run_dir / "metrics.jsonl")
@@ -82,7 +84,7 @@ def assert_files_match_history(run_dir: Path, history: sf.History) -> None:
     assert len({r["epoch"] for r in times}) == len(times) <= len(history.epochs)
     lines = [r for r in lines if r["kind"] != "time"]
     assert [r.pop("kind") for r in lines] == [k for k, _ in history_lines(history)]
-    assert lines == [dict(r) for _, r in history_lines(history)]
+    assert lines == [one_based(r) for _, r in history_lines(history)]
 
 
 # --------------------------------------------------------------------------- CSV and JSONL
@@ -99,7 +101,9 @@ def test_csv_and_jsonl_agree_with_history(tmp_path):
     # the files are byte for byte what the history renders to
     assert (tmp_path / "metrics.csv").read_text() == csv_text(h.epochs)
     times = kept_times(tmp_path / "metrics.jsonl", len(h.epochs))  # one "time" line after each epoch's line
-    assert [t["epoch"] for t in times] == [0, 1, 2]
+    assert [t["epoch"] for t in times] == [0, 1, 2]  # as the state counts; the file says 1, 2, 3
+    assert [r["epoch"] for r in read_jsonl(tmp_path / "metrics.jsonl") if r["kind"] == "time"] == [1, 2, 3]
+    assert [r["epoch"] for r in read_csv(tmp_path / "metrics.csv")] == [1.0, 2.0, 3.0]
     assert (tmp_path / "metrics.jsonl").read_text() == "".join(jsonl_line(k, r) for k, r in history_lines(h, times))
     assert read_csv(tmp_path / "metrics.csv")[0].keys() == {"epoch", "step", "train/loss", "lr"}
     # steps 3, 6, 9, 12 around epoch ends at steps 4, 8, 12
@@ -180,7 +184,7 @@ def test_resume_after_a_kill_gives_files_without_duplicates(tmp_path, resume_fro
     assert len(kept) == len(start.history.epochs) + len(start.history.steps)
     # the time lines of the epochs before the checkpoint are kept as they were
     assert [r for r in at_start["jsonl"] if r["kind"] == "time"] == [
-        {"kind": "time", **t} for t in kept_times(tmp_path / "reference.jsonl", len(start.history.epochs))]
+        {"kind": "time", **one_based(t)} for t in kept_times(tmp_path / "reference.jsonl", len(start.history.epochs))]
     assert_files_match_history(run, resumed.history)
     for n, text in reference.items():  # timings differ from run to run: every other line is the same
         assert untimed((run / n).read_text()) == untimed(text), n
@@ -362,15 +366,15 @@ def test_csv_and_jsonl_updates_append_or_rewrite():
 
     e = ({"epoch": 0, "loss": 1.0}, {"epoch": 1, "loss": 0.5})
     first = csv_update(None, e[:1])
-    assert first.mode == "write" and first.text == "epoch,loss\n0,1.0\n"
+    assert first.mode == "write" and first.text == "epoch,loss\n1,1.0\n"          # the file counts from 1
     nxt = csv_update(first.on_disk, e)
-    assert (nxt.mode, nxt.text, nxt.on_disk.epochs) == ("append", "1,0.5\n", 2)
+    assert (nxt.mode, nxt.text, nxt.on_disk.epochs) == ("append", "2,0.5\n", 2)
     assert csv_update(nxt.on_disk, e).mode == ""
     assert csv_update(nxt.on_disk, e[:1]).mode == "write"                         # a resume: fewer rows
     assert csv_update(nxt.on_disk, e + ({"epoch": 2, "val/loss": 0.4},)).mode == "write"   # a wider header
     h = sf.History(epochs=e[:1], steps=({"step": 1, "loss": 1.2},))
     up = jsonl_update(OnDisk(epochs=0, steps=1), h)
-    assert up.mode == "append" and up.text == '{"kind": "epoch", "epoch": 0, "loss": 1.0}\n'
+    assert up.mode == "append" and up.text == '{"kind": "epoch", "epoch": 1, "loss": 1.0}\n'
     assert jsonl_update(None, h).text.count("\n") == 2
 
 

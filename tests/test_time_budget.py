@@ -113,7 +113,7 @@ def test_the_run_folder_says_where_the_time_went_and_what_the_budget_planned(tmp
     state = sf.fit(built.template, loop)
     lines = read_jsonl(tmp_path / "metrics.jsonl")
     times = [r for r in lines if r["kind"] == "time"]
-    assert [t["epoch"] for t in times] == [0, 1, 2]
+    assert [t["epoch"] for t in times] == [1, 2, 3]   # the file counts epochs from 1
     for t in times:  # the sleeping callback runs at batch_end: outside the step, so neither data nor step
         assert t["time/step"] > 0 and t["time/val"] > 0 and t["time/checkpoint"] > 0 and t["time/data"] >= 0
     # timings stay out of the state: the history has no time keys, the checkpoint verifies as it is

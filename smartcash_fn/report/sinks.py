@@ -16,8 +16,10 @@ again, with no duplicates::
     read_csv("runs/a/metrics.csv")  # the epoch records back, as floats
 
 Numbers are written with Python's shortest round-trip repr, so a value read
-back is the same float the history holds. In a ``torch.distributed`` run only
-rank 0 writes.
+back is the same float the history holds. Epochs are counted from 1 in the
+files, as on the console and in the checkpoint names (the row of
+``epoch-0003.pt`` says ``epoch`` 3); the state counts them from 0. In a
+``torch.distributed`` run only rank 0 writes.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from ..events import Callback, writer
 from ..state import History, TrainState
 from .plots import curves_figure, lr_series
 from .timing import EpochTimer
-from .values import number, plain
+from .values import number, one_based, plain
 
 Record = Mapping[str, Any]
 
@@ -87,13 +89,13 @@ def _csv_lines(rows: Iterable[Iterable[str]]) -> str:
 def csv_text(records: Iterable[Record], header: list[str] | None = None, with_header: bool = True) -> str:
     """The CSV text of ``records``: a header line, then one row per record (missing keys left empty).
 
-    ``csv_text(state.history.epochs)`` — the content :func:`csv_log` writes.
+    ``csv_text(state.history.epochs)`` — the content :func:`csv_log` writes, ``epoch`` counted from 1.
     """
     records = list(records)
     header = csv_header(records) if header is None else header
     if not header:
         return ""
-    rows = [[_format_cell(r.get(k)) for k in header] for r in records]
+    rows = [[_format_cell(r.get(k)) for k in header] for r in map(one_based, records)]
     return _csv_lines(([header] if with_header else []) + rows)
 
 
@@ -239,10 +241,12 @@ def history_lines(history: History, times: Sequence[Record] = ()) -> Iterator[tu
 def jsonl_line(kind: str, record: Record) -> str:
     """One JSON line for a history record, marked ``"kind": "epoch"`` or ``"step"`` (newline included).
 
-    ``jsonl_line("epoch", {"epoch": 0, "loss": 1.2})`` is ``'{"kind": "epoch", "epoch": 0, "loss": 1.2}\\n'``.
+    The ``epoch`` is counted from 1 (the state's record says 0 for the first):
+    ``jsonl_line("epoch", {"epoch": 0, "loss": 1.2})`` is ``'{"kind": "epoch", "epoch": 1, "loss": 1.2}\\n'``.
     Non-finite numbers are written as ``NaN``/``Infinity``, as Python's ``json`` reads them back.
     """
-    return json.dumps({"kind": kind, **{str(k): plain(v) for k, v in record.items() if k != "kind"}}) + "\n"
+    fields = {str(k): plain(v) for k, v in one_based(record).items() if k != "kind"}
+    return json.dumps({"kind": kind, **fields}) + "\n"
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
@@ -320,9 +324,10 @@ def jsonl_log(run_dir: str | os.PathLike, filename: str = "metrics.jsonl", prior
 
 
 def kept_times(path: str | os.PathLike, epochs: int) -> list[dict[str, Any]]:
-    """The ``"time"`` lines of a ``metrics.jsonl`` for epochs before ``epochs`` (none when unreadable).
+    """The ``"time"`` lines of a ``metrics.jsonl`` for the first ``epochs`` epochs (none when unreadable).
 
-    What a resumed run keeps of the timings the file already holds: ``kept_times("runs/a/metrics.jsonl", 2)``.
+    What a resumed run keeps of the timings the file already holds, as the
+    state counts epochs (from 0; the file from 1): ``kept_times("runs/a/metrics.jsonl", 2)``.
     """
     try:
         with open(path, encoding="utf-8") as f:
@@ -336,8 +341,8 @@ def kept_times(path: str | os.PathLike, epochs: int) -> list[dict[str, Any]]:
         except ValueError:
             continue  # a line cut short by a killed run
         if (isinstance(r, dict) and r.get("kind") == "time" and isinstance(r.get("epoch"), int)
-                and r["epoch"] < epochs):
-            out.append({k: v for k, v in r.items() if k != "kind"})
+                and 1 <= r["epoch"] <= epochs):
+            out.append({**{k: v for k, v in r.items() if k != "kind"}, "epoch": r["epoch"] - 1})
     return out
 
 

@@ -6,7 +6,9 @@ run, says how it ended (epochs run, stop reason, wall time of this session, the 
 budget when there is one, where the time went),
 says which checkpoint file holds what (``last.pt`` the last trained state,
 ``best.pt`` the best epoch, ``final.pt`` the restored best params), lists
-the best epoch's metrics (``state.best``) and the last epoch's, and closes with the resolved recipe as TOML (written by :func:`smartcash_fn.run.recipe.dumps`)::
+the best epoch's metrics (``state.best``) and the last epoch's, the sections
+other callbacks handed it (:func:`add_section`: an application's own tables),
+and closes with the resolved recipe as TOML (written by :func:`smartcash_fn.run.recipe.dumps`)::
 
     loop = loop.add(write_summary("runs/a"))
     print(summary_markdown(state, run_name="a"))
@@ -15,6 +17,7 @@ the best epoch's metrics (``state.best``) and the last epoch's, and closes with 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -29,7 +32,42 @@ from ..state import TrainState
 from .console import fmt_duration
 from .timing import EpochTimer, totals
 from .toml import dumps
-from .values import fmt_value, number, plain
+from .values import fmt_value, number, plain, plural
+
+SECTIONS_LOGGER = "smartcash_fn.summary"
+"""The logger that carries :func:`add_section`'s records: the summary collects them, the console prints them."""
+_SECTION = "smartcash_fn_section"  # the record attribute holding (title, markdown)
+
+
+def add_section(title: str, markdown: str, text: str | None = None) -> None:
+    """Hand the run's summary a section, and the console its text: one INFO record, whatever the logger's level.
+
+    A callback of an application calls it (at ``training_end``, before the
+    summary is written at priority 1100): ``summary.md`` gets ``## title`` and
+    ``markdown``; the console, like any handler of the ``smartcash_fn``
+    logger, prints ``title:`` and ``text`` (default: ``markdown``)::
+
+        add_section("Per class", markdown_of(table), table)   # a callback's own table, in a fenced block
+    """
+    log = logging.getLogger(SECTIONS_LOGGER)
+    record = log.makeRecord(log.name, logging.INFO, __file__, 0, f"{title}:\n{markdown if text is None else text}",
+                            None, None, extra={_SECTION: (title, markdown)})
+    log.handle(record)
+
+
+class _Sections(logging.Filter):
+    """Collects the sections :func:`add_section` hands out while a run goes (a filter that lets all through)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sections: list[tuple[str, str]] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        got = getattr(record, _SECTION, None)
+        if got is not None:
+            self.sections.append(got)
+        return True
+
 
 # --------------------------------------------------------------------------- markdown
 
@@ -120,7 +158,7 @@ def time_lines(times: Sequence[Mapping[str, Any]]) -> list[str]:
     total = totals(times)
     whole = sum(total.values()) or 1.0
     names = {"time/data": "data wait", "time/step": "step", "time/val": "validation", "time/checkpoint": "checkpoint"}
-    lines = ["## Time", "", f"Where the {len(times)} epoch(s) of this session went (wall seconds; the data "
+    lines = ["## Time", "", f"Where the {plural(len(times), 'epoch')} of this session went (wall seconds; the data "
              "loader held training back where data wait exceeds step time):", "",
              "| | total | share | per epoch |", "|---|---|---|---|"]
     for k, label in names.items():
@@ -141,14 +179,16 @@ def model_lines(rows: Sequence[tuple[str, str]]) -> list[str]:
 
 def summary_markdown(state: TrainState, run_name: str = "run", wall_seconds: float | None = None,
                      session_epochs: int | None = None, checkpoints: Sequence[str] = (),
-                     times: Sequence[Mapping[str, Any]] = (), model: Sequence[tuple[str, str]] = ()) -> str:
+                     times: Sequence[Mapping[str, Any]] = (), model: Sequence[tuple[str, str]] = (),
+                     sections: Sequence[tuple[str, str]] = ()) -> str:
     """The Markdown summary of a finished (or stopped) run.
 
     ``wall_seconds`` is this session's wall time and ``session_epochs`` the
     epochs it trained (both measured by :func:`write_summary`); ``checkpoints``
     the names in the run's ``checkpoints/`` folder, each named file's role said;
     ``times`` the session's epoch time records (see :func:`time_lines`); ``model``
-    the model's footprint rows (see :func:`model_lines`)::
+    the model's footprint rows (see :func:`model_lines`); ``sections``
+    ``(title, markdown)`` pairs other callbacks handed in (:func:`add_section`)::
 
         Path("summary.md").write_text(summary_markdown(state, "a", wall_seconds=93.0))
     """
@@ -195,6 +235,8 @@ def summary_markdown(state: TrainState, run_name: str = "run", wall_seconds: flo
                   *_metric_table(last), ""]
     else:
         lines += ["## Last epoch", "", "_No epoch finished._", ""]
+    for title, markdown in sections:
+        lines += [f"## {title}", "", markdown.rstrip("\n"), ""]
     lines += time_lines(times)
     lines += model_lines(model)
     lines += ["## Recipe", "", recipe_block(state.recipe)]
@@ -212,8 +254,9 @@ def data_lines(problems: Sequence[str], shown: int = 20) -> list[str]:
     if not problems:
         return []
     more = [f"- ... and {len(problems) - shown} more"] if len(problems) > shown else []
-    return ["", "## Data", "", f"{len(problems)} bad file(s) or label line(s) skipped, or label file(s) missing "
-            "(all listed in `data-problems.txt`):", "", *[f"- `{s}`" for s in problems[:shown]], *more, ""]
+    return ["", "## Data", "", f"{plural(len(problems), 'data problem')} (bad files or label lines skipped, label "
+            "files missing), all listed in `data-problems.txt`:", "", *[f"- `{s}`" for s in problems[:shown]],
+            *more, ""]
 
 
 def write_summary(run_dir: str | os.PathLike, filename: str = "summary.md", priority: int = 1100,
@@ -233,19 +276,24 @@ def write_summary(run_dir: str | os.PathLike, filename: str = "summary.md", prio
     folder = Path(run_dir)
     clock = _Clock()
     timer = EpochTimer()
+    handed = _Sections()
+    sections_logger = logging.getLogger(SECTIONS_LOGGER)
 
     def start(state: TrainState) -> TrainState:
         clock.t0, clock.epoch0 = time.perf_counter(), state.progress.epoch
         timer.records = []
+        handed.sections = []
+        sections_logger.addFilter(handed)
         return state
 
     def end(state: TrainState) -> TrainState:
         wall = time.perf_counter() - clock.t0 if clock.t0 is not None else None
         ckpts = folder / "checkpoints"
         names = sorted(os.listdir(ckpts)) if ckpts.is_dir() else []
+        sections_logger.removeFilter(handed)
         text = summary_markdown(state, run_name(state, folder.resolve().name), wall,
                                 state.progress.epoch - clock.epoch0, names, timer.records,
-                                model() if model is not None else ())
+                                model() if model is not None else (), handed.sections)
         ensure_folder(folder, name)
         write_text_atomic(folder / filename, text)
         return state

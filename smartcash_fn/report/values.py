@@ -59,3 +59,22 @@ def fmt_value(v: float) -> str:
 def fmt_exact(v: Any) -> str:
     """A value in six significant digits when it is a float (``inspect`` and the commands' lines): ``'0.123457'``."""
     return f"{v:.6g}" if isinstance(v, float) else str(v)
+
+
+def plural(n: int, word: str, words: str | None = None) -> str:
+    """``n`` and the noun, singular for one: ``plural(1, "epoch")`` is ``'1 epoch'``, ``plural(3, "batch", "batches")``
+    is ``'3 batches'`` (the plural defaults to ``word + "s"``)."""
+    return f"{n} {word if n == 1 else (words or word + 's')}"
+
+
+def one_based(record: Mapping[str, Any]) -> dict[str, Any]:
+    """An epoch record as people and files read it: its ``epoch`` counted from 1 (the state counts from 0).
+
+    The console, ``metrics.csv``, ``metrics.jsonl``, ``inspect``, the plots,
+    the summary and the checkpoint names (``epoch-0001.pt``) all call the first
+    epoch 1: ``one_based({"epoch": 0, "loss": 1.2})`` is ``{"epoch": 1, "loss": 1.2}``.
+    """
+    e = record.get("epoch")
+    if isinstance(e, int) and not isinstance(e, bool):
+        return {**record, "epoch": e + 1}
+    return dict(record)

@@ -37,6 +37,7 @@ from ..errors import RecipeError, StateError, UserError
 from ..events import EVENTS, Callback, flatten, writer
 from ..loop import Loop, Validation
 from ..report import console, plots, sinks, summary
+from ..report.values import plural
 from ..state import TrainState
 from ..step import Step, make_step
 from ..tree import tree_map, walk
@@ -670,25 +671,31 @@ _LOGGERS: tuple[tuple[str, Callable[..., Any]], ...] = (
 ``tensorboard`` its ``every_steps`` from ``loggers.tensorboard_every_steps``)."""
 
 
-def make_loggers(recipe: Recipe, run_dir: Path | None, quiet: bool = False, model: Callable[[], Any] | None = None
-                 ) -> tuple[tuple[Callback, ...], tuple[str, ...], tuple[str, ...]]:
+def make_loggers(recipe: Recipe, run_dir: Path | None, quiet: bool = False, progress: str | None = None,
+                 model: Callable[[], Any] | None = None) -> tuple[tuple[Callback, ...], tuple[str, ...], tuple[str, ...]]:
     """The logger callbacks ``[loggers]`` asks for, notes about them (none today), and the console's names.
 
-    Loggers that write files need ``run_dir``; ``console`` gets ``quiet``; ``model`` gives
+    Loggers that write files need ``run_dir``. The console is always there
+    to say the run's start and end; ``loggers.console = false`` or ``quiet``
+    leave out its progress and epoch table, and ``progress`` (the command
+    line's ``--progress``) wins over ``loggers.progress``; ``model`` gives
     the rows of the summary's ``Model`` section (:meth:`~smartcash_fn.run.footprint.Footprint.rows`):
     ``callbacks, notes, console_names = make_loggers(recipe, Path("runs/a"))``.
     """
     cbs: list[Callback] = []
     notes: list[str] = []
     console_names: list[str] = []
-    settings = {"console": {"quiet": quiet}, "tensorboard": {"every_steps": recipe.loggers.tensorboard_every_steps},
-                "summary": {"model": model}}
+    settings = {"tensorboard": {"every_steps": recipe.loggers.tensorboard_every_steps}, "summary": {"model": model}}
     for key, factory in _LOGGERS:
-        if not getattr(recipe.loggers, key) or (run_dir is None and key != "console"):
-            continue
-        made = flatten([factory(**settings[key]) if key == "console" else factory(run_dir, **settings.get(key, {}))])
         if key == "console":
+            made = flatten([factory(quiet=quiet or not recipe.loggers.console, run_dir=run_dir,
+                                    progress=progress or recipe.loggers.progress)])
             console_names.extend(c.name for c in made)
+            cbs.extend(made)
+            continue
+        if not getattr(recipe.loggers, key) or run_dir is None:
+            continue
+        made = flatten([factory(run_dir, **settings.get(key, {}))])
         cbs.extend(made)
     return tuple(cbs), tuple(notes), tuple(console_names)
 
@@ -712,10 +719,14 @@ def plain_info(info: Mapping[str, Any]) -> dict[str, Any]:
     return plain
 
 
-def build(recipe: Recipe, run_dir: str | os.PathLike | None = None, *, quiet: bool = False) -> Built:
+def build(recipe: Recipe, run_dir: str | os.PathLike | None = None, *, quiet: bool = False,
+          progress: str | None = None) -> Built:
     """The template state and the loop of ``recipe``; with ``run_dir``, checkpoints and file loggers too.
 
-    ``built = build(recipe, "runs/tiny")`` — nothing is written until the loop runs.
+    ``quiet`` and ``progress`` (one of ``auto``, ``bar``, ``lines``, ``none``;
+    None: the recipe's ``loggers.progress``) shape the console::
+
+        built = build(recipe, "runs/tiny")          # nothing is written until the loop runs
     """
     if not isinstance(recipe, Recipe):
         raise StateError(f"build: expected a Recipe (smartcash_fn.run.recipe.load(...)), got {type(recipe).__name__}")
@@ -748,7 +759,8 @@ def build(recipe: Recipe, run_dir: str | os.PathLike | None = None, *, quiet: bo
         callbacks.extend(time_budget(seconds_of(recipe.train.max_time), replan_for(recipe, schedule_for, batches)))
     problems = tuple(info.get("problems") or ())
     if problems:
-        notes.append(f"data: {len(problems)} bad file(s) or label line(s) skipped (first: {problems[0]})"
+        notes.append(f"data: {plural(len(problems), 'bad file or label line', 'bad files or label lines')} skipped "
+                     f"(first: {problems[0]})"
                      + ("; listed in data-problems.txt and counted in summary.md" if run_dir is not None else ""))
         if run_dir is not None:
             callbacks.append(data_problems(run_dir, problems))
@@ -780,7 +792,7 @@ def build(recipe: Recipe, run_dir: str | os.PathLike | None = None, *, quiet: bo
     template = template.replace(data_info=plain_info(info))
     notes.extend(getattr(template.model, "notes", ()))  # what the model says about itself (from scratch, ...)
     model_footprint = functools.cache(lambda: footprint_of(template, train if validation is None else validation.data))
-    loggers, logger_notes, console = make_loggers(recipe, run_dir, quiet=quiet,
+    loggers, logger_notes, console = make_loggers(recipe, run_dir, quiet=quiet, progress=progress,
                                                   model=lambda: model_footprint().rows())
     callbacks.extend(loggers)
     notes.extend(logger_notes)
@@ -873,10 +885,11 @@ def describe(built: Built) -> str:
     ``print(describe(build(load("recipes/tiny.toml"))))``
     """
     lines = [f"step: {built.step_text}",
-             f"data: {built.batches} batches per epoch x {built.loop.epochs} epochs; schedule spans "
-             f"{built.updates} updates"]
+             f"data: {plural(built.batches, 'batch', 'batches')} per epoch x {plural(built.loop.epochs, 'epoch')}; "
+             f"schedule spans {plural(built.updates, 'update')}"]
     v = built.loop.validation
-    lines.append("validation: " + ("off" if v is None else f"every {v.every} epoch(s), {len(v.data)} batches"
+    every = "every epoch" if v is None or v.every == 1 else f"every {v.every} epochs"
+    lines.append("validation: " + ("off" if v is None else f"{every}, {plural(len(v.data), 'batch', 'batches')}"
                                    + (", EMA params" if v.use_ema else "")))
     lines.append("callbacks:")
     for event in EVENTS:

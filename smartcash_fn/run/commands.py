@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import math
 import os
 import sys
@@ -26,11 +27,12 @@ from .. import checkpoint, distributed
 from .._files import write_text_atomic
 from .._version import __version__
 from ..errors import CheckpointError, RecipeError
-from ..events import by_event, fire
+from ..events import by_event, fire, writer
 from ..loop import fit
 from ..replay import replay as replay_state, verify
 from ..state import RunInfo
-from ..report.values import fmt_exact, plain
+from ..report.console import log
+from ..report.values import fmt_exact, one_based, plain, plural
 from ..tree import tree_map
 from . import library
 from .build import build, describe, probe
@@ -49,12 +51,25 @@ DEFAULT_RECIPE = library.path_of(library.DEFAULT)
 
 
 def note(text: str) -> None:
-    """Print ``note: text`` on stderr: something the user should know that is not an error."""
-    print(f"note: {text}", file=sys.stderr)
+    """Log ``note: text`` (on stderr from the command line): something the user should know that is not an error."""
+    log(logging.INFO, [(f"note: {text}", None)])
+
+
+def tell(text: str, mark: str | None = None) -> None:
+    """Log a fact of a run (on stderr from the command line, beside the console's); rank 0's only under ``torchrun``.
+
+    ``train`` and ``resume`` say what the console cannot know (the checkpoint
+    gone on from, the model's size, where the summary is), each fact once.
+    """
+    if distributed.world().main:
+        log(logging.INFO, [(text, None)], mark)
 
 
 def say(text: str) -> None:
-    """Print ``text`` on stdout, flushed (the command's own output; rank 0's only under ``torchrun``)."""
+    """Print ``text`` on stdout, flushed: a command's result (rank 0's only under ``torchrun``).
+
+    ``check``'s recipe, ``replay``'s verdict, ``inspect``'s (JSON) report, ``eval``'s table.
+    """
     if distributed.world().main:
         print(text, flush=True)
 
@@ -64,15 +79,10 @@ def metrics_line(record: dict[str, Any]) -> str:
 
 
 def finish(state: Any, run_dir: Path) -> int:
-    p = state.progress
-    last = state.history.last()
-    say(f"done: {p.epoch} epoch(s), step {p.step}; {metrics_line(dict(last)) or 'no epoch finished'}")
-    if state.best is not None:
-        b = state.best
-        say(f"best: {b.monitor} {fmt_exact(b.value)} after epoch {b.epoch + 1}")
-    if state.stop is not None:
-        say(f"stopped: {state.stop.reason}")
-    say(f"run folder: {run_dir}")
+    """Where the run's summary is (the console has said how it ended); the exit status: 1 for a failed run."""
+    summary = run_dir / "summary.md"
+    if summary.is_file():
+        tell(f"summary: {summary}")
     return 1 if state.stop is not None and state.stop.failed else 0
 
 
@@ -109,20 +119,18 @@ def train(args: argparse.Namespace) -> int:
                 note(f"restart {distributed.restart_count()} of the group: resuming {run_dir} from its newest "
                      "intact checkpoint")
             return resume(argparse.Namespace(target=str(run_dir), sets=[], out=None, quiet=args.quiet, force=False,
-                                             trust_code=True))
+                                             trust_code=True, progress=getattr(args, "progress", None)))
         folder = hold(run_dir, "train", f"--out {args.out}", must_be_new=not restarted)
     else:
         folder = claim(Path(recipe.run.out) / recipe.run.name, "train", recipe.where("run", "out"))
     with (folder if world.main else contextlib.nullcontext(None)) as held:
         run_dir = Path(distributed.broadcast_object(None if held is None else str(held.folder)))  # rank 0's
-        built = build(recipe, run_dir, quiet=args.quiet)
+        built = build(recipe, run_dir, quiet=args.quiet, progress=getattr(args, "progress", None))
         probe(built)
         if world.main:
             for n in built.notes:
                 note(n)
             write(recipe, run_dir / "recipe.toml", header=_header("train"))
-        say(f"training {recipe.run.name}: {built.loop.epochs} epoch(s) of {built.batches} batches"
-            f"{f' on each of {world.size} processes' if world.size > 1 else ''} -> {run_dir}")
         return train_on(built.template, built, run_dir, f"smartcash-fn resume {run_dir}")
 
 
@@ -152,26 +160,31 @@ def newer_than(found: Found) -> tuple[Path, int] | None:
 def train_on(state: Any, built: Any, run_dir: Path, resume_hint: str) -> int:
     """``fit`` with SIGINT/SIGTERM stopping at a batch boundary; the exit status (130/143 when interrupted).
 
-    The model's footprint is said first, once the signals are in hand (counting FLOPs takes a moment).
+    A new run's model footprint is said after the console's start line (counting FLOPs takes a moment).
     """
+    def model_line(s: Any) -> Any:
+        tell(f"model: {footprint(built).text()}")
+        return s
+
+    said = (writer("training_start", model_line, priority=-999, name="footprint"),) if state.progress.step == 0 else ()
     with on_signals() as caught:  # under torchrun every rank stops in the same step (one small all-reduce a batch)
-        if distributed.world().main and state.progress.step == 0:
-            say(f"model: {footprint(built).text()}")
         agreed = distributed.agree_on_stop(every_batch=True)[:1] if distributed.active() else ()
-        loop = built.loop.add(stop_on(caught), *agreed)
+        loop = built.loop.add(stop_on(caught), *agreed, *said)
         with distributed.failures_named():
             state = fit(state, loop)
     status = finish(state, run_dir)
     if caught.signum is not None and interrupted(state):
-        say(f"interrupted: a checkpoint of step {state.progress.step} is in {run_dir / 'checkpoints'}; go on with: "
-            f"{resume_hint}")
+        tell(f"interrupted: a checkpoint of step {state.progress.step} is in {run_dir / 'checkpoints'}; go on with: "
+             f"{resume_hint}")
         return exit_status(caught.signum)
     return status
 
 
 def end_writers(state: Any, built: Any) -> None:
-    """Run the ``training_end`` writers (not the checkpoint writer) on a finished ``state``: the summary etc."""
-    ends = [c for c in built.loop.callbacks if c.event == "training_end" and c.writes and c.name != "checkpoint"]
+    """Run the ``training_end`` writers (not the checkpoint writer, nor the console) on a finished ``state``: the
+    summary etc."""
+    ends = [c for c in built.loop.callbacks if c.event == "training_end" and c.writes and c.name != "checkpoint"
+            and c.name not in built.console]
     p = built.loop
     v = p.validation
     state = state.replace(run=RunInfo(epochs=p.epochs, batches=len(p.data), val_batches=0 if v is None else len(v.data),
@@ -216,7 +229,7 @@ def resume(args: argparse.Namespace) -> int:
                     f"{ckpt}: {newer[0]} is further on (step {newer[1]}); going on from the older checkpoint here "
                     f"would rewrite the run's history after it. Fork it into a new folder with --out DIR, or "
                     f"pass --force to overwrite the newer checkpoints")
-        built = build(recipe, run_dir, quiet=args.quiet)
+        built = build(recipe, run_dir, quiet=args.quiet, progress=getattr(args, "progress", None))
         state = state_in(found, built.template)
         require_progress(state, len(built.loop.data), str(ckpt))
         for n in environment_notes(found, built.template):
@@ -236,18 +249,17 @@ def resume(args: argparse.Namespace) -> int:
         done = state.stop is not None or p.epoch >= built.loop.epochs
         if done and not fork and not (run_dir / "summary.md").exists() and recipe.loggers.summary:
             end_writers(state, built)
-            say(f"{ckpt}: the run had ended without its end writers (no summary.md); wrote them")
+            tell(f"{ckpt}: the run had ended without its end writers (no summary.md); wrote them")
         if state.stop is not None:
-            say(f"{ckpt}: the run had stopped ({state.stop.reason}); fork it with --set to train on")
+            tell(f"{ckpt}: the run had stopped ({state.stop.reason}); fork it with --set to train on")
             return 0
         if p.epoch >= built.loop.epochs:
-            say(f"{ckpt}: the run is complete ({p.epoch} of {built.loop.epochs} epochs); fork it with "
-                f"--set train.epochs=N to train on")
+            tell(f"{ckpt}: the run is complete ({p.epoch} of {plural(built.loop.epochs, 'epoch')}); fork it with "
+                 f"--set train.epochs=N to train on")
             return 0
         if world.main and (fork or not (run_dir / "recipe.toml").exists()):
             write(recipe, run_dir / "recipe.toml", header=_header(f"forked from {ckpt}" if fork else "resume"))
-        say(f"{'forking' if fork else 'resuming'} {ckpt} at epoch {p.epoch}, batch {p.batch} (step {p.step}) -> "
-            f"{run_dir}")
+        tell(f"forking {ckpt}" if fork else f"going on from {ckpt}")
         return train_on(state, built, run_dir, f"smartcash-fn resume {run_dir}")
 
 
@@ -278,9 +290,10 @@ def replay(args: argparse.Namespace) -> int:
         note(n)
     state = replay_state(start_state, loop, to_step=to_step)
     p = state.progress
-    say(f"replayed {ckpt} from step {start['step']} to step {p.step} (epoch {p.epoch}, batch {p.batch})")
+    inside = f", {plural(p.batch, 'batch', 'batches')} into epoch {p.epoch + 1}" if p.batch else ""
+    say(f"replayed {ckpt} from step {start['step']} to step {p.step} (after {plural(p.epoch, 'epoch')}{inside})")
     if p.step != to_step:
-        say(f"note: the run ends at step {p.step}, before step {to_step}")
+        note(f"the run ends at step {p.step}, before step {to_step}")
     if other_obj is None:
         say(f"digest: {checkpoint.digest(checkpoint.to_tree(state))}")
         return 0
@@ -335,8 +348,13 @@ def check(args: argparse.Namespace) -> int:
 def inspect_info(path: str | os.PathLike) -> dict[str, Any]:
     """What ``inspect`` shows of a checkpoint (or a run folder's newest), as plain data.
 
-    Progress, the last epoch's metrics, best, stop, recipe, versions, digest:
-    ``inspect_info("runs/tiny/checkpoints/last.pt")["progress"]["epoch"]``
+    Progress, the last epoch's metrics, best, stop, recipe, versions, digest.
+    Epochs are counted from 1, as everywhere people read them: ``metrics`` and
+    ``best`` name their ``epoch`` (1 is the first), and ``progress`` holds the
+    checkpoint's counters (``epoch``: epochs finished; ``batch``: batches done
+    in the next; ``step``: batches trained in all)::
+
+        inspect_info("runs/tiny/checkpoints/last.pt")["best"]["epoch"]     # 3: the best is epoch-0003.pt
     """
     found = find_checkpoint(path)
     for s in found.skipped:
@@ -358,9 +376,10 @@ def inspect_info(path: str | os.PathLike) -> dict[str, Any]:
         "progress": dict(st["progress"]),
         "epochs_planned": recipe.get("train", {}).get("epochs"),
         "seed": st["seed"],
-        "metrics": dict(epochs[-1]) if epochs else {},
+        "metrics": one_based(epochs[-1]) if epochs else {},
         "step_metrics": dict(st["metrics"]),
-        "best": None if best is None else {k: best[k] for k in ("monitor", "mode", "value", "epoch", "step")},
+        "best": None if best is None else one_based({k: best[k] for k in ("monitor", "mode", "value", "epoch",
+                                                                          "step")}),
         "stop": st.get("stop"),
         "lr_scale": st.get("lr_scale"),
         "params": {"tensors": len(params), "elements": int(sum(t.numel() for t in params.values()))},
@@ -388,15 +407,17 @@ def inspect(args: argparse.Namespace) -> int:
         return 0
     p = info["progress"]
     planned = f" of {info['epochs_planned']}" if info["epochs_planned"] is not None else ""
-    inside = f", {p['batch']} batch(es) into epoch {p['epoch'] + 1}" if p["batch"] else ""
+    inside = f", {plural(p['batch'], 'batch', 'batches')} into epoch {p['epoch'] + 1}" if p["batch"] else ""
+    done = f"{p['epoch']}{planned} epochs" if planned else plural(p["epoch"], "epoch")
     lines = [
         f"checkpoint: {info['path']}",
-        f"progress:   {p['epoch']}{planned} epoch(s) done{inside}; step {p['step']}",
-        f"metrics:    {metrics_line(info['metrics']) or '(no epoch finished)'}",
+        f"progress:   {done} done{inside}; step {p['step']}",
+        f"metrics:    " + (f"epoch {info['metrics'].get('epoch')}: {metrics_line(info['metrics'])}" if info["metrics"]
+                           else "(no epoch finished)"),
     ]
     b = info["best"]
     lines.append("best:       " + ("(none)" if b is None else f"{b['monitor']} {fmt_exact(b['value'])} ({b['mode']}) after "
-                                                              f"epoch {b['epoch'] + 1}, step {b['step']}"))
+                                                              f"epoch {b['epoch']}, step {b['step']}"))
     stop = info["stop"]
     lines.append("stop:       " + ("(none)" if stop is None else f"{stop['reason']}{' [failed]' if stop['failed'] else ''}"))
     lines.append(f"params:     {info['params']['tensors']} tensors, {info['params']['elements']} elements; "

@@ -330,7 +330,11 @@ class LoggersConfig:
                                             "rate of each parameter group (`lr_step`) every this many steps "
                                             "(batches; 0 is off)", check=_INT_AT_LEAST_0)
     plots: bool = _key(True, "metric curves as PNG files in `plots/`")
-    console: bool = _key(True, "a progress bar and a line per epoch on the terminal")
+    console: bool = _key(True, "progress and a table row per epoch on the terminal (false: only the run's start, "
+                               "end and warnings)")
+    progress: Literal["auto", "bar", "lines", "none"] = _key(
+        "auto", "progress inside an epoch: `auto` (a bar on a terminal, a line every 10% or 30 s elsewhere), `bar`, "
+                "`lines` or `none`; `--progress` on `train`/`resume` wins")
     summary: bool = _key(True, "`summary.md` at the end of the run")
 
 

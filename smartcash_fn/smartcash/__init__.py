@@ -3,7 +3,7 @@
 The application wing: synthetic Rupiah scenes (:mod:`.scenes`), YOLO-format
 data and export (:mod:`.yolo`, :mod:`.export`), the detector (:mod:`.detector`),
 its targets, loss and decoding (:mod:`.detection`), COCO-style metrics
-(:mod:`.metrics`), plots (:mod:`.plots`), inference (:mod:`.inference`), the
+(:mod:`.metrics`), plots (:mod:`.plots`), the end-of-training table (:mod:`.table`), inference (:mod:`.inference`), the
 recipe components (:mod:`.components`), its commands (:mod:`.commands`) and
 the old pipeline's API (:mod:`.compat`).
 
@@ -21,7 +21,8 @@ COMPONENTS = {
         "yolo_dataset": "smartcash_fn.smartcash.components:yolo_dataset",
     },
     "loss": {"detection": "smartcash_fn.smartcash.components:detection"},
-    "callback": {"detection_plots": "smartcash_fn.smartcash.plots:detection_plots"},
+    "callback": {"detection_plots": "smartcash_fn.smartcash.plots:detection_plots",
+                 "detection_table": "smartcash_fn.smartcash.table:detection_table"},
     "metrics": {"detection": "smartcash_fn.smartcash.components:detection_metrics"},
 }
 """The recipe components SmartCash adds: kind -> short name -> import path."""
