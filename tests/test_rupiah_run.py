@@ -321,3 +321,42 @@ def test_a_detection_run_ends_with_the_per_class_table_on_the_console_and_in_the
         fit(built.template, built.loop)
     assert "\nfinished 1 epoch (2 steps) in " in said.getvalue()
     end_table(said.getvalue(), 4, (run / "summary.md").read_text())
+
+
+def test_the_end_table_and_the_end_plots_share_one_pass_over_the_validation_data(tmp_path):
+    import attrs
+
+    from smartcash_fn.smartcash.components import Decoder
+    from smartcash_fn.smartcash.detection import Layout
+    from smartcash_fn.smartcash.plots import detection_plots
+    from smartcash_fn.smartcash.table import detection_table, final_detections
+
+    recipe = rc.load(DEFAULT, sets=SMALL + ["loggers.tensorboard=false", "loggers.plots=false", "callbacks=[]"])
+    run = tmp_path / "run"
+    built = build(recipe, run)
+    val, info = built.loop.validation.data, built.template.data_info
+    passes = []
+
+    class Counted:
+        """The validation data, counting the passes over it."""
+
+        def __len__(self):
+            return len(val)
+
+        def batches(self, *args):
+            passes.append(args)
+            return val.batches(*args)
+
+    counted = Counted()
+    decoder = Decoder(Layout.of(info["groups"]))
+    first = final_detections(built.template, counted, decoder)
+    assert final_detections(built.template, counted, decoder) is first and len(passes) == 1
+    final_detections(built.template, counted, Decoder(Layout.of(info["groups"]), conf=0.5))
+    assert len(passes) == 2  # another decoder, another pass
+    # a whole run: the table and the plots at its end run the model over the validation data once
+    ends = (*detection_table(counted, info["groups"], info["class_names"], info.get("layers")),
+            *detection_plots(run, counted, info["groups"], info["class_names"], info.get("layers"), samples=0,
+                             tensorboard=False))
+    passes.clear()
+    fit(built.template, attrs.evolve(built.loop, callbacks=built.loop.callbacks + ends))
+    assert len(passes) == 1 and (run / "plots" / "pr_curves.png").is_file()

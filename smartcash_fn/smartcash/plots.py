@@ -37,7 +37,8 @@ from ..report.sinks import tensorboard_figures
 from ..state import TrainState
 from .components import Decoder
 from .detection import Layout
-from .metrics import DetectionReport, Detections, as_detections, as_targets, collect_detections, evaluate
+from .metrics import DetectionReport, Detections, as_detections, as_targets, evaluate
+from .table import final_detections
 
 LAYER_COLOURS = {"banknote": "#ff3b30", "nominal": "#ffcc00", "security": "#34c759"}
 """Box colour of a prediction by its class's layer (others are cyan)."""
@@ -201,10 +202,7 @@ def detection_plots(run_dir: str | os.PathLike | None, val_data: Any, groups: Ma
     def write(state: TrainState) -> None:
         if state.model is None:
             return
-        ema = state.extras.get("ema") if use_ema else None
-        params, buffers = (ema["params"], ema["buffers"]) if ema is not None else (None, None)
-        apply = lambda x: state.apply(x, params=params, buffers=buffers)  # noqa: E731 - eval mode, no gradient
-        dets, tgts = collect_detections(decoder, apply, val_data.batches(state.seed, 0, 0))
+        dets, tgts = final_detections(state, val_data, decoder, use_ema)  # shared with detection_table
         report = evaluate(dets, tgts, names, layers, conf=pr_conf, max_dets=max_det)
         figures = report_figures(report)
         if samples:

@@ -14,6 +14,7 @@ console and as a section of ``summary.md``
 
 from __future__ import annotations
 
+import weakref
 from typing import Any, Mapping, Sequence
 
 from ..errors import StateError
@@ -29,6 +30,30 @@ TITLE = "Validation of the final params"
 """The section's title in ``summary.md`` (the console says it before the table)."""
 
 
+_COLLECTED: "weakref.WeakKeyDictionary[TrainState, list[tuple[Any, Decoder, bool, Any]]]" = weakref.WeakKeyDictionary()
+
+
+def final_detections(state: TrainState, val_data: Any, decoder: Decoder, use_ema: bool = False) -> Any:
+    """``(detections, targets)`` of ``state``'s params (its EMA params when ``use_ema`` and held) on ``val_data``.
+
+    A state never changes, so the pass is made once per state, data and
+    decoder: the end-of-run table and plots share it instead of each running
+    the model over the validation set::
+
+        dets, targets = final_detections(state, val_data, Decoder(Layout.of(groups)))
+    """
+    seen = _COLLECTED.setdefault(state, [])
+    for data, dec, ema_flag, result in seen:
+        if data is val_data and dec == decoder and ema_flag == use_ema:
+            return result
+    ema = state.extras.get("ema") if use_ema else None
+    params, buffers = (ema["params"], ema["buffers"]) if ema is not None else (None, None)
+    apply = lambda x: state.apply(x, params=params, buffers=buffers)  # noqa: E731 - eval mode, no gradient
+    result = collect_detections(decoder, apply, val_data.batches(state.seed, 0, 0))
+    seen.append((val_data, decoder, use_ema, result))
+    return result
+
+
 def final_report(state: TrainState, val_data: Any, decoder: Decoder, class_names: Sequence[str],
                  layers: Mapping[str, Sequence[str]] | None = None, pr_conf: float = 0.25, use_ema: bool = False
                  ) -> DetectionReport:
@@ -39,10 +64,7 @@ def final_report(state: TrainState, val_data: Any, decoder: Decoder, class_names
 
         final_report(state, val_data, Decoder(Layout.of(groups)), names, layers).table()
     """
-    ema = state.extras.get("ema") if use_ema else None
-    params, buffers = (ema["params"], ema["buffers"]) if ema is not None else (None, None)
-    apply = lambda x: state.apply(x, params=params, buffers=buffers)  # noqa: E731 - eval mode, no gradient
-    dets, tgts = collect_detections(decoder, apply, val_data.batches(state.seed, 0, 0))
+    dets, tgts = final_detections(state, val_data, decoder, use_ema)
     return evaluate(dets, tgts, tuple(class_names), layers, conf=pr_conf, max_dets=decoder.max_det)
 
 
