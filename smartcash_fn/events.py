@@ -229,6 +229,7 @@ def write_failure(cb: Callback, e: OSError, event: str, state: TrainState) -> Ou
     """The error a writer's ``OSError`` becomes: the file (when known), why, where in the run, what came first."""
     what = f"{e.filename}: " if e.filename else ""
     p = state.progress
-    return OutputError(f"{what}the {cb.name!r} writer could not write at {event} (epoch {p.epoch}, step {p.step}): "
+    where = f"epoch {p.epoch + 1}, batch {p.batch}" if p.batch else f"epoch {p.epoch}"  # epochs counted from 1
+    return OutputError(f"{what}the {cb.name!r} writer could not write at {event} ({where}, step {p.step}): "
                        f"{e.strerror or e}; the writers after it ran, the checkpoint included. Free some space or "
                        "make the run folder writable, then resume")

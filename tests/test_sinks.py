@@ -193,7 +193,7 @@ def test_resume_after_a_kill_gives_files_without_duplicates(tmp_path, resume_fro
     acc = events(run / "tensorboard")
     for tag in ("train/loss", "val/loss", "val/acc", "lr", "epoch"):
         got = [(e.step, e.value) for e in acc.Scalars(tag)]
-        assert got == [(r["step"], f32(r[tag])) for r in resumed.history.epochs], tag
+        assert got == [(r["step"], f32(one_based(r)[tag])) for r in resumed.history.epochs], tag
     steps = [e.step for e in acc.Scalars("train/loss_step")]
     assert steps == list(range(2, 17, 2))
 
@@ -223,7 +223,7 @@ def test_tensorboard_scalars_and_images_read_back(tmp_path):
     # step metrics every 3 steps, from the step's own loss (checked against record_steps-free training)
     assert [e.step for e in acc.Scalars("train/loss_step")] == [3, 6]
     for tag in ("train/loss", "lr", "val/loss", "val/acc", "epoch"):
-        assert [(e.step, e.value) for e in acc.Scalars(tag)] == [(r["step"], f32(r[tag])) for r in state.history.epochs]
+        assert [(e.step, e.value) for e in acc.Scalars(tag)] == [(r["step"], f32(one_based(r)[tag])) for r in state.history.epochs]
     assert acc.Scalars("lr")[0].value == f32(1e-2)
     assert set(tags["images"]) == {"val/confusion", "curves"}
     assert [e.step for e in events(tmp_path / "tensorboard" / "figures").Images("val/extra")] == [4, 8]
@@ -387,7 +387,7 @@ def test_tensorboard_scalars_are_computed_from_the_state():
     assert step_scalars(s, 10) == [("train/loss_step", 0.25, 20), ("lr_step", 1e-2, 20)]
     assert step_scalars(s, 3) == [] and step_scalars(s, 0) == []
     epochs = ({"epoch": 0, "step": 10, "train/loss": 1.0, "note": "x"}, {"epoch": 1, "step": 20, "train/loss": 0.5})
-    assert epoch_scalars(epochs, since=1) == [("epoch", 1.0, 20), ("train/loss", 0.5, 20)]
+    assert epoch_scalars(epochs, since=1) == [("epoch", 2.0, 20), ("train/loss", 0.5, 20)]  # counted from 1
 
 
 def test_tensorboard_from_a_recipe_logs_the_rate_every_n_steps_and_the_hparams(tmp_path):

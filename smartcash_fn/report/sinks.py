@@ -456,10 +456,12 @@ def step_scalars(state: TrainState, every_steps: int) -> list[Scalar]:
 def epoch_scalars(epochs: Sequence[Record], since: int = 0, step: int = 0) -> list[Scalar]:
     """Every numeric key of the epoch records from index ``since``, each at its record's ``step`` (else ``step``).
 
-    ``epoch_scalars(state.history.epochs, since=2)`` -> ``[("epoch", 2.0, 30), ("train/loss", 0.4, 30), ...]``.
+    The ``epoch`` scalar is counted from 1, as in the other files
+    (:func:`~smartcash_fn.report.values.one_based`):
+    ``epoch_scalars(state.history.epochs, since=2)`` -> ``[("epoch", 3.0, 30), ("train/loss", 0.4, 30), ...]``.
     """
     out = []
-    for rec in epochs[since:]:
+    for rec in map(one_based, epochs[since:]):
         at = number(rec.get("step"))
         s = step if at is None else int(at)
         out += [(str(k), x, s) for k, v in rec.items() if k != "step" and (x := number(v)) is not None]
