@@ -62,7 +62,7 @@ CASES: dict[str, tuple[str, list[str]]] = {
                                   "data.use=\"synthetic_images\"", "data.params={samples = 4096, val_samples = 64, "
                                   "size = 24, classes = 4}", "data.batch_size=32", "schedule.use=\"constant\"",
                                   "schedule.warmup_steps=0", "train.clip=0.0"]),
-    "detector": ("smartcash_fn/recipes/default.toml", ["data.params.train=512", "data.params.val=16",
+    "detector": ("smartcash_fn/recipes/rupiah_synthetic.toml", ["data.params.train=512", "data.params.val=16",
                                                        "data.params.size=96", "data.batch_size=8",
                                                        "schedule.warmup_steps=0"]),
 }

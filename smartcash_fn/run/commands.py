@@ -33,7 +33,7 @@ from ..state import RunInfo
 from ..report.values import fmt_exact, plain
 from ..tree import tree_map
 from . import library
-from .build import build, describe, probe
+from .build import build, describe, global_batch, per_rank_batch, probe
 from .export import export
 from .folders import Found, find_checkpoint, folder_problem, holds_run, run_folder_of
 from .footprint import footprint
@@ -49,13 +49,14 @@ DEFAULT_RECIPE = library.path_of(library.DEFAULT)
 
 
 def note(text: str) -> None:
-    """Print ``note: text`` on stderr: something the user should know that is not an error."""
-    print(f"note: {text}", file=sys.stderr)
+    """Print ``note: text`` on stderr: something the user should know that is not an error (rank 0's only)."""
+    if distributed.speaks():
+        print(f"note: {text}", file=sys.stderr)
 
 
 def say(text: str) -> None:
     """Print ``text`` on stdout, flushed (the command's own output; rank 0's only under ``torchrun``)."""
-    if distributed.world().main:
+    if distributed.speaks():
         print(text, flush=True)
 
 
@@ -105,9 +106,8 @@ def train(args: argparse.Namespace) -> int:
         restarted = holds_run(run_dir) and _restarted_here(run_dir, recipe)
         if restarted and any((run_dir / "checkpoints").glob("*.pt")):
             distributed.broadcast_object(None)  # every rank has looked before rank 0 writes
-            if world.main:
-                note(f"restart {distributed.restart_count()} of the group: resuming {run_dir} from its newest "
-                     "intact checkpoint")
+            note(f"restart {distributed.restart_count()} of the group: resuming {run_dir} from its newest "
+                 "intact checkpoint")
             return resume(argparse.Namespace(target=str(run_dir), sets=[], out=None, quiet=args.quiet, force=False,
                                              trust_code=True))
         folder = hold(run_dir, "train", f"--out {args.out}", must_be_new=not restarted)
@@ -117,9 +117,9 @@ def train(args: argparse.Namespace) -> int:
         run_dir = Path(distributed.broadcast_object(None if held is None else str(held.folder)))  # rank 0's
         built = build(recipe, run_dir, quiet=args.quiet)
         probe(built)
+        for n in built.notes:
+            note(n)
         if world.main:
-            for n in built.notes:
-                note(n)
             write(recipe, run_dir / "recipe.toml", header=_header("train"))
         say(f"training {recipe.run.name}: {built.loop.epochs} epoch(s) of {built.batches} batches"
             f"{f' on each of {world.size} processes' if world.size > 1 else ''} -> {run_dir}")
@@ -218,7 +218,9 @@ def resume(args: argparse.Namespace) -> int:
                     f"pass --force to overwrite the newer checkpoints")
         built = build(recipe, run_dir, quiet=args.quiet)
         state = state_in(found, built.template)
-        require_progress(state, len(built.loop.data), str(ckpt))
+        regrouped, _ = distributed.regrouped(state, global_batch(recipe, world.size), world.size,
+                                             per_rank_batch(recipe, 1) if state.progress.step else None)
+        require_progress(regrouped, len(built.loop.data), str(ckpt))  # at this world's batches (replicas regroups)
         for n in environment_notes(found, built.template):
             note(n)
         if fork:
