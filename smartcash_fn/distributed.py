@@ -443,12 +443,11 @@ def accumulating(state: TrainState, on: bool = True) -> TrainState:
 
 @attrs.frozen
 class _Bucket:
-    """One flat buffer of the overlapped reduction: ``slots`` (name, offset, numel), the ``grads`` first."""
+    """One flat buffer of the overlapped reduction: ``size`` elements, its gradients first, then the riders."""
 
     dtype: torch.dtype
     device: torch.device
     size: int
-    slots: tuple[tuple[str, int, int], ...]
     grads: int  # how many slots autograd fills; the others (metrics, buffers) are filled before it starts
     mean_end: int  # elements [0, mean_end) are averaged over the ranks, the rest (buffers) only summed
 
@@ -459,11 +458,11 @@ class _Layout:
     where: Mapping[str, tuple[int, int, int]]  # name -> (bucket, offset, numel)
 
 
-Spec = tuple[tuple[str, int, int, Any], ...]  # (name, numel, element size, (dtype, device))
+_Spec = tuple[tuple[str, int, int, Any], ...]  # (name, numel, element size, (dtype, device))
 
 
 @functools.lru_cache(maxsize=64)
-def _layout(grads: Spec, means: Spec, sums: Spec, cap_bytes: int, first_cap_bytes: int) -> _Layout:
+def _layout(grads: _Spec, means: _Spec, sums: _Spec, cap_bytes: int, first_cap_bytes: int) -> _Layout:
     """Gradient buckets in ``grads`` order (the first capped at ``first_cap_bytes``); the metrics (``means``) and
     buffers (``sums``) ride in the first bucket when of its kind, else in buckets of their own at the end."""
     numel = {name: n for name, n, _, _ in grads + means + sums}
@@ -477,17 +476,16 @@ def _layout(grads: Spec, means: Spec, sums: Spec, cap_bytes: int, first_cap_byte
             group[2 if summed else 1].append(name)
     buckets, where = [], {}
     for i, ((dtype, device), averaged, summed) in enumerate(groups + list(extra.values())):
-        slots, at = [], 0
+        at = 0
         for name in averaged + summed:
-            slots.append((name, at, numel[name]))
             where[name] = (i, at, numel[name])
             at += numel[name]
         count = len(plan[i]) if i < len(plan) else 0
-        buckets.append(_Bucket(dtype, device, at, tuple(slots), count, sum(numel[n] for n in averaged)))
+        buckets.append(_Bucket(dtype, device, at, count, sum(numel[n] for n in averaged)))
     return _Layout(tuple(buckets), where)
 
 
-def _spec(tensors: Mapping[str, torch.Tensor], names: Sequence[str], prefix: str = "") -> Spec:
+def _spec(tensors: Mapping[str, torch.Tensor], names: Sequence[str], prefix: str = "") -> _Spec:
     return tuple((prefix + k, tensors[k].numel(), tensors[k].element_size(), (tensors[k].dtype, tensors[k].device))
                  for k in names)
 

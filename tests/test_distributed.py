@@ -96,11 +96,11 @@ def test_the_overlapped_layout_puts_the_riders_in_the_first_bucket_or_in_their_o
     layout = distributed._layout(grads, (("metric:loss", 1, 4, f),), (("buffer:bn.mean", 3, 4, f),
                                                                       ("buffer:x", 2, 8, h)), 25 * 2**20, 2**20)
     first, second, odd = layout.buckets
-    assert [s[0] for s in first.slots] == ["head.w", "metric:loss", "buffer:bn.mean"]  # 1 MB cap: head alone
-    assert (first.grads, first.mean_end, first.size) == (1, 11, 14)  # the loss averaged, the buffer summed
-    assert [s[0] for s in second.slots] == ["body.w", "stem.w"] and second.grads == 2
-    assert odd.dtype == torch.float64 and odd.grads == 0 and odd.mean_end == 0  # another dtype: its own, last
-    assert layout.where["stem.w"] == (1, 300_000, 5)
+    w = layout.where
+    assert [w[k] for k in ("head.w", "metric:loss", "buffer:bn.mean")] == [(0, 0, 10), (0, 10, 1), (0, 11, 3)]
+    assert (first.grads, first.mean_end, first.size) == (1, 11, 14)  # 1 MB cap: head alone; loss averaged
+    assert [w[k] for k in ("body.w", "stem.w")] == [(1, 0, 300_000), (1, 300_000, 5)] and second.grads == 2
+    assert w["buffer:x"] == (2, 0, 2) and odd.dtype == torch.float64 and (odd.grads, odd.mean_end) == (0, 0)
 
 
 def test_the_overlapped_all_reduce_gives_the_bits_of_the_update_time_one(tmp_path):
