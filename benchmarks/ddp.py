@@ -19,7 +19,10 @@ DDP, ... for ``--reps`` repetitions of ``--steps`` steps):
 Per-rank batch fixed (``data.batch_size`` per process): the report gives each
 loop's samples/s per process (median over repetitions), ours/DDP (the median
 over repetitions of the ratio within one repetition, whose loops ran minutes
-apart at most: on a shared machine the load moves between repetitions), and the
+apart at most: on a shared machine the load moves between repetitions), the
+same ratio of rank 0's CPU seconds (``time.process_time``, gloo's threads
+included: the work each loop does, which a busy machine inflates less than
+the wall time), and the
 scaling efficiency (per-process throughput at 2 over that at 1). Then each
 case trains ``--agree-steps`` steps with ``data.global_batch = true`` on 1 and
 on 2 processes and the final params are compared: the max over tensors of
@@ -149,24 +152,26 @@ def worker(args: argparse.Namespace) -> None:
     at_update = attrs.evolve(loop, step=step_reduced_at_update(recipe))
     state = fit(state, at_update, to_step=state.progress.step + args.warmup)
     ours, ddp, unagreed, updated = [], [], [], []
+    cpu: dict[str, list[float]] = {"ours": [], "ddp": [], "at_update": []}
+
+    def timed(run: Any, wall: list[float], cpu_of: str | None = None) -> Any:
+        dist.barrier()
+        t0, c0 = time.perf_counter(), time.process_time()
+        out = run()
+        wall.append(time.perf_counter() - t0)
+        if cpu_of is not None:
+            cpu[cpu_of].append(time.process_time() - c0)
+        return out
+
     for _ in range(args.reps):
-        dist.barrier()
-        t0 = time.perf_counter()
-        state = fit(state, loop, to_step=state.progress.step + args.steps)
-        ours.append(time.perf_counter() - t0)
-        dist.barrier()
-        ddp.append(run_ddp(args.steps, 1))
-        dist.barrier()
-        t0 = time.perf_counter()
-        state = fit(state, at_update, to_step=state.progress.step + args.steps)
-        updated.append(time.perf_counter() - t0)
-        dist.barrier()
-        t0 = time.perf_counter()
-        state = fit(state, bare, to_step=state.progress.step + args.steps)
-        unagreed.append(time.perf_counter() - t0)
+        state = timed(lambda: fit(state, loop, to_step=state.progress.step + args.steps), ours, "ours")
+        timed(lambda: run_ddp(args.steps, 1), ddp, "ddp")
+        state = timed(lambda: fit(state, at_update, to_step=state.progress.step + args.steps), updated, "at_update")
+        state = timed(lambda: fit(state, bare, to_step=state.progress.step + args.steps), unagreed)
     per_rank_batch = int(built.loop.data.batch_size)
     result = {"case": args.case, "world": w.size, "per_rank_batch": per_rank_batch, "steps": args.steps,
               "ours_s": ours, "ddp_s": ddp, "ours_without_agreement_s": unagreed, "ours_at_update_s": updated,
+              "cpu_s": cpu,
               "ours_at_update_samples_per_s": per_rank_batch * args.steps / statistics.median(updated),
               "ours_samples_per_s": per_rank_batch * args.steps / statistics.median(ours),
               "ddp_samples_per_s": per_rank_batch * args.steps / statistics.median(ddp),
@@ -240,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
                 "ours_unagreed_2": two["ours_without_agreement_samples_per_s"],
                 "ours_at_update_2": two["ours_at_update_samples_per_s"],
                 "at_update_over_ddp_2": paired(two["ddp_s"], two["ours_at_update_s"]),
+                "cpu_ours_over_ddp_2": paired(two["cpu_s"]["ddp"], two["cpu_s"]["ours"]),
+                "cpu_at_update_over_ddp_2": paired(two["cpu_s"]["ddp"], two["cpu_s"]["at_update"]),
                 "ours_over_ddp_1": paired(one["ddp_s"], one["ours_s"]),
                 "ours_over_ddp_2": paired(two["ddp_s"], two["ours_s"]),
                 "efficiency_ours": two["ours_samples_per_s"] / one["ours_samples_per_s"],
@@ -254,14 +261,15 @@ def main(argv: list[str] | None = None) -> int:
           f"{load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}; {os.cpu_count()} cores, torch "
           f"{torch.__version__}, gloo, 1 thread per process; {args.steps} steps x {args.reps} reps")
     print(f"{'case':<9} {'batch':>5} | {'ours 1p':>9} {'ddp 1p':>9} {'ratio':>6} | {'ours 2p':>9} {'ddp 2p':>9} "
-          f"{'ratio':>6} {'upd/ddp':>7} | {'eff ours':>8} {'eff ddp':>8} | {'params 1p vs 2p: max':>20} {'norm':>9}")
+          f"{'ratio':>6} {'upd/ddp':>7} {'cpu':>5} {'cpu upd':>7} | {'eff ours':>8} {'eff ddp':>8} | {'params 1p vs 2p: max':>20} {'norm':>9}")
     for r in rows:
         print(f"{r['case']:<9} {r['per_rank_batch']:>5} | {r['ours_1']:>9.1f} {r['ddp_1']:>9.1f} "
-              f"{r['ours_over_ddp_1']:>6.3f} | {r['ours_2']:>9.1f} {r['ddp_2']:>9.1f} {r['ours_over_ddp_2']:>6.3f} {r['at_update_over_ddp_2']:>7.3f} | "
+              f"{r['ours_over_ddp_1']:>6.3f} | {r['ours_2']:>9.1f} {r['ddp_2']:>9.1f} {r['ours_over_ddp_2']:>6.3f} {r['at_update_over_ddp_2']:>7.3f} {r['cpu_ours_over_ddp_2']:>5.3f} {r['cpu_at_update_over_ddp_2']:>7.3f} | "
               f"{r['efficiency_ours']:>8.3f} {r['efficiency_ddp']:>8.3f} | {r['max_rel_param_diff_1_vs_2']:>20.2e} "
               f"{r['norm_rel_param_diff_1_vs_2']:>9.2e}")
     print("samples/s per process (median); ratio = ours / DDP and upd/ddp = ours reduced at the update / DDP, "
-          "each the median over repetitions of the ratio within a repetition; eff = per-process throughput on 2 over on 1; "
+          "each the median over repetitions of the ratio within a repetition; cpu, cpu upd: the same ratios of "
+          "rank 0's CPU seconds (process time, gloo's threads included: the work, not the wait for a busy core); eff = per-process throughput on 2 over on 1; "
           "params: max over tensors of max|a-b|/max|a|, and |a-b|/|a| over all params, after the agreement steps")
     if args.json:
         Path(args.json).write_text(json.dumps({"load_before": load_before, "load_after": load_after,
