@@ -443,11 +443,12 @@ def accumulating(state: TrainState, on: bool = True) -> TrainState:
 
 @attrs.frozen
 class _Bucket:
-    """One flat buffer of the overlapped reduction: ``size`` elements, its gradients first, then the riders."""
+    """One flat buffer of the overlapped reduction: ``names`` of ``sizes`` elements, the gradients first."""
 
     dtype: torch.dtype
     device: torch.device
-    size: int
+    names: tuple[str, ...]
+    sizes: tuple[int, ...]
     grads: int  # how many slots autograd fills; the others (metrics, buffers) are filled before it starts
     mean_end: int  # elements [0, mean_end) are averaged over the ranks, the rest (buffers) only summed
 
@@ -456,6 +457,11 @@ class _Bucket:
 class _Layout:
     buckets: tuple[_Bucket, ...]
     where: Mapping[str, tuple[int, int, int]]  # name -> (bucket, offset, numel)
+
+    @property
+    def overlaps(self) -> bool:
+        """Whether a bucket can start before the backward pass ends: more than one holds gradients."""
+        return sum(1 for b in self.buckets if b.grads) > 1
 
 
 _Spec = tuple[tuple[str, int, int, Any], ...]  # (name, numel, element size, (dtype, device))
@@ -481,7 +487,8 @@ def _layout(grads: _Spec, means: _Spec, sums: _Spec, cap_bytes: int, first_cap_b
             where[name] = (i, at, numel[name])
             at += numel[name]
         count = len(plan[i]) if i < len(plan) else 0
-        buckets.append(_Bucket(dtype, device, at, count, sum(numel[n] for n in averaged)))
+        buckets.append(_Bucket(dtype, device, tuple(averaged + summed), tuple(numel[n] for n in averaged + summed),
+                               count, sum(numel[n] for n in averaged)))
     return _Layout(tuple(buckets), where)
 
 
@@ -502,55 +509,61 @@ def _overlapped_backward(inner: Any, state: TrainState, loss: torch.Tensor, leav
     layout = _layout(_spec(leaves, names), _spec(state.metrics, metrics, METRIC),
                      _spec(state.buffers, buffers, BUFFER), max(1, int(bucket_mb * 2**20)),
                      max(1, int(first_bucket_mb * 2**20)))
-    flats = [torch.empty(b.size, dtype=b.dtype, device=b.device) for b in layout.buckets]
+    shapes = {**{k: t.shape for k, t in leaves.items()}, **{METRIC + k: state.metrics[k].shape for k in metrics},
+              **{BUFFER + k: state.buffers[k].shape for k in buffers}}
+    flats, views = [], {}
+    for b in layout.buckets:  # views of fresh flat buffers: ours to write
+        flats.append(torch.empty(sum(b.sizes), dtype=b.dtype, device=b.device))
+        views.update((k, part.view(shapes[k])) for k, part in zip(b.names, flats[-1].split(b.sizes)))
+    copied = [METRIC + k for k in metrics] + ([BUFFER + k for k in buffers] if main else [])
+    if copied:
+        torch._foreach_copy_([views[k] for k in copied], [state.metrics[k] for k in metrics]
+                             + ([state.buffers[k] for k in buffers] if main else []))
+    for k in buffers if not main else ():
+        views[BUFFER + k].zero_()
     where = layout.where
-
-    def slot(name: str, like: torch.Tensor) -> torch.Tensor:
-        b, at, n = where[name]
-        return flats[b][at:at + n].view_as(like)
-
-    riders = {METRIC + k: slot(METRIC + k, state.metrics[k]).copy_(state.metrics[k]) for k in metrics}
-    for k in buffers:
-        view = slot(BUFFER + k, state.buffers[k])
-        riders[BUFFER + k] = view.copy_(state.buffers[k]) if main else view.zero_()
     missing = [b.grads for b in layout.buckets]
     works: list[Any] = []
-    got: dict[str, torch.Tensor] = {}
 
     def launch_ready() -> None:
         while len(works) < len(flats) and missing[len(works)] == 0:
             works.append(dist.all_reduce(flats[len(works)], async_op=True))
 
-    def fill(name: str, grad: torch.Tensor) -> torch.Tensor:
-        view = got[name] = slot(name, leaves[name]).copy_(grad)
-        missing[where[name][0]] -= 1
-        launch_ready()
-        return view  # autograd hands this view on as the gradient: no second copy
-
-    handles = [leaves[k].register_hook(functools.partial(fill, k)) for k in names]
-    try:
+    if not layout.overlaps:  # one bucket of gradients: it could not start before the backward pass ends anyway
         grads = inner.backward(state, loss, leaves)
-    finally:
-        for h in handles:
-            h.remove()
-    for k in names:
-        mine = got.get(k)
-        if mine is None:  # a leaf the loss does not use: autograd gave nothing, the backward zeros
-            fill(k, grads[k])
-        elif grads[k] is not mine:
-            raise StateError(f"all_reduce_gradients: the backward inside it changed the gradient of {k!r} after "
-                             "autograd computed it, so the all-reduce launched during the backward pass sent the "
-                             "wrong values; compose that transformer outside all_reduce_gradients, or use "
-                             "all_reduce_gradients(overlap=False)")
+        if names:
+            torch._foreach_copy_([views[k] for k in names], [grads[k] for k in names])
+        missing = [0] * len(flats)
+    else:
+        got: dict[str, torch.Tensor] = {}
+
+        def fill(name: str, grad: torch.Tensor) -> torch.Tensor:
+            view = got[name] = views[name].copy_(grad)
+            missing[where[name][0]] -= 1
+            launch_ready()
+            return view  # autograd hands this view on as the gradient: no second copy
+
+        for k in names:  # the leaves are this step's own: their hooks go with them
+            leaves[k].register_hook(functools.partial(fill, k))
+        grads = inner.backward(state, loss, leaves)
+        for k in names:
+            mine = got.get(k)
+            if mine is None:  # a leaf the loss does not use: autograd gave nothing, the backward zeros
+                fill(k, grads[k])
+            elif grads[k] is not mine:
+                raise StateError(f"all_reduce_gradients: the backward inside it changed the gradient of {k!r} after "
+                                 "autograd computed it, so the all-reduce launched during the backward pass sent the "
+                                 "wrong values; compose that transformer outside all_reduce_gradients, or use "
+                                 "all_reduce_gradients(overlap=False)")
     launch_ready()
     for work in works:
         work.wait()
     for b, flat in zip(layout.buckets, flats):
         if b.mean_end:
             flat[:b.mean_end].div_(size)
-    state = state.replace(metrics={**state.metrics, **{k: riders[METRIC + k] for k in metrics}},
-                          buffers={**state.buffers, **{k: riders[BUFFER + k] for k in buffers}})
-    return state, {k: got[k] for k in leaves}
+    state = state.replace(metrics={**state.metrics, **{k: views[METRIC + k] for k in metrics}},
+                          buffers={**state.buffers, **{k: views[BUFFER + k] for k in buffers}})
+    return state, {k: views[k] for k in leaves}
 
 
 def all_reduce_gradients(bucket_mb: float = BUCKET_MB, overlap: bool = True,

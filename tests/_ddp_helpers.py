@@ -74,8 +74,9 @@ def nan_loss_on_rank(rank: int = 1, call: int = 4):
 
 def compare_overlap(out: str, steps: int = 4) -> None:
     """Under ``torchrun``: train a BatchNorm net with an unused layer ``steps`` steps with the all-reduce
-    overlapped with the backward pass and at the update, plain and under ``accumulate(2)``; rank 0 saves the
-    four final states' params, buffers and last metrics to ``out`` (every rank checks its params against rank 0's)."""
+    overlapped with the backward pass and at the update, plain, under ``accumulate(2)`` and under ``fp16()``;
+    rank 0 saves the final states' params, buffers, last metrics and the collectives' launch points to ``out``
+    (every rank checks its params against rank 0's)."""
     import attrs
     import toolz
     import torch
@@ -85,7 +86,7 @@ def compare_overlap(out: str, steps: int = 4) -> None:
     from smartcash_fn import distributed
     from smartcash_fn.optim import adamw
     from smartcash_fn.state import TrainState
-    from smartcash_fn.step import accumulate, clip, make_step
+    from smartcash_fn.step import accumulate, clip, fp16, make_step
 
     class Net(torch.nn.Module):
         def __init__(self):
@@ -124,9 +125,10 @@ def compare_overlap(out: str, steps: int = 4) -> None:
     results = {}
     torch.distributed.all_reduce = spy
     try:
-        for name, overlap, every in (("overlap", True, 1), ("update", False, 1),
-                                     ("overlap_acc", True, 2), ("update_acc", False, 2)):
-            step = toolz.compose(accumulate(every), distributed.all_reduce_gradients(overlap=overlap),
+        for name, overlap, every in (("overlap", True, 1), ("update", False, 1), ("overlap_acc", True, 2),
+                                     ("update_acc", False, 2), ("overlap_fp16", True, 0), ("update_fp16", False, 0)):
+            outer = fp16(init_scale=1.0) if every == 0 else accumulate(every)  # outside, as build puts them
+            step = toolz.compose(outer, distributed.all_reduce_gradients(overlap=overlap),
                                  clip(1.0))(make_step(loss_fn))
             state = TrainState.create(Net, adamw(1e-2), seed=0)
             launches.clear()
@@ -134,6 +136,7 @@ def compare_overlap(out: str, steps: int = 4) -> None:
                 rows = slice((i % 2) * 4 * w.size + w.rank * 4, (i % 2) * 4 * w.size + (w.rank + 1) * 4)
                 state = step(state, (x[rows], y[rows]))
             distributed.check_replicas(state, name)
+            results[name + "_skipped"] = float(state.metrics.get("skipped", -1))
             results[name] = {"params": dict(state.params), "buffers": dict(state.buffers),
                              "metrics": dict(state.metrics), "extras": sorted(state.extras),
                              "launches": list(launches)}

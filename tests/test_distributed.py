@@ -98,21 +98,22 @@ def test_the_overlapped_layout_puts_the_riders_in_the_first_bucket_or_in_their_o
     first, second, odd = layout.buckets
     w = layout.where
     assert [w[k] for k in ("head.w", "metric:loss", "buffer:bn.mean")] == [(0, 0, 10), (0, 10, 1), (0, 11, 3)]
-    assert (first.grads, first.mean_end, first.size) == (1, 11, 14)  # 1 MB cap: head alone; loss averaged
+    assert (first.grads, first.mean_end, sum(first.sizes)) == (1, 11, 14)  # 1 MB cap: head alone; loss averaged
+    assert layout.overlaps and not distributed._layout(grads[:1], (), (), 25 * 2**20, 2**20).overlaps
     assert [w[k] for k in ("body.w", "stem.w")] == [(1, 0, 300_000), (1, 300_000, 5)] and second.grads == 2
     assert w["buffer:x"] == (2, 0, 2) and odd.dtype == torch.float64 and (odd.grads, odd.mean_end) == (0, 0)
 
 
 def test_the_overlapped_all_reduce_gives_the_bits_of_the_update_time_one(tmp_path):
     """Two gloo processes: the all-reduce launched during the backward pass (buckets of a 1 MB first cap, a
-    BatchNorm, an unused layer) against the one at the update, plain and under accumulate(2)."""
+    BatchNorm, an unused layer) against the one at the update, plain, under accumulate(2) and under fp16()."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(TESTS)]), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(free_port()),
            str(TESTS / "_ddp_helpers.py"), str(tmp_path / "out.pt")]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stdout + done.stderr
     r = torch.load(tmp_path / "out.pt")
-    for a, b in (("overlap", "update"), ("overlap_acc", "update_acc")):
+    for a, b in (("overlap", "update"), ("overlap_acc", "update_acc"), ("overlap_fp16", "update_fp16")):
         for part in ("params", "buffers", "metrics"):
             assert r[a][part].keys() == r[b][part].keys()
             assert all(torch.equal(r[a][part][k], r[b][part][k]) for k in r[a][part]), (a, part)
@@ -124,6 +125,7 @@ def test_the_overlapped_all_reduce_gives_the_bits_of_the_update_time_one(tmp_pat
     assert not any(r["update"]["launches"]) and not any(r["overlap_acc"]["launches"])  # accumulate: at the update
     assert len(r["overlap_acc"]["launches"]) == len(r["update_acc"]["launches"]) == 2  # once per update
     assert "changed the gradient of" in r["refused"] and "overlap=False" in r["refused"]
+    assert r["overlap_fp16_skipped"] == r["update_fp16_skipped"] == 0.0  # fp16 updated: a scale of 1 does not overflow
 
 
 def test_regrouping_keeps_the_sample_position_and_the_epochs_running_means():
