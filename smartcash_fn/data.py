@@ -275,7 +275,7 @@ def sharded(data: Any, shard: Shard) -> Any:
     raise DataError(f"cannot shard a {type(data).__name__} across {shard.world} processes: the data of a "
                     "data-parallel run must be TensorData, LoaderData or Batches (or a record wrapping one in its "
                     "'data' field), whose batches are a pure function of (seed, epoch, rank); wrap your batches "
-                    "in Batches(...), or give each rank its own data and one process group of your own")
+                    "in Batches(...), or give each rank its own part yourself (smartcash_fn.distributed.world().rank)")
 
 
 @attrs.frozen
