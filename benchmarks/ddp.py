@@ -8,20 +8,28 @@ DDP, ... for ``--reps`` repetitions of ``--steps`` steps):
 
 - **ours**: ``fit`` of the recipe's built loop (the step composed with
   ``all_reduce_gradients``, the agreement callbacks, no validation, no files);
+- **ours, at the update**: the same with ``all_reduce_gradients(overlap=False)``:
+  the buckets reduced after ``torch.autograd.grad`` returns, not during the
+  backward pass (the effect of the overlap, side by side);
 - **ddp**: ``DistributedDataParallel`` over the same model (same initial
   weights), ``torch.optim.AdamW(foreach=True)``, the same loss function and
   the same per-rank batches (the recipe's sharded data), clipping where the
   recipe clips.
 
 Per-rank batch fixed (``data.batch_size`` per process): the report gives each
-loop's samples/s per process (median over repetitions), ours/DDP, and the
+loop's samples/s per process (median over repetitions), ours/DDP (the median
+over repetitions of the ratio within one repetition, whose loops ran minutes
+apart at most: on a shared machine the load moves between repetitions), the
+same ratio of rank 0's CPU seconds (``time.process_time``, gloo's threads
+included: the work each loop does, which a busy machine inflates less than
+the wall time), and the
 scaling efficiency (per-process throughput at 2 over that at 1). Then each
 case trains ``--agree-steps`` steps with ``data.global_batch = true`` on 1 and
 on 2 processes and the final params are compared: the max over tensors of
 ``max|a - b| / max|a|`` (close, not bit-equal: the sums run in another order).
 Timings are reported, never asserted::
 
-    .venv/bin/python benchmarks/ddp.py --quick                 # ~5 minutes on 2 busy cores
+    .venv/bin/python benchmarks/ddp.py --quick                 # ~7 minutes on 2 busy cores
     .venv/bin/python benchmarks/ddp.py --json figures.json
 
 The machine's load (``os.getloadavg``) is printed with the figures: on a
@@ -32,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import os
 import socket
@@ -49,7 +58,7 @@ import torch.distributed as dist
 
 from smartcash_fn import distributed
 from smartcash_fn.loop import fit
-from smartcash_fn.run.build import build, make_data, make_loss
+from smartcash_fn.run.build import build, make_data, make_loss, make_train_step
 from smartcash_fn.run.recipe import load
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,7 +71,7 @@ CASES: dict[str, tuple[str, list[str]]] = {
                                   "data.use=\"synthetic_images\"", "data.params={samples = 4096, val_samples = 64, "
                                   "size = 24, classes = 4}", "data.batch_size=32", "schedule.use=\"constant\"",
                                   "schedule.warmup_steps=0", "train.clip=0.0"]),
-    "detector": ("smartcash_fn/recipes/default.toml", ["data.params.train=512", "data.params.val=16",
+    "detector": ("smartcash_fn/recipes/rupiah_synthetic.toml", ["data.params.train=512", "data.params.val=16",
                                                        "data.params.size=96", "data.batch_size=8",
                                                        "schedule.warmup_steps=0"]),
 }
@@ -118,6 +127,16 @@ def ddp_loop(built: Any, recipe: Any) -> Any:
     return run
 
 
+def step_reduced_at_update(recipe: Any) -> Any:
+    """The recipe's composed step with the all-reduce at the update phase (``overlap=False``), same chain."""
+    overlapped = distributed.all_reduce_gradients
+    distributed.all_reduce_gradients = functools.partial(overlapped, overlap=False)  # what build composes
+    try:
+        return make_train_step(recipe, make_loss(recipe, make_data(recipe)[2]))[0]
+    finally:
+        distributed.all_reduce_gradients = overlapped
+
+
 def worker(args: argparse.Namespace) -> None:
     torch.set_num_threads(1)
     if not dist.is_initialized():
@@ -130,21 +149,30 @@ def worker(args: argparse.Namespace) -> None:
     run_ddp = ddp_loop(built, recipe)
     run_ddp(args.warmup, 0)
     bare = attrs.evolve(loop, callbacks=tuple(c for c in loop.callbacks if c.name != "agree_on_stop"))
-    ours, ddp, unagreed = [], [], []
+    at_update = attrs.evolve(loop, step=step_reduced_at_update(recipe))
+    state = fit(state, at_update, to_step=state.progress.step + args.warmup)
+    ours, ddp, unagreed, updated = [], [], [], []
+    cpu: dict[str, list[float]] = {"ours": [], "ddp": [], "at_update": []}
+
+    def timed(run: Any, wall: list[float], cpu_of: str | None = None) -> Any:
+        dist.barrier()
+        t0, c0 = time.perf_counter(), time.process_time()
+        out = run()
+        wall.append(time.perf_counter() - t0)
+        if cpu_of is not None:
+            cpu[cpu_of].append(time.process_time() - c0)
+        return out
+
     for _ in range(args.reps):
-        dist.barrier()
-        t0 = time.perf_counter()
-        state = fit(state, loop, to_step=state.progress.step + args.steps)
-        ours.append(time.perf_counter() - t0)
-        dist.barrier()
-        ddp.append(run_ddp(args.steps, 1))
-        dist.barrier()
-        t0 = time.perf_counter()
-        state = fit(state, bare, to_step=state.progress.step + args.steps)
-        unagreed.append(time.perf_counter() - t0)
+        state = timed(lambda: fit(state, loop, to_step=state.progress.step + args.steps), ours, "ours")
+        timed(lambda: run_ddp(args.steps, 1), ddp, "ddp")
+        state = timed(lambda: fit(state, at_update, to_step=state.progress.step + args.steps), updated, "at_update")
+        state = timed(lambda: fit(state, bare, to_step=state.progress.step + args.steps), unagreed)
     per_rank_batch = int(built.loop.data.batch_size)
     result = {"case": args.case, "world": w.size, "per_rank_batch": per_rank_batch, "steps": args.steps,
-              "ours_s": ours, "ddp_s": ddp, "ours_without_agreement_s": unagreed,
+              "ours_s": ours, "ddp_s": ddp, "ours_without_agreement_s": unagreed, "ours_at_update_s": updated,
+              "cpu_s": cpu,
+              "ours_at_update_samples_per_s": per_rank_batch * args.steps / statistics.median(updated),
               "ours_samples_per_s": per_rank_batch * args.steps / statistics.median(ours),
               "ddp_samples_per_s": per_rank_batch * args.steps / statistics.median(ddp),
               "ours_without_agreement_samples_per_s": per_rank_batch * args.steps / statistics.median(unagreed),
@@ -173,6 +201,12 @@ def launch(case: str, nproc: int, args: argparse.Namespace, out: str) -> dict[st
     if done.returncode != 0:
         raise SystemExit(f"{case} on {nproc}: torchrun failed\n{done.stderr[-4000:]}")
     return json.loads(Path(out).read_text())
+
+
+def paired(theirs: list[float], ours: list[float]) -> float:
+    """Our throughput over theirs: the median over repetitions of their seconds over ours in the same repetition
+    (measured minutes apart at most, so a change of the machine's load between repetitions cancels)."""
+    return statistics.median(t / o for t, o in zip(theirs, ours))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -209,27 +243,33 @@ def main(argv: list[str] | None = None) -> int:
                 "ours_1": one["ours_samples_per_s"], "ddp_1": one["ddp_samples_per_s"],
                 "ours_2": two["ours_samples_per_s"], "ddp_2": two["ddp_samples_per_s"],
                 "ours_unagreed_2": two["ours_without_agreement_samples_per_s"],
-                "ours_over_ddp_1": one["ours_samples_per_s"] / one["ddp_samples_per_s"],
-                "ours_over_ddp_2": two["ours_samples_per_s"] / two["ddp_samples_per_s"],
+                "ours_at_update_2": two["ours_at_update_samples_per_s"],
+                "at_update_over_ddp_2": paired(two["ddp_s"], two["ours_at_update_s"]),
+                "cpu_ours_over_ddp_2": paired(two["cpu_s"]["ddp"], two["cpu_s"]["ours"]),
+                "cpu_at_update_over_ddp_2": paired(two["cpu_s"]["ddp"], two["cpu_s"]["at_update"]),
+                "ours_over_ddp_1": paired(one["ddp_s"], one["ours_s"]),
+                "ours_over_ddp_2": paired(two["ddp_s"], two["ours_s"]),
                 "efficiency_ours": two["ours_samples_per_s"] / one["ours_samples_per_s"],
                 "efficiency_ddp": two["ddp_samples_per_s"] / one["ddp_samples_per_s"],
                 "max_rel_param_diff_1_vs_2": rel, "norm_rel_param_diff_1_vs_2": whole,
                 "step_text_2": two["step_text"],
-                "seconds_1": {k: one[k] for k in ("ours_s", "ddp_s", "ours_without_agreement_s")},
-                "seconds_2": {k: two[k] for k in ("ours_s", "ddp_s", "ours_without_agreement_s")},
+                "seconds_1": {k: one[k] for k in ("ours_s", "ddp_s", "ours_without_agreement_s", "ours_at_update_s")},
+                "seconds_2": {k: two[k] for k in ("ours_s", "ddp_s", "ours_without_agreement_s", "ours_at_update_s")},
             })
     load_after = os.getloadavg()
     print(f"load average before {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}, after "
           f"{load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}; {os.cpu_count()} cores, torch "
           f"{torch.__version__}, gloo, 1 thread per process; {args.steps} steps x {args.reps} reps")
     print(f"{'case':<9} {'batch':>5} | {'ours 1p':>9} {'ddp 1p':>9} {'ratio':>6} | {'ours 2p':>9} {'ddp 2p':>9} "
-          f"{'ratio':>6} | {'eff ours':>8} {'eff ddp':>8} | {'params 1p vs 2p: max':>20} {'norm':>9}")
+          f"{'ratio':>6} {'upd/ddp':>7} {'cpu':>5} {'cpu upd':>7} | {'eff ours':>8} {'eff ddp':>8} | {'params 1p vs 2p: max':>20} {'norm':>9}")
     for r in rows:
         print(f"{r['case']:<9} {r['per_rank_batch']:>5} | {r['ours_1']:>9.1f} {r['ddp_1']:>9.1f} "
-              f"{r['ours_over_ddp_1']:>6.3f} | {r['ours_2']:>9.1f} {r['ddp_2']:>9.1f} {r['ours_over_ddp_2']:>6.3f} | "
+              f"{r['ours_over_ddp_1']:>6.3f} | {r['ours_2']:>9.1f} {r['ddp_2']:>9.1f} {r['ours_over_ddp_2']:>6.3f} {r['at_update_over_ddp_2']:>7.3f} {r['cpu_ours_over_ddp_2']:>5.3f} {r['cpu_at_update_over_ddp_2']:>7.3f} | "
               f"{r['efficiency_ours']:>8.3f} {r['efficiency_ddp']:>8.3f} | {r['max_rel_param_diff_1_vs_2']:>20.2e} "
               f"{r['norm_rel_param_diff_1_vs_2']:>9.2e}")
-    print("samples/s per process (median); ratio = ours / DDP; eff = per-process throughput on 2 over on 1; "
+    print("samples/s per process (median); ratio = ours / DDP and upd/ddp = ours reduced at the update / DDP, "
+          "each the median over repetitions of the ratio within a repetition; cpu, cpu upd: the same ratios of "
+          "rank 0's CPU seconds (process time, gloo's threads included: the work, not the wait for a busy core); eff = per-process throughput on 2 over on 1; "
           "params: max over tensors of max|a-b|/max|a|, and |a-b|/|a| over all params, after the agreement steps")
     if args.json:
         Path(args.json).write_text(json.dumps({"load_before": load_before, "load_after": load_after,

@@ -27,7 +27,7 @@ from typing import Callable, Sequence
 import attrs
 import torch
 
-from . import checkpoint
+from . import checkpoint, distributed
 from ._files import link_atomic, remove_temp_files, save_torch_atomic
 from .errors import StateError
 from .events import Callback, emit, writer
@@ -468,7 +468,10 @@ def time_budget(seconds: float, replan: Callable[[TrainState, int], TrainState] 
     at least 1 and at most ``cap`` (the first epoch timed from
     ``training_start`` through validation and the callbacks before this one).
     The state keeps the decision, not the measurement: two runs whose plans
-    agree hold the same bits. The run then stops after ``epochs`` epochs. ``replan(state, epochs)`` (given
+    agree hold the same bits. Under ``torchrun`` the slowest rank's first
+    epoch decides, so every rank plans alike (each timing its own epoch
+    would give the ranks different schedules, and different params). The
+    run then stops after ``epochs`` epochs. ``replan(state, epochs)`` (given
     by :func:`~smartcash_fn.run.build.build`) returns the state with an
     optimizer whose schedule spans the planned epochs; it runs when the plan
     is made and again at ``training_start`` of a run resumed from a planned
@@ -499,6 +502,7 @@ def time_budget(seconds: float, replan: Callable[[TrainState, int], TrainState] 
             batches = max(state.run.batches, 1)
             trained = max(batches - watch.batch, 1)  # a run resumed inside its first epoch trained fewer
             took = (time.perf_counter() - watch.start) * batches / trained
+            took = max(distributed.gather_objects(took))  # one plan for every rank: the slowest one's
             cap = state.run.epochs
             plan = {"max_time": float(seconds), "cap": cap,
                     "epochs": max(1, min(cap, int(seconds // took)) if took > 0 else cap)}

@@ -20,6 +20,7 @@ Both start at any batch without reading the batches before it::
 
 from __future__ import annotations
 
+import itertools
 from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 
 import attrs
@@ -256,7 +257,8 @@ def as_data(source: Any, batch_size: int = 32, *, shuffle: bool = True, drop_las
 
 
 def sharded(data: Any, shard: Shard) -> Any:
-    """``data`` (a :class:`TensorData` or :class:`LoaderData`, or a wrapper of one in ``.data``) taking ``shard``.
+    """``data`` (a :class:`TensorData`, :class:`LoaderData` or :class:`Batches`, or a wrapper of one in ``.data``)
+    taking ``shard``.
 
     What a data-parallel run feeds each rank; with ``Shard(0, 1)`` the data is
     returned as is::
@@ -265,13 +267,15 @@ def sharded(data: Any, shard: Shard) -> Any:
     """
     if shard.world == 1:
         return data
-    if isinstance(data, (TensorData, LoaderData)):
+    if isinstance(data, (TensorData, LoaderData, Batches)):
         return attrs.evolve(data, shard=shard)
     inner = getattr(data, "data", None)
     if inner is not None and attrs.has(type(data)) and "data" in attrs.fields_dict(type(data)):
         return attrs.evolve(data, data=sharded(inner, shard))
-    raise DataError(f"cannot shard a {type(data).__name__} across {shard.world} processes; give tensors or a "
-                    "Dataset (TensorData, LoaderData), or shard your own batches by rank")
+    raise DataError(f"cannot shard a {type(data).__name__} across {shard.world} processes: the data of a "
+                    "data-parallel run must be TensorData, LoaderData or Batches (or a record wrapping one in its "
+                    "'data' field), whose batches are a pure function of (seed, epoch, rank); wrap your batches "
+                    "in Batches(...), or give each rank its own part yourself (smartcash_fn.distributed.world().rank)")
 
 
 @attrs.frozen
@@ -280,14 +284,25 @@ class Batches:
 
     A sequence is indexed, so a resume skips batches without touching them; a
     function's iterable is advanced past the skipped batches (they are read).
-    ``length`` is needed for a function (batches per epoch)::
+    ``length`` is needed for a function (batches per epoch).
+
+    Sharded (``shard``, set by :func:`sharded` in a data-parallel run), each
+    process takes whole batches: the batch indices ``0 .. len - 1`` go through
+    :meth:`Shard.take` as a sample order would, so with ``even`` rank ``r``
+    trains on batches ``r, r + world, ...`` (padded by the first batches until
+    every rank has as many) and the ranks' batch ``b`` together are the
+    batches ``[b * world, (b + 1) * world)``; one batch of yours is one
+    process's batch. A function is called on every rank and its iterable read
+    past the batches of the other ranks (a padded batch calls it again)::
 
         Batches([(x0, y0), (x1, y1)])
         Batches(lambda epoch: my_stream(epoch), length=100)
+        sharded(Batches([b0, b1, b2]), Shard(1, 2))       # batches b1, b0
     """
 
     source: Any
     length: int | None = None
+    shard: Shard = Shard()
 
     def __attrs_post_init__(self) -> None:
         if callable(self.source) and not isinstance(self.source, Sequence):
@@ -297,11 +312,29 @@ class Batches:
             raise DataError(f"Batches: source must be a non-empty sequence of batches or a function, "
                             f"got {type(self.source).__name__}")
 
-    def __len__(self) -> int:
+    def _total(self) -> int:
         return len(self.source) if isinstance(self.source, Sequence) else int(self.length)
 
+    def __len__(self) -> int:
+        return self.shard.size(self._total())
+
     def batches(self, seed: int, epoch: int, start: int = 0) -> Iterator[Any]:
+        n = self._total()
         if isinstance(self.source, Sequence):
-            return (self.source[i] for i in range(start, len(self.source)))
-        import itertools
-        return itertools.islice(iter(self.source(epoch)), start, len(self))
+            if self.shard.world == 1:
+                return (self.source[i] for i in range(start, n))
+            return (self.source[i] for i in self.shard.take(torch.arange(n))[start:].tolist())
+        if self.shard.world == 1:
+            return itertools.islice(iter(self.source(epoch)), start, n)
+        return _picked(self.source, epoch, self.shard.take(torch.arange(n))[start:].tolist())
+
+
+def _picked(source: Callable[[int], Any], epoch: int, wanted: list[int]) -> Iterator[Any]:
+    """The items at the ``wanted`` positions of ``source(epoch)``'s iterable; a position before the last one
+    read (a padded batch) starts the iterable again."""
+    it, at = iter(source(epoch)), 0
+    for i in wanted:
+        if i < at:
+            it, at = iter(source(epoch)), 0
+        yield next(itertools.islice(it, i - at, None))
+        at = i + 1

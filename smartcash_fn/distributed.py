@@ -4,12 +4,13 @@ A run launched by ``torchrun`` is one process per rank, each running the
 single-process loop on its :class:`~smartcash_fn.data.Shard` of the data.
 Four pieces make the ranks one run, none of them a second loop:
 
-- :func:`all_reduce_gradients` — a step transformer wrapping the ``update``
-  phase: the gradients are flattened into buckets of ~25 MB, summed across
-  ranks (one collective per bucket), divided by the world size, and handed
-  to the inner update. Composed inside ``accumulate`` (one reduction per
-  update) and outside ``clip`` (the clipped norm is that of the averaged
-  gradients)::
+- :func:`all_reduce_gradients` — a step transformer wrapping the
+  ``backward`` phase: each gradient is copied into its bucket (~25 MB, the
+  first 1 MB, reverse parameter order) as autograd computes it, and a full
+  bucket's all-reduce starts while the backward pass goes on; the averaged
+  gradients go to the inner update. Composed inside ``accumulate`` (which
+  makes it reduce once, at the update) and outside ``clip`` (the clipped norm
+  is that of the averaged gradients)::
 
       step = toolz.compose(accumulate(4), all_reduce_gradients(), clip(10.0))(make_step(loss_fn))
 
@@ -55,6 +56,14 @@ from .state import Stop, TrainState, Tensors
 BUCKET_MB = 25.0
 """Default size of a gradient bucket in MB (that of ``DistributedDataParallel``)."""
 
+FIRST_BUCKET_MB = 1.0
+"""Cap of the first bucket launched during the backward pass, in MB (``DistributedDataParallel``'s too):
+a small first bucket starts the communication early."""
+
+ACCUMULATING = "accumulating"
+"""The ``state.extras`` flag :func:`~smartcash_fn.step.accumulate` sets on the states it gives the phases
+inside it: one backward's gradients are part of a sum, so a reduction there waits for the update."""
+
 METRIC = "metric:"
 """Prefix of the step's metrics among the gradients being averaged (no param name holds a colon)."""
 
@@ -89,6 +98,14 @@ class World:
 def active() -> bool:
     """Whether a process group of more than one rank is up."""
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def speaks() -> bool:
+    """Whether this process prints a command's notes: rank 0 of the group, or before the group is up the one
+    ``torchrun`` started as ``RANK`` 0 (and any process outside ``torchrun``): ``if speaks(): print(...)``."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return (os.environ.get("RANK") or "0") == "0"
 
 
 def world() -> World:
@@ -231,7 +248,40 @@ def broadcast_tensors(tensors: Tensors) -> Tensors:
     return out
 
 
-def replicas(global_batch: int, name: str = STATE_KEY) -> Callback:
+def regrouped(state: TrainState, global_batch: int, size: int, single_batch: int | None = None,
+              name: str = STATE_KEY) -> tuple[TrainState, str | None]:
+    """``state`` going on at ``size`` processes of ``global_batch`` samples a step together, and a note, or None.
+
+    When ``state.callbacks[name]`` records another world (a checkpoint that
+    records none was trained on one process with ``single_batch`` samples a
+    step), the epoch goes on from the same sample position: ``progress.batch``
+    is rescaled by the ratio of the global batches, rounded down (the samples
+    in the rounded-off part are trained again), and the epoch's running sums
+    (``state.running``, whose mean over ``progress.batch`` is the epoch's
+    figure) are scaled by the same ratio, so the trained part of the epoch
+    keeps its mean and its weight::
+
+        state, note = regrouped(state, global_batch=16, size=1)   # a 2 x 16 checkpoint at batch 3: batch 6
+    """
+    was = state.callbacks.get(name)
+    if was is None and size > 1 and single_batch is not None:
+        was = {"world": 1, "global_batch": int(single_batch)}
+    if was is None or was.get("world") in (None, size):
+        return state, None
+    p = state.progress
+    at = p.batch * int(was.get("global_batch") or global_batch)
+    batch = at // max(1, int(global_batch))
+    running = {} if batch == 0 else state.running
+    if batch and batch != p.batch:
+        running = {k: v * (batch / p.batch) for k, v in state.running.items()}
+    n = was["world"]
+    note = (f"this run was trained on {n} process{'es' if n != 1 else ''} and now goes on on {size}: the data "
+            f"order continues from sample {batch * global_batch} of epoch {p.epoch + 1} (it stopped at {at}), and "
+            "the bits will differ from an uninterrupted run")
+    return state.replace(progress=attrs.evolve(p, batch=batch), running=running), note
+
+
+def replicas(global_batch: int, name: str = STATE_KEY, single_batch: int | None = None) -> Callback:
     """At ``training_start``: one model on every rank, and the world the run trains on recorded.
 
     A fresh run (step 0) takes rank 0's params and buffers; every start then
@@ -239,9 +289,10 @@ def replicas(global_batch: int, name: str = STATE_KEY) -> Callback:
     the global batch (``global_batch``: samples per step, all ranks together)
     are recorded in ``state.callbacks[name]``, so a checkpoint says where it
     was trained (a run that never ran on more than one process records
-    nothing). Resumed at another world size, the epoch goes on from the
-    same sample position (``progress.batch`` is rescaled) and a note says the
-    bits will differ from the uninterrupted run::
+    nothing; ``single_batch`` is the global batch it had then). Resumed at
+    another world size, the epoch goes on from the same sample position with
+    the same running means (:func:`regrouped`) and rank 0 notes that the bits
+    will differ from the uninterrupted run::
 
         loop = loop.add(replicas(global_batch=64), check_every_epoch())
     """
@@ -254,18 +305,10 @@ def replicas(global_batch: int, name: str = STATE_KEY) -> Callback:
         was = state.callbacks.get(name)
         if was is None and w.size == 1:
             return state  # a single-process run keeps its checkpoints as they always were
+        state, note = regrouped(state, global_batch, w.size, single_batch if state.progress.step else None, name)
+        if note is not None and speaks():
+            print(f"note: {note}", file=sys.stderr, flush=True)
         now = {"world": w.size, "global_batch": int(global_batch)}
-        if was is not None and was.get("world") not in (None, w.size):
-            p = state.progress
-            at = p.batch * int(was.get("global_batch") or global_batch)
-            batch = at // max(1, global_batch)
-            if w.main:
-                n = was["world"]
-                print(f"note: this run was trained on {n} process{'es' if n != 1 else ''} and now goes on on {w.size}: "
-                      f"the data order continues from sample {batch * global_batch} of epoch {p.epoch + 1} (it "
-                      f"stopped at {at}), and the bits will differ from an uninterrupted run", file=sys.stderr,
-                      flush=True)
-            state = state.replace(progress=attrs.evolve(p, batch=batch))
         if was != now:
             state = state.replace(callbacks={**state.callbacks, name: now})
         return state
@@ -324,20 +367,24 @@ def agree_on_stop(priority: int = 900, name: str = "agree_on_stop", every_batch:
 # --------------------------------------------------------------------------- gradients
 
 
-def bucket_plan(sizes: Sequence[tuple[str, int, Any]], cap_bytes: int) -> tuple[tuple[str, ...], ...]:
+def bucket_plan(sizes: Sequence[tuple[str, int, Any]], cap_bytes: int,
+                first_cap_bytes: int | None = None) -> tuple[tuple[str, ...], ...]:
     """Names grouped into buckets of at most ``cap_bytes`` (a larger tensor gets one of its own).
 
     ``sizes`` lists ``(name, nbytes, kind)`` in order; a bucket holds one
     ``kind`` (dtype and device) only, consecutive names, so its tensors
-    flatten into one buffer::
+    flatten into one buffer. ``first_cap_bytes`` caps the first bucket
+    (default ``cap_bytes``)::
 
         bucket_plan([("a", 40, "f32"), ("b", 40, "f32"), ("c", 40, "f32")], 100)   # (("a", "b"), ("c",))
+        bucket_plan([("a", 40, "f32"), ("b", 40, "f32"), ("c", 40, "f32")], 100, 50)   # (("a",), ("b", "c"))
     """
     buckets: list[tuple[str, ...]] = []
     names: list[str] = []
     used, kind = 0, None
     for name, nbytes, k in sizes:
-        if names and (k != kind or used + nbytes > cap_bytes):
+        cap = cap_bytes if buckets or first_cap_bytes is None else first_cap_bytes
+        if names and (k != kind or used + nbytes > cap):
             buckets.append(tuple(names))
             names, used = [], 0
         names.append(name)
@@ -382,30 +429,186 @@ def average_gradients(grads: Tensors, bucket_mb: float = BUCKET_MB, summed: Tens
     return {k: (v if k in summed else v.div_(size)) for k, v in out.items()}
 
 
-def all_reduce_gradients(bucket_mb: float = BUCKET_MB) -> Callable[[Any], Any]:
+def accumulating(state: TrainState, on: bool = True) -> TrainState:
+    """``state`` with the :data:`ACCUMULATING` flag set (``on``) or taken off; ``state`` itself when already so.
+
+    ``accumulating(state).extras["accumulating"] is True``; ``accumulating(s, False)`` is ``s`` without it.
+    """
+    if on:
+        return state if state.extras.get(ACCUMULATING) is True else \
+            state.replace(extras={**state.extras, ACCUMULATING: True})
+    if ACCUMULATING not in state.extras:
+        return state
+    return state.replace(extras={k: v for k, v in state.extras.items() if k != ACCUMULATING})
+
+
+@attrs.frozen
+class _Bucket:
+    """One flat buffer of the overlapped reduction: ``names`` of ``sizes`` elements, the gradients first."""
+
+    dtype: torch.dtype
+    device: torch.device
+    names: tuple[str, ...]
+    sizes: tuple[int, ...]
+    grads: int  # how many slots autograd fills; the others (metrics, buffers) are filled before it starts
+    mean_end: int  # elements [0, mean_end) are averaged over the ranks, the rest (buffers) only summed
+
+
+@attrs.frozen
+class _Layout:
+    buckets: tuple[_Bucket, ...]
+    where: Mapping[str, tuple[int, int, int]]  # name -> (bucket, offset, numel)
+
+    @property
+    def overlaps(self) -> bool:
+        """Whether a bucket can start before the backward pass ends: more than one holds gradients."""
+        return sum(1 for b in self.buckets if b.grads) > 1
+
+
+_Spec = tuple[tuple[str, int, int, Any], ...]  # (name, numel, element size, (dtype, device))
+
+
+@functools.lru_cache(maxsize=64)
+def _layout(grads: _Spec, means: _Spec, sums: _Spec, cap_bytes: int, first_cap_bytes: int) -> _Layout:
+    """Gradient buckets in ``grads`` order (the first capped at ``first_cap_bytes``); the metrics (``means``) and
+    buffers (``sums``) ride in the first bucket when of its kind, else in buckets of their own at the end."""
+    numel = {name: n for name, n, _, _ in grads + means + sums}
+    kinds = {name: kind for name, _, _, kind in grads + means + sums}
+    plan = bucket_plan([(name, n * es, kind) for name, n, es, kind in grads], cap_bytes, first_cap_bytes)
+    groups = [(kinds[b[0]], list(b), []) for b in plan]  # (kind, averaged names, summed names)
+    extra: dict[Any, tuple[Any, list[str], list[str]]] = {}
+    for riders, summed in ((means, False), (sums, True)):
+        for name, _, _, kind in riders:
+            group = groups[0] if groups and groups[0][0] == kind else extra.setdefault(kind, (kind, [], []))
+            group[2 if summed else 1].append(name)
+    buckets, where = [], {}
+    for i, ((dtype, device), averaged, summed) in enumerate(groups + list(extra.values())):
+        at = 0
+        for name in averaged + summed:
+            where[name] = (i, at, numel[name])
+            at += numel[name]
+        count = len(plan[i]) if i < len(plan) else 0
+        buckets.append(_Bucket(dtype, device, tuple(averaged + summed), tuple(numel[n] for n in averaged + summed),
+                               count, sum(numel[n] for n in averaged)))
+    return _Layout(tuple(buckets), where)
+
+
+def _spec(tensors: Mapping[str, torch.Tensor], names: Sequence[str], prefix: str = "") -> _Spec:
+    return tuple((prefix + k, tensors[k].numel(), tensors[k].element_size(), (tensors[k].dtype, tensors[k].device))
+                 for k in names)
+
+
+def _overlapped_backward(inner: Any, state: TrainState, loss: torch.Tensor, leaves: Tensors, bucket_mb: float,
+                         first_bucket_mb: float) -> tuple[TrainState, Tensors]:
+    """``inner``'s gradients averaged over the ranks, each bucket's all-reduce launched as soon as autograd has
+    filled it, in plan order (the same collectives in the same order on every rank, whatever the timing);
+    the metrics and rank 0's buffers ride in the first bucket. Returns ``(state, grads)``, both new tensors."""
+    size, main = dist.get_world_size(), dist.get_rank() == 0
+    metrics = [k for k, v in state.metrics.items() if isinstance(v, torch.Tensor) and v.is_floating_point()]
+    buffers = [k for k, v in state.buffers.items() if v.is_floating_point()]
+    names = list(leaves)[::-1]  # the order autograd finishes them in, near enough: the last layer first
+    layout = _layout(_spec(leaves, names), _spec(state.metrics, metrics, METRIC),
+                     _spec(state.buffers, buffers, BUFFER), max(1, int(bucket_mb * 2**20)),
+                     max(1, int(first_bucket_mb * 2**20)))
+    shapes = {**{k: t.shape for k, t in leaves.items()}, **{METRIC + k: state.metrics[k].shape for k in metrics},
+              **{BUFFER + k: state.buffers[k].shape for k in buffers}}
+    flats, views = [], {}
+    for b in layout.buckets:  # views of fresh flat buffers: ours to write
+        flats.append(torch.empty(sum(b.sizes), dtype=b.dtype, device=b.device))
+        views.update((k, part.view(shapes[k])) for k, part in zip(b.names, flats[-1].split(b.sizes)))
+    copied = [METRIC + k for k in metrics] + ([BUFFER + k for k in buffers] if main else [])
+    if copied:
+        torch._foreach_copy_([views[k] for k in copied], [state.metrics[k] for k in metrics]
+                             + ([state.buffers[k] for k in buffers] if main else []))
+    for k in buffers if not main else ():
+        views[BUFFER + k].zero_()
+    where = layout.where
+    missing = [b.grads for b in layout.buckets]
+    works: list[Any] = []
+
+    def launch_ready() -> None:
+        while len(works) < len(flats) and missing[len(works)] == 0:
+            works.append(dist.all_reduce(flats[len(works)], async_op=True))
+
+    if not layout.overlaps:  # one bucket of gradients: it could not start before the backward pass ends anyway
+        grads = inner.backward(state, loss, leaves)
+        if names:
+            torch._foreach_copy_([views[k] for k in names], [grads[k] for k in names])
+        missing = [0] * len(flats)
+    else:
+        got: dict[str, torch.Tensor] = {}
+
+        def fill(name: str, grad: torch.Tensor) -> torch.Tensor:
+            view = got[name] = views[name].copy_(grad)
+            missing[where[name][0]] -= 1
+            launch_ready()
+            return view  # autograd hands this view on as the gradient: no second copy
+
+        for k in names:  # the leaves are this step's own: their hooks go with them
+            leaves[k].register_hook(functools.partial(fill, k))
+        grads = inner.backward(state, loss, leaves)
+        for k in names:
+            mine = got.get(k)
+            if mine is None:  # a leaf the loss does not use: autograd gave nothing, the backward zeros
+                fill(k, grads[k])
+            elif grads[k] is not mine:
+                raise StateError(f"all_reduce_gradients: the backward inside it changed the gradient of {k!r} after "
+                                 "autograd computed it, so the all-reduce launched during the backward pass sent the "
+                                 "wrong values; compose that transformer outside all_reduce_gradients, or use "
+                                 "all_reduce_gradients(overlap=False)")
+    launch_ready()
+    for work in works:
+        work.wait()
+    for b, flat in zip(layout.buckets, flats):
+        if b.mean_end:
+            flat[:b.mean_end].div_(size)
+    state = state.replace(metrics={**state.metrics, **{k: views[METRIC + k] for k in metrics}},
+                          buffers={**state.buffers, **{k: views[BUFFER + k] for k in buffers}})
+    return state, {k: views[k] for k in leaves}
+
+
+def all_reduce_gradients(bucket_mb: float = BUCKET_MB, overlap: bool = True,
+                         first_bucket_mb: float = FIRST_BUCKET_MB) -> Callable[[Any], Any]:
     """A step transformer averaging the gradients across ranks before the inner update.
 
-    Wraps the ``update`` phase of a :class:`~smartcash_fn.step.Step`: put it
-    inside ``accumulate`` (one reduction per update, on the accumulated mean)
-    and outside ``clip`` (clip the averaged gradients), as :func:`~smartcash_fn.run.build.build`
-    does. The step's metrics (the loss and its parts) are averaged in the
-    same collectives, so every rank records the loss of the global batch —
-    the single-process figure — and a NaN guard reading it decides the same
-    on every rank. The floating-point buffers the forward pass left
-    (BatchNorm statistics) travel in them too, summed with zeros from every
-    rank but 0: every rank gets rank 0's, as ``DistributedDataParallel``'s
-    ``broadcast_buffers`` gives, without a collective of their own. The
-    identity on one process::
+    With ``overlap`` (the default) it wraps the ``backward`` phase: a hook on
+    each of the step's own leaf tensors (not a module hook) copies the
+    gradient into its bucket as autograd computes it, and a bucket's
+    ``all_reduce`` starts as soon as it is full — the last layers' first
+    (buckets in reverse parameter order, the first one ``first_bucket_mb``),
+    launched strictly in plan order, so every rank issues the same
+    collectives in the same order whatever the timing and the sums are those
+    of fixed buckets. The communication runs while the backward pass goes on,
+    as in ``DistributedDataParallel``; the backward returns the averaged
+    gradients. Under :func:`~smartcash_fn.step.accumulate` (the
+    :data:`ACCUMULATING` flag) and with ``overlap=False`` the ``update`` phase
+    reduces instead, once per update, on the accumulated mean.
+
+    Put it inside ``accumulate`` and outside ``clip`` (clip the averaged
+    gradients), as :func:`~smartcash_fn.run.build.build` does. The step's
+    metrics (the loss and its parts) are averaged in the same collectives, so
+    every rank records the loss of the global batch — the single-process
+    figure — and a NaN guard reading it decides the same on every rank. The
+    floating-point buffers the forward pass left (BatchNorm statistics)
+    travel in them too, summed with zeros from every rank but 0: every rank
+    gets rank 0's, as ``DistributedDataParallel``'s ``broadcast_buffers``
+    gives, without a collective of their own. The identity on one process::
 
         step = all_reduce_gradients()(make_step(loss_fn))
     """
-    if not bucket_mb > 0:
-        raise StateError(f"all_reduce_gradients: bucket_mb must be > 0, got {bucket_mb!r}")
+    if not bucket_mb > 0 or not first_bucket_mb > 0:
+        raise StateError(f"all_reduce_gradients: bucket_mb and first_bucket_mb must be > 0, got {bucket_mb!r} "
+                         f"and {first_bucket_mb!r}")
 
     def transform(inner: Any) -> Any:
+        def backward(state: TrainState, loss: torch.Tensor, leaves: Tensors) -> Any:
+            if not active() or state.extras.get(ACCUMULATING):
+                return inner.backward(state, loss, leaves)
+            return _overlapped_backward(inner, state, loss, leaves, bucket_mb, first_bucket_mb)
+
         def update(state: TrainState, grads: Tensors) -> TrainState:
-            if not active():
-                return inner.update(state, grads)
+            if not active() or (overlap and not state.extras.get(ACCUMULATING)):
+                return inner.update(state, grads)  # one process, or reduced during the backward pass
             metrics = {METRIC + k: v for k, v in state.metrics.items()
                        if isinstance(v, torch.Tensor) and v.is_floating_point()}
             main = dist.get_rank() == 0
@@ -417,6 +620,8 @@ def all_reduce_gradients(bucket_mb: float = BUCKET_MB) -> Callable[[Any], Any]:
                 buffers={**state.buffers, **{k[len(BUFFER):]: out[k] for k in buffers}})
             return inner.update(state, {k: out[k] for k in grads})
 
+        if overlap:
+            return attrs.evolve(inner, backward=backward, update=update)
         return attrs.evolve(inner, update=update)
 
     return transform

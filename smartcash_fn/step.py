@@ -27,7 +27,8 @@ transformer (``Step -> Step``) wraps exactly the phase it changes:
 
 1. ``forward(state, params, batch) -> (loss, metrics, buffers)`` — the loss
    (autocast lives here: ``bf16``, ``fp16``);
-2. ``backward(state, loss, leaves) -> grads`` — the gradients (loss scaling);
+2. ``backward(state, loss, leaves) -> grads`` — the gradients (loss scaling,
+   the data-parallel all-reduce, which returns ``(state, grads)``);
 3. ``update(state, grads) -> state`` — applies them (``accumulate``,
    ``clip``, ``ema``, ``fp16``'s unscale-and-skip).
 
@@ -83,6 +84,10 @@ class Step:
       its parts (detached) and the buffers after the forward pass;
     - ``backward(state, loss, leaves) -> grads``: gradients of ``loss`` with
       respect to the trainable ``leaves`` (name -> tensor requiring grad);
+      ``state`` holds the forward pass's metrics and buffers. A backward that
+      changes the state as well returns ``(state, grads)`` (the overlapped
+      :func:`~smartcash_fn.distributed.all_reduce_gradients` averages the
+      metrics there); a wrapper around a backward passes its result on as is;
     - ``update(state, grads) -> state``: applies the gradients.
 
     ``claims`` lists the ``state.extras`` keys the transformers took
@@ -116,8 +121,11 @@ class Step:
         leaves = {k: state.params[k].detach().requires_grad_(True) for k in trains}
         params = {**state.params, **leaves} if len(leaves) < len(state.params) else leaves
         loss, metrics, buffers = self.forward(state, params, batch)
-        grads = self.backward(state, loss, leaves)
-        return self.update(state.replace(buffers=buffers, metrics=metrics), grads)
+        after = state.replace(buffers=buffers, metrics=metrics)
+        grads = self.backward(after, loss, leaves)
+        if type(grads) is tuple:  # a backward that changed the state too (the overlapped all-reduce)
+            after, grads = grads
+        return self.update(after, grads)
 
 
 def skipped(new: TrainState, old: TrainState) -> bool:
@@ -285,7 +293,10 @@ def accumulate(every: int) -> Callable[[Step], Step]:
     """Average the gradients of ``every`` consecutive batches, then update once.
 
     The running sum and its count live in ``state.extras["accumulate"]``, so
-    a checkpoint taken between updates resumes exactly::
+    a checkpoint taken between updates resumes exactly. Under a process group
+    the phases inside see ``state.extras[distributed.ACCUMULATING]``: a
+    gradient all-reduce there waits for the update and reduces the mean once,
+    as ``DistributedDataParallel.no_sync`` does for all but the last batch::
 
         step = accumulate(4)(make_step(loss_fn))     # an update every 4 batches
     """
@@ -296,6 +307,12 @@ def accumulate(every: int) -> Callable[[Step], Step]:
 
     def transform(inner: Step) -> Step:
         key, inner = claim(inner, "accumulate")
+
+        def backward(state: TrainState, loss: torch.Tensor, leaves: Tensors) -> Any:
+            if not distributed.active():
+                return inner.backward(state, loss, leaves)
+            out = inner.backward(distributed.accumulating(state), loss, leaves)
+            return (distributed.accumulating(out[0], False), out[1]) if type(out) is tuple else out
 
         def update(state: TrainState, grads: Tensors) -> TrainState:
             acc = state.extras.get(key)
@@ -310,9 +327,12 @@ def accumulate(every: int) -> Callable[[Step], Step]:
                 return state.replace(extras=extras)
             extras = {k: v for k, v in state.extras.items() if k != key}
             mean = dict(zip(names, torch._foreach_div(total, float(every))))
-            return inner.update(state.replace(extras=extras), mean)
+            if not distributed.active():
+                return inner.update(state.replace(extras=extras), mean)
+            new = inner.update(distributed.accumulating(state.replace(extras=extras)), mean)
+            return distributed.accumulating(new, False)
 
-        return attrs.evolve(inner, update=update)
+        return attrs.evolve(inner, backward=backward, update=update)
 
     return transform
 

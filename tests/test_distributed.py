@@ -74,19 +74,153 @@ def test_shard_is_checked_and_sharded_data_takes_its_part():
     assert [b[1].tolist() for b in mine.batches(0, 0, start=2)] == [[9]]
     loader = sharded(LoaderData(list(range(10)), 2, shuffle=False), Shard(1, 2))
     assert [[k[2] for k in keys] for keys in loader.batch_keys(0, 0)] == [[1, 3], [5, 7], [9]]
-    with pytest.raises(DataError, match="cannot shard"):
+    with pytest.raises(DataError, match=r"cannot shard a object across 2 processes: .* wrap your batches in Batches"):
         sharded(object(), Shard(0, 2))
 
 
 def test_bucket_plan_groups_consecutive_names_of_one_kind_under_the_cap():
     plan = distributed.bucket_plan
     assert plan([("a", 40, "f"), ("b", 40, "f"), ("c", 40, "f")], 100) == (("a", "b"), ("c",))
+    assert plan([("a", 40, "f"), ("b", 40, "f"), ("c", 40, "f")], 100, 50) == (("a",), ("b", "c"))  # a small first
     assert plan([("a", 40, "f"), ("b", 40, "h"), ("c", 40, "h")], 100) == (("a",), ("b", "c"))
     assert plan([("big", 500, "f"), ("a", 1, "f")], 100) == (("big",), ("a",))
     assert plan([], 100) == ()
     mb = 2**20  # a 25 MB cap: a ResNet-sized gradient set is a handful of buckets, not one per tensor
     sizes = [(f"p{i}", 4 * mb, "f") for i in range(30)]
     assert len(plan(sizes, 25 * mb)) == 5
+
+
+def test_the_overlapped_layout_puts_the_riders_in_the_first_bucket_or_in_their_own():
+    f, h = (torch.float32, torch.device("cpu")), (torch.float64, torch.device("cpu"))
+    grads = (("head.w", 10, 4, f), ("body.w", 300_000, 4, f), ("stem.w", 5, 4, f))  # reverse parameter order
+    layout = distributed._layout(grads, (("metric:loss", 1, 4, f),), (("buffer:bn.mean", 3, 4, f),
+                                                                      ("buffer:x", 2, 8, h)), 25 * 2**20, 2**20)
+    first, second, odd = layout.buckets
+    w = layout.where
+    assert [w[k] for k in ("head.w", "metric:loss", "buffer:bn.mean")] == [(0, 0, 10), (0, 10, 1), (0, 11, 3)]
+    assert (first.grads, first.mean_end, sum(first.sizes)) == (1, 11, 14)  # 1 MB cap: head alone; loss averaged
+    assert layout.overlaps and not distributed._layout(grads[:1], (), (), 25 * 2**20, 2**20).overlaps
+    assert [w[k] for k in ("body.w", "stem.w")] == [(1, 0, 300_000), (1, 300_000, 5)] and second.grads == 2
+    assert w["buffer:x"] == (2, 0, 2) and odd.dtype == torch.float64 and (odd.grads, odd.mean_end) == (0, 0)
+
+
+def test_the_overlapped_all_reduce_gives_the_bits_of_the_update_time_one(tmp_path):
+    """Two gloo processes: the all-reduce launched during the backward pass (buckets of a 1 MB first cap, a
+    BatchNorm, an unused layer) against the one at the update, plain, under accumulate(2) and under fp16()."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(TESTS)]), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(free_port()),
+           str(TESTS / "_ddp_helpers.py"), str(tmp_path / "out.pt")]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout + done.stderr
+    r = torch.load(tmp_path / "out.pt")
+    for a, b in (("overlap", "update"), ("overlap_acc", "update_acc"), ("overlap_fp16", "update_fp16")):
+        for part in ("params", "buffers", "metrics"):
+            assert r[a][part].keys() == r[b][part].keys()
+            assert all(torch.equal(r[a][part][k], r[b][part][k]) for k in r[a][part]), (a, part)
+        assert r[a]["extras"] == r[b]["extras"] and distributed.ACCUMULATING not in r[a]["extras"]
+    assert not all(torch.equal(r["overlap"]["params"][k], r["overlap_acc"]["params"][k]) for k in r["overlap"]["params"])
+    launched = r["overlap"]["launches"]
+    # 2 buckets a step: the last layers' during the backward pass, the other (with the unused layer) after it
+    assert launched == [True, False] * 4
+    assert not any(r["update"]["launches"]) and not any(r["overlap_acc"]["launches"])  # accumulate: at the update
+    assert len(r["overlap_acc"]["launches"]) == len(r["update_acc"]["launches"]) == 2  # once per update
+    assert "changed the gradient of" in r["refused"] and "overlap=False" in r["refused"]
+    assert r["overlap_fp16_skipped"] == r["update_fp16_skipped"] == 0.0  # fp16 updated: a scale of 1 does not overflow
+
+
+def test_regrouping_keeps_the_sample_position_and_the_epochs_running_means():
+    from smartcash_fn.state import Progress
+    state = build(load(TINY), quiet=True).template
+    two = state.replace(progress=Progress(epoch=1, step=11, batch=3), running={"loss": torch.tensor(1.5)},
+                        callbacks={"distributed": {"world": 2, "global_batch": 32}})
+    one, note = distributed.regrouped(two, global_batch=16, size=1)
+    assert one.progress.batch == 6 and float(one.running["loss"]) / 6 == pytest.approx(1.5 / 3)
+    assert "trained on 2 processes and now goes on on 1" in note and "from sample 96 of epoch 2" in note
+    alone = two.replace(callbacks={}, progress=Progress(epoch=1, step=19, batch=3))  # a 1 x 16 run records no world
+    assert distributed.regrouped(alone, 32, 2) == (alone, None)  # without single_batch nothing is known of it
+    back, note = distributed.regrouped(alone, 32, 2, single_batch=16)
+    assert back.progress.batch == 1 and float(back.running["loss"]) == pytest.approx(1.5 / 3)  # sample 48 -> 32
+    assert "from sample 32 of epoch 2 (it stopped at 48)" in note
+    early = alone.replace(progress=Progress(epoch=1, step=17, batch=1))
+    assert distributed.regrouped(early, 32, 2, single_batch=16)[0].running == {}  # batch 0: nothing trained yet
+    same = two.replace(callbacks={"distributed": {"world": 1, "global_batch": 16}})
+    assert distributed.regrouped(same, 16, 1) == (same, None)
+
+
+def test_a_resume_on_another_world_size_keeps_the_epochs_mean(capsys):
+    from smartcash_fn.state import Progress
+    built = build(load(TINY), quiet=True)
+    start = next(c for c in built.loop.callbacks if c.name == "distributed_replicas").fn
+    two = built.template.replace(progress=Progress(epoch=0, step=3, batch=3), running={"loss": torch.tensor(6.0)},
+                                 callbacks={"distributed": {"world": 2, "global_batch": 64}})
+    one = start(two)  # world 1, 32 a batch
+    assert one.progress.batch == 6 and float(one.running["loss"]) == 12.0
+    assert one.callbacks["distributed"] == {"world": 1, "global_batch": 32}
+    assert capsys.readouterr().err.count("note: this run was trained on 2 processes") == 1
+
+
+def test_notes_are_printed_by_rank_0_only(monkeypatch):
+    import io
+
+    from smartcash_fn.report.console import console_logging
+    from smartcash_fn.run.commands import note
+    said = io.StringIO()
+    with console_logging(said):
+        monkeypatch.setenv("RANK", "1")
+        note("from rank 1")
+        monkeypatch.setenv("RANK", "0")
+        note("from rank 0")
+        monkeypatch.delenv("RANK")
+        note("alone")
+    assert said.getvalue() == "note: from rank 0\nnote: alone\n"
+
+
+def test_sync_bn_is_refused_on_the_cpu_and_converts_for_cuda():
+    from smartcash_fn.errors import RecipeError
+    from smartcash_fn.optim import adamw
+    from smartcash_fn.run.build import make_model_factory, make_data, with_sync_bn
+    from smartcash_fn.state import TrainState
+    from smartcash_fn.step import make_step
+    recipe = load(TINY, ['model.use="cnn"', 'model.params={channels = [4, 8]}', 'data.use="synthetic_images"',
+                         'data.params={samples = 64, val_samples = 8, size = 8, classes = 3}', "train.sync_bn=true"])
+    factory = make_model_factory(recipe, make_data(recipe)[2])
+    assert with_sync_bn(recipe, factory, 1, torch.device("cpu")) is factory  # one process: nothing to synchronise
+    with pytest.raises(RecipeError, match=r"train\.sync_bn: SyncBatchNorm runs on CUDA devices only"):
+        with_sync_bn(recipe, factory, 2, torch.device("cpu"))
+    synced = with_sync_bn(recipe, factory, 2, torch.device("cuda"))  # the conversion only: no GPU needed
+    a, b = (TrainState.create(f, adamw(1e-2), seed=0) for f in (factory, synced))
+    assert any(isinstance(m, torch.nn.SyncBatchNorm) for m in b.model.modules())
+    assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in a.model.modules())
+    assert a.params.keys() == b.params.keys() and a.buffers.keys() == b.buffers.keys()  # checkpoints interchange
+    step = make_step(lambda apply, batch: torch.nn.functional.cross_entropy(apply(batch[0]), batch[1]))
+    batch = (torch.randn(6, 1, 8, 8), torch.tensor([0, 1, 2, 0, 1, 2]))
+    a, b = step(a, batch), step(b.replace(params=a.params, buffers=a.buffers), batch)  # no group: plain BatchNorm
+    assert all(torch.equal(a.params[k], b.params[k]) for k in a.params)
+    assert all(torch.equal(a.buffers[k], b.buffers[k]) for k in a.buffers)
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_batches_shard_whole_batches_and_together_are_the_sequence(world):
+    from smartcash_fn.data import Batches
+    seq = [(torch.full((2,), float(i)),) for i in range(7)]
+    calls = []
+
+    def stream(epoch):
+        calls.append(epoch)
+        return iter(seq)
+
+    per = -(-7 // world)
+    for data in (Batches(seq), Batches(stream, length=7)):
+        ranks = [sharded(data, Shard(r, world)) for r in range(world)]
+        assert {len(r) for r in ranks} == {per}
+        taken = [[int(b[0][0]) for b in r.batches(0, 4)] for r in ranks]
+        rounds = [[taken[r][b] for r in range(world)] for b in range(per)]  # the ranks' batch b together
+        assert sum(rounds, []) == (list(range(7)) * 2)[:per * world]
+        assert [int(b[0][0]) for b in ranks[1].batches(0, 4, start=1)] == taken[1][1:]  # a resume skips
+    assert set(calls) == {4}
+    blocks = [[int(b[0][0]) for b in sharded(Batches(seq), Shard(r, world, even=False)).batches(0, 0)]
+              for r in range(world)]
+    assert sum(blocks, []) == list(range(7))
 
 
 def test_without_a_process_group_every_piece_is_the_identity():
@@ -207,9 +341,11 @@ def test_a_mid_epoch_checkpoint_resumes_bit_for_bit_on_two_processes(two, tmp_pa
     (tmp_path / "b" / "checkpoints").mkdir(parents=True)
     shutil.copy(tmp / "run" / "checkpoints" / "step-00000009.pt", tmp_path / "b" / "checkpoints")
     shutil.copy(tmp / "run" / "recipe.toml", tmp_path / "b")
-    out = torchrun(tmp_path, "resume", "b/checkpoints/step-00000009.pt", "--quiet", "--trust-code")  # the probe
+    (tmp_path / "b" / "checkpoints" / "last.pt").write_bytes(b"torn")  # skipped, with a note
+    out = torchrun(tmp_path, "resume", "b", "--quiet", "--trust-code")  # the probe
     assert out.returncode == 0, out.stdout + out.stderr
     assert out.stderr.count("resuming tiny at epoch 2/3, batch 2/8 (step 9) on each of 2 processes -> b\n") == 1
+    assert out.stderr.count("note: skipped") == 1, out.stderr  # rank 0 speaks, not every rank
     a, b = final_state(tmp / "run", recipe), final_state(tmp_path / "b", recipe)
     for part in ("params", "buffers", "opt_state", "progress"):
         assert difference(getattr(a, part), getattr(b, part), part) is None, part

@@ -133,3 +133,20 @@ def test_console_says_when_the_loader_is_the_bottleneck_and_what_the_budget_plan
     assert plain_text(line[1]) == "time budget 10m00s: the first epoch took 1m58s, so 5 of at most 8 epochs"
     done = state.replace(callbacks={"time_budget": {"max_time": 600.0, "epochs": 5, "cap": 8}})
     assert any("time budget 10m00s, used 9m50s" in plain_text(segs) for _, segs, _ in end_lines(done, wall=590.0))
+
+
+def test_every_rank_plans_with_the_slowest_ranks_first_epoch(monkeypatch):
+    """Under torchrun each rank times its own first epoch; the plan (and so the schedule) must be one."""
+    from smartcash_fn import distributed
+    gathered = []
+
+    def slower_peer(took):  # a second rank whose first epoch took ten times as long
+        gathered.append(took)
+        return [took, 10 * took]
+
+    monkeypatch.setattr(distributed, "gather_objects", slower_peer)
+    built, loop = _built(None)
+    state = sf.fit(built.template, attrs.evolve(loop, epochs=1))
+    plan = state.callbacks["time_budget"]
+    assert len(gathered) == 1 and plan["epochs"] == max(1, int(2 // (10 * gathered[0])))
+    assert plan["epochs"] < int(2 // gathered[0])  # planned alone, this rank would have planned more

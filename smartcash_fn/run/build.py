@@ -103,6 +103,33 @@ def _as_source(src: Any, recipe: Recipe, train: bool, info: Mapping[str, Any]) -
         raise RecipeError(f"{where}: the data factory's {split} data: {e}") from None
 
 
+def with_sync_bn(recipe: Recipe, factory: Callable[[], torch.nn.Module], world_size: int,
+                 device: torch.device) -> Callable[[], torch.nn.Module]:
+    """``factory`` with its BatchNorm layers made ``torch.nn.SyncBatchNorm`` when ``train.sync_bn`` asks and
+    more than one process trains (one process has nothing to synchronise: ``factory`` itself).
+
+    torch's SyncBatchNorm synchronises CUDA (and HPU, XPU) tensors only and
+    raises on CPU tensors, so on any other device the key is refused with a
+    :class:`RecipeError` naming it. The layers keep their parameter and
+    buffer names: a checkpoint loads with or without the key::
+
+        factory = with_sync_bn(recipe, make_model_factory(recipe, info), world.size, torch.device("cuda", 0))
+    """
+    if not recipe.train.sync_bn or world_size == 1:
+        return factory
+    if device.type != "cuda":
+        raise recipe.error(("train", "sync_bn"), f"SyncBatchNorm runs on CUDA devices only (torch refuses "
+                                                 f"{device.type} tensors); set train.sync_bn = false to train on "
+                                                 f"{world_size} {device.type} processes, each BatchNorm on its own "
+                                                 "batch")
+    return toolz.compose(torch.nn.SyncBatchNorm.convert_sync_batchnorm, factory)
+
+
+def global_batch(recipe: Recipe, world_size: int) -> int:
+    """Samples per training step on ``world_size`` processes together: ``global_batch(recipe, 2)``."""
+    return per_rank_batch(recipe, world_size) * world_size
+
+
 def per_rank_batch(recipe: Recipe, world_size: int) -> int:
     """Samples per training batch on each of ``world_size`` processes.
 
@@ -764,7 +791,8 @@ def build(recipe: Recipe, run_dir: str | os.PathLike | None = None, *, quiet: bo
                      + ("; listed in data-problems.txt and counted in summary.md" if run_dir is not None else ""))
         if run_dir is not None:
             callbacks.append(data_problems(run_dir, problems))
-    callbacks.append(distributed.replicas(global_batch=per_rank_batch(recipe, world.size) * world.size))
+    callbacks.append(distributed.replicas(global_batch=global_batch(recipe, world.size),
+                                          single_batch=per_rank_batch(recipe, 1)))
     if world.size > 1:
         callbacks.extend(distributed.agree_on_stop(every_batch=needs_batch_agreement(recipe, callbacks)))
         callbacks.append(distributed.check_every_epoch())
@@ -777,12 +805,7 @@ def build(recipe: Recipe, run_dir: str | os.PathLike | None = None, *, quiet: bo
         callbacks.extend(checkpointing(run_dir / "checkpoints", every_epochs=cp.every_epochs,
                                        every_steps=cp.every_steps, monitor=monitor, top_k=cp.top_k,
                                        keep_periodic=cp.keep_periodic))
-    factory = make_model_factory(recipe, info)
-    if recipe.train.sync_bn and world.size > 1:
-        if device.type != "cuda":
-            raise recipe.error(("train", "sync_bn"), "SyncBatchNorm runs on CUDA devices only; set "
-                                                     "train.sync_bn = false on the CPU")
-        factory = toolz.compose(torch.nn.SyncBatchNorm.convert_sync_batchnorm, factory)
+    factory = with_sync_bn(recipe, make_model_factory(recipe, info), world.size, device)
     if device.type != "cpu":
         factory = toolz.compose(lambda m: m.to(device), factory)
     try:

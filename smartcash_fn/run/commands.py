@@ -35,7 +35,7 @@ from ..report.console import log
 from ..report.values import fmt_exact, one_based, plain, plural
 from ..tree import tree_map
 from . import library
-from .build import build, describe, probe
+from .build import build, describe, global_batch, per_rank_batch, probe
 from .export import export
 from .folders import Found, find_checkpoint, folder_problem, holds_run, run_folder_of
 from .footprint import footprint
@@ -52,7 +52,8 @@ DEFAULT_RECIPE = library.path_of(library.DEFAULT)
 
 def note(text: str) -> None:
     """Log ``note: text`` (on stderr from the command line): something the user should know that is not an error."""
-    log(logging.INFO, [(f"note: {text}", None)])
+    if distributed.speaks():
+        log(logging.INFO, [(f"note: {text}", None)])
 
 
 def tell(text: str, mark: str | None = None) -> None:
@@ -61,7 +62,7 @@ def tell(text: str, mark: str | None = None) -> None:
     ``train`` and ``resume`` say what the console cannot know (the checkpoint
     gone on from, the model's size, where the summary is), each fact once.
     """
-    if distributed.world().main:
+    if distributed.speaks():
         log(logging.INFO, [(text, None)], mark)
 
 
@@ -70,7 +71,7 @@ def say(text: str) -> None:
 
     ``check``'s recipe, ``replay``'s verdict, ``inspect``'s (JSON) report, ``eval``'s table.
     """
-    if distributed.world().main:
+    if distributed.speaks():
         print(text, flush=True)
 
 
@@ -115,9 +116,8 @@ def train(args: argparse.Namespace) -> int:
         restarted = holds_run(run_dir) and _restarted_here(run_dir, recipe)
         if restarted and any((run_dir / "checkpoints").glob("*.pt")):
             distributed.broadcast_object(None)  # every rank has looked before rank 0 writes
-            if world.main:
-                note(f"restart {distributed.restart_count()} of the group: resuming {run_dir} from its newest "
-                     "intact checkpoint")
+            note(f"restart {distributed.restart_count()} of the group: resuming {run_dir} from its newest "
+                 "intact checkpoint")
             return resume(argparse.Namespace(target=str(run_dir), sets=[], out=None, quiet=args.quiet, force=False,
                                              trust_code=True, progress=getattr(args, "progress", None)))
         folder = hold(run_dir, "train", f"--out {args.out}", must_be_new=not restarted)
@@ -127,9 +127,9 @@ def train(args: argparse.Namespace) -> int:
         run_dir = Path(distributed.broadcast_object(None if held is None else str(held.folder)))  # rank 0's
         built = build(recipe, run_dir, quiet=args.quiet, progress=getattr(args, "progress", None))
         probe(built)
+        for n in built.notes:
+            note(n)
         if world.main:
-            for n in built.notes:
-                note(n)
             write(recipe, run_dir / "recipe.toml", header=_header("train"))
         return train_on(built.template, built, run_dir, f"smartcash-fn resume {run_dir}")
 
@@ -231,7 +231,9 @@ def resume(args: argparse.Namespace) -> int:
                     f"pass --force to overwrite the newer checkpoints")
         built = build(recipe, run_dir, quiet=args.quiet, progress=getattr(args, "progress", None))
         state = state_in(found, built.template)
-        require_progress(state, len(built.loop.data), str(ckpt))
+        regrouped, _ = distributed.regrouped(state, global_batch(recipe, world.size), world.size,
+                                             per_rank_batch(recipe, 1) if state.progress.step else None)
+        require_progress(regrouped, len(built.loop.data), str(ckpt))  # at this world's batches (replicas regroups)
         for n in environment_notes(found, built.template):
             note(n)
         if fork:

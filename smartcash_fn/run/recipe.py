@@ -264,7 +264,7 @@ class TrainConfig:
                                "epoch is timed and the run plans the epochs that fit (at least 1, at most "
                                "`epochs`), its schedule spanning them", check=_DURATION_CHECK)
     sync_bn: bool = _key(False, "under `torchrun`, BatchNorm statistics over all processes' batches "
-                                "(`torch.nn.SyncBatchNorm`; CUDA only)")
+                                "(`torch.nn.SyncBatchNorm`; CUDA only: refused on the CPU)")
 
 
 @attrs.frozen(kw_only=True)
