@@ -139,6 +139,26 @@ def test_a_pipe_gets_a_progress_line_every_tenth_of_an_epoch_or_30_seconds():
     assert not any(" batch " in ln for ln in lines(none.getvalue())) and "3/3 " in none.getvalue()
 
 
+def test_a_time_budget_bounds_the_eta_until_it_is_planned():
+    out = io.StringIO()
+    run(console(stream=out, batch_size=16, clock=FakeClock(2.0), max_time=15.0))
+    got = lines(out.getvalue())
+    assert got[0] == "training at most 3 epochs of 4 batches, within 15.0s"
+    progress = [ln for ln in got if ln.startswith("epoch ") and " batch " in ln]
+    # unbounded the run's ETA would be 22.0s (as without max_time); 4 s of the budget are gone: 11 s are left
+    assert progress[0] == "epoch 1/3 batch 1/4  8 samples/s  loss 1  ETA epoch 6.0s, run 11.0s"
+    assert progress[4].endswith("ETA epoch 6.0s, run 0.0s")  # the budget is spent: the plan will stop the run
+    # once a plan is recorded (a time_budget callback's state) the epochs are the plan's, not an upper bound
+    x, y = tiny_xy(64)
+    planned = sf.TrainState.create(make_mlp, sf.sgd(0.1), seed=0).replace(
+        callbacks={"time_budget": {"max_time": 15.0, "cap": 3, "epochs": 3}})
+    said = io.StringIO()
+    sf.fit(planned, sf.Loop(step=scripted_step(), data=sf.TensorData((x, y), 16), epochs=3,
+                            callbacks=console(stream=said, batch_size=16, clock=FakeClock(2.0), max_time=15.0)))
+    assert lines(said.getvalue())[0] == "training 3 epochs of 4 batches"
+    assert "run 22.0s" in said.getvalue()
+
+
 def test_no_color_on_a_terminal_removes_the_colour_and_keeps_the_bar(monkeypatch):
     monkeypatch.setenv("NO_COLOR", "1")
     out = FakeTerminal()

@@ -477,14 +477,17 @@ Line = tuple[int, list[Segment], "str | None"]
 """A console line: ``(logging level, segments, status mark or None)``."""
 
 
-def start_lines(state: TrainState, run_dir: Any = None, processes: int = 1) -> list[Line]:
+def start_lines(state: TrainState, run_dir: Any = None, processes: int = 1, max_time: float | None = None
+                ) -> list[Line]:
     """The line at ``training_start``: what is trained, where a resumed run picks up, and the run folder.
 
-    Epochs and batches are counted from 1::
+    Epochs and batches are counted from 1; with a time budget (``max_time``
+    seconds) not yet planned, the epochs are an upper bound::
 
         plain_text(start_lines(state, "runs/tiny")[0][1])
         # 'training tiny: 3 epochs of 8 batches -> runs/tiny', or on resume
-        # 'resuming tiny at epoch 2/3, batch 5/8 (step 12) -> runs/tiny'
+        # 'resuming tiny at epoch 2/3, batch 5/8 (step 12) -> runs/tiny'; with max_time=600.0:
+        # 'training tiny: at most 3 epochs of 8 batches, within 10m00s -> runs/tiny'
     """
     p, r = state.progress, state.run
     name = _run_name(state)
@@ -494,9 +497,11 @@ def start_lines(state: TrainState, run_dir: Any = None, processes: int = 1) -> l
             at += f", batch {p.batch + 1}" + (f"/{r.batches}" if r.batches else "")
         text = f"resuming{' ' + name if name else ''} at {at} (step {p.step})"
     else:
+        budget = max_time is not None and not state.callbacks.get("time_budget")
         text = f"training{' ' + name + ':' if name else ''}"
-        text += f" {plural(r.epochs, 'epoch')}" if r.epochs else ""
+        text += f" {'at most ' if budget else ''}{plural(r.epochs, 'epoch')}" if r.epochs else ""
         text += f" of {plural(r.batches, 'batch', 'batches')}" if r.batches else ""
+        text += f", within {fmt_duration(max_time)}" if budget else ""
     if processes > 1:
         text += f" on each of {processes} processes"
     segs: list[Segment] = [(text, "bold")]
@@ -620,6 +625,7 @@ class _Session:
     mode: str
     run_dir: Any
     clock: Callable[[], float]
+    max_time: float | None = None
     handler: ConsoleHandler | None = None
     level: int | None = None
     style: Style = Style()
@@ -693,7 +699,10 @@ class _Session:
         return done * bs / elapsed if bs and elapsed > 0 and done > 0 else None
 
     def etas(self, state: TrainState, now: float) -> tuple[float | None, float | None]:
-        """Seconds left in this epoch's training, and in the run (the epochs after it at their mean time)."""
+        """Seconds left in this epoch's training, and in the run (the epochs after it at their mean time).
+
+        Before a time budget is planned the run's ETA is at most what is left of ``max_time``.
+        """
         p, r = state.progress, state.run
         done = p.batch - self.rate_n0
         if not r.batches or done <= 0:
@@ -702,13 +711,20 @@ class _Session:
         left = (r.batches - p.batch) * per_batch
         after = max(r.epochs - p.epoch - 1, 0)
         mean = sum(self.epoch_times) / len(self.epoch_times) if self.epoch_times else r.batches * per_batch
-        return left, left + after * mean if r.epochs else None
+        run = left + after * mean if r.epochs else None
+        return left, self.capped(state, run, now)
+
+    def capped(self, state: TrainState, eta: float | None, now: float) -> float | None:
+        """``eta``, or what is left of the time budget when that is sooner and the budget is not planned yet."""
+        if eta is None or self.max_time is None or self.t0 is None or state.callbacks.get("time_budget"):
+            return eta
+        return max(0.0, min(eta, self.max_time - (now - self.t0)))
 
 
 def console(quiet: bool = False, *, stream: TextIO | None = None, color: bool | None = None,
             bar: bool | None = None, progress: str = "auto", run_dir: Any = None, batch_size: int | None = None,
             checkpoint: str = "checkpoint", clock: Callable[[], float] = time.perf_counter,
-            name: str = "console") -> tuple[Callback, ...]:
+            max_time: float | None = None, name: str = "console") -> tuple[Callback, ...]:
     """Callbacks reporting a run on the console: its facts, progress, and a table with a row per epoch.
 
     ``stream`` defaults to the command line's handler (:func:`console_logging`)
@@ -717,7 +733,9 @@ def console(quiet: bool = False, *, stream: TextIO | None = None, color: bool | 
     ``run_dir`` is named in the start line. Samples/s needs the batch size:
     pass ``batch_size`` (a ``state.run`` that carries ``batch_size`` serves
     too). ``checkpoint`` names the checkpoint writer whose saves are noticed;
-    ``clock`` is the time source (seconds). What is said is computed by
+    ``clock`` is the time source (seconds); ``max_time`` the run's time
+    budget in seconds (``train.max_time``), which bounds the ETA until the
+    budget's plan is made. What is said is computed by
     :func:`start_lines`, :func:`epoch_row`, :func:`progress_line` and
     :func:`end_lines`; the callbacks only time and print::
 
@@ -726,14 +744,14 @@ def console(quiet: bool = False, *, stream: TextIO | None = None, color: bool | 
     """
     progress_kind(progress, Style())  # a bad mode fails here, not when the run starts
     session = _Session(quiet=quiet, stream=stream, color=color, bar_on=bar, mode=progress, run_dir=run_dir,
-                       clock=clock)
+                       clock=clock, max_time=max_time)
 
     def start(state: TrainState) -> TrainState:
         session.install()
         session.t0, session.t_epoch, session.epoch_times, session.scale = session.clock(), None, [], state.lr_scale
         session.table = None
         session.plan_shown = bool(state.callbacks.get("time_budget"))  # a resumed run's plan was said before
-        session.say(start_lines(state, session.run_dir, distributed.world().size))
+        session.say(start_lines(state, session.run_dir, distributed.world().size, session.max_time))
         return state
 
     def epoch_start(state: TrainState) -> TrainState:
@@ -778,11 +796,12 @@ def console(quiet: bool = False, *, stream: TextIO | None = None, color: bool | 
             return state
         took = eta = None
         if session.t_epoch is not None:
-            took = session.clock() - session.t_epoch
+            now = session.clock()
+            took = now - session.t_epoch
             session.epoch_times.append(took)
             left = state.run.epochs - state.progress.epoch
             if left > 0 and state.stop is None:
-                eta = sum(session.epoch_times) / len(session.epoch_times) * left
+                eta = session.capped(state, sum(session.epoch_times) / len(session.epoch_times) * left, now)
         session.t_epoch = None
         if not session.quiet:
             best = state.best

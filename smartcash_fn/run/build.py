@@ -716,7 +716,8 @@ def make_loggers(recipe: Recipe, run_dir: Path | None, quiet: bool = False, prog
     for key, factory in _LOGGERS:
         if key == "console":
             made = flatten([factory(quiet=quiet or not recipe.loggers.console, run_dir=run_dir,
-                                    progress=progress or recipe.loggers.progress)])
+                                    progress=progress or recipe.loggers.progress,
+                                    max_time=seconds_of(recipe.train.max_time))])
             console_names.extend(c.name for c in made)
             cbs.extend(made)
             continue
