@@ -50,7 +50,6 @@ nothing more (it counts the batch when such a function does not).
 from __future__ import annotations
 
 import math
-
 import weakref
 from typing import Any, Callable
 
