@@ -10,6 +10,8 @@ script run beside this file) and fixtures wrapping them::
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -85,6 +87,20 @@ class NoisyDataset(torch.utils.data.Dataset):
     def sample(self, index: int, generator: torch.Generator):
         x, y = self[index]
         return x + self.noise * torch.randn(x.shape, generator=generator), y
+
+
+def save_redigested(obj: dict, dst: str | Path) -> Path:
+    """Save the checkpoint dict ``obj`` (state changed by a test) at ``dst`` with its unkeyed digest recomputed.
+
+    The file passes the integrity check, so what a test feeds a reader is digest-valid but malformed or tampered.
+    """
+    from smartcash_fn import checkpoint
+
+    obj["digest"] = checkpoint.digest({k: v for k, v in obj.items() if k != "digest"})
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(obj, dst)
+    return dst
 
 
 def end_table(said: str, images: int, summary: str) -> str:

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import save_redigested
 from smartcash_fn import checkpoint
 from smartcash_fn.callbacks import checkpointing
 from smartcash_fn.errors import OutputError
@@ -41,9 +42,7 @@ def with_state(src: Path, dst: Path, **changes) -> Path:
     """A copy of checkpoint ``src`` with state keys replaced and the digest recomputed (digest-valid, malformed)."""
     obj = torch.load(src, weights_only=True)
     obj["state"].update(changes)
-    obj["digest"] = checkpoint.digest({k: v for k, v in obj.items() if k != "digest"})
-    torch.save(obj, dst)
-    return dst
+    return save_redigested(obj, dst)
 
 
 @pytest.fixture(scope="module")

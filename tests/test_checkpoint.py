@@ -21,8 +21,7 @@ import toolz
 import torch
 
 import smartcash_fn as sf
-from smartcash_fn import checkpoint
-from conftest import make_cnn, make_mlp, tiny_images, tiny_xy
+from conftest import make_cnn, make_mlp, save_redigested, tiny_images, tiny_xy
 
 
 def trained(make_model=partial(make_mlp, dropout=0.1), opt=None, epochs=2, batch=8):
@@ -258,8 +257,7 @@ def test_a_checkpoint_missing_its_state_or_with_a_malformed_state_is_refused(ckp
     with pytest.raises(sf.CheckpointError, match=r"nostate\.pt: checkpoint is missing its 'state' key"):
         sf.read(tmp_path / "nostate.pt")
     body = {**raw, "state": {k: v for k, v in raw["state"].items() if k != "progress"}}
-    body["digest"] = checkpoint.digest({k: v for k, v in body.items() if k != "digest"})
-    torch.save(body, tmp_path / "odd.pt")
+    save_redigested(body, tmp_path / "odd.pt")
     with pytest.raises(sf.CheckpointError, match=r"odd\.pt: the checkpoint's state is malformed .*progress"):
         sf.load(tmp_path / "odd.pt")
 

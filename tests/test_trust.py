@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import save_redigested
 from smartcash_fn import checkpoint
 from smartcash_fn.cli import main
 from smartcash_fn.loop import fit
@@ -46,9 +47,7 @@ def tampered(src: Path, dst: Path, **sections) -> Path:
     obj = torch.load(src, weights_only=True)
     for name, table in sections.items():
         obj["state"]["recipe"][name] = {**obj["state"]["recipe"][name], **table}
-    obj["digest"] = checkpoint.digest({k: v for k, v in obj.items() if k != "digest"})
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(obj, dst)
+    save_redigested(obj, dst)
     checkpoint.read(dst)       # digest-valid: the integrity check cannot tell it from a real one
     return dst
 
@@ -140,8 +139,7 @@ def test_a_team_key_tells_our_checkpoints_from_altered_ones(trained, tmp_path, m
     assert checkpoint.read(ours)["digest"].startswith("blake2b-256-keyed:")
     obj = torch.load(ours, weights_only=True)
     obj["state"]["seed"] = 1
-    obj["digest"] = checkpoint.digest({k: v for k, v in obj.items() if k != "digest"})     # no key: unkeyed
-    torch.save(obj, tmp_path / "altered.pt")
+    save_redigested(obj, tmp_path / "altered.pt")     # no key: unkeyed
     with pytest.raises(CheckpointError, match="not signed with a key: it was not written by your team"):
         checkpoint.read(tmp_path / "altered.pt")
     obj["digest"] = "blake2b-256-keyed:" + "0" * 64
