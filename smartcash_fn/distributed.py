@@ -510,53 +510,22 @@ def _overlapped_backward(inner: Any, state: TrainState, loss: torch.Tensor, leav
     layout = _layout(_spec(leaves, names), _spec(state.metrics, metrics, METRIC),
                      _spec(state.buffers, buffers, BUFFER), max(1, int(bucket_mb * 2**20)),
                      max(1, int(first_bucket_mb * 2**20)))
-    shapes = {**{k: t.shape for k, t in leaves.items()}, **{METRIC + k: state.metrics[k].shape for k in metrics},
-              **{BUFFER + k: state.buffers[k].shape for k in buffers}}
-    flats, views = [], {}
-    for b in layout.buckets:  # views of fresh flat buffers: ours to write
-        flats.append(torch.empty(sum(b.sizes), dtype=b.dtype, device=b.device))
-        views.update((k, part.view(shapes[k])) for k, part in zip(b.names, flats[-1].split(b.sizes)))
-    copied = [METRIC + k for k in metrics] + ([BUFFER + k for k in buffers] if main else [])
-    if copied:
-        torch._foreach_copy_([views[k] for k in copied], [state.metrics[k] for k in metrics]
-                             + ([state.buffers[k] for k in buffers] if main else []))
-    for k in buffers if not main else ():
-        views[BUFFER + k].zero_()
-    where = layout.where
-    missing = [b.grads for b in layout.buckets]
-    works: list[Any] = []
-
-    def launch_ready() -> None:
-        while len(works) < len(flats) and missing[len(works)] == 0:
-            works.append(dist.all_reduce(flats[len(works)], async_op=True))
-
+    riders = {METRIC + k: state.metrics[k] for k in metrics}
+    riders.update((BUFFER + k, state.buffers[k] if main else torch.zeros_like(state.buffers[k]))
+                  for k in buffers)  # rank 0's buffers, summed with the others' zeros
     if not layout.overlaps:  # one bucket of gradients: it could not start before the backward pass ends anyway
         grads = inner.backward(state, loss, leaves)
-        if names:
-            torch._foreach_copy_([views[k] for k in names], [grads[k] for k in names])
-        missing = [0] * len(flats)
+        source = {**grads, **riders}
+        flats = [torch.cat([source[k].reshape(-1) for k in b.names]) for b in layout.buckets]  # new buffers
+        works = [dist.all_reduce(flat, async_op=True) for flat in flats]
+        views = _views(layout, flats, {k: t.shape for k, t in source.items()})
     else:
-        got: dict[str, torch.Tensor] = {}
-
-        def fill(name: str, grad: torch.Tensor) -> torch.Tensor:
-            view = got[name] = views[name].copy_(grad)
-            missing[where[name][0]] -= 1
-            launch_ready()
-            return view  # autograd hands this view on as the gradient: no second copy
-
-        for k in names:  # the leaves are this step's own: their hooks go with them
-            leaves[k].register_hook(functools.partial(fill, k))
-        grads = inner.backward(state, loss, leaves)
-        for k in names:
-            mine = got.get(k)
-            if mine is None:  # a leaf the loss does not use: autograd gave nothing, the backward zeros
-                fill(k, grads[k])
-            elif grads[k] is not mine:
-                raise StateError(f"all_reduce_gradients: the backward inside it changed the gradient of {k!r} after "
-                                 "autograd computed it, so the all-reduce launched during the backward pass sent the "
-                                 "wrong values; compose that transformer outside all_reduce_gradients, or use "
-                                 "all_reduce_gradients(overlap=False)")
-    launch_ready()
+        flats = [torch.empty(sum(b.sizes), dtype=b.dtype, device=b.device) for b in layout.buckets]
+        views = _views(layout, flats, {**{k: t.shape for k, t in leaves.items()},
+                                       **{k: t.shape for k, t in riders.items()}})
+        if riders:
+            torch._foreach_copy_([views[k] for k in riders], list(riders.values()))
+        works = _launched_during(inner, state, loss, leaves, names, layout, flats, views)
     for work in works:
         work.wait()
     for b, flat in zip(layout.buckets, flats):
@@ -565,6 +534,48 @@ def _overlapped_backward(inner: Any, state: TrainState, loss: torch.Tensor, leav
     state = state.replace(metrics={**state.metrics, **{k: views[METRIC + k] for k in metrics}},
                           buffers={**state.buffers, **{k: views[BUFFER + k] for k in buffers}})
     return state, {k: views[k] for k in leaves}
+
+
+def _views(layout: _Layout, flats: Sequence[torch.Tensor], shapes: Mapping[str, torch.Size]) -> dict[str, torch.Tensor]:
+    """Every name's part of its bucket's flat buffer, in the name's shape."""
+    return {k: part.view(shapes[k]) for b, flat in zip(layout.buckets, flats)
+            for k, part in zip(b.names, flat.split(b.sizes))}
+
+
+def _launched_during(inner: Any, state: TrainState, loss: torch.Tensor, leaves: Tensors, names: Sequence[str],
+                     layout: _Layout, flats: Sequence[torch.Tensor], views: Mapping[str, torch.Tensor]) -> list[Any]:
+    """Run ``inner``'s backward with a hook on each leaf that copies its gradient into ``views`` and launches
+    each bucket's all-reduce, in plan order, once it is full; the works, every bucket launched."""
+    where = layout.where
+    missing = [b.grads for b in layout.buckets]
+    works: list[Any] = []
+
+    def launch_ready() -> None:
+        while len(works) < len(flats) and missing[len(works)] == 0:
+            works.append(dist.all_reduce(flats[len(works)], async_op=True))
+
+    got: dict[str, torch.Tensor] = {}
+
+    def fill(name: str, grad: torch.Tensor) -> torch.Tensor:
+        view = got[name] = views[name].copy_(grad)
+        missing[where[name][0]] -= 1
+        launch_ready()
+        return view  # autograd hands this view on as the gradient: no second copy
+
+    for k in names:  # the leaves are this step's own: their hooks go with them
+        leaves[k].register_hook(functools.partial(fill, k))
+    grads = inner.backward(state, loss, leaves)
+    for k in names:
+        mine = got.get(k)
+        if mine is None:  # a leaf the loss does not use: autograd gave nothing, the backward zeros
+            fill(k, grads[k])
+        elif grads[k] is not mine:
+            raise StateError(f"all_reduce_gradients: the backward inside it changed the gradient of {k!r} after "
+                             "autograd computed it, so the all-reduce launched during the backward pass sent the "
+                             "wrong values; compose that transformer outside all_reduce_gradients, or use "
+                             "all_reduce_gradients(overlap=False)")
+    launch_ready()
+    return works
 
 
 def all_reduce_gradients(bucket_mb: float = BUCKET_MB, overlap: bool = True,
