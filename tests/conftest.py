@@ -103,6 +103,41 @@ def save_redigested(obj: dict, dst: str | Path) -> Path:
     return dst
 
 
+def assert_fixed_operations(loss_fn, make_outputs, size: int = 64) -> None:
+    """Assert that ``loss_fn(outputs, padded)[0]`` and its backward record the same operations at batch 2 and 16
+    with 1 and 40 targets an image, and none that waits for the device (a data-dependent shape, a value read).
+
+    ``make_outputs(generator, batch, size)`` gives a detector's raw outputs. Counted are the operations called
+    by the loss or by autograd for its backward, not what an operation does inside (``zero_`` skips its
+    ``fill_`` for small tensors on the CPU, a detail of that kernel); the synchronizations at any depth.
+    """
+    from smartcash_fn.smartcash.detection import detection_collate
+
+    def recorded(batch: int, per_image: int) -> tuple[list[str], set[str]]:
+        g = torch.Generator().manual_seed(0)
+        out = make_outputs(g, batch, size)
+        targets = []
+        for _ in range(batch):
+            centre = torch.rand(per_image, 2, generator=g) * size
+            side = torch.rand(per_image, 2, generator=g) * size * 0.6 + 2
+            targets.append({"boxes": torch.cat([centre - side / 2, centre + side / 2], 1),
+                            "labels": torch.randint(0, 17, (per_image,), generator=g)})
+        padded = detection_collate([(torch.zeros(3, size, size), t) for t in targets])[2]
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            loss_fn(out, padded)[0].backward()
+        aten = [e for e in prof.events() if e.name.startswith("aten::")]
+        called = sorted(e.name for e in aten if e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::"))
+        return called, {e.name for e in aten}
+
+    ops, every = recorded(2, 1)
+    assert len(ops) > 100
+    for batch, per_image in [(16, 1), (2, 40), (16, 40)]:
+        got, inside = recorded(batch, per_image)
+        assert got == ops, (batch, per_image)
+        every |= inside
+    assert not {"aten::nonzero", "aten::item", "aten::_local_scalar_dense", "aten::masked_select"} & every
+
+
 def end_table(said: str, images: int, summary: str) -> str:
     """The detection table a run said at its end (``detection_table``), checked row by row and against summary.md.
 

@@ -29,6 +29,8 @@ from smartcash_fn.smartcash.components import detector
 from smartcash_fn.smartcash.detector import BACKBONES, STRIDES, Detector, backbone
 from smartcash_fn.errors import StateError, UserError
 
+from conftest import assert_fixed_operations
+
 GROUPS = {"banknote": 7, "nominal": 7, "security": 3}
 LAYOUT = Layout.of(GROUPS)
 OFF = -20.0  # a logit whose sigmoid is ~2e-9: "no object", "not this class"
@@ -610,35 +612,8 @@ def test_assignment_picks_the_reference_cells(seed):
     assert got == want and len(got) > 50
 
 
-def _recorded_ops(batch: int, per_image: int) -> list[str]:
-    g = torch.Generator().manual_seed(0)
-    out = _random_outputs(g, batch, 64)
-    targets = []
-    for _ in range(batch):
-        centre = torch.rand(per_image, 2, generator=g) * 64
-        side = torch.rand(per_image, 2, generator=g) * 40 + 2
-        targets.append({"boxes": torch.cat([centre - side / 2, centre + side / 2], 1),
-                        "labels": torch.randint(0, 17, (per_image,), generator=g)})
-    padded = detection_collate([(torch.zeros(3, 64, 64), t) for t in targets])[2]
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        loss, _ = detection_loss(out, padded, LAYOUT, 64)
-        loss.backward()
-    aten = [e for e in prof.events() if e.name.startswith("aten::")]
-    # the operations called (by the loss, or by autograd for its backward), not what an operation does
-    # inside: `zero_` skips its `fill_` for small tensors on the CPU, a detail of that kernel
-    called = sorted(e.name for e in aten if e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::"))
-    return called, {e.name for e in aten}
-
-
 def test_the_loss_records_the_same_operations_whatever_the_batch_and_the_targets():
-    ops, every = _recorded_ops(2, 1)
-    assert len(ops) > 100
-    for batch, per_image in [(16, 1), (2, 40), (16, 40)]:
-        got, inside = _recorded_ops(batch, per_image)
-        assert got == ops, (batch, per_image)
-        every |= inside
-    # nothing that waits for the device, at any depth: no data-dependent shapes, no reads of a value
-    assert not {"aten::nonzero", "aten::item", "aten::_local_scalar_dense", "aten::masked_select"} & every
+    assert_fixed_operations(lambda out, padded: detection_loss(out, padded, LAYOUT, 64), _random_outputs)
 
 
 def test_ciou_and_pair_iou_equal_torchvision():

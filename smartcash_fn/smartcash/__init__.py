@@ -2,7 +2,7 @@
 
 The application wing: synthetic Rupiah scenes (:mod:`.scenes`), YOLO-format
 data and export (:mod:`.yolo`, :mod:`.export`), the detector (:mod:`.detector`),
-its targets, loss and decoding (:mod:`.detection`), COCO-style metrics
+its targets, loss and decoding (:mod:`.detection`), the decoupled head's loss (:mod:`.aligned`), COCO-style metrics
 (:mod:`.metrics`), plots (:mod:`.plots`), the end-of-training table (:mod:`.table`), inference (:mod:`.inference`), the
 recipe components (:mod:`.components`), its commands (:mod:`.commands`) and
 the old pipeline's API (:mod:`.compat`).
@@ -20,7 +20,8 @@ COMPONENTS = {
         "rupiah_synthetic": "smartcash_fn.smartcash.components:rupiah_synthetic",
         "yolo_dataset": "smartcash_fn.smartcash.components:yolo_dataset",
     },
-    "loss": {"detection": "smartcash_fn.smartcash.components:detection"},
+    "loss": {"detection": "smartcash_fn.smartcash.components:detection",
+             "task_aligned": "smartcash_fn.smartcash.components:task_aligned"},
     "callback": {"detection_plots": "smartcash_fn.smartcash.plots:detection_plots",
                  "detection_table": "smartcash_fn.smartcash.table:detection_table"},
     "metrics": {"detection": "smartcash_fn.smartcash.components:detection_metrics"},

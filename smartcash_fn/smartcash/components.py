@@ -8,6 +8,7 @@ recipe says each thing once::
     [data]                      use = "rupiah_synthetic"   (or "yolo_dataset" with data_yaml = ...)
     [model]                     use = "detector"           params: backbone, width, ...
     [train]                     loss = "detection"         loss_params: box, obj, cls
+                                (or "task_aligned" for model.params.head = "decoupled": box, cls, dfl, topk, ...)
     [validation]                metrics = "detection"      params: conf, iou, max_det
 
 In Python the same pieces compose by hand::
@@ -34,8 +35,9 @@ from ..data import Splits
 from ..errors import DataError
 from ..loop import Evaluator
 from . import scenes as rupiah
+from .aligned import AlignedWeights, aligned_loss
 from .detection import Layout, LossWeights, decode, detection_collate, detection_loss
-from .detector import Detector
+from .detector import HEADS, Detector
 from .metrics import Detections, detection_evaluator
 from .yolo import Augment, group_layers, read_data_yaml, YoloDataset
 
@@ -206,20 +208,29 @@ def yolo_dataset(data_yaml: str, size: int = 640, augment: Any = True, on_bad: s
 
 
 def detector(groups: Mapping[str, int], backbone: str = "cspdarknet", width: int = 64, backbone_width: int = 16,
-             backbone_depth: int = 1, weights_path: str | None = None, channels_last: bool = False) -> Detector:
+             backbone_depth: int = 1, weights_path: str | None = None, channels_last: bool = False,
+             head: str = "coupled", head_depth: int = 1) -> Detector:
     """The SmartCash detector (:class:`~smartcash_fn.smartcash.detector.Detector`); ``groups`` comes from the data.
 
     ``backbone`` is ``cspdarknet`` or ``efficientnet_b0`` … ``efficientnet_b4``;
     ``width`` is the neck and head channels; ``weights_path`` a local file of
     the EfficientNet's ImageNet weights (nothing is downloaded); ``channels_last`` keeps the model and its
-    inputs in ``torch.channels_last`` memory format (``model.params.channels_last = true`` in a recipe)::
+    inputs in ``torch.channels_last`` memory format (``model.params.channels_last = true`` in a recipe);
+    ``head`` is ``"coupled"`` (box, objectness and classes; trained by ``loss = "detection"``) or
+    ``"decoupled"`` (box distributions and quality-scored classes, ``head_depth`` 3x3 convolutions a branch;
+    trained by ``loss = "task_aligned"``)::
 
         model = detector({"banknote": 7, "nominal": 7, "security": 3}, backbone="efficientnet_b0")
     """
     if not isinstance(channels_last, bool):
         raise DataError(f"detector: channels_last must be true or false, got {channels_last!r}")
+    if head not in HEADS:
+        raise DataError(f"detector: head must be one of {', '.join(repr(h) for h in HEADS)}, got {head!r}")
+    if not (isinstance(head_depth, int) and not isinstance(head_depth, bool) and head_depth >= 0):
+        raise DataError(f"detector: head_depth must be an integer >= 0, got {head_depth!r}")
     return Detector(backbone=backbone, groups=dict(groups), width=width, weights_path=weights_path,
-                    backbone_width=backbone_width, backbone_depth=backbone_depth, channels_last=channels_last)
+                    backbone_width=backbone_width, backbone_depth=backbone_depth, channels_last=channels_last,
+                    head=head, head_depth=head_depth)
 
 
 # --------------------------------------------------------------------------- loss
@@ -257,6 +268,40 @@ def detection(groups: Mapping[str, int], image_size: int, box: float = 0.05, obj
     return DetectionLoss(Layout.of(groups), int(image_size), LossWeights(float(box), float(obj), float(cls)))
 
 
+@attrs.frozen
+class AlignedLoss:
+    """The decoupled head's loss ``(apply, batch) -> (loss, {"box", "cls", "dfl"})`` (task-aligned assignment).
+
+    ``AlignedLoss(Layout.of(groups), AlignedWeights(box=7.5, cls=0.5, dfl=1.5))``; see :mod:`.aligned`.
+    """
+
+    layout: Layout
+    weights: AlignedWeights = AlignedWeights()
+
+    def __call__(self, apply: Callable[..., Any], batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        images, targets = batch[0], batch[2] if len(batch) > 2 else batch[1]
+        return aligned_loss(apply(images), targets, self.layout, self.weights)
+
+
+def task_aligned(groups: Mapping[str, int], box: float = 7.5, cls: float = 0.5, dfl: float = 1.5, topk: int = 10,
+                 alpha: float = 0.5, beta: float = 6.0) -> AlignedLoss:
+    """The loss of the decoupled head (``model.params.head = "decoupled"``): CIoU ``box``, quality-target ``cls``
+    and distribution ``dfl`` parts, ``topk`` cells per target chosen by ``score^alpha · IoU^beta``.
+
+    In a recipe ``loss = "task_aligned"`` (``groups`` comes from the data)::
+
+        loss_fn = task_aligned({"banknote": 7, "nominal": 7, "security": 3})
+        loss, parts = loss_fn(state.apply, (images, targets))
+    """
+    for name, value in (("box", box), ("cls", cls), ("dfl", dfl), ("alpha", alpha), ("beta", beta)):
+        if not (isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0):
+            raise DataError(f"task_aligned: {name} must be a number >= 0, got {value!r}")
+    if not (isinstance(topk, int) and not isinstance(topk, bool) and topk >= 1):
+        raise DataError(f"task_aligned: topk must be an integer >= 1, got {topk!r}")
+    return AlignedLoss(Layout.of(groups), AlignedWeights(float(box), float(cls), float(dfl), topk, float(alpha),
+                                                         float(beta)))
+
+
 # --------------------------------------------------------------------------- decoding and metrics
 
 
@@ -264,7 +309,7 @@ def detection(groups: Mapping[str, int], image_size: int, box: float = 0.05, obj
 class Decoder:
     """Per-image detections of a batch: ``Decoder(layout)(apply, (images, targets)) -> [Detections, ...]``.
 
-    Scores are σ(objectness)·σ(class) above ``conf``; class-wise NMS at
+    Scores (σ(objectness)·σ(class), or σ(class) for the decoupled head) above ``conf``; class-wise NMS at
     ``iou``; at most ``max_det`` per image (see :func:`smartcash_fn.smartcash.detection.decode`).
     """
 

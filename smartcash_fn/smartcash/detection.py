@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from .detector import STRIDES
+from ..errors import StateError
+from .detector import BINS, STRIDES
 from .metrics import Detections
 
 Outputs = Mapping[str, Sequence[torch.Tensor]]
@@ -94,6 +95,42 @@ def box_decode(raw: torch.Tensor, stride: int) -> torch.Tensor:
     gy, gx = torch.meshgrid(torch.arange(h, device=raw.device, dtype=raw.dtype),
                             torch.arange(w, device=raw.device, dtype=raw.dtype), indexing="ij")
     return _boxes(raw[:, :4].permute(0, 2, 3, 1).sigmoid(), gx, gy, stride)
+
+
+def distance_boxes(dist: torch.Tensor, cx: torch.Tensor, cy: torch.Tensor, stride: torch.Tensor | float
+                   ) -> torch.Tensor:
+    """xyxy boxes from a decoupled head's side distributions ``dist[..., 4, bins]`` (logits) at centres ``(cx, cy)``.
+
+    Each side's distance is the distribution's mean, in strides (0 … bins − 1)::
+
+        distance_boxes(torch.zeros(4, 16), torch.tensor(8.0), torch.tensor(8.0), 8.0)   # 7.5 strides each side
+    """
+    bins = torch.arange(dist.shape[-1], device=dist.device, dtype=torch.float32)
+    d = (dist.float().softmax(-1) * bins).sum(-1) * (stride[..., None] if isinstance(stride, torch.Tensor) else stride)
+    return torch.stack([cx - d[..., 0], cy - d[..., 1], cx + d[..., 2], cy + d[..., 3]], -1)
+
+
+def cell_predictions(raw: torch.Tensor, stride: int, classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every cell's box (xyxy pixels) and class scores from one head output: ``[B, H·W, 4]``, ``[B, H·W, classes]``.
+
+    The coupled head (``4 + 1 + classes`` channels) scores σ(obj)·σ(cls); the
+    decoupled one (``4 · BINS + classes``) σ(cls), its boxes from the side
+    distributions around the cell's centre.
+    """
+    raw = raw.float()
+    b, c, h, w = raw.shape
+    if c == 4 * BINS + classes:
+        gy, gx = torch.meshgrid(torch.arange(h, device=raw.device, dtype=raw.dtype),
+                                torch.arange(w, device=raw.device, dtype=raw.dtype), indexing="ij")
+        dist = raw[:, :4 * BINS].reshape(b, 4, BINS, h * w).permute(0, 3, 1, 2)
+        boxes = distance_boxes(dist, (gx.reshape(-1) + 0.5) * stride, (gy.reshape(-1) + 0.5) * stride, stride)
+        return boxes, raw[:, 4 * BINS:].sigmoid().reshape(b, classes, h * w).transpose(1, 2)
+    if c != 5 + classes:
+        raise StateError(f"a head output of {c} channels fits neither the coupled head ({5 + classes}: box, "
+                         f"objectness, {classes} classes) nor the decoupled one ({4 * BINS + classes})")
+    boxes = box_decode(raw, stride).reshape(b, h * w, 4)
+    score = (raw[:, 4:5].sigmoid() * raw[:, 5:].sigmoid()).permute(0, 2, 3, 1).reshape(b, h * w, classes)
+    return boxes, score
 
 
 def level_of(sizes: torch.Tensor, image_size: int, strides: Sequence[int] = STRIDES) -> torch.Tensor:
@@ -255,6 +292,18 @@ class Assignment:
     cls: torch.Tensor
 
 
+def split_labels(labels: torch.Tensor, layout: Layout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Global class ids as ``(valid, group, cls)``: whether each is a class of the layout, its group's index and
+    its class in the group, elementwise in tensor ops (a padding label ``-1`` is not valid)::
+
+        split_labels(torch.tensor([9, -1]), Layout.of({"banknote": 7, "nominal": 7}))   # ([T, F], [1, 0], [2, -1])
+    """
+    valid = (labels >= 0) & (labels < layout.num_classes)
+    offsets = [layout.offset(g) for g, _ in layout.groups]
+    group = sum(((labels >= o).long() for o in offsets[1:]), torch.zeros_like(labels))
+    return valid, group, labels - _pick(group, offsets).long()
+
+
 def assign(padded: Mapping[str, torch.Tensor], layout: Layout, heads: Heads, image_size: int,
            strides: Sequence[int] = STRIDES) -> Assignment:
     """The assignment of ``docs/detection.md`` for a whole padded batch, in tensor ops only.
@@ -270,10 +319,7 @@ def assign(padded: Mapping[str, torch.Tensor], layout: Layout, heads: Heads, ima
     """
     boxes, labels = padded["boxes"].float(), padded["labels"]
     batch, count = labels.shape
-    valid = (labels >= 0) & (labels < layout.num_classes)
-    offsets = [layout.offset(g) for g, _ in layout.groups]
-    group = sum(((labels >= o).long() for o in offsets[1:]), torch.zeros_like(labels))
-    cls = labels - _pick(group, offsets).long()
+    valid, group, cls = split_labels(labels, layout)
     level = level_of(torch.maximum(boxes[..., 2] - boxes[..., 0], boxes[..., 3] - boxes[..., 1]), image_size, strides)
     head = group * heads.levels + level
     stride = _pick(level, strides)
@@ -315,6 +361,11 @@ def detection_loss(outputs: Outputs, targets: Sequence[Mapping[str, torch.Tensor
     padded = {k: v.to(device) for k, v in padded.items()}
     heads = Heads.of(outputs, layout)
     widest = max(c for _, c in layout.groups)
+    for g, c in layout.groups:
+        if outputs[g][0].shape[1] != 5 + c:
+            raise ValueError(f"detection loss: the {g!r} head gives {outputs[g][0].shape[1]} channels a cell where "
+                             f"the coupled head gives {5 + c} (box, objectness, {c} classes); use loss = "
+                             "\"task_aligned\" for model.params.head = \"decoupled\"")
     flat = torch.cat([F.pad(raw.float().flatten(2), (0, 0, 0, widest - c))
                       for g, c in layout.groups for raw in outputs[g]], 2)  # [B, 5 + widest, cells]
     balance = torch.cat([torch.full((h * w,), LEVEL_BALANCE[i % heads.levels] / (batch * h * w), device=device)
@@ -347,7 +398,7 @@ def detection_loss(outputs: Outputs, targets: Sequence[Mapping[str, torch.Tensor
 
 def decode(outputs: Outputs, layout: Layout, conf: float = 0.001, iou: float = 0.6, max_det: int = 100,
            pre_nms: int = 3000, strides: Sequence[int] = STRIDES) -> list[Detections]:
-    """Per-image detections: score = σ(obj)·σ(cls) above ``conf``, class-wise NMS at ``iou``, top ``max_det``.
+    """Per-image detections: scores (:func:`cell_predictions`) above ``conf``, class-wise NMS at ``iou``, top ``max_det``.
 
     A cell may give several classes (multi-label) when their scores pass ``conf``.
     """
@@ -355,10 +406,8 @@ def decode(outputs: Outputs, layout: Layout, conf: float = 0.001, iou: float = 0
     for group, classes in layout.groups:
         off = layout.offset(group)
         for raw, stride in zip(outputs[group], strides):
-            raw = raw.float()
-            b, _, h, w = raw.shape
-            boxes = box_decode(raw, stride).reshape(b, h * w, 4)
-            score = (raw[:, 4:5].sigmoid() * raw[:, 5:].sigmoid()).permute(0, 2, 3, 1).reshape(b, h * w, classes)
+            boxes, score = cell_predictions(raw, stride, classes)
+            b, h, w = raw.shape[0], raw.shape[2], raw.shape[3]
             boxes_all.append(boxes[:, :, None, :].expand(b, h * w, classes, 4).reshape(b, -1, 4))
             scores_all.append(score.reshape(b, -1))
             labels_all.append((torch.arange(classes, device=raw.device) + off).repeat(h * w)[None].expand(b, -1))

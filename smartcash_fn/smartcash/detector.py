@@ -15,6 +15,7 @@ given — nothing is downloaded::
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 from typing import Mapping, Sequence
@@ -26,6 +27,9 @@ from torch import nn
 from ..errors import StateError
 
 STRIDES = (8, 16, 32)
+BINS = 16
+"""Distance bins of the decoupled head: each side of a box is a distribution over 0 … 15 strides from its cell."""
+HEADS = ("coupled", "decoupled")
 EFFICIENTNETS = tuple(f"efficientnet_b{i}" for i in range(5))
 BACKBONES = EFFICIENTNETS + ("cspdarknet",)
 
@@ -195,10 +199,48 @@ class GroupHead(nn.Module):
         return [pred(stem(x)) for stem, pred, x in zip(self.stems, self.preds, feats)]
 
 
+class DecoupledHead(nn.Module):
+    """One layer's anchor-free head with separate box and class branches, per level.
+
+    Each branch is ``depth`` 3x3 convolutions at ``width`` channels and a 1x1 one (at depth 1 about the
+    cost of :class:`GroupHead`'s two). The box branch gives ``4 · bins`` logits: for each side (left, top,
+    right, bottom) a distribution over distances of 0 … ``bins − 1`` strides
+    from the cell's centre; the class branch gives the layer's class logits,
+    trained to score each box by its quality (no separate objectness); the
+    class scores start at the chance of a cell holding one of ``objects``
+    objects of a class in an ``assumed_size`` image (small: the class loss is
+    a sum over every cell, so a large start would drown the positives). Output
+    per level ``[B, 4 · bins + classes, H, W]``::
+
+        head = DecoupledHead(width=48, classes=7, levels=3)
+        [p.shape[1] for p in head([torch.zeros(1, 48, 8, 8)] * 3)]   # [71, 71, 71]
+    """
+
+    def __init__(self, width: int, classes: int, levels: int, bins: int = BINS, depth: int = 1,
+                 objects: float = 5.0, assumed_size: int = 640):
+        super().__init__()
+
+        def branch(out: int) -> nn.Sequential:
+            return nn.Sequential(*(conv_bn(width, width, 3) for _ in range(depth)), nn.Conv2d(width, out, 1))
+
+        self.bins = bins
+        self.box = nn.ModuleList(branch(4 * bins) for _ in range(levels))
+        self.cls = nn.ModuleList(branch(classes) for _ in range(levels))
+        for b, c, stride in zip(self.box, self.cls, STRIDES):
+            nn.init.ones_(b[-1].bias)  # every bin alike: each side starts at 7.5 strides
+            p = objects / classes / (assumed_size / stride) ** 2  # a class's share of a cell
+            nn.init.constant_(c[-1].bias, math.log(p / (1 - p)))
+
+    def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [torch.cat([box(x), cls(x)], 1) for box, cls, x in zip(self.box, self.cls, feats)]
+
+
 class Detector(nn.Module):
     """Backbone → PAN neck → one :class:`GroupHead` per label layer; outputs raw logits per group and level.
 
-    ``groups`` maps each layer's name to its number of classes, in class-id order. With
+    ``groups`` maps each layer's name to its number of classes, in class-id order. ``head`` is
+    ``"coupled"`` (:class:`GroupHead`: box, objectness and classes from one branch, SmartCash's) or
+    ``"decoupled"`` (:class:`DecoupledHead`: box distributions and quality-scored classes). With
     ``channels_last`` the convolution weights and every input are kept in
     ``torch.channels_last`` memory format (NHWC), the layout cuDNN's and
     oneDNN's fastest convolution kernels use; the values are those of the
@@ -209,12 +251,16 @@ class Detector(nn.Module):
 
     def __init__(self, backbone: str = "efficientnet_b0", groups: Mapping[str, int] | None = None,
                  width: int = 64, weights_path: str | None = None, backbone_width: int = 16,
-                 backbone_depth: int = 1, channels_last: bool = False):
+                 backbone_depth: int = 1, channels_last: bool = False, head: str = "coupled", head_depth: int = 1):
         super().__init__()
+        if head not in HEADS:
+            raise StateError(f"unknown head {head!r}; choose one of {', '.join(HEADS)}")
         self.groups = dict(groups or {"banknote": 7, "nominal": 7, "security": 3})
         self.backbone = globals()["backbone"](backbone, weights_path, backbone_width, backbone_depth)
         self.neck = PAN(self.backbone.channels, width)
-        self.head = nn.ModuleDict({g: GroupHead(width, c, len(STRIDES)) for g, c in self.groups.items()})
+        self.head = nn.ModuleDict({g: GroupHead(width, c, len(STRIDES)) if head == "coupled" else
+                                   DecoupledHead(width, c, len(STRIDES), depth=head_depth)
+                                   for g, c in self.groups.items()})
         self.strides = STRIDES
         self.notes = ((f"model.params.backbone = {backbone!r} without model.params.weights_path: the backbone "
                        "trains from scratch (give a local file of torchvision's ImageNet weights to start from them)",)

@@ -1,0 +1,177 @@
+"""Task-aligned assignment and the loss of the decoupled head: quality-scored classes, CIoU and side distributions.
+
+The decoupled head (:class:`~smartcash_fn.smartcash.detector.DecoupledHead`)
+predicts, per cell, a distribution over distances for each side of a box and
+the layer's class scores. Which cells learn which target is decided by how
+well they already do (Feng et al. 2021, task alignment): among the cells of
+the target's layer whose centres lie inside the target, at every level, the
+``topk`` with the largest ``score^alpha · IoU^beta`` learn it (a cell claimed
+by two targets keeps the one its box overlaps most). The class target of a
+positive cell is that alignment, rescaled so the best cell of each target
+gets its IoU: a score then ranks boxes by quality, as the objectness of the
+coupled head does. The box loss (CIoU) and the distribution loss (the two
+bins around each true distance, Li et al. 2020) weigh each positive by its
+class target::
+
+    loss, parts = aligned_loss(model(images), pad_targets(targets), layout)
+    parts   # {"box": ..., "cls": ..., "dfl": ...}
+
+One batched computation: the candidate pairs are a ``[B, M, cells]`` tensor
+(M the batch's largest target count), no loop over images, targets or
+groups, no host synchronization, and the operations recorded do not depend on
+the batch size or the target count.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import attrs
+import torch
+import torch.nn.functional as F
+
+from .detection import Heads, Layout, Outputs, ciou_loss, distance_boxes, pad_targets, pair_iou, split_labels
+from .detector import BINS, STRIDES
+
+
+@attrs.frozen
+class AlignedWeights:
+    """Weights of the three parts and the assignment's knobs (the values the strong single-stage detectors use).
+
+    ``topk`` cells per target, alignment ``score^alpha · IoU^beta``:
+    ``AlignedWeights(box=7.5, cls=0.5, dfl=1.5, topk=10, alpha=0.5, beta=6.0)``.
+    """
+
+    box: float = 7.5
+    cls: float = 0.5
+    dfl: float = 1.5
+    topk: int = 10
+    alpha: float = 0.5
+    beta: float = 6.0
+
+
+@attrs.frozen
+class Cells:
+    """Every cell of every head on one axis: its centre (pixels), stride, group index and the group's class count."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    stride: torch.Tensor
+    group: torch.Tensor
+    classes: torch.Tensor
+
+    @classmethod
+    def of(cls, heads: Heads, layout: Layout, strides: Sequence[int], device: torch.device) -> "Cells":
+        parts: list[list[torch.Tensor]] = [[], [], [], [], []]
+        for i, (h, w) in enumerate(heads.shapes):
+            g, level = divmod(i, heads.levels)
+            s = float(strides[level])
+            gy, gx = torch.meshgrid(torch.arange(h, device=device, dtype=torch.float32),
+                                    torch.arange(w, device=device, dtype=torch.float32), indexing="ij")
+            n = h * w
+            for part, value in zip(parts, ((gx.reshape(-1) + 0.5) * s, (gy.reshape(-1) + 0.5) * s,
+                                           torch.full((n,), s, device=device),
+                                           torch.full((n,), g, dtype=torch.int64, device=device),
+                                           torch.full((n,), layout.groups[g][1], dtype=torch.int64, device=device))):
+                part.append(value)
+        return cls(*(torch.cat(p) for p in parts))
+
+
+def _cell_major(outputs: Outputs, layout: Layout, bins: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every head's cells on one axis: side logits ``[B, cells, 4, bins]`` and class logits ``[B, cells, widest]``
+    (each group's padded to the widest). Cell-major (``[B, H·W, C]``) is free for channels-last outputs."""
+    widest = max(c for _, c in layout.groups)
+    rows = []
+    for g, c in layout.groups:
+        for raw in outputs[g]:
+            if raw.shape[1] != 4 * bins + c:
+                raise ValueError(f"aligned loss: the {g!r} head gives {raw.shape[1]} channels a cell where the "
+                                 f"decoupled head gives {4 * bins + c} (4 x {bins} distance bins, {c} classes); "
+                                 "set model.params.head = \"decoupled\", or use loss = \"detection\" for the "
+                                 "coupled head")
+            rows.append((raw.permute(0, 2, 3, 1).flatten(1, 2), c))
+    dist = torch.cat([r[..., :4 * bins] for r, _ in rows], 1).float()
+    logits = torch.cat([F.pad(r[..., 4 * bins:], (0, widest - c)) for r, c in rows], 1).float()
+    return dist.unflatten(-1, (4, bins)), logits
+
+
+@attrs.frozen
+class Aligned:
+    """The assignment of a padded batch, per cell ``[B, cells]``: ``positive``, the ``target`` index it learns
+    (into the padded targets), its class ``score`` target (the rescaled alignment; 0 off the positives)."""
+
+    positive: torch.Tensor
+    target: torch.Tensor
+    score: torch.Tensor
+
+
+def align(boxes: torch.Tensor, scores: torch.Tensor, cells: Cells, gt_boxes: torch.Tensor, valid: torch.Tensor,
+          group: torch.Tensor, cls: torch.Tensor, weights: AlignedWeights = AlignedWeights(),
+          eps: float = 1e-9) -> Aligned:
+    """Task-aligned assignment: ``boxes [B, A, 4]`` and ``scores [B, A, widest]`` predicted (no gradient needed)
+    against padded targets ``gt_boxes [B, M, 4]`` with their ``valid``, ``group`` and ``cls`` ``[B, M]``."""
+    x1, y1, x2, y2 = (gt_boxes[..., i, None] for i in range(4))  # [B, M, 1]
+    inside = torch.minimum(torch.minimum(cells.x - x1, cells.y - y1),
+                           torch.minimum(x2 - cells.x, y2 - cells.y)) > eps  # [B, M, A]
+    candidate = inside & (cells.group == group[..., None]) & valid[..., None]
+    count, cell_count = gt_boxes.shape[1], boxes.shape[1]
+    score = scores.transpose(1, 2).gather(1, cls.clamp(min=0)[..., None].expand(-1, -1, cell_count))
+    iou = pair_iou(gt_boxes[:, :, None, :], boxes[:, None, :, :]).clamp(min=0).nan_to_num(0.0)
+    metric = torch.where(candidate, score.pow(weights.alpha) * iou.pow(weights.beta), 0.0)
+    top = metric.topk(min(weights.topk, cell_count), dim=-1).indices
+    chosen = torch.zeros_like(candidate).scatter(-1, top, True) & candidate
+    # of the targets that chose a cell, the one it overlaps most (argmax on the last, contiguous axis: fast)
+    target = torch.where(chosen, iou, -1.0).transpose(1, 2).clone(memory_format=torch.contiguous_format).argmax(-1)
+    positive = chosen.any(1)
+    mine = (torch.arange(count, device=boxes.device)[None, :, None] == target[:, None, :]) & positive[:, None, :]
+    metric, iou = metric * mine, iou * mine
+    rescaled = metric * iou.amax(-1, keepdim=True) / (metric.amax(-1, keepdim=True) + eps)
+    return Aligned(positive, target, rescaled.amax(1))
+
+
+def aligned_loss(outputs: Outputs, targets: Sequence[Mapping[str, torch.Tensor]] | Mapping[str, torch.Tensor],
+                 layout: Layout, weights: AlignedWeights = AlignedWeights(), strides: Sequence[int] = STRIDES,
+                 bins: int = BINS) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The weighted sum of the CIoU box, class (BCE on quality targets) and distribution losses, and the parts.
+
+    Each part is summed over the cells, weighted by the class targets, and
+    divided by their sum; the total is multiplied by the batch size, as the
+    coupled head's :func:`~smartcash_fn.smartcash.detection.detection_loss`.
+    """
+    padded = targets if isinstance(targets, Mapping) else pad_targets(targets)
+    dist, logits = _cell_major(outputs, layout, bins)
+    device, batch, cell_count, widest = dist.device, dist.shape[0], dist.shape[1], logits.shape[-1]
+    gt_boxes, labels = padded["boxes"].to(device).float(), padded["labels"].to(device)
+    if labels.shape[1] == 0:  # no targets in the batch: one padding target keeps every shape non-empty
+        gt_boxes = torch.tensor([0.0, 0.0, 1.0, 1.0], device=device).repeat(batch, 1, 1)
+        labels = torch.full((batch, 1), -1, dtype=torch.int64, device=device)
+    cells = Cells.of(Heads.of(outputs, layout), layout, strides, device)
+    valid, group, cls = split_labels(labels, layout)
+    with torch.no_grad():
+        boxes = distance_boxes(dist, cells.x, cells.y, cells.stride)
+        a = align(boxes, logits.sigmoid(), cells, gt_boxes, valid, group, cls, weights)
+        label = cls.gather(1, a.target).clamp(min=0)
+        score = (torch.arange(widest, device=device) == label[..., None]) * a.score[..., None]  # [B, A, widest]
+        total = score.sum().clamp(min=1.0)
+        # the positives are among each target's top-k cells: that many slots hold them all, whatever the data
+        slots = a.positive.float().topk(min(labels.shape[1] * weights.topk, cell_count), dim=1).indices  # [B, P]
+        weight = score.sum(-1).gather(1, slots)  # 0 at a slot without a positive
+        true_boxes = gt_boxes.gather(1, a.target.gather(1, slots)[..., None].expand(-1, -1, 4))
+        at = {k: getattr(cells, k)[slots] for k in ("x", "y", "stride")}
+    real = torch.arange(widest, device=device) < cells.classes[:, None]  # [A, widest]: the group's own classes
+    cls_l = torch.where(real, F.binary_cross_entropy_with_logits(logits, score, reduction="none"), 0.0).sum() / total
+    sides_logits = dist.gather(1, slots[..., None, None].expand(-1, -1, 4, bins))  # [B, P, 4, bins]
+    pred = distance_boxes(sides_logits, at["x"], at["y"], at["stride"])
+    pos = (weight > 0)[..., None]
+    unit = torch.tensor([0.0, 0.0, 1.0, 1.0], device=device)
+    box_l = (ciou_loss(torch.where(pos, pred, unit), torch.where(pos, true_boxes, unit)) * weight).sum() / total
+    sides = torch.stack([at["x"] - true_boxes[..., 0], at["y"] - true_boxes[..., 1],
+                         true_boxes[..., 2] - at["x"], true_boxes[..., 3] - at["y"]], -1) / at["stride"][..., None]
+    sides = sides.clamp(0, bins - 1.01)
+    left = sides.floor().long()
+    share = left + 1 - sides  # of the bin below; 1 - share of the bin above
+    logp = sides_logits.log_softmax(-1)
+    near = -(logp.gather(-1, left[..., None])[..., 0] * share + logp.gather(-1, left[..., None] + 1)[..., 0] * (1 - share))
+    dfl_l = (near.mean(-1) * weight).sum() / total
+    loss = (weights.box * box_l + weights.cls * cls_l + weights.dfl * dfl_l) * batch
+    return loss, {"box": box_l.detach(), "cls": cls_l.detach(), "dfl": dfl_l.detach()}

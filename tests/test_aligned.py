@@ -1,0 +1,218 @@
+"""The decoupled head and its task-aligned loss: against a per-image, per-target reference, and by shape.
+
+The reference below walks the images and the targets one by one, as the
+method reads in words; the batched loss must give its values and gradients
+within 1e-5, and record the same operations whatever the batch and the
+target count.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from smartcash_fn.errors import DataError
+from smartcash_fn.smartcash.aligned import AlignedWeights, aligned_loss
+from smartcash_fn.smartcash.components import detector, task_aligned
+from smartcash_fn.smartcash.detection import Layout, ciou_loss, decode, pad_targets, pair_iou
+from smartcash_fn.smartcash.detector import BINS, STRIDES, Detector
+
+from conftest import assert_fixed_operations
+
+GROUPS = {"banknote": 7, "nominal": 7, "security": 3}
+LAYOUT = Layout.of(GROUPS)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _random_outputs(g, batch, size, layout=LAYOUT):
+    return {name: [torch.randn(batch, 4 * BINS + c, size // s, size // s, generator=g).requires_grad_(True)
+                   for s in STRIDES] for name, c in layout.groups}
+
+
+def _random_targets(g, batch, size, most):
+    """Random boxes and labels; image 0 has none, the others 0 to ``most``."""
+    out = []
+    for i in range(batch):
+        k = 0 if i == 0 else int(torch.randint(0, most + 1, (1,), generator=g))
+        centre = torch.rand(k, 2, generator=g) * size
+        side = torch.rand(k, 2, generator=g) * size * 0.6 + 3
+        out.append({"boxes": torch.cat([centre - side / 2, centre + side / 2], 1),
+                    "labels": torch.randint(0, LAYOUT.num_classes, (k,), generator=g)})
+    return out
+
+
+def reference_loss(outputs, targets, layout, w=AlignedWeights()):
+    """The aligned loss image by image, group by group, target by target."""
+    batch = next(iter(outputs.values()))[0].shape[0]
+    cls_sum, box_sum, dfl_sum, total = 0.0, 0.0, 0.0, 0.0
+    for b in range(batch):
+        for gi, (group, classes) in enumerate(layout.groups):
+            # this group's cells, in the head order: centres, strides, side logits, class logits
+            xs, ys, ss, dists, logits = [], [], [], [], []
+            for raw, s in zip(outputs[group], STRIDES):
+                _, _, h, wd = raw.shape
+                for y in range(h):
+                    for x in range(wd):
+                        xs.append((x + 0.5) * s), ys.append((y + 0.5) * s), ss.append(float(s))
+                r = raw[b].reshape(raw.shape[1], -1).T
+                dists.append(r[:, :4 * BINS].reshape(-1, 4, BINS))
+                logits.append(r[:, 4 * BINS:])
+            xs, ys, ss = torch.tensor(xs), torch.tensor(ys), torch.tensor(ss)
+            dist, logit = torch.cat(dists), torch.cat(logits)
+            mean = (dist.softmax(-1) * torch.arange(BINS, dtype=torch.float32)).sum(-1) * ss[:, None]
+            boxes = torch.stack([xs - mean[:, 0], ys - mean[:, 1], xs + mean[:, 2], ys + mean[:, 3]], 1)
+            scores = logit.detach().sigmoid()
+            mine = [(m, int(l) - layout.offset(group)) for m, l in enumerate(targets[b]["labels"].tolist())
+                    if layout.group_of(int(l))[0] == group]
+            n = len(xs)
+            claims = {}  # cell -> [(target, iou, metric)]
+            for m, c in mine:
+                x1, y1, x2, y2 = targets[b]["boxes"][m].tolist()
+                iou = pair_iou(torch.tensor([x1, y1, x2, y2]).expand(n, 4), boxes.detach()).clamp(min=0).nan_to_num(0)
+                inside = torch.minimum(torch.minimum(xs - x1, ys - y1), torch.minimum(x2 - xs, y2 - ys)) > 1e-9
+                metric = torch.where(inside, scores[:, c] ** w.alpha * iou ** w.beta, 0.0)
+                for cell in metric.topk(min(w.topk, n)).indices.tolist():
+                    if inside[cell]:
+                        claims.setdefault(cell, []).append((m, float(iou[cell]), float(metric[cell])))
+            owner = {cell: max(cs, key=lambda t: (t[1], -t[0]))[0] for cell, cs in claims.items()}
+            target = torch.zeros(n, classes)
+            for m, c in mine:
+                cells = [cell for cell, o in owner.items() if o == m]
+                if not cells:
+                    continue
+                best_metric = max(t[2] for cell in cells for t in claims[cell] if t[0] == m)
+                best_iou = max(t[1] for cell in cells for t in claims[cell] if t[0] == m)
+                for cell in cells:
+                    metric = next(t[2] for t in claims[cell] if t[0] == m)
+                    target[cell, c] = metric * best_iou / (best_metric + 1e-9)
+            cls_sum = cls_sum + F.binary_cross_entropy_with_logits(logit, target, reduction="sum")
+            total += float(target.sum())
+            for cell, m in owner.items():
+                weight = target[cell].sum()
+                true = targets[b]["boxes"][m]
+                box_sum = box_sum + ciou_loss(boxes[cell], true) * weight
+                sides = torch.stack([xs[cell] - true[0], ys[cell] - true[1], true[2] - xs[cell], true[3] - ys[cell]])
+                sides = (sides / ss[cell]).clamp(0, BINS - 1.01)
+                logp = dist[cell].log_softmax(-1)
+                near = 0.0
+                for side in range(4):
+                    lo = int(math.floor(float(sides[side])))
+                    share = lo + 1 - sides[side]
+                    near = near - (logp[side, lo] * share + logp[side, lo + 1] * (1 - share))
+                dfl_sum = dfl_sum + near / 4 * weight
+    total = max(total, 1.0)
+    parts = {"box": box_sum / total, "cls": cls_sum / total, "dfl": dfl_sum / total}
+    loss = (w.box * parts["box"] + w.cls * parts["cls"] + w.dfl * parts["dfl"]) * batch
+    return loss, {k: torch.as_tensor(v).detach() for k, v in parts.items()}
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_batched_loss_equals_the_per_image_reference(seed):
+    g = torch.Generator().manual_seed(seed)
+    size = (64, 96)[seed % 2]
+    out = _random_outputs(g, 3, size)
+    targets = _random_targets(g, 3, size, most=12)
+    leaves = [t for ts in out.values() for t in ts]
+    weights = AlignedWeights(box=7.5, cls=0.5, dfl=1.5, topk=(10, 3)[seed % 2])
+    want, want_parts = reference_loss(out, targets, LAYOUT, weights)
+    want_grads = torch.autograd.grad(want, leaves)
+    for given in (targets, pad_targets(targets)):
+        got, parts = aligned_loss(out, given, LAYOUT, weights)
+        assert torch.allclose(got, want, rtol=1e-5, atol=1e-5), (got, want)
+        for k in want_parts:
+            assert torch.allclose(parts[k], want_parts[k], rtol=1e-5, atol=1e-5), (k, parts[k], want_parts[k])
+        for a, b in zip(torch.autograd.grad(got, leaves), want_grads):
+            assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert want_parts["box"] > 0 and want_parts["dfl"] > 0
+
+
+def test_a_batch_without_targets_costs_only_the_class_part():
+    g = torch.Generator().manual_seed(1)
+    out = _random_outputs(g, 2, 64)
+    empty = [{"boxes": torch.zeros((0, 4)), "labels": torch.zeros(0, dtype=torch.int64)}] * 2
+    got, parts = aligned_loss(out, empty, LAYOUT)
+    want, _ = reference_loss(out, empty, LAYOUT)
+    assert torch.allclose(got, want, rtol=1e-6) and parts["box"] == 0 and parts["dfl"] == 0 and parts["cls"] > 0
+
+
+def test_the_loss_records_the_same_operations_whatever_the_batch_and_the_targets():
+    assert_fixed_operations(lambda out, padded: aligned_loss(out, padded, LAYOUT), _random_outputs)
+
+
+def _peaked(layout, size, batch=1):
+    """Decoupled raw outputs: every class logit at -20, every side distribution flat."""
+    return {g: [torch.cat([torch.zeros(batch, 4 * BINS, size // s, size // s),
+                           torch.full((batch, c, size // s, size // s), -20.0)], 1) for s in STRIDES]
+            for g, c in layout.groups}
+
+
+def test_a_cell_decodes_to_the_distances_its_distributions_peak_at():
+    raw = _peaked(LAYOUT, 64)
+    t = raw["nominal"][1]  # stride 16, cell (1, 2): centre (24, 40)
+    for side, strides in enumerate((1, 2, 3, 0)):  # left 1, top 2, right 3, bottom 0 strides
+        t[0, side * BINS + strides, 2, 1] = 30.0
+    t[0, 4 * BINS + 5, 2, 1] = 2.0
+    d = decode(raw, LAYOUT, conf=0.01)[0]
+    assert len(d.boxes) == 1 and int(d.labels[0]) == LAYOUT.offset("nominal") + 5
+    assert torch.allclose(d.boxes[0], torch.tensor([24.0 - 16, 40 - 32, 24 + 48, 40 + 0]), atol=1e-3)
+    assert torch.allclose(d.scores[0], torch.sigmoid(torch.tensor(2.0)))
+
+
+def test_a_prediction_on_its_target_costs_little_box_and_distribution_loss():
+    raw = _peaked(LAYOUT, 64)
+    t = raw["banknote"][0]  # stride 8, cell (4, 4): centre (36, 36); the box 2 strides each side
+    for side in range(4):
+        t[0, side * BINS + 2, 4, 4] = 30.0
+    t[0, 4 * BINS + 3, 4, 4] = 20.0
+    target = [{"boxes": torch.tensor([[20.0, 20, 52, 52]]), "labels": torch.tensor([3])}]
+    _, parts = aligned_loss(raw, target, LAYOUT)
+    assert parts["box"] < 1e-4 and parts["dfl"] < 1e-3
+
+
+def test_the_loss_refuses_a_coupled_head_naming_the_setting():
+    out = Detector("cspdarknet", GROUPS, width=16, backbone_width=8)(torch.zeros(1, 3, 64, 64))
+    with pytest.raises(ValueError, match='model.params.head = "decoupled"'):
+        aligned_loss(out, [{"boxes": torch.zeros((0, 4)), "labels": torch.zeros(0, dtype=torch.int64)}], LAYOUT)
+
+
+def test_the_decoupled_detector_gives_bins_and_classes_and_learns_a_tiny_batch():
+    torch.manual_seed(0)
+    model = detector(GROUPS, width=16, backbone_width=8, head="decoupled")
+    images = torch.rand(2, 3, 64, 64)
+    out = model(images)
+    assert [o.shape[1] for o in out["security"]] == [4 * BINS + 3] * 3
+    targets = [{"boxes": torch.tensor([[8.0, 8, 40, 30]]), "labels": torch.tensor([2])},
+               {"boxes": torch.tensor([[20.0, 30, 30, 40], [0, 0, 60, 60]]), "labels": torch.tensor([15, 9])}]
+    loss_fn = task_aligned(GROUPS)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    first = None
+    for _ in range(60):
+        loss, _ = loss_fn(model, (images, targets))
+        first = float(loss.detach()) if first is None else first
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert float(loss.detach()) < first / 4
+    model.eval()
+    with torch.no_grad():
+        d = decode(model(images), LAYOUT, conf=0.01)[1]
+    best = d.labels[d.scores.argmax()]
+    assert int(best) in (15, 9)
+
+
+@pytest.mark.parametrize("bad, match", [({"head": "split"}, "head must be one of"),
+                                        ({"head_depth": -1}, "head_depth must be an integer")])
+def test_the_factory_refuses_a_bad_head(bad, match):
+    with pytest.raises(DataError, match=match):
+        detector(GROUPS, width=16, backbone_width=8, **bad)
+
+
+@pytest.mark.parametrize("bad, match", [({"topk": 0}, "topk must be an integer >= 1"),
+                                        ({"box": -1.0}, "box must be a number >= 0")])
+def test_the_loss_factory_refuses_bad_weights(bad, match):
+    with pytest.raises(DataError, match=match):
+        task_aligned(GROUPS, **bad)
