@@ -1,6 +1,6 @@
 """GPU figures in one script: the library's step against hand-written loops, determinism's cost, a whole run.
 
-Four measurements, one JSON on stdout's last line (and ``--json PATH``) after a table:
+Five measurements, one JSON on stdout's last line (and ``--json PATH``) after a table:
 
 - **throughput** — images/s and peak memory of one training step on a fixed,
   already rendered batch (the data path left out), for the detector with
@@ -12,6 +12,11 @@ Four measurements, one JSON on stdout's last line (and ``--json PATH``) after a 
   ``fused=True``, ``loss.backward()``, ``clip_grad_norm_(10)``,
   ``zero_grad(set_to_none=True)``, ``torch.autocast`` for bf16). Kernels are
   torch's defaults here (``run.deterministic`` off) so all loops run alike;
+- **loss share** — per detector case, for the coupled head with its loss and
+  the decoupled head with the task-aligned loss: the seconds of the model's
+  forward and backward with the loss, and of the loss alone (forward and
+  backward on the outputs), in the last precision of the plan; the share is
+  the second over the first;
 - **deterministic** — the library's step on the detector cases with
   :func:`smartcash_fn.environment.use_deterministic` off and on: the cost of
   ``run.deterministic = true`` (on the CPU it sets nothing and costs nothing);
@@ -39,7 +44,6 @@ well under a minute)::
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import statistics
@@ -63,7 +67,8 @@ from smartcash_fn import environment  # noqa: E402
 from smartcash_fn.run import recipe as rc  # noqa: E402
 from smartcash_fn.run.build import build, to_device  # noqa: E402
 from smartcash_fn.smartcash import scenes as rupiah  # noqa: E402
-from smartcash_fn.smartcash.detection import Layout, detection_loss  # noqa: E402
+from smartcash_fn.smartcash.aligned import aligned_loss  # noqa: E402
+from smartcash_fn.smartcash.detection import Layout, detection_loss, pad_targets  # noqa: E402
 from smartcash_fn.smartcash.detector import Detector  # noqa: E402
 
 LAYOUT = Layout.of({layer: len(names) for layer, names in rupiah.LAYERS.items()})
@@ -249,6 +254,44 @@ def measure_throughput(plan: Plan, log: Callable[[str], None]) -> list[dict[str,
     return rows
 
 
+def measure_loss_share(plan: Plan, log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Per detector case and head: the forward + backward of the model with its loss (one step without the
+    optimizer, images/s) and of the loss alone on the model's outputs (detached leaves), in the plan's last
+    precision; ``share`` is the second over the first (the issue's goal on a GPU: at most 0.15)."""
+    rows = []
+    precision = plan.precisions[-1]
+    for name, bb, size, batch, kw in plan.detectors:
+        _, data, _ = _detector_case(bb, size, batch, kw, plan.device)
+        padded = pad_targets(data[1])  # as the collate serves them: the loss starts from fixed shapes
+        for head, loss in (("coupled", lambda out: detection_loss(out, padded, LAYOUT, image_size=size)),
+                           ("decoupled", lambda out: aligned_loss(out, padded, LAYOUT))):
+            torch.manual_seed(0)
+            model = Detector(backbone=bb, groups=dict(LAYOUT.groups), head=head, **kw).to(plan.device)
+            autocast = torch.autocast(torch.device(plan.device).type, torch.bfloat16, enabled=precision == "bf16")
+            kept: dict[str, Any] = {}
+
+            def step() -> None:
+                with autocast:
+                    out = model(data[0])
+                kept["out"] = {g: [o.detach().requires_grad_(True) for o in v] for g, v in out.items()}
+                loss(out)[0].backward()
+
+            def loss_only() -> None:
+                loss(kept["out"])[0].backward()
+
+            try:
+                step_s = _time_steps(step, plan.device, plan.warmup, plan.steps)
+                loss_s = _time_steps(loss_only, plan.device, plan.warmup, plan.steps)
+                row = {"case": name, "head": head, "precision": precision, "step_s": round(step_s, 5),
+                       "loss_s": round(loss_s, 5), "share": round(loss_s / step_s, 3),
+                       "images_per_s": round(batch / step_s, 1)}
+            except Exception as e:  # noqa: BLE001 - a failed case is reported, the rest still measured
+                row = {"case": name, "head": head, "precision": precision, "error": f"{type(e).__name__}: {e}"}
+            log(f"  {name:<24} {head:<9} {precision:<5} {row}")
+            rows.append(row)
+    return rows
+
+
 def measure_deterministic(plan: Plan, log: Callable[[str], None]) -> list[dict[str, Any]]:
     """The library step's images/s with deterministic kernels off, then on (the setting is left off after)."""
     rows = []
@@ -420,11 +463,17 @@ def table(result: dict[str, Any]) -> str:
         peaks = "/".join(str(r[k].get("peak_mib")) for k in ("library", "hand_foreach", "hand_fused"))
         lines.append(f"{r['case']:<24} {r['precision']:<5} {ips('library')} {ips('hand_foreach')} "
                      f"{ips('hand_fused')} {str(r['ratio_vs_foreach']):>7} {str(r['ratio_vs_fused']):>7} {peaks:>22}")
+    for r in result.get("loss_share", []):
+        lines.append(f"loss share {r['case']} {r['head']} {r['precision']}: "
+                     + (f"loss {r['loss_s']} s of {r['step_s']} s = {r['share']}, {r['images_per_s']} img/s"
+                        if "error" not in r else f"error: {r['error'][:200]}"))
     for r in result["deterministic"]:
         lines.append(f"deterministic on/off {r['case']} {r['precision']}: {r['cost_ratio_on_vs_off']}"
                      + ("" if r["applies"] else " (CPU: no effect)"))
     e = result["end_to_end"]
-    if "error" in e:
+    if e.get("skipped"):
+        lines.append("end to end: skipped")
+    elif "error" in e:
         lines.append(f"end to end: error: {e['error'][:300]}")
     else:
         lines.append(f"end to end: {e.get('images_per_s_end_to_end')} images/s over {e['train_wall_s']} s; split "
@@ -438,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny sizes on the CPU (well under a minute)")
     parser.add_argument("--json", metavar="PATH", help="also write the JSON here")
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu (--quick: cpu)")
-    parser.add_argument("--skip", default="", help="comma-separated parts to skip: throughput,deterministic,end_to_end")
+    parser.add_argument("--skip", default="", help="comma-separated parts to skip: throughput,loss_share,deterministic,end_to_end")
     args = parser.parse_args(argv)
     device = "cpu" if args.quick else (args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     plan = Plan.quick_plan() if args.quick else Plan.full(device)
@@ -448,6 +497,8 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {"machine": machine(plan.device), "quick": plan.quick}
     log("throughput")
     result["throughput"] = [] if "throughput" in skip else measure_throughput(plan, log)
+    log("loss share")
+    result["loss_share"] = [] if "loss_share" in skip else measure_loss_share(plan, log)
     log("deterministic")
     result["deterministic"] = [] if "deterministic" in skip else measure_deterministic(plan, log)
     log("end to end")
