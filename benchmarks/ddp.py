@@ -8,9 +8,11 @@ DDP, ... for ``--reps`` repetitions of ``--steps`` steps):
 
 - **ours**: ``fit`` of the recipe's built loop (the step composed with
   ``all_reduce_gradients``, the agreement callbacks, no validation, no files);
-- **ours, at the update**: the same with ``all_reduce_gradients(overlap=False)``:
-  the buckets reduced after ``torch.autograd.grad`` returns, not during the
-  backward pass (the effect of the overlap, side by side);
+- **ours, the other way**: the same with the other reduction path than the one
+  ``build`` picks (``distributed.overlap_default``: at the update on gloo,
+  during the backward pass on NCCL) — the buckets reduced during the backward
+  pass or after ``torch.autograd.grad`` returns (the effect of the overlap,
+  side by side);
 - **ddp**: ``DistributedDataParallel`` over the same model (same initial
   weights), ``torch.optim.AdamW(foreach=True)``, the same loss function and
   the same per-rank batches (the recipe's sharded data), clipping where the
@@ -40,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import functools
 import json
 import os
 import socket
@@ -127,14 +128,14 @@ def ddp_loop(built: Any, recipe: Any) -> Any:
     return run
 
 
-def step_reduced_at_update(recipe: Any) -> Any:
-    """The recipe's composed step with the all-reduce at the update phase (``overlap=False``), same chain."""
-    overlapped = distributed.all_reduce_gradients
-    distributed.all_reduce_gradients = functools.partial(overlapped, overlap=False)  # what build composes
+def step_with_overlap(recipe: Any, overlap: bool) -> Any:
+    """The recipe's composed step, same chain, with the all-reduce during the backward pass or at the update."""
+    chosen = distributed.overlap_default
+    distributed.overlap_default = lambda: overlap  # what build asks
     try:
         return make_train_step(recipe, make_loss(recipe, make_data(recipe)[2]))[0]
     finally:
-        distributed.all_reduce_gradients = overlapped
+        distributed.overlap_default = chosen
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -149,10 +150,11 @@ def worker(args: argparse.Namespace) -> None:
     run_ddp = ddp_loop(built, recipe)
     run_ddp(args.warmup, 0)
     bare = attrs.evolve(loop, callbacks=tuple(c for c in loop.callbacks if c.name != "agree_on_stop"))
-    at_update = attrs.evolve(loop, step=step_reduced_at_update(recipe))
-    state = fit(state, at_update, to_step=state.progress.step + args.warmup)
-    ours, ddp, unagreed, updated = [], [], [], []
-    cpu: dict[str, list[float]] = {"ours": [], "ddp": [], "at_update": []}
+    other_overlaps = not distributed.overlap_default()
+    other_way = attrs.evolve(loop, step=step_with_overlap(recipe, other_overlaps))
+    state = fit(state, other_way, to_step=state.progress.step + args.warmup)
+    ours, ddp, unagreed, other = [], [], [], []
+    cpu: dict[str, list[float]] = {"ours": [], "ddp": [], "other": []}
 
     def timed(run: Any, wall: list[float], cpu_of: str | None = None) -> Any:
         dist.barrier()
@@ -166,13 +168,13 @@ def worker(args: argparse.Namespace) -> None:
     for _ in range(args.reps):
         state = timed(lambda: fit(state, loop, to_step=state.progress.step + args.steps), ours, "ours")
         timed(lambda: run_ddp(args.steps, 1), ddp, "ddp")
-        state = timed(lambda: fit(state, at_update, to_step=state.progress.step + args.steps), updated, "at_update")
+        state = timed(lambda: fit(state, other_way, to_step=state.progress.step + args.steps), other, "other")
         state = timed(lambda: fit(state, bare, to_step=state.progress.step + args.steps), unagreed)
     per_rank_batch = int(built.loop.data.batch_size)
     result = {"case": args.case, "world": w.size, "per_rank_batch": per_rank_batch, "steps": args.steps,
-              "ours_s": ours, "ddp_s": ddp, "ours_without_agreement_s": unagreed, "ours_at_update_s": updated,
-              "cpu_s": cpu,
-              "ours_at_update_samples_per_s": per_rank_batch * args.steps / statistics.median(updated),
+              "ours_s": ours, "ddp_s": ddp, "ours_without_agreement_s": unagreed, "ours_other_s": other,
+              "cpu_s": cpu, "other_overlaps": other_overlaps,
+              "ours_other_samples_per_s": per_rank_batch * args.steps / statistics.median(other),
               "ours_samples_per_s": per_rank_batch * args.steps / statistics.median(ours),
               "ddp_samples_per_s": per_rank_batch * args.steps / statistics.median(ddp),
               "ours_without_agreement_samples_per_s": per_rank_batch * args.steps / statistics.median(unagreed),
@@ -243,32 +245,34 @@ def main(argv: list[str] | None = None) -> int:
                 "ours_1": one["ours_samples_per_s"], "ddp_1": one["ddp_samples_per_s"],
                 "ours_2": two["ours_samples_per_s"], "ddp_2": two["ddp_samples_per_s"],
                 "ours_unagreed_2": two["ours_without_agreement_samples_per_s"],
-                "ours_at_update_2": two["ours_at_update_samples_per_s"],
-                "at_update_over_ddp_2": paired(two["ddp_s"], two["ours_at_update_s"]),
+                "ours_other_2": two["ours_other_samples_per_s"], "other_overlaps": two["other_overlaps"],
+                "other_over_ddp_2": paired(two["ddp_s"], two["ours_other_s"]),
                 "cpu_ours_over_ddp_2": paired(two["cpu_s"]["ddp"], two["cpu_s"]["ours"]),
-                "cpu_at_update_over_ddp_2": paired(two["cpu_s"]["ddp"], two["cpu_s"]["at_update"]),
+                "cpu_other_over_ddp_2": paired(two["cpu_s"]["ddp"], two["cpu_s"]["other"]),
                 "ours_over_ddp_1": paired(one["ddp_s"], one["ours_s"]),
                 "ours_over_ddp_2": paired(two["ddp_s"], two["ours_s"]),
                 "efficiency_ours": two["ours_samples_per_s"] / one["ours_samples_per_s"],
                 "efficiency_ddp": two["ddp_samples_per_s"] / one["ddp_samples_per_s"],
                 "max_rel_param_diff_1_vs_2": rel, "norm_rel_param_diff_1_vs_2": whole,
                 "step_text_2": two["step_text"],
-                "seconds_1": {k: one[k] for k in ("ours_s", "ddp_s", "ours_without_agreement_s", "ours_at_update_s")},
-                "seconds_2": {k: two[k] for k in ("ours_s", "ddp_s", "ours_without_agreement_s", "ours_at_update_s")},
+                "seconds_1": {k: one[k] for k in ("ours_s", "ddp_s", "ours_without_agreement_s", "ours_other_s")},
+                "seconds_2": {k: two[k] for k in ("ours_s", "ddp_s", "ours_without_agreement_s", "ours_other_s")},
             })
     load_after = os.getloadavg()
     print(f"load average before {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}, after "
           f"{load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}; {os.cpu_count()} cores, torch "
           f"{torch.__version__}, gloo, 1 thread per process; {args.steps} steps x {args.reps} reps")
     print(f"{'case':<9} {'batch':>5} | {'ours 1p':>9} {'ddp 1p':>9} {'ratio':>6} | {'ours 2p':>9} {'ddp 2p':>9} "
-          f"{'ratio':>6} {'upd/ddp':>7} {'cpu':>5} {'cpu upd':>7} | {'eff ours':>8} {'eff ddp':>8} | {'params 1p vs 2p: max':>20} {'norm':>9}")
+          f"{'ratio':>6} {'oth/ddp':>7} {'cpu':>5} {'cpu oth':>7} | {'eff ours':>8} {'eff ddp':>8} | {'params 1p vs 2p: max':>20} {'norm':>9}")
     for r in rows:
         print(f"{r['case']:<9} {r['per_rank_batch']:>5} | {r['ours_1']:>9.1f} {r['ddp_1']:>9.1f} "
-              f"{r['ours_over_ddp_1']:>6.3f} | {r['ours_2']:>9.1f} {r['ddp_2']:>9.1f} {r['ours_over_ddp_2']:>6.3f} {r['at_update_over_ddp_2']:>7.3f} {r['cpu_ours_over_ddp_2']:>5.3f} {r['cpu_at_update_over_ddp_2']:>7.3f} | "
+              f"{r['ours_over_ddp_1']:>6.3f} | {r['ours_2']:>9.1f} {r['ddp_2']:>9.1f} {r['ours_over_ddp_2']:>6.3f} {r['other_over_ddp_2']:>7.3f} {r['cpu_ours_over_ddp_2']:>5.3f} {r['cpu_other_over_ddp_2']:>7.3f} | "
               f"{r['efficiency_ours']:>8.3f} {r['efficiency_ddp']:>8.3f} | {r['max_rel_param_diff_1_vs_2']:>20.2e} "
               f"{r['norm_rel_param_diff_1_vs_2']:>9.2e}")
-    print("samples/s per process (median); ratio = ours / DDP and upd/ddp = ours reduced at the update / DDP, "
-          "each the median over repetitions of the ratio within a repetition; cpu, cpu upd: the same ratios of "
+    print("samples/s per process (median); ratio = ours (as build composes it: "
+          f"{rows[0]['step_text_2'] if rows else ''}) / DDP and oth/ddp = ours the other way (reduced "
+          f"{'during the backward pass' if rows and rows[0]['other_overlaps'] else 'at the update'}) / DDP, "
+          "each the median over repetitions of the ratio within a repetition; cpu, cpu oth: the same ratios of "
           "rank 0's CPU seconds (process time, gloo's threads included: the work, not the wait for a busy core); eff = per-process throughput on 2 over on 1; "
           "params: max over tensors of max|a-b|/max|a|, and |a-b|/|a| over all params, after the agreement steps")
     if args.json:

@@ -498,42 +498,70 @@ def _spec(tensors: Mapping[str, torch.Tensor], names: Sequence[str], prefix: str
                  for k in names)
 
 
-def _overlapped_backward(inner: Any, state: TrainState, loss: torch.Tensor, leaves: Tensors, bucket_mb: float,
-                         first_bucket_mb: float) -> tuple[TrainState, Tensors]:
-    """``inner``'s gradients averaged over the ranks, each bucket's all-reduce launched as soon as autograd has
-    filled it, in plan order (the same collectives in the same order on every rank, whatever the timing);
-    the metrics and rank 0's buffers ride in the first bucket. Returns ``(state, grads)``, both new tensors."""
-    size, main = dist.get_world_size(), dist.get_rank() == 0
-    metrics = [k for k, v in state.metrics.items() if isinstance(v, torch.Tensor) and v.is_floating_point()]
-    buffers = [k for k, v in state.buffers.items() if v.is_floating_point()]
-    names = list(leaves)[::-1]  # the order autograd finishes them in, near enough: the last layer first
-    layout = _layout(_spec(leaves, names), _spec(state.metrics, metrics, METRIC),
+@attrs.frozen
+class _Reduction:
+    """One step's reduction: the bucket ``layout`` of gradients ``names`` (autograd's order), float ``metrics``
+    and ``buffers``, and the ``riders`` (metrics, and rank 0's buffers or zeros) that travel with them."""
+
+    layout: _Layout
+    names: tuple[str, ...]
+    metrics: tuple[str, ...]
+    buffers: tuple[str, ...]
+    riders: Mapping[str, torch.Tensor]
+
+
+def _reduction(state: TrainState, grads: Tensors, bucket_mb: float, first_bucket_mb: float) -> _Reduction:
+    main = dist.get_rank() == 0
+    metrics = tuple(k for k, v in state.metrics.items() if isinstance(v, torch.Tensor) and v.is_floating_point())
+    buffers = tuple(k for k, v in state.buffers.items() if v.is_floating_point())  # integer ones agree already
+    names = tuple(grads)[::-1]  # the order autograd finishes them in, near enough: the last layer first
+    layout = _layout(_spec(grads, names), _spec(state.metrics, metrics, METRIC),
                      _spec(state.buffers, buffers, BUFFER), max(1, int(bucket_mb * 2**20)),
                      max(1, int(first_bucket_mb * 2**20)))
     riders = {METRIC + k: state.metrics[k] for k in metrics}
     riders.update((BUFFER + k, state.buffers[k] if main else torch.zeros_like(state.buffers[k]))
                   for k in buffers)  # rank 0's buffers, summed with the others' zeros
-    if not layout.overlaps:  # one bucket of gradients: it could not start before the backward pass ends anyway
-        grads = inner.backward(state, loss, leaves)
-        source = {**grads, **riders}
-        flats = [torch.cat([source[k].reshape(-1) for k in b.names]) for b in layout.buckets]  # new buffers
-        works = [dist.all_reduce(flat, async_op=True) for flat in flats]
-        views = _views(layout, flats, {k: t.shape for k, t in source.items()})
-    else:
-        flats = [torch.empty(sum(b.sizes), dtype=b.dtype, device=b.device) for b in layout.buckets]
-        views = _views(layout, flats, {**{k: t.shape for k, t in leaves.items()},
-                                       **{k: t.shape for k, t in riders.items()}})
-        if riders:
-            torch._foreach_copy_([views[k] for k in riders], list(riders.values()))
-        works = _launched_during(inner, state, loss, leaves, names, layout, flats, views)
+    return _Reduction(layout, names, metrics, buffers, riders)
+
+
+def _finished(state: TrainState, r: _Reduction, flats: Sequence[torch.Tensor], views: Mapping[str, torch.Tensor],
+              works: Sequence[Any]) -> tuple[TrainState, Tensors]:
+    """Wait for ``works``, average the gradients and metrics (the buffers are sums: rank 0's), and hand them out."""
     for work in works:
         work.wait()
-    for b, flat in zip(layout.buckets, flats):
+    size = dist.get_world_size()
+    for b, flat in zip(r.layout.buckets, flats):
         if b.mean_end:
             flat[:b.mean_end].div_(size)
-    state = state.replace(metrics={**state.metrics, **{k: views[METRIC + k] for k in metrics}},
-                          buffers={**state.buffers, **{k: views[BUFFER + k] for k in buffers}})
-    return state, {k: views[k] for k in leaves}
+    state = state.replace(metrics={**state.metrics, **{k: views[METRIC + k] for k in r.metrics}},
+                          buffers={**state.buffers, **{k: views[BUFFER + k] for k in r.buffers}})
+    return state, {k: views[k] for k in reversed(r.names)}
+
+
+def _reduced_after(state: TrainState, grads: Tensors, r: _Reduction) -> tuple[TrainState, Tensors]:
+    """``grads`` (all computed) averaged over the ranks with the step's metrics and rank 0's buffers: each bucket
+    filled by one ``torch.cat`` (a new buffer) and all-reduced. Returns ``(state, grads)``, new tensors."""
+    source = {**grads, **r.riders}
+    flats = [torch.cat([source[k].reshape(-1) for k in b.names]) for b in r.layout.buckets]
+    works = [dist.all_reduce(flat, async_op=True) for flat in flats]
+    return _finished(state, r, flats, _views(r.layout, flats, {k: t.shape for k, t in source.items()}), works)
+
+
+def _overlapped_backward(inner: Any, state: TrainState, loss: torch.Tensor, leaves: Tensors, bucket_mb: float,
+                         first_bucket_mb: float) -> tuple[TrainState, Tensors]:
+    """``inner``'s gradients averaged over the ranks, each bucket's all-reduce launched as soon as autograd has
+    filled it, in plan order (the same collectives in the same order on every rank, whatever the timing);
+    the metrics and rank 0's buffers ride in the first bucket. Returns ``(state, grads)``, both new tensors."""
+    r = _reduction(state, leaves, bucket_mb, first_bucket_mb)
+    if not r.layout.overlaps:  # one bucket of gradients: it could not start before the backward pass ends anyway
+        return _reduced_after(state, inner.backward(state, loss, leaves), r)
+    flats = [torch.empty(sum(b.sizes), dtype=b.dtype, device=b.device) for b in r.layout.buckets]
+    views = _views(r.layout, flats, {**{k: t.shape for k, t in leaves.items()},
+                                     **{k: t.shape for k, t in r.riders.items()}})
+    if r.riders:
+        torch._foreach_copy_([views[k] for k in r.riders], list(r.riders.values()))
+    works = _launched_during(inner, state, loss, leaves, r.names, r.layout, flats, views)
+    return _finished(state, r, flats, views, works)
 
 
 def _views(layout: _Layout, flats: Sequence[torch.Tensor], shapes: Mapping[str, torch.Size]) -> dict[str, torch.Tensor]:
@@ -544,31 +572,41 @@ def _views(layout: _Layout, flats: Sequence[torch.Tensor], shapes: Mapping[str, 
 
 def _launched_during(inner: Any, state: TrainState, loss: torch.Tensor, leaves: Tensors, names: Sequence[str],
                      layout: _Layout, flats: Sequence[torch.Tensor], views: Mapping[str, torch.Tensor]) -> list[Any]:
-    """Run ``inner``'s backward with a hook on each leaf that copies its gradient into ``views`` and launches
-    each bucket's all-reduce, in plan order, once it is full; the works, every bucket launched."""
+    """Run ``inner``'s backward with a hook on each leaf that notes its gradient; once a bucket has all of its
+    gradients they are copied into it (one ``_foreach_copy_``) and its all-reduce launched, buckets strictly in
+    plan order. Returns the works, every bucket launched."""
     where = layout.where
     missing = [b.grads for b in layout.buckets]
+    pending: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in layout.buckets]
     works: list[Any] = []
+    got: dict[str, torch.Tensor] = {}
 
     def launch_ready() -> None:
         while len(works) < len(flats) and missing[len(works)] == 0:
+            ready = pending[len(works)]
+            if ready:
+                torch._foreach_copy_([view for view, _ in ready], [grad for _, grad in ready])
             works.append(dist.all_reduce(flats[len(works)], async_op=True))
 
-    got: dict[str, torch.Tensor] = {}
+    def hook(name: str) -> Callable[[torch.Tensor], None]:
+        bucket, view = where[name][0], views[name]
 
-    def fill(name: str, grad: torch.Tensor) -> torch.Tensor:
-        view = got[name] = views[name].copy_(grad)
-        missing[where[name][0]] -= 1
-        launch_ready()
-        return view  # autograd hands this view on as the gradient: no second copy
+        def note(grad: torch.Tensor) -> None:
+            got[name] = grad
+            pending[bucket].append((view, grad))
+            missing[bucket] -= 1
+            if not missing[bucket]:
+                launch_ready()
+
+        return note
 
     for k in names:  # the leaves are this step's own: their hooks go with them
-        leaves[k].register_hook(functools.partial(fill, k))
+        leaves[k].register_hook(hook(k))
     grads = inner.backward(state, loss, leaves)
     for k in names:
         mine = got.get(k)
         if mine is None:  # a leaf the loss does not use: autograd gave nothing, the backward zeros
-            fill(k, grads[k])
+            hook(k)(grads[k])
         elif grads[k] is not mine:
             raise StateError(f"all_reduce_gradients: the backward inside it changed the gradient of {k!r} after "
                              "autograd computed it, so the all-reduce launched during the backward pass sent the "
@@ -576,6 +614,17 @@ def _launched_during(inner: Any, state: TrainState, loss: torch.Tensor, leaves: 
                              "all_reduce_gradients(overlap=False)")
     launch_ready()
     return works
+
+
+def overlap_default() -> bool:
+    """Whether :func:`~smartcash_fn.run.build.build` has the all-reduce run during the backward pass: on a
+    backend whose collectives run beside the computation (NCCL, on a CUDA stream of its own), yes; on gloo,
+    whose collectives take CPU time from the cores the ranks compute on, no — reduced at the update it
+    measured as fast or faster there (``benchmarks/ddp.py``, docs/distributed.md)::
+
+        all_reduce_gradients(overlap=overlap_default())
+    """
+    return active() and dist.get_backend() != "gloo"
 
 
 def all_reduce_gradients(bucket_mb: float = BUCKET_MB, overlap: bool = True,
@@ -620,16 +669,9 @@ def all_reduce_gradients(bucket_mb: float = BUCKET_MB, overlap: bool = True,
         def update(state: TrainState, grads: Tensors) -> TrainState:
             if not active() or (overlap and not state.extras.get(ACCUMULATING)):
                 return inner.update(state, grads)  # one process, or reduced during the backward pass
-            metrics = {METRIC + k: v for k, v in state.metrics.items()
-                       if isinstance(v, torch.Tensor) and v.is_floating_point()}
-            main = dist.get_rank() == 0
-            buffers = {BUFFER + k: (v if main else torch.zeros_like(v)) for k, v in state.buffers.items()
-                       if v.is_floating_point()}  # integer buffers (batches seen) are equal on every rank
-            out = average_gradients({**grads, **metrics}, bucket_mb, summed=buffers)  # one set of collectives
-            state = state.replace(
-                metrics={**state.metrics, **{k[len(METRIC):]: out[k] for k in metrics}},
-                buffers={**state.buffers, **{k[len(BUFFER):]: out[k] for k in buffers}})
-            return inner.update(state, {k: out[k] for k in grads})
+            # the buckets of the overlapped plan, filled after the fact: one set of collectives, the same sums
+            state, grads = _reduced_after(state, grads, _reduction(state, grads, bucket_mb, first_bucket_mb))
+            return inner.update(state, grads)
 
         if overlap:
             return attrs.evolve(inner, backward=backward, update=update)

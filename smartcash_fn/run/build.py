@@ -495,7 +495,8 @@ def make_train_step(recipe: Recipe, loss_fn: Callable[..., Any]) -> tuple[Callab
     convenience = [
         ("precision", cfg.precision != "fp32", cfg.precision, {}),
         ("accumulate", cfg.accumulate != 1, "accumulate", {"every": cfg.accumulate}),
-        ("all_reduce", distributed.world().size > 1, "all_reduce_gradients", {}),
+        ("all_reduce", distributed.world().size > 1, "all_reduce_gradients",
+         {"overlap": distributed.overlap_default()}),
         ("clip", cfg.clip > 0, "clip", {"max_norm": cfg.clip}),
         ("ema", cfg.ema > 0, "ema", {"decay": cfg.ema}),
     ]
