@@ -171,7 +171,8 @@ def aligned_loss(outputs: Outputs, targets: Sequence[Mapping[str, torch.Tensor]]
     left = sides.floor().long()
     share = left + 1 - sides  # of the bin below; 1 - share of the bin above
     logp = sides_logits.log_softmax(-1)
-    near = -(logp.gather(-1, left[..., None])[..., 0] * share + logp.gather(-1, left[..., None] + 1)[..., 0] * (1 - share))
+    below, above = logp.gather(-1, left[..., None])[..., 0], logp.gather(-1, left[..., None] + 1)[..., 0]
+    near = -(below * share + above * (1 - share))
     dfl_l = (near.mean(-1) * weight).sum() / total
     loss = (weights.box * box_l + weights.cls * cls_l + weights.dfl * dfl_l) * batch
     return loss, {"box": box_l.detach(), "cls": cls_l.detach(), "dfl": dfl_l.detach()}

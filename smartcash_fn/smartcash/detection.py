@@ -398,7 +398,8 @@ def detection_loss(outputs: Outputs, targets: Sequence[Mapping[str, torch.Tensor
 
 def decode(outputs: Outputs, layout: Layout, conf: float = 0.001, iou: float = 0.6, max_det: int = 100,
            pre_nms: int = 3000, strides: Sequence[int] = STRIDES) -> list[Detections]:
-    """Per-image detections: scores (:func:`cell_predictions`) above ``conf``, class-wise NMS at ``iou``, top ``max_det``.
+    """Per-image detections: scores (:func:`cell_predictions`) above ``conf``, class-wise NMS at ``iou``,
+    the best ``max_det``.
 
     A cell may give several classes (multi-label) when their scores pass ``conf``.
     """
