@@ -395,40 +395,6 @@ def bucket_plan(sizes: Sequence[tuple[str, int, Any]], cap_bytes: int,
     return tuple(buckets)
 
 
-@functools.lru_cache(maxsize=64)
-def _plan(key: tuple[tuple[str, int, Any], ...], cap_bytes: int) -> tuple[tuple[str, ...], ...]:
-    return bucket_plan(key, cap_bytes)
-
-
-def _bucketed(tensors: Tensors, bucket_mb: float, collective: Callable[[torch.Tensor], None]) -> Tensors:
-    """``tensors`` flattened into buckets, ``collective`` run on each new flat buffer, and split back (new tensors)."""
-    key = tuple((k, t.numel() * t.element_size(), (t.dtype, t.device)) for k, t in tensors.items())
-    out: dict[str, torch.Tensor] = {}
-    for bucket in _plan(key, max(1, int(bucket_mb * 2**20))):
-        ts = [tensors[k] for k in bucket]
-        flat = torch.cat([t.detach().reshape(-1) for t in ts])  # a new buffer: ours to write in place
-        collective(flat)
-        for k, t, part in zip(bucket, ts, flat.split([t.numel() for t in ts])):
-            out[k] = part.view_as(t)
-    return {k: out[k] for k in tensors}
-
-
-def average_gradients(grads: Tensors, bucket_mb: float = BUCKET_MB, summed: Tensors | None = None) -> Tensors:
-    """The mean of every rank's ``grads``, as new tensors: one all-reduce per bucket of ~``bucket_mb`` MB.
-
-    ``summed`` tensors ride in the same buckets and come back summed, not
-    averaged (a rank contributing zeros there gives the others its peers'
-    values: how rank 0's buffers travel with the gradients). The given
-    tensors are not written; without a process group they are returned as is.
-    """
-    if not active() or not (grads or summed):
-        return {**grads, **summed} if summed else grads
-    summed = summed or {}
-    size = dist.get_world_size()
-    out = _bucketed({**grads, **summed}, bucket_mb, dist.all_reduce)  # new tensors, views of our own buffers
-    return {k: (v if k in summed else v.div_(size)) for k, v in out.items()}
-
-
 def accumulating(state: TrainState, on: bool = True) -> TrainState:
     """``state`` with the :data:`ACCUMULATING` flag set (``on``) or taken off; ``state`` itself when already so.
 
@@ -632,9 +598,9 @@ def all_reduce_gradients(bucket_mb: float = BUCKET_MB, overlap: bool = True,
     """A step transformer averaging the gradients across ranks before the inner update.
 
     With ``overlap`` (the default) it wraps the ``backward`` phase: a hook on
-    each of the step's own leaf tensors (not a module hook) copies the
-    gradient into its bucket as autograd computes it, and a bucket's
-    ``all_reduce`` starts as soon as it is full — the last layers' first
+    each of the step's own leaf tensors (not a module hook) notes the
+    gradient as autograd computes it, and a bucket is filled and its
+    ``all_reduce`` started as soon as all of its gradients are there — the last layers' first
     (buckets in reverse parameter order, the first one ``first_bucket_mb``),
     launched strictly in plan order, so every rank issues the same
     collectives in the same order whatever the timing and the sums are those
@@ -642,10 +608,12 @@ def all_reduce_gradients(bucket_mb: float = BUCKET_MB, overlap: bool = True,
     as in ``DistributedDataParallel``; the backward returns the averaged
     gradients. Under :func:`~smartcash_fn.step.accumulate` (the
     :data:`ACCUMULATING` flag) and with ``overlap=False`` the ``update`` phase
-    reduces instead, once per update, on the accumulated mean.
+    reduces instead, once per update (on the accumulated mean), in the same
+    buckets filled after the fact: the same sums.
 
     Put it inside ``accumulate`` and outside ``clip`` (clip the averaged
-    gradients), as :func:`~smartcash_fn.run.build.build` does. The step's
+    gradients), as :func:`~smartcash_fn.run.build.build` does, with
+    ``overlap=overlap_default()`` (overlapped on NCCL, not on gloo). The step's
     metrics (the loss and its parts) are averaged in the same collectives, so
     every rank records the loss of the global batch — the single-process
     figure — and a NaN guard reading it decides the same on every rank. The
