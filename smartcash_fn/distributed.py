@@ -4,13 +4,14 @@ A run launched by ``torchrun`` is one process per rank, each running the
 single-process loop on its :class:`~smartcash_fn.data.Shard` of the data.
 Four pieces make the ranks one run, none of them a second loop:
 
-- :func:`all_reduce_gradients` — a step transformer wrapping the
-  ``backward`` phase: each gradient is copied into its bucket (~25 MB, the
-  first 1 MB, reverse parameter order) as autograd computes it, and a full
-  bucket's all-reduce starts while the backward pass goes on; the averaged
-  gradients go to the inner update. Composed inside ``accumulate`` (which
-  makes it reduce once, at the update) and outside ``clip`` (the clipped norm
-  is that of the averaged gradients)::
+- :func:`all_reduce_gradients` — a step transformer averaging the
+  gradients in buckets (~25 MB, the first 1 MB, reverse parameter order):
+  overlapped, each bucket's all-reduce starts while the backward pass goes
+  on (what ``build`` picks on NCCL); otherwise the buckets are filled after
+  autograd and reduced at the update (on gloo, see :func:`overlap_default`).
+  The averaged gradients go to the inner update. Composed inside
+  ``accumulate`` (which makes it reduce once, at the update) and outside
+  ``clip`` (the clipped norm is that of the averaged gradients)::
 
       step = toolz.compose(accumulate(4), all_reduce_gradients(), clip(10.0))(make_step(loss_fn))
 
