@@ -103,6 +103,20 @@ def save_redigested(obj: dict, dst: str | Path) -> Path:
     return dst
 
 
+def random_targets(g: torch.Generator, batch: int, size: int, most: int, classes: int = 17, spread: float = 0.7,
+                   least: float = 2.0) -> list[dict[str, torch.Tensor]]:
+    """Random detection targets drawn from ``g``: image 0 has none, the others 0 to ``most`` boxes with sides of
+    ``least`` to ``least + spread * size`` pixels around centres inside a ``size`` image, labels below ``classes``."""
+    out = []
+    for i in range(batch):
+        k = 0 if i == 0 else int(torch.randint(0, most + 1, (1,), generator=g))
+        centre = torch.rand(k, 2, generator=g) * size
+        side = torch.rand(k, 2, generator=g) * size * spread + least
+        out.append({"boxes": torch.cat([centre - side / 2, centre + side / 2], 1),
+                    "labels": torch.randint(0, classes, (k,), generator=g)})
+    return out
+
+
 def assert_fixed_operations(loss_fn, make_outputs, size: int = 64) -> None:
     """Assert that ``loss_fn(outputs, padded)[0]`` and its backward record the same operations at batch 2 and 16
     with 1 and 40 targets an image, and none that waits for the device (a data-dependent shape, a value read).

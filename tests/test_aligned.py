@@ -20,7 +20,7 @@ from smartcash_fn.smartcash.components import detector, task_aligned
 from smartcash_fn.smartcash.detection import Layout, ciou_loss, decode, pad_targets, pair_iou
 from smartcash_fn.smartcash.detector import BINS, STRIDES, Detector
 
-from conftest import assert_fixed_operations
+from conftest import assert_fixed_operations, random_targets
 
 GROUPS = {"banknote": 7, "nominal": 7, "security": 3}
 LAYOUT = Layout.of(GROUPS)
@@ -31,18 +31,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def _random_outputs(g, batch, size, layout=LAYOUT):
     return {name: [torch.randn(batch, 4 * BINS + c, size // s, size // s, generator=g).requires_grad_(True)
                    for s in STRIDES] for name, c in layout.groups}
-
-
-def _random_targets(g, batch, size, most):
-    """Random boxes and labels; image 0 has none, the others 0 to ``most``."""
-    out = []
-    for i in range(batch):
-        k = 0 if i == 0 else int(torch.randint(0, most + 1, (1,), generator=g))
-        centre = torch.rand(k, 2, generator=g) * size
-        side = torch.rand(k, 2, generator=g) * size * 0.6 + 3
-        out.append({"boxes": torch.cat([centre - side / 2, centre + side / 2], 1),
-                    "labels": torch.randint(0, LAYOUT.num_classes, (k,), generator=g)})
-    return out
 
 
 def reference_loss(outputs, targets, layout, w=AlignedWeights()):
@@ -115,7 +103,7 @@ def test_batched_loss_equals_the_per_image_reference(seed):
     g = torch.Generator().manual_seed(seed)
     size = (64, 96)[seed % 2]
     out = _random_outputs(g, 3, size)
-    targets = _random_targets(g, 3, size, most=12)
+    targets = random_targets(g, 3, size, most=12, spread=0.6, least=3.0)
     leaves = [t for ts in out.values() for t in ts]
     weights = AlignedWeights(box=7.5, cls=0.5, dfl=1.5, topk=(10, 3)[seed % 2])
     want, want_parts = reference_loss(out, targets, LAYOUT, weights)

@@ -29,7 +29,7 @@ from smartcash_fn.smartcash.components import detector
 from smartcash_fn.smartcash.detector import BACKBONES, STRIDES, Detector, backbone
 from smartcash_fn.errors import StateError, UserError
 
-from conftest import assert_fixed_operations
+from conftest import assert_fixed_operations, random_targets
 
 GROUPS = {"banknote": 7, "nominal": 7, "security": 3}
 LAYOUT = Layout.of(GROUPS)
@@ -539,18 +539,6 @@ def test_decode_of_a_model_output_is_well_formed():
 # --------------------------------------------------------------------------- the batched loss
 
 
-def _random_targets(g, batch, size, most, classes=17):
-    """Random boxes and labels; image 0 has none, the others 0 to ``most``."""
-    out = []
-    for i in range(batch):
-        k = 0 if i == 0 else int(torch.randint(0, most + 1, (1,), generator=g))
-        centre = torch.rand(k, 2, generator=g) * size
-        side = torch.rand(k, 2, generator=g) * size * 0.7 + 2
-        out.append({"boxes": torch.cat([centre - side / 2, centre + side / 2], 1),
-                    "labels": torch.randint(0, classes, (k,), generator=g)})
-    return out
-
-
 def _random_outputs(g, batch, size, layout=LAYOUT):
     return {name: [torch.randn(batch, 5 + c, size // s, size // s, generator=g).requires_grad_(True) for s in STRIDES]
             for name, c in layout.groups}
@@ -561,7 +549,7 @@ def test_batched_loss_equals_the_per_image_reference(seed):
     g = torch.Generator().manual_seed(seed)
     size = (64, 96, 128)[seed % 3]
     out = _random_outputs(g, 4, size)
-    targets = _random_targets(g, 4, size, most=25)
+    targets = random_targets(g, 4, size, most=25)
     leaves = [t for ts in out.values() for t in ts]
     want, want_parts = reference_loss(out, targets, LAYOUT, size, LossWeights(0.05, 1.0, 0.5))
     want_grads = torch.autograd.grad(want, leaves)
@@ -589,7 +577,7 @@ def test_assignment_picks_the_reference_cells(seed):
     g = torch.Generator().manual_seed(seed)
     size = 96
     out = _random_outputs(g, 3, size)
-    targets = _random_targets(g, 3, size, most=40)  # crowded: many cells claimed twice
+    targets = random_targets(g, 3, size, most=40)  # crowded: many cells claimed twice
     heads = Heads.of(out, LAYOUT)
     a = assign(pad_targets(targets), LAYOUT, heads, size)
     got = set()
