@@ -154,16 +154,19 @@ def _mlp() -> nn.Module:
     return nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))
 
 
-def _detector_case(backbone: str, size: int, batch: int, kw: dict, device: str):
-    """(model factory, batch on the device, loss(outputs, batch)) of one detector case."""
+def _detector_case(backbone: str, size: int, batch: int, kw: dict, device: str, head: str = "coupled"):
+    """(model factory, batch on the device, loss(outputs, batch)) of one detector case; ``head`` picks the
+    head and its loss (``"coupled"``: ``detection_loss``, ``"decoupled"``: ``aligned_loss``)."""
     scenes = rupiah.RupiahScenes("train", batch, size=size, augment=rupiah.Jitter())
     data = rupiah.collate([scenes.sample(i, torch.Generator().manual_seed(i)) for i in range(batch)])
     data = to_device(data, device)
 
     def factory() -> nn.Module:
-        return Detector(backbone=backbone, groups=dict(LAYOUT.groups), **kw).to(device)
+        return Detector(backbone=backbone, groups=dict(LAYOUT.groups), head=head, **kw).to(device)
 
     def loss(out: Any, b: Any) -> torch.Tensor:
+        if head == "decoupled":
+            return aligned_loss(out, b[1], LAYOUT)[0]
         return detection_loss(out, b[1], LAYOUT, image_size=b[0].shape[-1])[0]
 
     return factory, data, loss
@@ -261,12 +264,11 @@ def measure_loss_share(plan: Plan, log: Callable[[str], None]) -> list[dict[str,
     rows = []
     precision = plan.precisions[-1]
     for name, bb, size, batch, kw in plan.detectors:
-        _, data, _ = _detector_case(bb, size, batch, kw, plan.device)
-        padded = pad_targets(data[1])  # as the collate serves them: the loss starts from fixed shapes
-        for head, loss in (("coupled", lambda out: detection_loss(out, padded, LAYOUT, image_size=size)),
-                           ("decoupled", lambda out: aligned_loss(out, padded, LAYOUT))):
+        for head in ("coupled", "decoupled"):
+            factory, data, case_loss = _detector_case(bb, size, batch, kw, plan.device, head)
+            served = (data[0], pad_targets(data[1]))  # as the collate serves them: the loss starts from fixed shapes
             torch.manual_seed(0)
-            model = Detector(backbone=bb, groups=dict(LAYOUT.groups), head=head, **kw).to(plan.device)
+            model = factory()
             autocast = torch.autocast(torch.device(plan.device).type, torch.bfloat16, enabled=precision == "bf16")
             kept: dict[str, Any] = {}
 
@@ -274,10 +276,10 @@ def measure_loss_share(plan: Plan, log: Callable[[str], None]) -> list[dict[str,
                 with autocast:
                     out = model(data[0])
                 kept["out"] = {g: [o.detach().requires_grad_(True) for o in v] for g, v in out.items()}
-                loss(out)[0].backward()
+                case_loss(out, served).backward()
 
             def loss_only() -> None:
-                loss(kept["out"])[0].backward()
+                case_loss(kept["out"], served).backward()
 
             try:
                 step_s = _time_steps(step, plan.device, plan.warmup, plan.steps)

@@ -30,7 +30,8 @@ import attrs
 import torch
 import torch.nn.functional as F
 
-from .detection import Heads, Layout, Outputs, ciou_loss, distance_boxes, pad_targets, pair_iou, split_labels
+from .detection import (Heads, Layout, Outputs, cell_grid, ciou_loss, distance_boxes, pad_targets, pair_iou,
+                        split_labels)
 from .detector import BINS, STRIDES
 
 
@@ -66,8 +67,7 @@ class Cells:
         for i, (h, w) in enumerate(heads.shapes):
             g, level = divmod(i, heads.levels)
             s = float(strides[level])
-            gy, gx = torch.meshgrid(torch.arange(h, device=device, dtype=torch.float32),
-                                    torch.arange(w, device=device, dtype=torch.float32), indexing="ij")
+            gx, gy = cell_grid(h, w, device)
             n = h * w
             for part, value in zip(parts, ((gx.reshape(-1) + 0.5) * s, (gy.reshape(-1) + 0.5) * s,
                                            torch.full((n,), s, device=device),

@@ -89,11 +89,21 @@ def _boxes(t: torch.Tensor, gx: torch.Tensor, gy: torch.Tensor, stride: int) -> 
     return torch.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], -1)
 
 
+def cell_grid(h: int, w: int, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The column and row index of every cell of an ``h × w`` grid, each ``[h, w]``: a cell's centre is
+    ``(gx + 0.5, gy + 0.5)`` strides::
+
+        gx, gy = cell_grid(2, 3)    # gx [[0, 1, 2], [0, 1, 2]], gy [[0, 0, 0], [1, 1, 1]]
+    """
+    gy, gx = torch.meshgrid(torch.arange(h, device=device, dtype=dtype),
+                            torch.arange(w, device=device, dtype=dtype), indexing="ij")
+    return gx, gy
+
+
 def box_decode(raw: torch.Tensor, stride: int) -> torch.Tensor:
     """Boxes (xyxy pixels) of every cell of a raw head output ``[B, 4+…, H, W]`` → ``[B, H, W, 4]``."""
-    _, _, h, w = raw.shape
-    gy, gx = torch.meshgrid(torch.arange(h, device=raw.device, dtype=raw.dtype),
-                            torch.arange(w, device=raw.device, dtype=raw.dtype), indexing="ij")
+    gx, gy = cell_grid(*raw.shape[-2:], raw.device, raw.dtype)
     return _boxes(raw[:, :4].permute(0, 2, 3, 1).sigmoid(), gx, gy, stride)
 
 
@@ -120,8 +130,7 @@ def cell_predictions(raw: torch.Tensor, stride: int, classes: int) -> tuple[torc
     raw = raw.float()
     b, c, h, w = raw.shape
     if c == 4 * BINS + classes:
-        gy, gx = torch.meshgrid(torch.arange(h, device=raw.device, dtype=raw.dtype),
-                                torch.arange(w, device=raw.device, dtype=raw.dtype), indexing="ij")
+        gx, gy = cell_grid(h, w, raw.device, raw.dtype)
         dist = raw[:, :4 * BINS].reshape(b, 4, BINS, h * w).permute(0, 3, 1, 2)
         boxes = distance_boxes(dist, (gx.reshape(-1) + 0.5) * stride, (gy.reshape(-1) + 0.5) * stride, stride)
         return boxes, raw[:, 4 * BINS:].sigmoid().reshape(b, classes, h * w).transpose(1, 2)
