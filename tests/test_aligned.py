@@ -40,12 +40,12 @@ def reference_loss(outputs, targets, layout, w=AlignedWeights()):
     for b in range(batch):
         for gi, (group, classes) in enumerate(layout.groups):
             # this group's cells, in the head order: centres, strides, side logits, class logits
-            xs, ys, ss, dists, logits = [], [], [], [], []
-            for raw, s in zip(outputs[group], STRIDES):
+            xs, ys, ss, ls, dists, logits = [], [], [], [], [], []
+            for level, (raw, s) in enumerate(zip(outputs[group], STRIDES)):
                 _, _, h, wd = raw.shape
                 for y in range(h):
                     for x in range(wd):
-                        xs.append((x + 0.5) * s), ys.append((y + 0.5) * s), ss.append(float(s))
+                        xs.append((x + 0.5) * s), ys.append((y + 0.5) * s), ss.append(float(s)), ls.append(level)
                 r = raw[b].reshape(raw.shape[1], -1).T
                 dists.append(r[:, :4 * BINS].reshape(-1, 4, BINS))
                 logits.append(r[:, 4 * BINS:])
@@ -62,6 +62,9 @@ def reference_loss(outputs, targets, layout, w=AlignedWeights()):
                 x1, y1, x2, y2 = targets[b]["boxes"][m].tolist()
                 iou = pair_iou(torch.tensor([x1, y1, x2, y2]).expand(n, 4), boxes.detach()).clamp(min=0).nan_to_num(0)
                 inside = torch.minimum(torch.minimum(xs - x1, ys - y1), torch.minimum(x2 - xs, y2 - ys)) > 1e-9
+                own = next((i for i, s in enumerate(STRIDES[:-1]) if max(x2 - x1, y2 - y1) <= 8 * s),
+                           len(STRIDES) - 1)
+                inside &= torch.tensor([abs(level - own) <= w.reach for level in ls])
                 metric = torch.where(inside, scores[:, c] ** w.alpha * iou ** w.beta, 0.0)
                 for cell in metric.topk(min(w.topk, n)).indices.tolist():
                     if inside[cell]:
@@ -101,11 +104,11 @@ def reference_loss(outputs, targets, layout, w=AlignedWeights()):
 @pytest.mark.parametrize("seed", range(4))
 def test_batched_loss_equals_the_per_image_reference(seed):
     g = torch.Generator().manual_seed(seed)
-    size = (64, 96)[seed % 2]
+    size = (64, 96, 96, 160)[seed]  # at 160 px sides up to 147 px: targets of all three levels
     out = _random_outputs(g, 3, size)
-    targets = random_targets(g, 3, size, most=12, spread=0.6, least=3.0)
+    targets = random_targets(g, 3, size, most=12, spread=(0.6, 0.6, 0.6, 0.9)[seed], least=3.0)
     leaves = [t for ts in out.values() for t in ts]
-    weights = AlignedWeights(box=7.5, cls=0.5, dfl=1.5, topk=(10, 3)[seed % 2])
+    weights = AlignedWeights(box=7.5, cls=0.5, dfl=1.5, topk=(10, 3)[seed % 2], reach=(2, 1, 0, 1)[seed])
     want, want_parts = reference_loss(out, targets, LAYOUT, weights)
     want_grads = torch.autograd.grad(want, leaves)
     for given in (targets, pad_targets(targets)):
@@ -200,7 +203,8 @@ def test_the_factory_refuses_a_bad_head(bad, match):
 
 
 @pytest.mark.parametrize("bad, match", [({"topk": 0}, "topk must be an integer >= 1"),
-                                        ({"box": -1.0}, "box must be a number >= 0")])
+                                        ({"box": -1.0}, "box must be a number >= 0"),
+                                        ({"reach": -1}, "reach must be an integer >= 0")])
 def test_the_loss_factory_refuses_bad_weights(bad, match):
     with pytest.raises(DataError, match=match):
         task_aligned(GROUPS, **bad)

@@ -4,7 +4,9 @@ The decoupled head (:class:`~smartcash_fn.smartcash.detector.DecoupledHead`)
 predicts, per cell, a distribution over distances for each side of a box and
 the layer's class scores. Which cells learn which target is decided by how
 well they already do (Feng et al. 2021, task alignment): among the cells of
-the target's layer whose centres lie inside the target, at every level, the
+the target's layer whose centres lie inside the target, at the levels within
+``reach`` of the target's own (the first whose 8 strides cover its longest
+side: up to 64 px stride 8, up to 128 px stride 16, larger stride 32), the
 ``topk`` with the largest ``score^alpha · IoU^beta`` learn it (a cell claimed
 by two targets keeps the one its box overlaps most). The class target of a
 positive cell is that alignment, rescaled so the best cell of each target
@@ -39,8 +41,9 @@ from .detector import BINS, STRIDES
 class AlignedWeights:
     """Weights of the three parts and the assignment's knobs (the values the strong single-stage detectors use).
 
-    ``topk`` cells per target, alignment ``score^alpha · IoU^beta``:
-    ``AlignedWeights(box=7.5, cls=0.5, dfl=1.5, topk=10, alpha=0.5, beta=6.0)``.
+    ``topk`` cells per target, alignment ``score^alpha · IoU^beta``, candidates at the levels within
+    ``reach`` of the target's own (0: that level alone; 2: every level of three):
+    ``AlignedWeights(box=7.5, cls=0.5, dfl=1.5, topk=10, alpha=0.5, beta=6.0, reach=2)``.
     """
 
     box: float = 7.5
@@ -49,21 +52,24 @@ class AlignedWeights:
     topk: int = 10
     alpha: float = 0.5
     beta: float = 6.0
+    reach: int = 2
 
 
 @attrs.frozen
 class Cells:
-    """Every cell of every head on one axis: its centre (pixels), stride, group index and the group's class count."""
+    """Every cell of every head on one axis: its centre (pixels), stride, level, group index and the group's
+    class count."""
 
     x: torch.Tensor
     y: torch.Tensor
     stride: torch.Tensor
+    level: torch.Tensor
     group: torch.Tensor
     classes: torch.Tensor
 
     @classmethod
     def of(cls, heads: Heads, layout: Layout, strides: Sequence[int], device: torch.device) -> "Cells":
-        parts: list[list[torch.Tensor]] = [[], [], [], [], []]
+        parts: list[list[torch.Tensor]] = [[], [], [], [], [], []]
         for i, (h, w) in enumerate(heads.shapes):
             g, level = divmod(i, heads.levels)
             s = float(strides[level])
@@ -71,6 +77,7 @@ class Cells:
             n = h * w
             for part, value in zip(parts, ((gx.reshape(-1) + 0.5) * s, (gy.reshape(-1) + 0.5) * s,
                                            torch.full((n,), s, device=device),
+                                           torch.full((n,), level, dtype=torch.int64, device=device),
                                            torch.full((n,), g, dtype=torch.int64, device=device),
                                            torch.full((n,), layout.groups[g][1], dtype=torch.int64, device=device))):
                 part.append(value)
@@ -105,15 +112,25 @@ class Aligned:
     score: torch.Tensor
 
 
+def own_level(boxes: torch.Tensor, strides: Sequence[int] = STRIDES) -> torch.Tensor:
+    """The level of each xyxy box ``[..., 4]``: the first whose 8 strides cover its longest side::
+
+        own_level(torch.tensor([[0.0, 0.0, 40.0, 20.0], [0.0, 0.0, 100.0, 300.0]]))   # tensor([0, 2])
+    """
+    longest = torch.maximum(boxes[..., 2] - boxes[..., 0], boxes[..., 3] - boxes[..., 1])
+    return sum(((longest > 8 * s).long() for s in strides[:-1]), torch.zeros_like(longest, dtype=torch.int64))
+
+
 def align(boxes: torch.Tensor, scores: torch.Tensor, cells: Cells, gt_boxes: torch.Tensor, valid: torch.Tensor,
           group: torch.Tensor, cls: torch.Tensor, weights: AlignedWeights = AlignedWeights(),
-          eps: float = 1e-9) -> Aligned:
+          strides: Sequence[int] = STRIDES, eps: float = 1e-9) -> Aligned:
     """Task-aligned assignment: ``boxes [B, A, 4]`` and ``scores [B, A, widest]`` predicted (no gradient needed)
     against padded targets ``gt_boxes [B, M, 4]`` with their ``valid``, ``group`` and ``cls`` ``[B, M]``."""
     x1, y1, x2, y2 = (gt_boxes[..., i, None] for i in range(4))  # [B, M, 1]
     inside = torch.minimum(torch.minimum(cells.x - x1, cells.y - y1),
                            torch.minimum(x2 - cells.x, y2 - cells.y)) > eps  # [B, M, A]
-    candidate = inside & (cells.group == group[..., None]) & valid[..., None]
+    near = (cells.level - own_level(gt_boxes, strides)[..., None]).abs() <= weights.reach
+    candidate = inside & near & (cells.group == group[..., None]) & valid[..., None]
     count, cell_count = gt_boxes.shape[1], boxes.shape[1]
     score = scores.transpose(1, 2).gather(1, cls.clamp(min=0)[..., None].expand(-1, -1, cell_count))
     iou = pair_iou(gt_boxes[:, :, None, :], boxes[:, None, :, :]).clamp(min=0).nan_to_num(0.0)
@@ -149,7 +166,7 @@ def aligned_loss(outputs: Outputs, targets: Sequence[Mapping[str, torch.Tensor]]
     valid, group, cls = split_labels(labels, layout)
     with torch.no_grad():
         boxes = distance_boxes(dist, cells.x, cells.y, cells.stride)
-        a = align(boxes, logits.sigmoid(), cells, gt_boxes, valid, group, cls, weights)
+        a = align(boxes, logits.sigmoid(), cells, gt_boxes, valid, group, cls, weights, strides)
         label = cls.gather(1, a.target).clamp(min=0)
         score = (torch.arange(widest, device=device) == label[..., None]) * a.score[..., None]  # [B, A, widest]
         total = score.sum().clamp(min=1.0)

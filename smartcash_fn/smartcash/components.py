@@ -284,9 +284,10 @@ class AlignedLoss:
 
 
 def task_aligned(groups: Mapping[str, int], box: float = 7.5, cls: float = 0.5, dfl: float = 1.5, topk: int = 10,
-                 alpha: float = 0.5, beta: float = 6.0) -> AlignedLoss:
+                 alpha: float = 0.5, beta: float = 6.0, reach: int = 2) -> AlignedLoss:
     """The loss of the decoupled head (``model.params.head = "decoupled"``): CIoU ``box``, quality-target ``cls``
-    and distribution ``dfl`` parts, ``topk`` cells per target chosen by ``score^alpha · IoU^beta``.
+    and distribution ``dfl`` parts, ``topk`` cells per target chosen by ``score^alpha · IoU^beta`` among the
+    cells inside it at the levels within ``reach`` of its size's own (0 that level, 2 all three).
 
     In a recipe ``loss = "task_aligned"`` (``groups`` comes from the data)::
 
@@ -298,8 +299,10 @@ def task_aligned(groups: Mapping[str, int], box: float = 7.5, cls: float = 0.5, 
             raise DataError(f"task_aligned: {name} must be a number >= 0, got {value!r}")
     if not (isinstance(topk, int) and not isinstance(topk, bool) and topk >= 1):
         raise DataError(f"task_aligned: topk must be an integer >= 1, got {topk!r}")
+    if not (isinstance(reach, int) and not isinstance(reach, bool) and reach >= 0):
+        raise DataError(f"task_aligned: reach must be an integer >= 0 (levels either side), got {reach!r}")
     return AlignedLoss(Layout.of(groups), AlignedWeights(float(box), float(cls), float(dfl), topk, float(alpha),
-                                                         float(beta)))
+                                                         float(beta), reach))
 
 
 # --------------------------------------------------------------------------- decoding and metrics
