@@ -148,9 +148,11 @@ def test_default_recipe_builds_the_detector_from_the_data_info():
     recipe = rc.load(DEFAULT, sets=SMALL)
     built = build(recipe)
     model = built.template.model
-    assert set(model.head) == set(GROUPS) and model.head["security"].preds[0].out_channels == 5 + 3
+    security = model.head["security"]  # the decoupled head: 4 sides x 16 distance bins, 3 classes
+    assert set(model.head) == set(GROUPS) and (security.box[0][-1].out_channels, security.cls[0][-1].out_channels) \
+        == (4 * 16, 3)
     assert recipe.checkpoint.monitor == "val/mAP50" and recipe.checkpoint.mode == "max"
-    assert "clip(max_norm=10.0)" in built.step_text and "make_step(detection)" in built.step_text
+    assert "clip(max_norm=10.0)" in built.step_text and "make_step(task_aligned)" in built.step_text
     loss = probe(built)
     assert loss == loss and loss > 0
 

@@ -272,7 +272,7 @@ def detection(groups: Mapping[str, int], image_size: int, box: float = 0.05, obj
 class AlignedLoss:
     """The decoupled head's loss ``(apply, batch) -> (loss, {"box", "cls", "dfl"})`` (task-aligned assignment).
 
-    ``AlignedLoss(Layout.of(groups), AlignedWeights(box=7.5, cls=0.5, dfl=1.5))``; see :mod:`.aligned`.
+    ``AlignedLoss(Layout.of(groups), AlignedWeights(box=7.5, cls=3.0, dfl=1.5))``; see :mod:`.aligned`.
     """
 
     layout: Layout
@@ -283,7 +283,7 @@ class AlignedLoss:
         return aligned_loss(apply(images), targets, self.layout, self.weights)
 
 
-def task_aligned(groups: Mapping[str, int], box: float = 7.5, cls: float = 0.5, dfl: float = 1.5, topk: int = 10,
+def task_aligned(groups: Mapping[str, int], box: float = 7.5, cls: float = 3.0, dfl: float = 1.5, topk: int = 10,
                  alpha: float = 0.5, beta: float = 6.0, reach: int = 2) -> AlignedLoss:
     """The loss of the decoupled head (``model.params.head = "decoupled"``): CIoU ``box``, quality-target ``cls``
     and distribution ``dfl`` parts, ``topk`` cells per target chosen by ``score^alpha · IoU^beta`` among the
