@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 
 from smartcash_fn.errors import DataError
-from smartcash_fn.smartcash.aligned import AlignedWeights, aligned_loss
+from smartcash_fn.smartcash.aligned import AlignedWeights, Cells, align, aligned_loss
 from smartcash_fn.smartcash.components import detector, task_aligned
-from smartcash_fn.smartcash.detection import Layout, ciou_loss, decode, pad_targets, pair_iou
+from smartcash_fn.smartcash.detection import Heads, Layout, ciou_loss, decode, distance_boxes, pad_targets, pair_iou
 from smartcash_fn.smartcash.detector import BINS, STRIDES, Detector
 
 from conftest import assert_fixed_operations, random_targets
@@ -62,6 +62,7 @@ def reference_loss(outputs, targets, layout, w=AlignedWeights()):
                 x1, y1, x2, y2 = targets[b]["boxes"][m].tolist()
                 iou = pair_iou(torch.tensor([x1, y1, x2, y2]).expand(n, 4), boxes.detach()).clamp(min=0).nan_to_num(0)
                 inside = torch.minimum(torch.minimum(xs - x1, ys - y1), torch.minimum(x2 - xs, y2 - ys)) > 1e-9
+                inside |= ((xs - (x1 + x2) / 2).abs() <= ss / 2) & ((ys - (y1 + y2) / 2).abs() <= ss / 2)
                 own = next((i for i, s in enumerate(STRIDES[:-1]) if max(x2 - x1, y2 - y1) <= 8 * s),
                            len(STRIDES) - 1)
                 inside &= torch.tensor([abs(level - own) <= w.reach for level in ls])
@@ -128,6 +129,22 @@ def test_a_batch_without_targets_costs_only_the_class_part():
     got, parts = aligned_loss(out, empty, LAYOUT)
     want, _ = reference_loss(out, empty, LAYOUT)
     assert torch.allclose(got, want, rtol=1e-6) and parts["box"] == 0 and parts["dfl"] == 0 and parts["cls"] > 0
+
+
+def test_a_box_too_small_to_hold_a_cell_centre_is_learned_by_the_cells_holding_its_centre():
+    # 3 x 3 px between the stride-8 centres (4, 12): inside no cell, but held by one cell at every level
+    size, box = 64, torch.tensor([[[5.0, 5.0, 8.0, 8.0]]])
+    layout = Layout.of({"security": 3})
+    out = {"security": [torch.randn(1, 4 * BINS + 3, size // s, size // s) for s in STRIDES]}
+    cells = Cells.of(Heads.of(out, layout), layout, STRIDES, torch.device("cpu"))
+    boxes = distance_boxes(torch.zeros(1, cells.x.shape[0], 4, BINS), cells.x, cells.y, cells.stride)
+    one = torch.ones(1, 1, dtype=torch.bool)
+    a = align(boxes, torch.full((1, cells.x.shape[0], 3), 0.5), cells, box, one, torch.zeros(1, 1, dtype=torch.long),
+              torch.tensor([[2]]), AlignedWeights(topk=10))
+    assert a.positive.sum() == 3  # the cell (0, 0) of each of the three levels
+    assert set(cells.stride[a.positive[0]].tolist()) == {8.0, 16.0, 32.0}
+    assert (cells.x[a.positive[0]] - cells.stride[a.positive[0]] / 2).abs().max() == 0
+    assert float(a.score.max()) > 0
 
 
 def test_the_loss_records_the_same_operations_whatever_the_batch_and_the_targets():

@@ -4,10 +4,12 @@ The decoupled head (:class:`~smartcash_fn.smartcash.detector.DecoupledHead`)
 predicts, per cell, a distribution over distances for each side of a box and
 the layer's class scores. Which cells learn which target is decided by how
 well they already do (Feng et al. 2021, task alignment): among the cells of
-the target's layer whose centres lie inside the target, at the levels within
-``reach`` of the target's own (the first whose 8 strides cover its longest
-side: up to 64 px stride 8, up to 128 px stride 16, larger stride 32), the
-``topk`` with the largest ``score^alpha · IoU^beta`` learn it (a cell claimed
+the target's layer whose centres lie inside the target, and at each level
+the cell that holds the target's centre (so that a box too small to hold a
+cell centre, a security feature a few pixels wide, is learned too), at the
+levels within ``reach`` of the target's own (the first whose 8 strides cover
+its longest side: up to 64 px stride 8, up to 128 px stride 16, larger
+stride 32), the ``topk`` with the largest ``score^alpha · IoU^beta`` learn it (a cell claimed
 by two targets keeps the one its box overlaps most). The class target of a
 positive cell is that alignment, rescaled so the best cell of each target
 gets its IoU: a score then ranks boxes by quality, as the objectness of the
@@ -131,8 +133,10 @@ def align(boxes: torch.Tensor, scores: torch.Tensor, cells: Cells, gt_boxes: tor
     x1, y1, x2, y2 = (gt_boxes[..., i, None] for i in range(4))  # [B, M, 1]
     inside = torch.minimum(torch.minimum(cells.x - x1, cells.y - y1),
                            torch.minimum(x2 - cells.x, y2 - cells.y)) > eps  # [B, M, A]
+    # the cell holding the target's centre at each level: a box too small to hold a cell centre still has cells
+    centre = torch.maximum((cells.x - (x1 + x2) / 2).abs(), (cells.y - (y1 + y2) / 2).abs()) <= cells.stride / 2
     near = (cells.level - own_level(gt_boxes, strides)[..., None]).abs() <= weights.reach
-    candidate = inside & near & (cells.group == group[..., None]) & valid[..., None]
+    candidate = (inside | centre) & near & (cells.group == group[..., None]) & valid[..., None]
     count, cell_count = gt_boxes.shape[1], boxes.shape[1]
     score = scores.transpose(1, 2).gather(1, cls.clamp(min=0)[..., None].expand(-1, -1, cell_count))
     iou = pair_iou(gt_boxes[:, :, None, :], boxes[:, None, :, :]).clamp(min=0).nan_to_num(0.0)
