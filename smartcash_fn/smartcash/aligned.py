@@ -9,11 +9,11 @@ the cell that holds the target's centre (so that a box too small to hold a
 cell centre, a security feature a few pixels wide, is learned too), at the
 levels within ``reach`` of the target's own (the first whose 8 strides cover
 its longest side: up to 64 px stride 8, up to 128 px stride 16, larger
-stride 32), the ``topk`` with the largest ``score^alpha · IoU^beta`` learn it (a cell claimed
-by two targets keeps the one its box overlaps most). The class target of a
-positive cell is that alignment, rescaled so the best cell of each target
-gets its IoU: a score then ranks boxes by quality, as the objectness of the
-coupled head does. The box loss (CIoU) and the distribution loss (the two
+stride 32), the ``topk`` with the largest ``score^alpha · IoU^beta`` learn
+it (a cell claimed by two targets keeps the one its box overlaps most). The
+class target of a positive cell is that alignment, rescaled so the best cell
+of each target gets its IoU: a score then ranks boxes by quality, as the
+objectness of the coupled head does. The box loss (CIoU) and the distribution loss (the two
 bins around each true distance, Li et al. 2020) weigh each positive by its
 class target::
 

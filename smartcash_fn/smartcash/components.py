@@ -287,7 +287,8 @@ def task_aligned(groups: Mapping[str, int], box: float = 7.5, cls: float = 3.0, 
                  alpha: float = 0.5, beta: float = 6.0, reach: int = 2) -> AlignedLoss:
     """The loss of the decoupled head (``model.params.head = "decoupled"``): CIoU ``box``, quality-target ``cls``
     and distribution ``dfl`` parts, ``topk`` cells per target chosen by ``score^alpha · IoU^beta`` among the
-    cells inside it at the levels within ``reach`` of its size's own (0 that level, 2 all three).
+    cells inside it and those holding its centre, at the levels within ``reach`` of its size's own (0 that
+    level, 2 all three).
 
     In a recipe ``loss = "task_aligned"`` (``groups`` comes from the data)::
 
