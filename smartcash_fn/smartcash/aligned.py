@@ -28,14 +28,15 @@ the batch size or the target count.
 
 from __future__ import annotations
 
+import math
 from typing import Mapping, Sequence
 
 import attrs
 import torch
 import torch.nn.functional as F
 
-from .detection import (Heads, Layout, Outputs, cell_grid, ciou_loss, distance_boxes, pad_targets, pair_iou,
-                        split_labels)
+from .detection import (Heads, Layout, Outputs, cell_grid, ciou_loss, distance_boxes, level_of, pad_targets,
+                        pair_iou, split_labels)
 from .detector import BINS, STRIDES
 
 
@@ -122,7 +123,7 @@ def own_level(boxes: torch.Tensor, strides: Sequence[int] = STRIDES) -> torch.Te
         own_level(torch.tensor([[0.0, 0.0, 40.0, 20.0], [0.0, 0.0, 100.0, 300.0]]))   # tensor([0, 2])
     """
     longest = torch.maximum(boxes[..., 2] - boxes[..., 0], boxes[..., 3] - boxes[..., 1])
-    return sum(((longest > 8 * s).long() for s in strides[:-1]), torch.zeros_like(longest, dtype=torch.int64))
+    return level_of(longest, math.inf, strides)
 
 
 def align(boxes: torch.Tensor, scores: torch.Tensor, cells: Cells, gt_boxes: torch.Tensor, valid: torch.Tensor,

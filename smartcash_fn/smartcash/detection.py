@@ -142,13 +142,14 @@ def cell_predictions(raw: torch.Tensor, stride: int, classes: int) -> tuple[torc
     return boxes, score
 
 
-def level_of(sizes: torch.Tensor, image_size: int, strides: Sequence[int] = STRIDES) -> torch.Tensor:
+def level_of(sizes: torch.Tensor, image_size: float, strides: Sequence[int] = STRIDES) -> torch.Tensor:
     """The level (0, 1, 2 for strides 8, 16, 32) a box of longest side ``sizes`` is assigned to.
 
     Boxes up to a quarter of the image go to stride 8, up to half to stride 16,
     larger ones to stride 32 (for a 256-px input: 64 px and 128 px) — but a
     level never takes boxes over 8 of its strides (half the 16 strides a cell
     can reach), so at 640 px the limits are 64 px and 128 px, not 160 and 320.
+    ``image_size=math.inf`` applies the stride limits alone, whatever the image.
     """
     first = min(image_size / 4, 8 * strides[0])
     second = min(image_size / 2, 8 * strides[1])
