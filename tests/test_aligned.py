@@ -122,6 +122,26 @@ def test_batched_loss_equals_the_per_image_reference(seed):
     assert want_parts["box"] > 0 and want_parts["dfl"] > 0
 
 
+def test_groups_on_different_grids_meet_every_cell_and_still_equal_the_reference():
+    # each target meets only its group's block of cells when the groups' grids are alike; a model whose groups
+    # differ (here the security head on a coarser input) falls back to every cell, masked by group
+    g = torch.Generator().manual_seed(7)
+    sizes = {"banknote": 96, "nominal": 96, "security": 64}
+    out = {name: [torch.randn(2, 4 * BINS + c, sizes[name] // s, sizes[name] // s, generator=g).requires_grad_(True)
+                  for s in STRIDES] for name, c in LAYOUT.groups}
+    alike = Cells.of(Heads.of(_random_outputs(g, 1, 96), LAYOUT), LAYOUT, STRIDES, torch.device("cpu"))
+    differ = Cells.of(Heads.of(out, LAYOUT), LAYOUT, STRIDES, torch.device("cpu"))
+    assert alike.block * 3 == alike.x.shape[0] and differ.block == differ.x.shape[0]
+    targets = random_targets(g, 2, 64, most=12, spread=0.6, least=3.0)
+    targets[0] = random_targets(g, 2, 64, most=12, spread=0.6, least=3.0)[1]
+    leaves = [t for ts in out.values() for t in ts]
+    want, _ = reference_loss(out, targets, LAYOUT)
+    got, _ = aligned_loss(out, targets, LAYOUT)
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-5), (got, want)
+    for a, b in zip(torch.autograd.grad(got, leaves), torch.autograd.grad(want, leaves)):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_a_batch_without_targets_costs_only_the_class_part():
     g = torch.Generator().manual_seed(1)
     out = _random_outputs(g, 2, 64)

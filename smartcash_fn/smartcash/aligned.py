@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from .detection import (Heads, Layout, Outputs, cell_grid, ciou_loss, distance_boxes, level_of, pad_targets,
-                        pair_iou, split_labels)
+                        split_labels)
 from .detector import BINS, STRIDES
 
 
@@ -63,7 +63,8 @@ class AlignedWeights:
 @attrs.frozen
 class Cells:
     """Every cell of every head on one axis: its centre (pixels), stride, level, group index and the group's
-    class count."""
+    class count; ``block``, the cells of one group when every group's heads have the same grids (each group's
+    block then repeats the first one's centres, strides and levels), else all of them."""
 
     x: torch.Tensor
     y: torch.Tensor
@@ -71,6 +72,7 @@ class Cells:
     level: torch.Tensor
     group: torch.Tensor
     classes: torch.Tensor
+    block: int
 
     @classmethod
     def of(cls, heads: Heads, layout: Layout, strides: Sequence[int], device: torch.device) -> "Cells":
@@ -86,7 +88,10 @@ class Cells:
                                            torch.full((n,), g, dtype=torch.int64, device=device),
                                            torch.full((n,), layout.groups[g][1], dtype=torch.int64, device=device))):
                 part.append(value)
-        return cls(*(torch.cat(p) for p in parts))
+        first = heads.shapes[:heads.levels]
+        alike = all(heads.shapes[i:i + heads.levels] == first for i in range(0, len(heads.shapes), heads.levels))
+        block = sum(h * w for h, w in first) if alike else heads.cells
+        return cls(*(torch.cat(p) for p in parts), block=block)
 
 
 def _cell_major(outputs: Outputs, layout: Layout, bins: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -130,27 +135,54 @@ def align(boxes: torch.Tensor, scores: torch.Tensor, cells: Cells, gt_boxes: tor
           group: torch.Tensor, cls: torch.Tensor, weights: AlignedWeights = AlignedWeights(),
           strides: Sequence[int] = STRIDES, eps: float = 1e-9) -> Aligned:
     """Task-aligned assignment: ``boxes [B, A, 4]`` and ``scores [B, A, widest]`` predicted (no gradient needed)
-    against padded targets ``gt_boxes [B, M, 4]`` with their ``valid``, ``group`` and ``cls`` ``[B, M]``."""
+    against padded targets ``gt_boxes [B, M, 4]`` with their ``valid``, ``group`` and ``cls`` ``[B, M]``.
+
+    Each target meets only its own group's block of cells (``[B, M, block]``, a third of every cell for
+    SmartCash's three layers); its top-k cells, their owners and class targets are then ``[B, M, k]`` and
+    ``[B, A]``: nothing of size targets x cells is built after the top-k.
+    """
+    batch, count = gt_boxes.shape[:2]
+    cell_count, block = boxes.shape[1], cells.block
+    blocks = cell_count // block
+    # the target's block: its group's when the groups' grids are alike, else every cell (masked by group below)
+    which = group.clamp(min=0) if blocks > 1 else torch.zeros_like(group)  # [B, M]
+    cx, cy, stride, level = (t[:block] for t in (cells.x, cells.y, cells.stride, cells.level))
     x1, y1, x2, y2 = (gt_boxes[..., i, None] for i in range(4))  # [B, M, 1]
-    inside = torch.minimum(torch.minimum(cells.x - x1, cells.y - y1),
-                           torch.minimum(x2 - cells.x, y2 - cells.y)) > eps  # [B, M, A]
+    inside = torch.minimum(torch.minimum(cx - x1, cy - y1), torch.minimum(x2 - cx, y2 - cy)) > eps  # [B, M, block]
     # the cell holding the target's centre at each level: a box too small to hold a cell centre still has cells
-    centre = torch.maximum((cells.x - (x1 + x2) / 2).abs(), (cells.y - (y1 + y2) / 2).abs()) <= cells.stride / 2
-    near = (cells.level - own_level(gt_boxes, strides)[..., None]).abs() <= weights.reach
-    candidate = (inside | centre) & near & (cells.group == group[..., None]) & valid[..., None]
-    count, cell_count = gt_boxes.shape[1], boxes.shape[1]
-    score = scores.transpose(1, 2).gather(1, cls.clamp(min=0)[..., None].expand(-1, -1, cell_count))
-    iou = pair_iou(gt_boxes[:, :, None, :], boxes[:, None, :, :]).clamp(min=0).nan_to_num(0.0)
+    centre = torch.maximum((cx - (x1 + x2) / 2).abs(), (cy - (y1 + y2) / 2).abs()) <= stride / 2
+    near = (level - own_level(gt_boxes, strides)[..., None]).abs() <= weights.reach
+    candidate = (inside | centre) & near & valid[..., None]
+    if blocks == 1:
+        candidate &= cells.group == group[..., None]
+    # each target's view of its block: predicted sides and its class's score
+    index = which[..., None].expand(-1, -1, block)
+    px1, py1, px2, py2 = (boxes[..., i].view(batch, blocks, block).gather(1, index) for i in range(4))
+    widest = scores.shape[-1]
+    by_class = scores.view(batch, blocks, block, widest).transpose(2, 3).reshape(batch, blocks * widest, block)
+    score = by_class.gather(1, (which * widest + cls.clamp(min=0))[..., None].expand(-1, -1, block))
+    inter = ((torch.minimum(x2, px2) - torch.maximum(x1, px1)).clamp(min=0)
+             * (torch.minimum(y2, py2) - torch.maximum(y1, py1)).clamp(min=0))
+    union = (x2 - x1) * (y2 - y1) + (px2 - px1) * (py2 - py1) - inter
+    iou = (inter / union).clamp(min=0).nan_to_num(0.0)
     metric = torch.where(candidate, score.pow(weights.alpha) * iou.pow(weights.beta), 0.0)
-    top = metric.topk(min(weights.topk, cell_count), dim=-1).indices
-    chosen = torch.zeros_like(candidate).scatter(-1, top, True) & candidate
-    # of the targets that chose a cell, the one it overlaps most (argmax on the last, contiguous axis: fast)
-    target = torch.where(chosen, iou, -1.0).transpose(1, 2).clone(memory_format=torch.contiguous_format).argmax(-1)
-    positive = chosen.any(1)
-    mine = (torch.arange(count, device=boxes.device)[None, :, None] == target[:, None, :]) & positive[:, None, :]
+    top = metric.topk(min(weights.topk, block), dim=-1).indices  # [B, M, k]
+    picked = candidate.gather(-1, top)
+    iou, metric = iou.gather(-1, top), metric.gather(-1, top)
+    cell = (top + (which * block)[..., None]).flatten(1)  # each pick's index among every cell, [B, M·k]
+    # a cell chosen by several targets keeps the one it overlaps most (the first of them on a tie)
+    claim = torch.where(picked, iou, -1.0)
+    best = torch.full((batch, cell_count), -1.0, device=boxes.device).scatter_reduce(
+        1, cell, claim.flatten(1), "amax").gather(1, cell).view_as(claim)
+    who = torch.arange(count, device=boxes.device)[None, :, None].expand_as(top)
+    owner = torch.full((batch, cell_count), count, device=boxes.device).scatter_reduce(
+        1, cell, torch.where(picked & (claim == best), who, count).flatten(1), "amin")
+    mine = picked & (owner.gather(1, cell).view_as(claim) == who)
     metric, iou = metric * mine, iou * mine
     rescaled = metric * iou.amax(-1, keepdim=True) / (metric.amax(-1, keepdim=True) + eps)
-    return Aligned(positive, target, rescaled.amax(1))
+    positive = owner < count
+    score = torch.zeros(batch, cell_count, device=boxes.device).scatter_reduce(1, cell, rescaled.flatten(1), "amax")
+    return Aligned(positive, torch.where(positive, owner, 0), score)
 
 
 def aligned_loss(outputs: Outputs, targets: Sequence[Mapping[str, torch.Tensor]] | Mapping[str, torch.Tensor],

@@ -116,7 +116,7 @@ def distance_boxes(dist: torch.Tensor, cx: torch.Tensor, cy: torch.Tensor, strid
         distance_boxes(torch.zeros(4, 16), torch.tensor(8.0), torch.tensor(8.0), 8.0)   # 7.5 strides each side
     """
     bins = torch.arange(dist.shape[-1], device=dist.device, dtype=torch.float32)
-    d = (dist.float().softmax(-1) * bins).sum(-1) * (stride[..., None] if isinstance(stride, torch.Tensor) else stride)
+    d = (dist.float().softmax(-1) @ bins) * (stride[..., None] if isinstance(stride, torch.Tensor) else stride)
     return torch.stack([cx - d[..., 0], cy - d[..., 1], cx + d[..., 2], cy + d[..., 3]], -1)
 
 
