@@ -117,6 +117,11 @@ def test_eval_prints_tables_and_writes_json_per_class_layer_and_scenario(trained
     assert set(report["classes"]) == set(rupiah.CLASSES) and report["classes"]["l3_text"]["layer"] == "security"
     assert list(report["scenarios"]) == ["low_light"] and report["scenarios"]["low_light"]["images"] == 10
     assert report["inference_ms_per_image"] > 0
+    # the boxes apart from the classes: each layer one class, so at least as many hits as by class
+    boxes = report["boxes_by_layer"]
+    assert set(boxes["layers"]) == {"banknote", "nominal", "security"} and "boxes by layer" in out.stdout
+    for layer, row in boxes["layers"].items():
+        assert row["gt"] == report["layers"][layer]["gt"] and row["dets"] <= report["layers"][layer]["dets"]
     ok(cli("eval", str(run), "--split", "test", "--n", "15", "--json", "test.json", cwd=trained))
     mixed = json.loads((trained / "test.json").read_text())
     assert mixed["split"] == "test" and sum(s["images"] for s in mixed["scenarios"].values()) == 15

@@ -36,7 +36,7 @@ from ..state import TrainState
 from . import scenes as rupiah
 from .components import Decoder, Relabeled, detector, detector_info, layer_order, rupiah_synthetic, yolo_dataset
 from .detection import Layout
-from .metrics import DetectionReport, Detections, collect_detections, evaluate
+from .metrics import DetectionReport, Detections, by_layer, collect_detections, evaluate
 from .yolo import IMAGE_SUFFIXES, YoloDataset, letterbox, load_image, read_data_yaml
 
 # --------------------------------------------------------------------------- loading
@@ -264,6 +264,9 @@ class Evaluation:
     ms_per_image: float
     batch_size: int
     threads: int
+    boxes: DetectionReport | None = None
+    """:func:`~smartcash_fn.smartcash.metrics.by_layer` over all images: each layer one class, so its AP50-95
+    against its AP50 says how tight the boxes are apart from the class they name (None without layers)."""
 
     def as_json(self) -> dict[str, Any]:
         """Plain data: overall, per layer, per class, per scenario, and the inference time."""
@@ -283,7 +286,9 @@ class Evaluation:
                 "inference_ms_per_image": self.ms_per_image, "batch_size": self.batch_size,
                 "threads": self.threads, **_summary(r), "classes": classes,
                 "scenarios": {name: {"images": self.scenario_images[name], **_summary(rep)}
-                              for name, rep in self.scenarios.items()}}
+                              for name, rep in self.scenarios.items()},
+                "boxes_by_layer": None if self.boxes is None else _summary(self.boxes)["overall"] | {
+                    "layers": {layer: _row(self.boxes, [c]) for c, layer in enumerate(self.boxes.class_names)}}}
 
     def text(self) -> str:
         """The tables for people: per class and layer, then per scenario and layer, then the timing."""
@@ -291,6 +296,16 @@ class Evaluation:
             return "    -" if v is None else f"{v:5.3f}"
 
         lines = [f"checkpoint: {self.checkpoint}", f"data: {self.data}", "", self.report.table(), ""]
+        if self.boxes is not None:
+            lines += ["boxes by layer (a box counts whatever class of its layer it names: how tight the boxes are,",
+                      "apart from telling the classes apart)",
+                      f"{'layer':<12} {'gt':>6} {'dets':>6}  AP50 AP50-95  AP50-95/AP50"]
+            for c, layer in enumerate(self.boxes.class_names):
+                r = _row(self.boxes, [c])
+                ratio = None if not r["mAP50"] or r["mAP50-95"] is None else r["mAP50-95"] / r["mAP50"]
+                lines.append(f"{layer:<12} {r['gt']:>6} {r['dets']:>6} {f(r['mAP50'])}   {f(r['mAP50-95'])}"
+                             f"         {f(ratio)}")
+            lines.append("")
         if self.scenarios:
             layers = list(self.report.layers)
             head = (f"{'scenario':<12} {'images':>6}     P     R    F1  mAP50 mAP50-95  "
@@ -352,9 +367,11 @@ def evaluate_split(det: LoadedDetector, split: str = "val", scenario: str | None
         scenarios[name] = evaluate([dets[i] for i in idx], [tgts[i] for i in idx], names, layers, conf=pr_conf,
                                    max_dets=max_det)
         counts[name] = len(idx)
+    placed = {n for members in layers.values() for n in members} if layers else set()
+    boxes = by_layer(dets, tgts, names, layers, iou=iou, max_dets=max_det) if placed >= set(names) else None
     return Evaluation(checkpoint=det.path, data=text, split=split, report=report, scenarios=scenarios,
                       scenario_images=counts, ms_per_image=1000.0 * seconds / max(1, len(dets)), batch_size=bs,
-                      threads=torch.get_num_threads())
+                      threads=torch.get_num_threads(), boxes=boxes)
 
 
 # --------------------------------------------------------------------------- prediction
