@@ -539,6 +539,8 @@ def test_by_layer_scores_the_boxes_whatever_class_of_the_layer_they_name():
     dets = [{"boxes": torch.tensor([[10.0, 10, 110, 60], [10, 12, 110, 62], [20, 20, 30, 30]]),
              "scores": torch.tensor([0.9, 0.75, 0.8]), "labels": torch.tensor([1, 0, 2])},
             {"boxes": torch.tensor([[0.0, 0, 120, 100]]), "scores": torch.tensor([0.7]), "labels": torch.tensor([1])}]
+    nothing = {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.int64)}
+    dets, targets = dets + [nothing], targets + [{"boxes": torch.zeros(0, 4), "labels": nothing["labels"]}]
     per_class = M.evaluate(dets, targets, names, LAYERS3).metrics()
     boxes = M.by_layer(dets, targets, names, LAYERS3).metrics()
     # by class, 002 has a false positive above its one hit; by layer the wrong name is a hit and its twin is merged
@@ -556,6 +558,9 @@ def test_by_layer_refuses_classes_outside_every_layer_and_labels_outside_the_cla
     one = [{"boxes": torch.tensor([[0.0, 0, 10, 10]]), "labels": torch.tensor([0])}]
     with pytest.raises(StateError, match="l3_sign"):
         M.by_layer([], [], names, {"banknote": ("001", "002")})
+    with pytest.raises(DataError, match="2 images of detections but 1 of targets"):
+        M.by_layer([{"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0)}] * 2, one,
+                   names, LAYERS3)
     with pytest.raises(DataError, match="label 3"):
         M.by_layer([{"boxes": torch.tensor([[0.0, 0, 10, 10]]), "scores": torch.tensor([0.5]),
                      "labels": torch.tensor([3])}], one, names, LAYERS3)

@@ -25,6 +25,7 @@ from typing import Any, Callable, Mapping, Sequence
 import attrs
 import numpy as np
 import torch
+import torchvision
 
 from ..errors import DataError, StateError
 from ..loop import Evaluator
@@ -849,8 +850,6 @@ def by_layer(detections: Sequence[Any], targets: Sequence[Any], class_names: Seq
         boxes = by_layer(dets, targets, names, {"banknote": ("001", "002"), "security": ("l3_sign",)})
         boxes.metrics()["AP50-95/banknote"] / boxes.metrics()["AP50/banknote"]
     """
-    import torchvision
-
     names, layer_map = _check_names(class_names, layers)
     order = list(layer_map)
     layer_of = torch.tensor([next((order.index(l) for l, ns in layer_map.items() if n in ns), -1) for n in names],
@@ -859,17 +858,17 @@ def by_layer(detections: Sequence[Any], targets: Sequence[Any], class_names: Seq
         raise StateError(f"by_layer: every class needs a layer; in none: "
                          f"{', '.join(n for n, l in zip(names, layer_of.tolist()) if l < 0)}")
     iou = _check_unit("iou", iou)
-    merged_dets, merged_targets = [], []
-    for i, (d, t) in enumerate(zip(detections, targets)):
-        d, t = as_detections(d, f"detections[{i}]"), as_targets(t, f"targets[{i}]")
-        for what, given in (("detections", d.labels), ("targets", t.labels)):
-            given = torch.as_tensor(given).reshape(-1).long()
-            _check_labels(given, torch.full_like(given, i), len(names), what)
-        labels = layer_of[d.labels.long()]
-        keep = torchvision.ops.batched_nms(d.boxes.float(), d.scores.float(), labels, iou)
-        merged_dets.append(Detections(d.boxes[keep], d.scores[keep], labels[keep]))
-        merged_targets.append(Targets(t.boxes, layer_of[t.labels.long()]))
-    return evaluate(merged_dets, merged_targets, order, max_dets=max_dets)
+    flat = _flatten(detections, targets, len(names))  # every input checked as evaluate checks it
+    det_layers, gt_layers = layer_of[flat.det_labels], layer_of[flat.gt_labels]
+    # one NMS over every image: a category per (image, layer); kept in the flat order, so image by image
+    keep = torchvision.ops.batched_nms(flat.det_boxes, flat.det_scores, flat.det_images * len(order) + det_layers,
+                                       iou).sort().values
+    per_image = torch.bincount(flat.det_images[keep], minlength=flat.num_images).tolist()
+    gt_per_image = torch.bincount(flat.gt_images, minlength=flat.num_images).tolist()
+    dets = [Detections(*parts) for parts in zip(*(t[keep].split(per_image) for t in
+                                                  (flat.det_boxes, flat.det_scores, det_layers)))]
+    truth = [Targets(*parts) for parts in zip(flat.gt_boxes.split(gt_per_image), gt_layers.split(gt_per_image))]
+    return evaluate(dets, truth, order, max_dets=max_dets)
 
 
 # --------------------------------------------------------------------------- the training-loop evaluator
