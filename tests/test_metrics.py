@@ -546,14 +546,14 @@ def test_by_layer_scores_the_boxes_whatever_class_of_the_layer_they_name():
     # by class, 002 has a false positive above its one hit; by layer the wrong name is a hit and its twin is merged
     assert per_class["AP50/002"] < 1.0
     assert boxes["AP50/banknote"] == pytest.approx(1.0) and boxes["AP50/security"] == pytest.approx(1.0)
-    # the wide box passes IoU 0.50 to 0.80 and fails above: at those 3 thresholds half the notes are found, at
+    # the wide box passes IoU 0.50 to 0.80 and fails the 3 thresholds above, where half the notes are found at
     # precision 1 (51 of COCO's 101 recall points)
     assert boxes["AP50-95/banknote"] == pytest.approx((7 + 3 * 51 / 101) / 10, abs=1e-9)
     assert boxes["AP50-95/security"] == pytest.approx(1.0)
     assert set(k for k in boxes if k.startswith("AP50/")) == {"AP50/banknote", "AP50/security"}
 
 
-def test_by_layer_refuses_classes_outside_every_layer_and_labels_outside_the_classes():
+def test_by_layer_refuses_a_class_in_no_layer_and_what_evaluate_refuses():
     names = ("001", "002", "l3_sign")
     one = [{"boxes": torch.tensor([[0.0, 0, 10, 10]]), "labels": torch.tensor([0])}]
     with pytest.raises(StateError, match="l3_sign"):
