@@ -20,10 +20,10 @@ class target::
     loss, parts = aligned_loss(model(images), pad_targets(targets), layout)
     parts   # {"box": ..., "cls": ..., "dfl": ...}
 
-One batched computation: the candidate pairs are a ``[B, M, cells]`` tensor
-(M the batch's largest target count), no loop over images, targets or
-groups, no host synchronization, and the operations recorded do not depend on
-the batch size or the target count.
+One batched computation: the candidate pairs are a ``[B, M, block]`` tensor
+(M the batch's largest target count, ``block`` the cells of one layer), no
+loop over images, targets or groups, no host synchronization, and the
+operations recorded do not depend on the batch size or the target count.
 """
 
 from __future__ import annotations
