@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from .detection import (Heads, Layout, Outputs, cell_grid, ciou_loss, distance_boxes, level_of, pad_targets,
-                        split_labels)
+                        pair_iou, split_labels)
 from .detector import BINS, STRIDES
 
 
@@ -156,15 +156,11 @@ def align(boxes: torch.Tensor, scores: torch.Tensor, cells: Cells, gt_boxes: tor
     if blocks == 1:
         candidate &= cells.group == group[..., None]
     # each target's view of its block: predicted sides and its class's score
-    index = which[..., None].expand(-1, -1, block)
-    px1, py1, px2, py2 = (boxes[..., i].view(batch, blocks, block).gather(1, index) for i in range(4))
+    seen = boxes.view(batch, blocks, block, 4).gather(1, which[..., None, None].expand(-1, -1, block, 4))
     widest = scores.shape[-1]
     by_class = scores.view(batch, blocks, block, widest).transpose(2, 3).reshape(batch, blocks * widest, block)
     score = by_class.gather(1, (which * widest + cls.clamp(min=0))[..., None].expand(-1, -1, block))
-    inter = ((torch.minimum(x2, px2) - torch.maximum(x1, px1)).clamp(min=0)
-             * (torch.minimum(y2, py2) - torch.maximum(y1, py1)).clamp(min=0))
-    union = (x2 - x1) * (y2 - y1) + (px2 - px1) * (py2 - py1) - inter
-    iou = (inter / union).clamp(min=0).nan_to_num(0.0)
+    iou = pair_iou(gt_boxes[:, :, None, :], seen).clamp(min=0).nan_to_num(0.0)
     metric = torch.where(candidate, score.pow(weights.alpha) * iou.pow(weights.beta), 0.0)
     top = metric.topk(min(weights.topk, block), dim=-1).indices  # [B, M, k]
     picked = candidate.gather(-1, top)
