@@ -450,6 +450,24 @@ def test_augmented_boxes_stay_inside_the_image_and_keep_their_labels():
     assert torch.allclose(b, torch.tensor([[2.0, 2.0, 24.0, 30.0], [52.0, 40.0, 64.0, 64.0], [20.0, 20.0, 44.0, 44.0]]))
 
 
+def test_the_default_augmentation_keeps_a_box_s_shape():
+    # a turned image's box is the box around the turned box: larger than an object that did not fill it.
+    # The default moves and scales boxes but never turns them, so a box away from the borders keeps its
+    # aspect ratio and a width and height scaled alike.
+    image = torch.full((3, 128, 128), 0.2)
+    boxes = torch.tensor([[52.0, 56.0, 76.0, 68.0], [60.0, 50.0, 66.0, 80.0]])
+    labels = torch.tensor([0, 16])
+    for seed in range(10):
+        _, b, lab = Augment()(image, boxes, labels, _generator(seed))
+        assert torch.equal(lab, labels)
+        factor = (b[:, 2:] - b[:, :2]) / (boxes[:, 2:] - boxes[:, :2])  # [2 boxes, (w, h)]
+        assert torch.allclose(factor, factor[0, 0].expand(2, 2), rtol=1e-3), (seed, factor)
+    # turning inflates: the same boxes under a 5-degree affine grow in one side or both
+    turned = [Augment(degrees=5.0)(image, boxes, labels, _generator(seed))[1] for seed in range(10)]
+    ratios = [((t[:, 2:] - t[:, :2]) / (boxes[:, 2:] - boxes[:, :2])) for t in turned]
+    assert any(not torch.allclose(r, r[0, 0].expand(2, 2), rtol=1e-3) for r in ratios)
+
+
 def test_batches_are_the_same_with_zero_and_two_workers(tmp_path):
     ds = YoloDataset.scan(read_data_yaml(tiny_dataset(tmp_path, n=6)), "train", size=64,
                           augment=Augment(flip=0.5))

@@ -294,13 +294,15 @@ class Augment:
     is a function of ``(seed, epoch, index)``. ``mosaic`` is the probability
     that a sample is a :func:`mosaic` of itself and three other samples of
     the split, drawn by that generator (the affine and the colours then apply
-    to the whole mosaic).
+    to the whole mosaic). ``degrees`` is 0 by default: a turned image's box is the box around the turned
+    box, larger than the object inside it unless the object filled its box (a note already askew, a
+    printed number, a security thread do not), so turning teaches boxes too large (docs/detector.md).
     ``Augment(flip=0.0, degrees=5, translate=0.1, scale=(0.8, 1.2), mosaic=1.0)``
     """
 
     mosaic: float = 0.0
     flip: float = 0.0
-    degrees: float = 5.0
+    degrees: float = 0.0
     translate: float = 0.1
     scale: tuple[float, float] = (0.75, 1.25)
     brightness: float = 0.3
