@@ -462,7 +462,7 @@ def test_the_default_augmentation_keeps_a_box_s_shape():
         assert torch.equal(lab, labels)
         factor = (b[:, 2:] - b[:, :2]) / (boxes[:, 2:] - boxes[:, :2])  # [2 boxes, (w, h)]
         assert torch.allclose(factor, factor[0, 0].expand(2, 2), rtol=1e-3), (seed, factor)
-    # turning inflates: the same boxes under a 5-degree affine grow in one side or both
+    # turned by up to 5 degrees, the same boxes change shape: the box around a turned box is wider or taller
     turned = [Augment(degrees=5.0)(image, boxes, labels, _generator(seed))[1] for seed in range(10)]
     ratios = [((t[:, 2:] - t[:, :2]) / (boxes[:, 2:] - boxes[:, :2])) for t in turned]
     assert any(not torch.allclose(r, r[0, 0].expand(2, 2), rtol=1e-3) for r in ratios)
