@@ -468,6 +468,29 @@ def test_the_default_augmentation_keeps_a_box_s_shape():
     assert any(not torch.allclose(r, r[0, 0].expand(2, 2), rtol=1e-3) for r in ratios)
 
 
+def test_an_augmented_sample_is_the_same_whatever_the_thread_count(tmp_path):
+    # a contrast change takes the mean grey of the image: a reduction that adds in another order on two
+    # threads; a loader worker has one thread, the main process the machine's
+    from PIL import Image
+
+    root = tiny_dataset(tmp_path, n=2, size=(256, 256)).parent
+    noise = torch.Generator().manual_seed(0)
+    for i in range(2):
+        pixels = torch.randint(0, 256, (256, 256, 3), generator=noise, dtype=torch.uint8)
+        Image.fromarray(pixels.numpy()).save(root / "train/images" / f"im{i}.png")
+    ds = YoloDataset.scan(read_data_yaml(root / "data.yaml"), "train", size=256, augment=Augment())
+    threads = torch.get_num_threads()
+    try:
+        seen = {}
+        for t in (1, 2):
+            torch.set_num_threads(t)
+            seen[t] = [ds.sample(i % 2, _generator(i))[0] for i in range(8)]
+            assert torch.get_num_threads() == t  # given back
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(a, b) for a, b in zip(seen[1], seen[2]))
+
+
 def test_batches_are_the_same_with_zero_and_two_workers(tmp_path):
     ds = YoloDataset.scan(read_data_yaml(tiny_dataset(tmp_path, n=6)), "train", size=64,
                           augment=Augment(flip=0.5))
