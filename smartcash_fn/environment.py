@@ -15,9 +15,10 @@ deterministic kernels on or off (the CPU's are deterministic already)::
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import torch
 
@@ -93,6 +94,26 @@ def notes(recorded: Mapping[str, Any], now: Mapping[str, Any]) -> tuple[str, ...
         out.append(f"deterministic CUDA kernels were {word(recorded['deterministic'])} when it was written and "
                    f"are {word(now['deterministic'])} now (run.deterministic): {same_bits}")
     return tuple(out)
+
+
+@contextlib.contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Run a block on one torch thread, then give the thread count back (also on an error).
+
+    A reduction on the CPU adds in an order that follows the thread count, so
+    work whose bits must not depend on the machine's cores (an augmented
+    sample: the mean grey of a contrast change) runs on one thread, as a
+    loader worker does anyway::
+
+        with one_torch_thread():
+            image = augment(image, boxes, labels, generator)[0]
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def use_deterministic(on: bool, device: str | torch.device) -> None:

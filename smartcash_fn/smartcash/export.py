@@ -19,6 +19,7 @@ an interrupted export leaves nothing half-written under ``out_dir``.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import os
@@ -32,6 +33,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from PIL import Image
 
+from ..environment import one_torch_thread
 from ..errors import DataError
 from . import scenes as rupiah
 
@@ -206,26 +208,25 @@ def export_synthetic(out_dir: str | os.PathLike, n: int, seed: int = 0,
     out.parent.mkdir(parents=True, exist_ok=True)
 
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-    threads = torch.get_num_threads()
     try:
-        if workers == 0:
-            torch.set_num_threads(1)
-        done = 0
-        for split, count in zip(SPLIT_NAMES, sizes):
-            images, labels = work / "images" / split, work / "labels" / split
-            images.mkdir(parents=True)
-            labels.mkdir(parents=True)
-            if count == 0:
-                continue
-            files = _Files(split, count, seed, size, choices, image_format)
-            for i, image, text in DataLoader(files, batch_size=None, num_workers=min(workers, count),
-                                             collate_fn=_as_is):
-                stem = f"{split}_{i:06d}"
-                (images / f"{stem}.{image_format}").write_bytes(image)
-                (labels / f"{stem}.txt").write_text(text, encoding="utf-8")
-                done += 1
-                if progress is not None:
-                    progress(done, n)
+        # a scene rendered here is made on one thread, as in a worker
+        with one_torch_thread() if workers == 0 else contextlib.nullcontext():
+            done = 0
+            for split, count in zip(SPLIT_NAMES, sizes):
+                images, labels = work / "images" / split, work / "labels" / split
+                images.mkdir(parents=True)
+                labels.mkdir(parents=True)
+                if count == 0:
+                    continue
+                files = _Files(split, count, seed, size, choices, image_format)
+                for i, image, text in DataLoader(files, batch_size=None, num_workers=min(workers, count),
+                                                 collate_fn=_as_is):
+                    stem = f"{split}_{i:06d}"
+                    (images / f"{stem}.{image_format}").write_bytes(image)
+                    (labels / f"{stem}.txt").write_text(text, encoding="utf-8")
+                    done += 1
+                    if progress is not None:
+                        progress(done, n)
         comment = (f"SmartCash synthetic Rupiah banknotes (smartcash_fn.smartcash.scenes): seed {seed}, scenario {name}, "
                    f"{size}x{size} px, splits {sizes[0]}/{sizes[1]}/{sizes[2]}")
         (work / "data.yaml").write_text(data_yaml(out, comment), encoding="utf-8")
@@ -242,6 +243,4 @@ def export_synthetic(out_dir: str | os.PathLike, n: int, seed: int = 0,
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
-    finally:
-        torch.set_num_threads(threads)
     return out / "data.yaml"

@@ -18,11 +18,10 @@ loader passes to ``sample(index, generator)``.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import attrs
 import torch
@@ -31,6 +30,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from .. import rng
+from ..environment import one_torch_thread
 from ..errors import DataError
 
 log = logging.getLogger("smartcash_fn")
@@ -332,24 +332,6 @@ class Augment:
         return img.as_subclass(torch.Tensor).clamp_(0, 1), bb[keep], labels[keep]
 
 
-@contextlib.contextmanager
-def _one_torch_thread() -> Iterator[None]:
-    """Run a block on one torch thread: a reduction in it (the mean grey of a contrast change) then adds in
-    one order whatever the thread count, and gives the same bits.
-
-    ``with _one_torch_thread(): image = augment(image, boxes, labels, generator)[0]``
-    """
-    threads = torch.get_num_threads()
-    if threads == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 @attrs.frozen
 class YoloDataset:
     """One split of a YOLO-format dataset, checked at scan time, serving letterboxed samples.
@@ -434,7 +416,7 @@ class YoloDataset:
         Made on one torch thread, so its pixels are the same in the main process and in a loader worker
         (which has one) whatever the machine's thread count.
         """
-        with _one_torch_thread():
+        with one_torch_thread():
             return self._sample(index, generator)
 
     def _sample(self, index: int, generator: torch.Generator | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
