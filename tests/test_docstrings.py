@@ -11,7 +11,10 @@ standalone-only — but one that runs must not raise.
 from __future__ import annotations
 
 import ast
+import contextlib
 import importlib
+import logging
+import os
 import shutil
 import textwrap
 import warnings
@@ -78,8 +81,6 @@ def world(tmp_path_factory, one_thread):
     """A working folder with the recipes and a trained tiny run, and names the examples use."""
     root = tmp_path_factory.mktemp("docstrings")
     shutil.copytree(REPO / "recipes", root / "recipes")
-    import os
-
     before = os.getcwd()
     os.chdir(root)
     try:
@@ -114,6 +115,38 @@ def world(tmp_path_factory, one_thread):
         os.chdir(before)
 
 
+@contextlib.contextmanager
+def process_state_kept():
+    """Put back what an example may change for the whole process: loggers, torch's global switches, the environment.
+
+    Examples show real uses — ``logger.addHandler(ConsoleHandler(...))``,
+    ``use_deterministic(True, "cuda")`` — whose effect outlives them; without
+    this, tests run after this file would see a console handler already in
+    place or deterministic kernels switched on.
+    """
+    loggers = [logging.getLogger(), logging.getLogger("smartcash_fn")]
+    kept = [(lg, list(lg.handlers), lg.level, lg.propagate) for lg in loggers]
+    switches = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+                torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark, torch.get_num_threads(),
+                torch.get_default_dtype(), torch.is_grad_enabled())
+    environ = dict(os.environ)
+    try:
+        yield
+    finally:
+        for lg, handlers, level, propagate in kept:
+            lg.handlers[:] = handlers
+            lg.setLevel(level)
+            lg.propagate = propagate
+        deterministic, warn_only, cudnn_deterministic, benchmark, threads, dtype, grad = switches
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = cudnn_deterministic, benchmark
+        torch.set_num_threads(threads)
+        torch.set_default_dtype(dtype)
+        torch.set_grad_enabled(grad)
+        os.environ.clear()
+        os.environ.update(environ)
+
+
 def test_there_are_examples_and_each_python_one_compiles():
     assert len(EXAMPLES) > 100
     bad = []
@@ -131,7 +164,7 @@ def test_docstring_examples_run(world):
     for module, owner, code in EXAMPLES:
         ns = {**BASICS, **vars(importlib.import_module(module)), **names}
         try:
-            with warnings.catch_warnings():
+            with process_state_kept(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 exec(compile(code, f"{module}.{owner}", "exec"), ns)
             ran.append(f"{module}.{owner}")
