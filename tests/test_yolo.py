@@ -19,7 +19,7 @@ from smartcash_fn.data import LoaderData
 from smartcash_fn.errors import DataError
 from smartcash_fn.smartcash.scenes import CLASSES, LAYERS, collate
 from smartcash_fn.smartcash.yolo import (PAD_VALUE, Augment, Problem, YoloDataset, group_layers, label_path, layer_of,
-                               letterbox, mosaic, parse_labels, parse_yaml, read_data_yaml)
+                               letterbox, mosaic, parse_labels, parse_yaml, read_data_yaml, turn_hue)
 
 NAMES = ("001", "l2_001", "l3_sign")
 
@@ -466,6 +466,41 @@ def test_the_default_augmentation_keeps_a_box_s_shape():
     turned = [Augment(degrees=5.0)(image, boxes, labels, _generator(seed))[1] for seed in range(10)]
     ratios = [((t[:, 2:] - t[:, :2]) / (boxes[:, 2:] - boxes[:, :2])) for t in turned]
     assert any(not torch.allclose(r, r[0, 0].expand(2, 2), rtol=1e-3) for r in ratios)
+
+
+def test_turn_hue_rotates_colours_about_the_grey_axis():
+    g = torch.Generator().manual_seed(0)
+    image = torch.rand(3, 16, 16, generator=g) * 0.5 + 0.25  # away from 0 and 1: no clamping for small turns
+    turned = turn_hue(image, 0.05)
+    # each pixel keeps its mean of R, G, B and its distance from grey; its colour moves
+    assert torch.allclose(turned.mean(0), image.mean(0), atol=1e-6)
+    assert torch.allclose((turned - turned.mean(0)).norm(dim=0), (image - image.mean(0)).norm(dim=0), atol=1e-6)
+    assert (turned - image).abs().mean() > 0.005
+    # greys stay grey; a whole turn and a turn and back are the image again; a third of a turn moves R to G
+    grey = torch.full((3, 4, 4), 0.4)
+    assert torch.allclose(turn_hue(grey, 0.3), grey, atol=1e-6)
+    assert torch.allclose(turn_hue(image, 1.0), image, atol=1e-6)
+    assert torch.allclose(turn_hue(turn_hue(image, 0.05), -0.05), image, atol=1e-6)
+    assert torch.allclose(turn_hue(image, 1 / 3), image[[2, 0, 1]], atol=1e-6)
+    # the direction of torchvision's hue factor: a red with a little green turns towards yellow, not magenta
+    reddish = torch.tensor([0.8, 0.3, 0.2]).view(3, 1, 1)
+    assert turn_hue(reddish, 0.05)[1] > reddish[1] and turn_hue(reddish, 0.05)[2] < reddish[2]
+    # clamped into [0, 1]
+    assert turn_hue(torch.tensor([1.0, 0.0, 0.0]).view(3, 1, 1), 0.05).min() >= 0
+
+
+def test_the_augment_s_hue_turn_is_drawn_from_the_generator():
+    image = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(1)) * 0.5 + 0.25
+    boxes, labels = torch.tensor([[4.0, 4.0, 20.0, 20.0]]), torch.tensor([0])
+    still = dict(degrees=0, translate=0, scale=(1, 1), brightness=0, contrast=0, saturation=0)
+    hue_only = Augment(hue=0.1, **still)
+    outs = [hue_only(image, boxes, labels, _generator(s))[0] for s in range(6)]
+    assert torch.equal(outs[0], hue_only(image, boxes, labels, _generator(0))[0])
+    for out in outs:  # only the hue moved: the mean grey of every pixel is kept
+        assert torch.allclose(out.mean(0), image.mean(0), atol=1e-6) and not torch.allclose(out, image, atol=1e-3)
+    assert len({round(float((o - image).abs().mean()), 6) for o in outs}) == len(outs)
+    # hue 0 leaves the colours alone
+    assert torch.equal(Augment(hue=0.0, **still)(image, boxes, labels, _generator(0))[0], image)
 
 
 def test_an_augmented_sample_is_the_same_whatever_the_thread_count(tmp_path):
