@@ -11,7 +11,7 @@ from smartcash_fn.run import library
 def test_every_built_in_recipe_is_package_data_and_loads():
     from smartcash_fn.run.recipe import load
 
-    assert library.names() == ("rupiah_efficientnet_b4", "rupiah_synthetic", "tiny")
+    assert library.names() == ("rupiah_efficientnet_b4", "rupiah_synthetic", "rupiah_yolo", "tiny")
     for name in library.names():
         assert library.path_of(name).parent == library.FOLDER
         assert load(library.path_of(name)).run.name == name

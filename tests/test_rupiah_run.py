@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from smartcash_fn.cli import main
 from smartcash_fn.run import recipe as rc
 from smartcash_fn.smartcash import scenes as rupiah
 from smartcash_fn.run.build import OnDevice, build, filled_from, make_data, probe, to_device
@@ -176,6 +177,18 @@ def test_b4_recipe_has_smartcash_training(tmp_path):
     assert (backbone.prefix, backbone.frozen_epochs, backbone.lr) == ("backbone.", 5, 5e-6)
     assert (head.prefix, head.lr, head.after_epochs, head.lr_after) == ("head.", 1e-3, 5, 1e-4)
     assert (neck.lr, neck.after_epochs, neck.lr_after) == (1e-3, 5, 1e-4)
+
+
+def test_the_yolo_recipe_is_the_default_on_a_data_yaml_and_trains(exported, tmp_path, one_thread):
+    default, mine = rc.load(ROOT / "recipes" / "rupiah_synthetic.toml"), rc.load(ROOT / "recipes" / "rupiah_yolo.toml")
+    assert mine.model == default.model and mine.optimizer == default.optimizer and mine.schedule == default.schedule
+    assert (mine.train.max_time, mine.train.loss) == (default.train.max_time, default.train.loss) == (600, "task_aligned")
+    assert mine.train.loss_params == {**default.train.loss_params, "cls": 1.0}
+    assert mine.data.use == "yolo_dataset" and mine.data.params["size"] == 256
+    out = tmp_path / "run"
+    sets = [f"data.params.data_yaml={exported}", *SMALL[2:]]  # 64 px, a narrow model, one epoch
+    assert main(["train", "rupiah_yolo", "--quiet", "--out", str(out), *(a for kv in sets for a in ("--set", kv))]) == 0
+    assert (out / "checkpoints" / "last.pt").is_file() and "val/mAP50" in (out / "metrics.csv").read_text()
 
 
 PHASED = """
