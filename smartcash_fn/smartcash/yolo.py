@@ -289,14 +289,14 @@ def mosaic(tiles: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], cen
 
 
 def turn_hue(image: torch.Tensor, turn: float) -> torch.Tensor:
-    """``image`` (``[3, H, W]`` RGB in [0, 1]) with every colour turned by ``turn`` of the colour wheel about the grey axis.
+    """``image`` (``[3, H, W]`` RGB in [0, 1]) with its colours turned by ``turn`` of the colour wheel.
 
-    A rotation of RGB space about the line ``r = g = b``: greys stay grey, each
-    pixel keeps its mean of R, G and B and its distance from grey, and its hue
-    moves red towards green for ``turn > 0``. It is one 3 × 3 matrix applied to
-    every pixel, where torchvision's HSV hue shift converts each pixel to HSV and
-    back (about 35 times the time on one CPU thread for a 256-px image). Results
-    outside [0, 1] are clamped::
+    A rotation of RGB space about the grey axis ``r = g = b``: greys stay grey,
+    each pixel keeps its mean of R, G and B and its distance from grey, and its
+    hue moves red towards green for ``turn > 0``. It is one 3 × 3 matrix applied
+    to every pixel, where torchvision's HSV hue shift converts each pixel to HSV
+    and back, a small fraction of its time (docs/detector.md). Results outside
+    [0, 1] are clamped::
 
         turn_hue(torch.tensor([1.0, 0, 0]).view(3, 1, 1), 1 / 3).flatten()   # pure red turned a third: green
     """
