@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from .detection import (Heads, Layout, Outputs, cell_grid, ciou_loss, distance_boxes, level_of, pad_targets,
-                        pair_iou, split_labels)
+                        pair_iou, split_labels, unit_box)
 from .detector import BINS, STRIDES
 
 
@@ -195,7 +195,7 @@ def aligned_loss(outputs: Outputs, targets: Sequence[Mapping[str, torch.Tensor]]
     device, batch, cell_count, widest = dist.device, dist.shape[0], dist.shape[1], logits.shape[-1]
     gt_boxes, labels = padded["boxes"].to(device).float(), padded["labels"].to(device)
     if labels.shape[1] == 0:  # no targets in the batch: one padding target keeps every shape non-empty
-        gt_boxes = torch.tensor([0.0, 0.0, 1.0, 1.0], device=device).repeat(batch, 1, 1)
+        gt_boxes = unit_box(device).repeat(batch, 1, 1)
         labels = torch.full((batch, 1), -1, dtype=torch.int64, device=device)
     cells = Cells.of(Heads.of(outputs, layout), layout, strides, device)
     valid, group, cls = split_labels(labels, layout)
@@ -215,7 +215,7 @@ def aligned_loss(outputs: Outputs, targets: Sequence[Mapping[str, torch.Tensor]]
     sides_logits = dist.gather(1, slots[..., None, None].expand(-1, -1, 4, bins))  # [B, P, 4, bins]
     pred = distance_boxes(sides_logits, at["x"], at["y"], at["stride"])
     pos = (weight > 0)[..., None]
-    unit = torch.tensor([0.0, 0.0, 1.0, 1.0], device=device)
+    unit = unit_box(device)
     box_l = (ciou_loss(torch.where(pos, pred, unit), torch.where(pos, true_boxes, unit)) * weight).sum() / total
     sides = torch.stack([at["x"] - true_boxes[..., 0], at["y"] - true_boxes[..., 1],
                          true_boxes[..., 2] - at["x"], true_boxes[..., 3] - at["y"]], -1) / at["stride"][..., None]

@@ -176,6 +176,12 @@ def _thrice(t: torch.Tensor) -> torch.Tensor:
     return torch.stack((t, t, t), 2)
 
 
+def unit_box(device: torch.device | str | None = None) -> torch.Tensor:
+    """The box ``(0, 0, 1, 1)``, made on ``device`` by a kernel: ``torch.tensor`` would copy it from the
+    host, and on a GPU the host waits for that copy. ``unit_box("cpu").tolist() == [0.0, 0.0, 1.0, 1.0]``."""
+    return (torch.arange(4, device=device) >= 2).float()
+
+
 def pad_targets(targets: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """One batch's per-image targets as two fixed-size tensors: ``boxes [B, M, 4]`` and ``labels [B, M]``.
 
@@ -190,7 +196,7 @@ def pad_targets(targets: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torc
     """
     count = max((len(t["labels"]) for t in targets), default=0)
     device = targets[0]["boxes"].device if len(targets) else torch.device("cpu")
-    boxes = torch.tensor([0.0, 0.0, 1.0, 1.0], device=device).repeat(len(targets), count, 1)
+    boxes = unit_box(device).repeat(len(targets), count, 1)
     labels = torch.full((len(targets), count), -1, dtype=torch.int64, device=device)
     for i, t in enumerate(targets):
         k = len(t["labels"])
@@ -387,7 +393,7 @@ def detection_loss(outputs: Outputs, targets: Sequence[Mapping[str, torch.Tensor
     pos = a.positive.reshape(batch, -1)
     boxes = _boxes(pred[..., :4].sigmoid(), a.x.reshape(batch, -1).float(), a.y.reshape(batch, -1).float(),
                    a.stride.reshape(batch, -1))
-    unit = torch.tensor([0.0, 0.0, 1.0, 1.0], device=device)
+    unit = unit_box(device)
     tbox = torch.where(pos[..., None], _thrice(padded["boxes"].float()).reshape(batch, -1, 4), unit)
     boxes = torch.where(pos[..., None], boxes, unit)  # inert pairs off the positives: finite values and gradients
     n = pos.sum().clamp(min=1)
