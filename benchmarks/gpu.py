@@ -1,6 +1,6 @@
 """GPU figures in one script: the library's step against hand-written loops, determinism's cost, a whole run.
 
-Five measurements, one JSON on stdout's last line (and ``--json PATH``) after a table:
+Six measurements, one JSON on stdout's last line (and ``--json PATH``) after a table:
 
 - **throughput** — images/s and peak memory of one training step on a fixed,
   already rendered batch (the data path left out), for the detector with
@@ -11,12 +11,18 @@ Five measurements, one JSON on stdout's last line (and ``--json PATH``) after a 
   hand-written loops (``torch.optim.AdamW`` with ``foreach=True`` and with
   ``fused=True``, ``loss.backward()``, ``clip_grad_norm_(10)``,
   ``zero_grad(set_to_none=True)``, ``torch.autocast`` for bf16). Kernels are
-  torch's defaults here (``run.deterministic`` off) so all loops run alike;
+  torch's defaults here (``run.deterministic`` off) so all loops run alike.
+  More rows in the last precision: each detector with ``channels_last``, and
+  ``cspdarknet`` with the decoupled head and its task-aligned loss (the
+  default recipe's), with and without ``channels_last``;
 - **loss share** — per detector case, for the coupled head with its loss and
   the decoupled head with the task-aligned loss: the seconds of the model's
   forward and backward with the loss, and of the loss alone (forward and
   backward on the outputs), in the last precision of the plan; the share is
   the second over the first;
+- **profile** — three library steps of the ``cspdarknet`` case per head under
+  ``torch.profiler``: kernel launches, host synchronizations, ``nonzero`` and
+  ``item`` calls and aten ops per step, and the kernels that took most time;
 - **deterministic** — the library's step on the detector cases with
   :func:`smartcash_fn.environment.use_deterministic` off and on: the cost of
   ``run.deterministic = true`` (on the CPU it sets nothing and costs nothing);
@@ -73,7 +79,7 @@ from smartcash_fn.smartcash.detector import Detector  # noqa: E402
 
 LAYOUT = Layout.of({layer: len(names) for layer, names in rupiah.LAYERS.items()})
 B4_RECIPE = ROOT / "recipes" / "rupiah_efficientnet_b4.toml"
-KEYS = ("machine", "quick", "throughput", "deterministic", "end_to_end", "replay", "seconds")
+KEYS = ("machine", "quick", "throughput", "loss_share", "profile", "deterministic", "end_to_end", "replay", "seconds")
 """The top-level keys of the JSON (a test checks them)."""
 
 
@@ -84,6 +90,7 @@ class Plan:
     device: str
     detectors: tuple[tuple[str, str, int, int, dict], ...]  # (case name, backbone, size, batch, Detector kwargs)
     precisions: tuple[str, ...]
+    variants: tuple[tuple[str, str, int, int, dict], ...]  # more throughput rows, in the last precision only
     warmup: int
     steps: int
     mlp_steps: int
@@ -97,7 +104,16 @@ class Plan:
         return cls(device=device,
                    detectors=(("efficientnet_b4@640x16", "efficientnet_b4", 640, 16, {"width": 128}),
                               ("cspdarknet@640x32", "cspdarknet", 640, 32, {"width": 48, "backbone_width": 16})),
-                   precisions=("fp32", "bf16"), warmup=3, steps=10, mlp_steps=200, export_n=600, export_size=640,
+                   precisions=("fp32", "bf16"),
+                   variants=(("efficientnet_b4@640x16 cl", "efficientnet_b4", 640, 16,
+                              {"width": 128, "channels_last": True}),
+                             ("cspdarknet@640x32 cl", "cspdarknet", 640, 32,
+                              {"width": 48, "backbone_width": 16, "channels_last": True}),
+                             ("cspdarknet@640x32 dec", "cspdarknet", 640, 32,
+                              {"width": 48, "backbone_width": 16, "head": "decoupled"}),
+                             ("cspdarknet@640x32 dec cl", "cspdarknet", 640, 32,
+                              {"width": 48, "backbone_width": 16, "head": "decoupled", "channels_last": True})),
+                   warmup=3, steps=10, mlp_steps=200, export_n=600, export_size=640,
                    train_sets=("train.epochs=2", f'run.device="{device}"'), quick=False)
 
     @classmethod
@@ -105,7 +121,10 @@ class Plan:
         return cls(device="cpu",
                    detectors=(("efficientnet_b0@64x2", "efficientnet_b0", 64, 2, {"width": 16}),
                               ("cspdarknet@64x2", "cspdarknet", 64, 2, {"width": 16, "backbone_width": 8})),
-                   precisions=("fp32",), warmup=1, steps=1, mlp_steps=20, export_n=12, export_size=64,
+                   precisions=("fp32",),
+                   variants=(("cspdarknet@64x2 dec cl", "cspdarknet", 64, 2,
+                              {"width": 16, "backbone_width": 8, "head": "decoupled", "channels_last": True}),),
+                   warmup=1, steps=1, mlp_steps=20, export_n=12, export_size=64,
                    train_sets=("train.epochs=2", 'run.device="cpu"', 'model.params.backbone="efficientnet_b0"',
                                "model.params.width=16", "data.batch_size=4", "data.val_batch_size=4",
                                "data.workers=0", "data.params.size=64", "loggers.tensorboard=false",
@@ -154,12 +173,16 @@ def _mlp() -> nn.Module:
     return nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))
 
 
-def _detector_case(backbone: str, size: int, batch: int, kw: dict, device: str, head: str = "coupled"):
-    """(model factory, batch on the device, loss(outputs, batch)) of one detector case; ``head`` picks the
-    head and its loss (``"coupled"``: ``detection_loss``, ``"decoupled"``: ``aligned_loss``)."""
+def _detector_case(backbone: str, size: int, batch: int, kw: dict, device: str, head: str | None = None):
+    """(model factory, batch on the device, loss(outputs, batch)) of one detector case; ``head`` (else
+    ``kw["head"]``, else coupled) picks the head and its loss (``"coupled"``: ``detection_loss``,
+    ``"decoupled"``: ``aligned_loss``)."""
+    kw = dict(kw)
+    head = head or kw.pop("head", "coupled")
+    kw.pop("head", None)
     scenes = rupiah.RupiahScenes("train", batch, size=size, augment=rupiah.Jitter())
-    data = rupiah.collate([scenes.sample(i, torch.Generator().manual_seed(i)) for i in range(batch)])
-    data = to_device(data, device)
+    images, targets = rupiah.collate([scenes.sample(i, torch.Generator().manual_seed(i)) for i in range(batch)])
+    data = to_device((images, pad_targets(targets)), device)  # padded, as the training collate serves them
 
     def factory() -> nn.Module:
         return Detector(backbone=backbone, groups=dict(LAYOUT.groups), head=head, **kw).to(device)
@@ -238,6 +261,8 @@ def measure_throughput(plan: Plan, log: Callable[[str], None]) -> list[dict[str,
     rows = []
     cases = [(name, precision, *_detector_case(bb, size, batch, kw, plan.device), batch)
              for name, bb, size, batch, kw in plan.detectors for precision in plan.precisions]
+    cases += [(name, plan.precisions[-1], *_detector_case(bb, size, batch, kw, plan.device), batch)
+              for name, bb, size, batch, kw in plan.variants]
     cases += [("mlp@64", "fp32", *_mlp_case(plan.device), 64)]
     for name, precision, factory, batch, loss, images in cases:
         steps, warmup = (plan.mlp_steps, 10) if name.startswith("mlp") else (plan.steps, plan.warmup)
@@ -266,7 +291,6 @@ def measure_loss_share(plan: Plan, log: Callable[[str], None]) -> list[dict[str,
     for name, bb, size, batch, kw in plan.detectors:
         for head in ("coupled", "decoupled"):
             factory, data, case_loss = _detector_case(bb, size, batch, kw, plan.device, head)
-            served = (data[0], pad_targets(data[1]))  # as the collate serves them: the loss starts from fixed shapes
             torch.manual_seed(0)
             model = factory()
             autocast = torch.autocast(torch.device(plan.device).type, torch.bfloat16, enabled=precision == "bf16")
@@ -276,10 +300,10 @@ def measure_loss_share(plan: Plan, log: Callable[[str], None]) -> list[dict[str,
                 with autocast:
                     out = model(data[0])
                 kept["out"] = {g: [o.detach().requires_grad_(True) for o in v] for g, v in out.items()}
-                case_loss(out, served).backward()
+                case_loss(out, data).backward()
 
             def loss_only() -> None:
-                case_loss(kept["out"], served).backward()
+                case_loss(kept["out"], data).backward()
 
             try:
                 step_s = _time_steps(step, plan.device, plan.warmup, plan.steps)
@@ -291,6 +315,79 @@ def measure_loss_share(plan: Plan, log: Callable[[str], None]) -> list[dict[str,
                 row = {"case": name, "head": head, "precision": precision, "error": f"{type(e).__name__}: {e}"}
             log(f"  {name:<24} {head:<9} {precision:<5} {row}")
             rows.append(row)
+    return rows
+
+
+SYNC_EVENTS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize")
+
+
+def _device_us(e: Any) -> float:
+    """An averaged profiler event's own device time in microseconds (the attribute's name moved in torch 2.4)."""
+    return float(getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0.0) or 0.0)
+
+
+def _first_host_wait(run_one: Callable[[], None]) -> str | None:
+    """One more step with CUDA's sync debug mode raising at the first call that makes the host wait for the
+    device: ``None`` when the step has none, else the error and the project's frames that led to it."""
+    import traceback
+
+    _sync("cuda")
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        run_one()
+        return None
+    except RuntimeError as e:
+        frames = [f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in traceback.extract_tb(e.__traceback__)
+                  if "smartcash_fn" in f.filename or f.filename.endswith("gpu.py")]
+        return f"{str(e).splitlines()[0][:160]} at {' < '.join(reversed(frames[-4:]))}"
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+
+
+def measure_profile(plan: Plan, log: Callable[[str], None], steps: int = 3) -> list[dict[str, Any]]:
+    """Per head, ``steps`` library steps of the last detector case in the last precision under
+    ``torch.profiler`` (after the warm-up): per step, the kernels launched, the host synchronizations, the
+    ops whose result the host must wait for (``nonzero``, ``item``), all aten ops, and the kernels that
+    took most device time. The profiler's own closing synchronization is in ``synchronizations``. On a GPU
+    one more step runs in CUDA's sync debug mode: ``host_wait`` names the first call that waits, or None."""
+    from torch.profiler import ProfilerActivity, profile
+
+    name, bb, size, batch, kw = plan.detectors[-1]
+    precision = plan.precisions[-1]
+    cuda = torch.device(plan.device).type == "cuda"
+    rows = []
+    for head in ("coupled", "decoupled"):
+        factory, data, loss = _detector_case(bb, size, batch, kw, plan.device, head)
+        row: dict[str, Any] = {"case": name, "head": head, "precision": precision, "steps": steps}
+        try:
+            run_one = library_runner(factory, data, loss, precision)
+            for _ in range(plan.warmup):
+                run_one()
+            _sync(plan.device)
+            with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+                for _ in range(steps):
+                    run_one()
+            events = prof.key_averages()
+            counts: dict[str, int] = {}
+            for e in events:
+                counts[e.key] = counts.get(e.key, 0) + e.count
+            launches = sum(c for k, c in counts.items() if k.startswith(("cudaLaunchKernel", "cuLaunchKernel")))
+            row["per_step"] = {
+                "kernel_launches": round(launches / steps, 1),
+                "synchronizations": round(sum(counts.get(k, 0) for k in SYNC_EVENTS) / steps, 2),
+                "nonzero": round(counts.get("aten::nonzero", 0) / steps, 2),
+                "item": round(counts.get("aten::_local_scalar_dense", 0) / steps, 2),
+                "aten_ops": round(sum(c for k, c in counts.items() if k.startswith("aten::")) / steps, 1)}
+            if cuda:
+                top = sorted(events, key=_device_us, reverse=True)[:8]
+                row["top_kernels_ms_per_step"] = {e.key[:80]: round(_device_us(e) / steps / 1e3, 3) for e in top}
+                row["host_wait"] = _first_host_wait(run_one)
+        except Exception as e:  # noqa: BLE001 - a failed case is reported, the rest still measured
+            row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
+        finally:
+            run_one = None  # noqa: F841
+        log(f"  {name:<24} {head:<9} {precision:<5} {row.get('per_step', row.get('error'))}")
+        rows.append(row)
     return rows
 
 
@@ -430,7 +527,11 @@ def measure_end_to_end(plan: Plan, work: Path, log: Callable[[str], None]) -> tu
                                                             for p in ckpts],
                                     "not_split": "data wait, step, validation and checkpoint time are not in "
                                                  "the run's files; see split"}
-    log(f"  train wall {sec_train:.1f}s for {n_train} images x {epochs} epochs (exit {rc_})")
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()] \
+        if (run / "metrics.jsonl").is_file() else []
+    e2e["run_time_lines"] = [{k: v for k, v in r.items() if k != "kind"} for r in lines if r.get("kind") == "time"]
+    log(f"  train wall {sec_train:.1f}s for {n_train} images x {epochs} epochs (exit {rc_}); "
+        f"the run's own split: {e2e['run_time_lines']}")
     try:
         twin = sets + ["train.epochs=1"] if plan.quick else sets  # --quick: one epoch is enough to split
         e2e["split"] = instrumented_split(twin, work / "twin", plan.device)
@@ -469,6 +570,9 @@ def table(result: dict[str, Any]) -> str:
         lines.append(f"loss share {r['case']} {r['head']} {r['precision']}: "
                      + (f"loss {r['loss_s']} s of {r['step_s']} s = {r['share']}, {r['images_per_s']} img/s"
                         if "error" not in r else f"error: {r['error'][:200]}"))
+    for r in result.get("profile", []):
+        lines.append(f"profile {r['case']} {r['head']} {r['precision']} per step: {r.get('per_step', r.get('error'))}"
+                     + (f"; first host wait in a step: {r['host_wait']}" if "host_wait" in r else ""))
     for r in result["deterministic"]:
         lines.append(f"deterministic on/off {r['case']} {r['precision']}: {r['cost_ratio_on_vs_off']}"
                      + ("" if r["applies"] else " (CPU: no effect)"))
@@ -489,7 +593,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny sizes on the CPU (well under a minute)")
     parser.add_argument("--json", metavar="PATH", help="also write the JSON here")
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu (--quick: cpu)")
-    parser.add_argument("--skip", default="", help="comma-separated parts to skip: throughput,loss_share,deterministic,end_to_end")
+    parser.add_argument("--skip", default="",
+                        help="comma-separated parts to skip: throughput,loss_share,profile,deterministic,end_to_end")
     args = parser.parse_args(argv)
     device = "cpu" if args.quick else (args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     plan = Plan.quick_plan() if args.quick else Plan.full(device)
@@ -497,12 +602,17 @@ def main(argv: list[str] | None = None) -> int:
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     t0 = time.perf_counter()
     result: dict[str, Any] = {"machine": machine(plan.device), "quick": plan.quick}
-    log("throughput")
-    result["throughput"] = [] if "throughput" in skip else measure_throughput(plan, log)
-    log("loss share")
-    result["loss_share"] = [] if "loss_share" in skip else measure_loss_share(plan, log)
-    log("deterministic")
-    result["deterministic"] = [] if "deterministic" in skip else measure_deterministic(plan, log)
+
+    def part(key: str, measure: Callable[[Plan, Callable[[str], None]], Any]) -> None:
+        log(key.replace("_", " "))
+        result[key] = [] if key in skip else measure(plan, log)
+        if args.json:  # what is measured so far survives a run stopped at its time limit
+            Path(args.json).write_text(json.dumps(result) + "\n", encoding="utf-8")
+
+    part("throughput", measure_throughput)
+    part("loss_share", measure_loss_share)
+    part("profile", measure_profile)
+    part("deterministic", measure_deterministic)
     log("end to end")
     with tempfile.TemporaryDirectory(prefix="gpu-bench-") as work:
         if "end_to_end" in skip:

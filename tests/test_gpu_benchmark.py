@@ -20,8 +20,8 @@ def test_gpu_benchmark_quick_prints_every_figure(tmp_path):
     assert p.returncode == 0, p.stderr[-2000:]
     result = json.loads(p.stdout.strip().splitlines()[-1])
     assert result == json.loads(out.read_text())
-    assert set(result) == {"machine", "quick", "throughput", "loss_share", "deterministic", "end_to_end", "replay",
-                           "seconds"}
+    assert set(result) == {"machine", "quick", "throughput", "loss_share", "profile", "deterministic", "end_to_end",
+                           "replay", "seconds"}
     assert result["quick"] is True
     cases = {r["case"] for r in result["throughput"]}
     assert any("efficientnet" in c for c in cases) and any("cspdarknet" in c for c in cases) and "mlp@64" in cases
@@ -31,6 +31,10 @@ def test_gpu_benchmark_quick_prints_every_figure(tmp_path):
         assert row["ratio_vs_foreach"] > 0 and row["ratio_vs_fused"] > 0
     assert {(r["head"], "error" in r) for r in result["loss_share"]} == {("coupled", False), ("decoupled", False)}
     assert all(0 < r["share"] < 1 and r["images_per_s"] > 0 for r in result["loss_share"])
+    assert "cspdarknet@64x2 dec cl" in cases  # the default's head, channels_last
+    assert {r["head"] for r in result["profile"]} == {"coupled", "decoupled"}
+    for r in result["profile"]:  # on the CPU: no launches, and a loss that never waits for the host
+        assert r["per_step"]["aten_ops"] > 0 and r["per_step"]["nonzero"] == 0, r
     assert all("cost_ratio_on_vs_off" in r and r["applies"] is False for r in result["deterministic"])
     e2e = result["end_to_end"]
     assert e2e["train_exit"] == 0 and e2e["images_per_s_end_to_end"] > 0
