@@ -28,6 +28,7 @@ operations recorded do not depend on the batch size or the target count.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Mapping, Sequence
 
@@ -76,6 +77,15 @@ class Cells:
 
     @classmethod
     def of(cls, heads: Heads, layout: Layout, strides: Sequence[int], device: torch.device) -> "Cells":
+        """The cells of ``heads``; they depend on the grids alone, so each is made once per grids, layout,
+        strides and device and then reused (a training step builds none: on a GPU that is over a hundred
+        kernel launches fewer). The tensors are shared: never change them in place."""
+        return _cells(cls, heads, layout, tuple(strides), torch.device(device))
+
+
+@functools.lru_cache(maxsize=16)
+def _cells(cls: type[Cells], heads: Heads, layout: Layout, strides: tuple[int, ...], device: torch.device) -> Cells:
+    with torch.inference_mode(False), torch.no_grad():  # plain tensors, whatever mode the first call ran in
         parts: list[list[torch.Tensor]] = [[], [], [], [], [], []]
         for i, (h, w) in enumerate(heads.shapes):
             g, level = divmod(i, heads.levels)

@@ -14,6 +14,7 @@ A target is a mapping with ``boxes`` (float ``[K, 4]``, xyxy pixels) and
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Mapping, Sequence
 
@@ -287,6 +288,27 @@ class Heads:
         return cls(shapes, tuple(bases), len(outputs[layout.groups[0][0]]), total)
 
 
+@functools.lru_cache(maxsize=16)
+def head_table(heads: Heads, device: torch.device) -> torch.Tensor:
+    """``[heads, 3]`` int64: each head's grid width, height and first cell, made on ``device`` by kernels
+    once per grids and device, then shared (never change it in place)::
+
+        head_table(Heads(((2, 3),), (0,), 1, 6), torch.device("cpu")).tolist()    # [[3, 2, 0]]
+    """
+    with torch.inference_mode(False), torch.no_grad():  # a plain tensor, whatever mode the first call ran in
+        values = [v for (h, w), base in zip(heads.shapes, heads.bases) for v in (w, h, base)]
+        return torch.stack([torch.full((), v, dtype=torch.int64, device=device) for v in values]).view(-1, 3)
+
+
+@functools.lru_cache(maxsize=16)
+def _objectness_balance(heads: Heads, batch: int, groups: int, device: torch.device) -> torch.Tensor:
+    """Each cell's objectness weight ``[cells]``: its level's :data:`LEVEL_BALANCE` over the batch's cells of
+    that head and over the groups; made once per grids, batch size and device, then shared."""
+    with torch.inference_mode(False), torch.no_grad():
+        return torch.cat([torch.full((h * w,), LEVEL_BALANCE[i % heads.levels] / (batch * h * w), device=device)
+                          for i, (h, w) in enumerate(heads.shapes)]) / groups
+
+
 @attrs.frozen
 class Assignment:
     """Which cells learn which target, for a padded batch: three candidate cells per target, ``[B, M, 3]`` each.
@@ -339,9 +361,7 @@ def assign(padded: Mapping[str, torch.Tensor], layout: Layout, heads: Heads, ima
     level = level_of(torch.maximum(boxes[..., 2] - boxes[..., 0], boxes[..., 3] - boxes[..., 1]), image_size, strides)
     head = group * heads.levels + level
     stride = _pick(level, strides)
-    w = _pick(head, [s[1] for s in heads.shapes]).long()
-    h = _pick(head, [s[0] for s in heads.shapes]).long()
-    base = _pick(head, heads.bases).long()
+    w, h, base = head_table(heads, labels.device)[head].unbind(-1)  # head: a group and level, always in the table
     cx = (boxes[..., 0] + boxes[..., 2]) / 2 / stride
     cy = (boxes[..., 1] + boxes[..., 3]) / 2 / stride
     gx, gy = cx.floor(), cy.floor()
@@ -384,8 +404,7 @@ def detection_loss(outputs: Outputs, targets: Sequence[Mapping[str, torch.Tensor
                              "\"task_aligned\" for model.params.head = \"decoupled\"")
     flat = torch.cat([F.pad(raw.float().flatten(2), (0, 0, 0, widest - c))
                       for g, c in layout.groups for raw in outputs[g]], 2)  # [B, 5 + widest, cells]
-    balance = torch.cat([torch.full((h * w,), LEVEL_BALANCE[i % heads.levels] / (batch * h * w), device=device)
-                         for i, (h, w) in enumerate(heads.shapes)]) / len(layout.groups)
+    balance = _objectness_balance(heads, batch, len(layout.groups), torch.device(device))
     a = assign(padded, layout, heads, image_size, strides)
     _, count = padded["labels"].shape
     spots = a.cell.reshape(batch, -1).clamp(max=heads.cells - 1)
