@@ -242,3 +242,9 @@ def test_eval_on_a_yolo_dataset_and_a_dataset_that_does_not_fit(tmp_path, monkey
     three.write_text(yaml.read_text().replace("nc: 17", "nc: 3").split("names:")[0] + "names: ['001', '002', '005']\n")
     err = refused(capsys, "eval", str(tmp_path / "run"), "--data", str(three))
     assert "does not fit the model" in err and "three.yaml has 3 classes" in err
+
+
+def test_tensorboard_off_in_the_loggers_means_no_event_files_from_the_detection_plots_either(trained):
+    run = trained / "runs" / "tiny"  # TINY_RUN sets loggers.tensorboard = false; the recipe keeps detection_plots
+    assert (run / "plots" / "confusion_matrix.png").is_file() and (run / "plots" / "pr_curves.png").is_file()
+    assert not (run / "tensorboard").exists()

@@ -650,7 +650,8 @@ def make_callbacks(recipe: Recipe, context: Mapping[str, Any] | None = None) -> 
     anything else is a factory called with the table's parameters, those it
     takes named like ``context``'s keys filled from it when the table leaves
     them out (:func:`build` gives the data's info, ``run_dir``,
-    ``val_data`` and ``use_ema``): ``loop.add(*make_callbacks(recipe))``.
+    ``val_data``, ``use_ema`` and ``tensorboard``, the ``[loggers]`` switch):
+    ``loop.add(*make_callbacks(recipe))``.
     """
     context = context or {}
     out: list[Callback] = []
@@ -782,7 +783,8 @@ def build(recipe: Recipe, run_dir: str | os.PathLike | None = None, *, quiet: bo
     if val is None and recipe.validation.every > 0:
         notes.append("validation: off, the data factory gives no validation data")
     context = {**{k: v for k, v in info.items() if k != "collate_fn"}, "run_dir": run_dir,
-               "val_data": None if validation is None else validation.data, "use_ema": recipe.validation.use_ema}
+               "val_data": None if validation is None else validation.data, "use_ema": recipe.validation.use_ema,
+               "tensorboard": recipe.loggers.tensorboard}  # loggers.tensorboard = false: no event files at all
     callbacks = list(make_callbacks(recipe, context))
     if recipe.train.max_time is not None:
         callbacks.extend(time_budget(seconds_of(recipe.train.max_time), replan_for(recipe, schedule_for, batches)))

@@ -325,7 +325,9 @@ class LoggersConfig:
     csv: bool = _key(True, "`metrics.csv`, one row per epoch")
     jsonl: bool = _key(True, "`metrics.jsonl`, one line per epoch and per recorded step")
     tensorboard: bool = _key(True, "TensorBoard event files in `tensorboard/`: epoch metrics, figures, the "
-                                   "hyperparameters with the final and best metrics (HParams)")
+                                   "hyperparameters with the final and best metrics (HParams); false: none at all "
+                                   "(a callback taking `tensorboard`, as `detection_plots`, follows it unless its "
+                                   "table sets it)")
     tensorboard_every_steps: int = _key(10, "TensorBoard: the step metrics (`train/loss_step`) and the learning "
                                             "rate of each parameter group (`lr_step`) every this many steps "
                                             "(batches; 0 is off)", check=_INT_AT_LEAST_0)

@@ -183,7 +183,8 @@ def detection_plots(run_dir: str | os.PathLike | None, val_data: Any, groups: Ma
     ``layers``, and the run its ``run_dir`` and ``use_ema`` (the EMA params
     are plotted when validation measures them); without a run folder (a
     check) nothing is written. ``samples`` validation images are drawn; the
-    plots go to TensorBoard as well unless ``tensorboard = false``::
+    plots go to TensorBoard as well unless ``tensorboard = false`` (in a
+    recipe it follows ``loggers.tensorboard`` unless the table sets it)::
 
         [[callbacks]]
         use = "detection_plots"
