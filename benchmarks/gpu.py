@@ -166,6 +166,23 @@ def _time_steps(run_one: Callable[[], None], device: str, warmup: int, steps: in
     return statistics.median(times)
 
 
+def _time_in_turn(runs: tuple[Callable[[], None], ...], device: str, warmup: int, steps: int) -> list[float]:
+    """Seconds per call of each of ``runs``, timed in turn (one call of each per round, so a drift of the
+    machine's speed touches them alike): the medians over ``steps`` rounds after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        for run_one in runs:
+            run_one()
+    times: list[list[float]] = [[] for _ in runs]
+    for _ in range(steps):
+        for run_one, kept in zip(runs, times):
+            _sync(device)
+            t0 = time.perf_counter()
+            run_one()
+            _sync(device)
+            kept.append(time.perf_counter() - t0)
+    return [statistics.median(t) for t in times]
+
+
 # --------------------------------------------------------------------------- the cases
 
 
@@ -283,9 +300,11 @@ def measure_throughput(plan: Plan, log: Callable[[str], None]) -> list[dict[str,
 
 
 def measure_loss_share(plan: Plan, log: Callable[[str], None]) -> list[dict[str, Any]]:
-    """Per detector case and head: the forward + backward of the model with its loss (one step without the
-    optimizer, images/s) and of the loss alone on the model's outputs (detached leaves), in the plan's last
-    precision; ``share`` is the second over the first (the issue's goal on a GPU: at most 0.15)."""
+    """Per detector case and head, in the plan's last precision: the forward + backward of the model with its
+    loss (one step without the optimizer, images/s), of the loss alone on the model's outputs (detached
+    leaves), and of the model with a bare loss (the sum of its outputs' means), timed in turn call by call;
+    ``share`` is the loss alone over the step (the issue's goal on a GPU: at most 0.15), ``marginal_share``
+    what the loss adds to the step over the bare loss (its launches overlap the model's kernels there)."""
     rows = []
     precision = plan.precisions[-1]
     for name, bb, size, batch, kw in plan.detectors:
@@ -305,11 +324,17 @@ def measure_loss_share(plan: Plan, log: Callable[[str], None]) -> list[dict[str,
             def loss_only() -> None:
                 case_loss(kept["out"], data).backward()
 
+            def bare() -> None:
+                with autocast:
+                    out = model(data[0])
+                sum(o.float().mean() for v in out.values() for o in v).backward()
+
             try:
-                step_s = _time_steps(step, plan.device, plan.warmup, plan.steps)
-                loss_s = _time_steps(loss_only, plan.device, plan.warmup, plan.steps)
+                step_s, loss_s, bare_s = _time_in_turn((step, loss_only, bare), plan.device, plan.warmup,
+                                                       plan.steps)
                 row = {"case": name, "head": head, "precision": precision, "step_s": round(step_s, 5),
                        "loss_s": round(loss_s, 5), "share": round(loss_s / step_s, 3),
+                       "bare_step_s": round(bare_s, 5), "marginal_share": round((step_s - bare_s) / step_s, 3),
                        "images_per_s": round(batch / step_s, 1)}
             except Exception as e:  # noqa: BLE001 - a failed case is reported, the rest still measured
                 row = {"case": name, "head": head, "precision": precision, "error": f"{type(e).__name__}: {e}"}
@@ -568,8 +593,8 @@ def table(result: dict[str, Any]) -> str:
                      f"{ips('hand_fused')} {str(r['ratio_vs_foreach']):>7} {str(r['ratio_vs_fused']):>7} {peaks:>22}")
     for r in result.get("loss_share", []):
         lines.append(f"loss share {r['case']} {r['head']} {r['precision']}: "
-                     + (f"loss {r['loss_s']} s of {r['step_s']} s = {r['share']}, {r['images_per_s']} img/s"
-                        if "error" not in r else f"error: {r['error'][:200]}"))
+                     + (f"loss {r['loss_s']} s of {r['step_s']} s = {r['share']} (marginal "
+                        f"{r['marginal_share']}), {r['images_per_s']} img/s" if "error" not in r else f"error: {r['error'][:200]}"))
     for r in result.get("profile", []):
         lines.append(f"profile {r['case']} {r['head']} {r['precision']} per step: {r.get('per_step', r.get('error'))}"
                      + (f"; first host wait in a step: {r['host_wait']}" if "host_wait" in r else ""))

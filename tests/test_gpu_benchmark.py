@@ -30,7 +30,7 @@ def test_gpu_benchmark_quick_prints_every_figure(tmp_path):
             assert row[loop]["images_per_s"] > 0 and "peak_mib" in row[loop]
         assert row["ratio_vs_foreach"] > 0 and row["ratio_vs_fused"] > 0
     assert {(r["head"], "error" in r) for r in result["loss_share"]} == {("coupled", False), ("decoupled", False)}
-    assert all(0 < r["share"] < 1 and r["images_per_s"] > 0 for r in result["loss_share"])
+    assert all(0 < r["share"] < 1 and r["images_per_s"] > 0 and "marginal_share" in r for r in result["loss_share"])
     assert "cspdarknet@64x2 dec cl" in cases  # the default's head, channels_last
     assert {r["head"] for r in result["profile"]} == {"coupled", "decoupled"}
     for r in result["profile"]:  # on the CPU: no launches, and a loss that never waits for the host
