@@ -19,10 +19,13 @@ Six measurements, one JSON on stdout's last line (and ``--json PATH``) after a t
   the decoupled head with the task-aligned loss: the seconds of the model's
   forward and backward with the loss, and of the loss alone (forward and
   backward on the outputs), in the last precision of the plan; the share is
-  the second over the first;
+  the second over the first; the marginal share is what the loss adds to
+  the step over a bare loss (the three timed in turn, call by call);
 - **profile** — three library steps of the ``cspdarknet`` case per head under
   ``torch.profiler``: kernel launches, host synchronizations, ``nonzero`` and
-  ``item`` calls and aten ops per step, and the kernels that took most time;
+  ``item`` calls and aten ops per step, the kernels that took most time,
+  and on a GPU the first call of one more step that makes the host wait
+  (CUDA's sync debug mode);
 - **deterministic** — the library's step on the detector cases with
   :func:`smartcash_fn.environment.use_deterministic` off and on: the cost of
   ``run.deterministic = true`` (on the CPU it sets nothing and costs nothing);
@@ -38,7 +41,7 @@ Six measurements, one JSON on stdout's last line (and ``--json PATH``) after a t
 - **replay** — ``smartcash-fn replay epoch-0001.pt --verify epoch-0002.pt`` on
   that run: ``identical`` is the exit status 0.
 
-Usage (the full run fits in 8 minutes on one H200; ``--quick`` shrinks every
+Usage (the full run took 171-183 s on one H200; ``--quick`` shrinks every
 size, uses the CPU, ``efficientnet_b0`` in place of b4 and fp32 only — bf16
 autocast on a CPU is an emulation that takes seconds a step — and takes
 well under a minute)::
