@@ -33,7 +33,7 @@ def test_gpu_benchmark_quick_prints_every_figure(tmp_path):
     assert all(0 < r["share"] < 1 and r["images_per_s"] > 0 and "marginal_share" in r for r in result["loss_share"])
     assert "cspdarknet@64x2 dec cl" in cases  # the default's head, channels_last
     assert {r["head"] for r in result["profile"]} == {"coupled", "decoupled"}
-    for r in result["profile"]:  # on the CPU: no launches, and a loss that never waits for the host
+    for r in result["profile"]:  # on the CPU: ops recorded, none of them a nonzero (a host wait on a GPU)
         assert r["per_step"]["aten_ops"] > 0 and r["per_step"]["nonzero"] == 0, r
     assert all("cost_ratio_on_vs_off" in r and r["applies"] is False for r in result["deterministic"])
     e2e = result["end_to_end"]
