@@ -199,7 +199,7 @@ def _detector_case(backbone: str, size: int, batch: int, kw: dict, device: str, 
     ``"decoupled"``: ``aligned_loss``)."""
     kw = dict(kw)
     head = head or kw.pop("head", "coupled")
-    kw.pop("head", None)
+    kw.pop("head", None)  # an explicit head wins over the case's
     scenes = rupiah.RupiahScenes("train", batch, size=size, augment=rupiah.Jitter())
     images, targets = rupiah.collate([scenes.sample(i, torch.Generator().manual_seed(i)) for i in range(batch)])
     data = to_device((images, pad_targets(targets)), device)  # padded, as the training collate serves them

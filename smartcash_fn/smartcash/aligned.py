@@ -28,7 +28,6 @@ operations recorded do not depend on the batch size or the target count.
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Mapping, Sequence
 
@@ -37,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from .detection import (Heads, Layout, Outputs, cell_grid, ciou_loss, distance_boxes, level_of, pad_targets,
-                        pair_iou, split_labels, unit_box)
+                        pair_iou, shape_constant, split_labels, unit_box)
 from .detector import BINS, STRIDES
 
 
@@ -83,25 +82,24 @@ class Cells:
         return _cells(cls, heads, layout, tuple(strides), torch.device(device))
 
 
-@functools.lru_cache(maxsize=16)
+@shape_constant
 def _cells(cls: type[Cells], heads: Heads, layout: Layout, strides: tuple[int, ...], device: torch.device) -> Cells:
-    with torch.inference_mode(False), torch.no_grad():  # plain tensors, whatever mode the first call ran in
-        parts: list[list[torch.Tensor]] = [[], [], [], [], [], []]
-        for i, (h, w) in enumerate(heads.shapes):
-            g, level = divmod(i, heads.levels)
-            s = float(strides[level])
-            gx, gy = cell_grid(h, w, device)
-            n = h * w
-            for part, value in zip(parts, ((gx.reshape(-1) + 0.5) * s, (gy.reshape(-1) + 0.5) * s,
-                                           torch.full((n,), s, device=device),
-                                           torch.full((n,), level, dtype=torch.int64, device=device),
-                                           torch.full((n,), g, dtype=torch.int64, device=device),
-                                           torch.full((n,), layout.groups[g][1], dtype=torch.int64, device=device))):
-                part.append(value)
-        first = heads.shapes[:heads.levels]
-        alike = all(heads.shapes[i:i + heads.levels] == first for i in range(0, len(heads.shapes), heads.levels))
-        block = sum(h * w for h, w in first) if alike else heads.cells
-        return cls(*(torch.cat(p) for p in parts), block=block)
+    parts: list[list[torch.Tensor]] = [[], [], [], [], [], []]
+    for i, (h, w) in enumerate(heads.shapes):
+        g, level = divmod(i, heads.levels)
+        s = float(strides[level])
+        gx, gy = cell_grid(h, w, device)
+        n = h * w
+        for part, value in zip(parts, ((gx.reshape(-1) + 0.5) * s, (gy.reshape(-1) + 0.5) * s,
+                                       torch.full((n,), s, device=device),
+                                       torch.full((n,), level, dtype=torch.int64, device=device),
+                                       torch.full((n,), g, dtype=torch.int64, device=device),
+                                       torch.full((n,), layout.groups[g][1], dtype=torch.int64, device=device))):
+            part.append(value)
+    first = heads.shapes[:heads.levels]
+    alike = all(heads.shapes[i:i + heads.levels] == first for i in range(0, len(heads.shapes), heads.levels))
+    block = sum(h * w for h, w in first) if alike else heads.cells
+    return cls(*(torch.cat(p) for p in parts), block=block)
 
 
 def _cell_major(outputs: Outputs, layout: Layout, bins: int) -> tuple[torch.Tensor, torch.Tensor]:

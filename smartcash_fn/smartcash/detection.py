@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import attrs
 import torch
@@ -288,25 +288,41 @@ class Heads:
         return cls(shapes, tuple(bases), len(outputs[layout.groups[0][0]]), total)
 
 
-@functools.lru_cache(maxsize=16)
+def shape_constant(build: Callable[..., Any]) -> Callable[..., Any]:
+    """Make ``build`` (hashable arguments: grids, sizes, a device) a shared constant: built once per arguments
+    (an lru cache of 16) as plain tensors without gradient, whatever mode the first call ran in. What it
+    returns is shared by every later call: never change it in place::
+
+        @shape_constant
+        def ones(n: int, device: torch.device) -> torch.Tensor:
+            return torch.ones(n, device=device)
+    """
+    @functools.lru_cache(maxsize=16)
+    @functools.wraps(build)
+    def made(*args: Any) -> Any:
+        with torch.inference_mode(False), torch.no_grad():
+            return build(*args)
+
+    return made
+
+
+@shape_constant
 def head_table(heads: Heads, device: torch.device) -> torch.Tensor:
     """``[heads, 3]`` int64: each head's grid width, height and first cell, made on ``device`` by kernels
     once per grids and device, then shared (never change it in place)::
 
         head_table(Heads(((2, 3),), (0,), 1, 6), torch.device("cpu")).tolist()    # [[3, 2, 0]]
     """
-    with torch.inference_mode(False), torch.no_grad():  # a plain tensor, whatever mode the first call ran in
-        values = [v for (h, w), base in zip(heads.shapes, heads.bases) for v in (w, h, base)]
-        return torch.stack([torch.full((), v, dtype=torch.int64, device=device) for v in values]).view(-1, 3)
+    values = [v for (h, w), base in zip(heads.shapes, heads.bases) for v in (w, h, base)]
+    return torch.stack([torch.full((), v, dtype=torch.int64, device=device) for v in values]).view(-1, 3)
 
 
-@functools.lru_cache(maxsize=16)
+@shape_constant
 def _objectness_balance(heads: Heads, batch: int, groups: int, device: torch.device) -> torch.Tensor:
     """Each cell's objectness weight ``[cells]``: its level's :data:`LEVEL_BALANCE` over the batch's cells of
     that head and over the groups; made once per grids, batch size and device, then shared."""
-    with torch.inference_mode(False), torch.no_grad():
-        return torch.cat([torch.full((h * w,), LEVEL_BALANCE[i % heads.levels] / (batch * h * w), device=device)
-                          for i, (h, w) in enumerate(heads.shapes)]) / groups
+    return torch.cat([torch.full((h * w,), LEVEL_BALANCE[i % heads.levels] / (batch * h * w), device=device)
+                      for i, (h, w) in enumerate(heads.shapes)]) / groups
 
 
 @attrs.frozen
