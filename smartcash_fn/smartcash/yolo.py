@@ -320,6 +320,8 @@ class Augment:
     the colour wheel (:func:`turn_hue`). ``degrees`` is 0 by default: a turned image's box is the box around the turned
     box, larger than the object inside it unless the object filled its box (a note already askew, a
     printed number, a security thread do not), so turning teaches boxes too large (docs/detector.md).
+    The affine resamples bilinearly: torchvision's default, the nearest pixel, moves an edge by up to half a
+    pixel from where the box says it is, a tenth of a microtext strip's height (docs/detector.md).
     ``Augment(flip=0.0, degrees=5, translate=0.1, scale=(0.8, 1.2), mosaic=1.0)``
     """
 
@@ -337,17 +339,19 @@ class Augment:
     def __call__(self, image: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor,
                  generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         h, w = image.shape[-2:]
-        pipeline = v2.Compose([
+        move = v2.Compose([
             v2.RandomHorizontalFlip(self.flip),
             v2.RandomAffine(degrees=self.degrees, translate=(self.translate, self.translate), scale=self.scale,
-                            fill=PAD_VALUE),
-            v2.ColorJitter(self.brightness, self.contrast, self.saturation),
+                            interpolation=v2.InterpolationMode.BILINEAR, fill=None),
             v2.ClampBoundingBoxes(),
         ])
         seed = int(torch.randint(0, 2**62, (1,), generator=generator))
         with rng.seeded(seed, "augment"):  # torchvision's transforms draw from the global generator
-            img, bb = pipeline(tv_tensors.Image(image),
-                               tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(h, w)))
+            # moved as its difference from the padding grey, which resampling blends with zeros outside: an edge
+            # pixel half in the image is half grey (torchvision's fill blends twice there, a dark line)
+            img, bb = move(tv_tensors.Image(image - PAD_VALUE),
+                           tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(h, w)))
+            img = v2.ColorJitter(self.brightness, self.contrast, self.saturation)(img + PAD_VALUE)
             turn = float(torch.empty(()).uniform_(-self.hue, self.hue)) if self.hue > 0 else 0.0
         img = img.as_subclass(torch.Tensor).clamp_(0, 1)
         if turn:
