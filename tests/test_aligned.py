@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from smartcash_fn.errors import DataError
 from smartcash_fn.smartcash.aligned import AlignedWeights, Cells, align, aligned_loss
 from smartcash_fn.smartcash.components import detector, task_aligned
-from smartcash_fn.smartcash.detection import Heads, Layout, ciou_loss, decode, distance_boxes, pad_targets, pair_iou
+from smartcash_fn.smartcash.detection import (Heads, Layout, ciou_loss, decode, distance_boxes, pad_targets, pair_iou,
+                                              side_bins)
 from smartcash_fn.smartcash.detector import BINS, STRIDES, Detector
 
 from conftest import assert_fixed_operations, random_targets
@@ -28,14 +29,16 @@ LAYOUT = Layout.of(GROUPS)
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _random_outputs(g, batch, size, layout=LAYOUT):
-    return {name: [torch.randn(batch, 4 * BINS + c, size // s, size // s, generator=g).requires_grad_(True)
+def _random_outputs(g, batch, size, layout=LAYOUT, bins=BINS):
+    return {name: [torch.randn(batch, 4 * bins + c, size // s, size // s, generator=g).requires_grad_(True)
                    for s in STRIDES] for name, c in layout.groups}
 
 
 def reference_loss(outputs, targets, layout, w=AlignedWeights()):
     """The aligned loss image by image, group by group, target by target."""
     batch = next(iter(outputs.values()))[0].shape[0]
+    bins = (outputs[layout.groups[0][0]][0].shape[1] - layout.groups[0][1]) // 4
+    below = bins - BINS  # bins under zero: the first is -below strides
     cls_sum, box_sum, dfl_sum, total = 0.0, 0.0, 0.0, 0.0
     for b in range(batch):
         for gi, (group, classes) in enumerate(layout.groups):
@@ -47,11 +50,11 @@ def reference_loss(outputs, targets, layout, w=AlignedWeights()):
                     for x in range(wd):
                         xs.append((x + 0.5) * s), ys.append((y + 0.5) * s), ss.append(float(s)), ls.append(level)
                 r = raw[b].reshape(raw.shape[1], -1).T
-                dists.append(r[:, :4 * BINS].reshape(-1, 4, BINS))
-                logits.append(r[:, 4 * BINS:])
+                dists.append(r[:, :4 * bins].reshape(-1, 4, bins))
+                logits.append(r[:, 4 * bins:])
             xs, ys, ss = torch.tensor(xs), torch.tensor(ys), torch.tensor(ss)
             dist, logit = torch.cat(dists), torch.cat(logits)
-            mean = (dist.softmax(-1) * torch.arange(BINS, dtype=torch.float32)).sum(-1) * ss[:, None]
+            mean = (dist.softmax(-1) * (torch.arange(bins, dtype=torch.float32) - below)).sum(-1) * ss[:, None]
             boxes = torch.stack([xs - mean[:, 0], ys - mean[:, 1], xs + mean[:, 2], ys + mean[:, 3]], 1)
             scores = logit.detach().sigmoid()
             mine = [(m, int(l) - layout.offset(group)) for m, l in enumerate(targets[b]["labels"].tolist())
@@ -88,7 +91,7 @@ def reference_loss(outputs, targets, layout, w=AlignedWeights()):
                 true = targets[b]["boxes"][m]
                 box_sum = box_sum + ciou_loss(boxes[cell], true) * weight
                 sides = torch.stack([xs[cell] - true[0], ys[cell] - true[1], true[2] - xs[cell], true[3] - ys[cell]])
-                sides = (sides / ss[cell]).clamp(0, BINS - 1.01)
+                sides = (sides / ss[cell] + below).clamp(0, bins - 1.01)
                 logp = dist[cell].log_softmax(-1)
                 near = 0.0
                 for side in range(4):
@@ -120,6 +123,21 @@ def test_batched_loss_equals_the_per_image_reference(seed):
         for a, b in zip(torch.autograd.grad(got, leaves), want_grads):
             assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
     assert want_parts["box"] > 0 and want_parts["dfl"] > 0
+
+
+def test_a_head_reaching_below_zero_equals_the_reference_too():
+    # 17 bins a side, from -1 stride: true distances below zero are bin positions like the others
+    g = torch.Generator().manual_seed(11)
+    out = _random_outputs(g, 2, 96, bins=BINS + 1)
+    targets = random_targets(g, 2, 96, most=12, spread=0.6, least=2.0)
+    leaves = [t for ts in out.values() for t in ts]
+    want, want_parts = reference_loss(out, targets, LAYOUT)
+    got, parts = aligned_loss(out, targets, LAYOUT)
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-5), (got, want)
+    for k in want_parts:
+        assert torch.allclose(parts[k], want_parts[k], rtol=1e-5, atol=1e-5), (k, parts[k], want_parts[k])
+    for a, b in zip(torch.autograd.grad(got, leaves), torch.autograd.grad(want, leaves)):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_groups_on_different_grids_meet_every_cell_and_still_equal_the_reference():
@@ -171,11 +189,62 @@ def test_the_loss_records_the_same_operations_whatever_the_batch_and_the_targets
     assert_fixed_operations(lambda out, padded: aligned_loss(out, padded, LAYOUT), _random_outputs)
 
 
-def _peaked(layout, size, batch=1):
+def _peaked(layout, size, batch=1, bins=BINS):
     """Decoupled raw outputs: every class logit at -20, every side distribution flat."""
-    return {g: [torch.cat([torch.zeros(batch, 4 * BINS, size // s, size // s),
+    return {g: [torch.cat([torch.zeros(batch, 4 * bins, size // s, size // s),
                            torch.full((batch, c, size // s, size // s), -20.0)], 1) for s in STRIDES]
             for g, c in layout.groups}
+
+
+def _fitted(raw, layout, group, target, classes_at=20.0):
+    """``raw`` with every cell of ``group`` predicting the box ``target`` exactly where its distributions can (each
+    side's mass on the two bins around the true distance), the target's class at ``classes_at``."""
+    _, cls = layout.group_of(int(target["labels"][0]))
+    x1, y1, x2, y2 = target["boxes"][0].tolist()
+    for t, s in zip(raw[group], STRIDES):
+        bins = (t.shape[1] - dict(layout.groups)[group]) // 4
+        h, w = t.shape[-2:]
+        cy, cx = [(torch.arange(n, dtype=torch.float32) + 0.5) * s for n in (h, w)]
+        sides = torch.stack(torch.broadcast_tensors((cx[None] - x1), (cy[:, None] - y1), (x2 - cx[None]),
+                                                    (y2 - cy[:, None])))  # [4, h, w] pixels
+        pos = (sides / s + (bins - BINS)).clamp(0, bins - 1 - 1e-6)
+        low = pos.floor()
+        p = torch.zeros(4, bins, h, w).scatter_(1, low.long()[:, None], (low + 1 - pos)[:, None])
+        p.scatter_add_(1, (low.long() + 1).clamp(max=bins - 1)[:, None], (pos - low)[:, None])
+        t[0, :4 * bins] = p.clamp(min=1e-12).log().reshape(4 * bins, h, w)
+        t[0, 4 * bins + cls] = classes_at
+    return raw
+
+
+def test_a_head_reaching_below_zero_fits_a_feature_thinner_than_a_stride():
+    # a 2 px high strip between the rows of cell centres (4 and 12 at stride 8, 8 at 16, 16 at 32): its cells at
+    # every level lie outside it. With sides from 0 a box must hold its cell's centre and cannot fit the strip;
+    # with sides from -1 stride it can, exactly
+    layout = Layout.of({"security": 3})
+    target = {"boxes": torch.tensor([[10.0, 5.0, 30.0, 7.0]]), "labels": torch.tensor([1])}
+    costs = {}
+    for bins in (BINS, BINS + 1):
+        raw = _fitted(_peaked(layout, 64, bins=bins), layout, "security", target)
+        _, parts = aligned_loss(raw, [target], layout)
+        costs[bins] = float(parts["box"])
+        boxes = decode(raw, layout, conf=0.5, iou=0.99)[0].boxes
+        assert len(boxes) > 0
+        best = float(pair_iou(target["boxes"].expand(len(boxes), 4), boxes).max())
+        assert (best > 0.999) == (bins > BINS), (bins, best)
+    assert costs[BINS + 1] < 1e-4 < 0.1 < costs[BINS]
+
+
+def test_the_bin_count_says_where_the_distances_start():
+    assert (side_bins(4 * BINS + 7, 7), side_bins(4 * (BINS + 1) + 3, 3), side_bins(5 + 7, 7)) == (BINS, BINS + 1, None)
+    centre = torch.tensor(40.0)
+    for bins, first in ((BINS, 0.0), (BINS + 1, -1.0)):
+        sure = torch.full((4, bins), -50.0)
+        sure[:, 0] = 50.0  # every side on its first bin
+        box = distance_boxes(sure, centre, centre, 8.0)
+        assert torch.allclose(box, torch.tensor([40 - 8 * first, 40 - 8 * first, 40 + 8 * first, 40 + 8 * first]))
+        last = torch.full((4, bins), -50.0)
+        last[:, -1] = 50.0
+        assert torch.allclose(distance_boxes(last, centre, centre, 8.0)[2], torch.tensor(40.0 + 8 * (BINS - 1)))
 
 
 def test_a_cell_decodes_to_the_distances_its_distributions_peak_at():
@@ -213,6 +282,8 @@ def test_the_decoupled_detector_gives_bins_and_classes_and_learns_a_tiny_batch()
     images = torch.rand(2, 3, 64, 64)
     out = model(images)
     assert [o.shape[1] for o in out["security"]] == [4 * BINS + 3] * 3
+    below = detector(GROUPS, width=16, backbone_width=8, head="decoupled", sides_from=-1)(images)
+    assert [o.shape[1] for o in below["security"]] == [4 * (BINS + 1) + 3] * 3
     targets = [{"boxes": torch.tensor([[8.0, 8, 40, 30]]), "labels": torch.tensor([2])},
                {"boxes": torch.tensor([[20.0, 30, 30, 40], [0, 0, 60, 60]]), "labels": torch.tensor([15, 9])}]
     loss_fn = task_aligned(GROUPS)
@@ -233,7 +304,10 @@ def test_the_decoupled_detector_gives_bins_and_classes_and_learns_a_tiny_batch()
 
 
 @pytest.mark.parametrize("bad, match", [({"head": "split"}, "head must be one of"),
-                                        ({"head_depth": -1}, "head_depth must be an integer")])
+                                        ({"head_depth": -1}, "head_depth must be an integer"),
+                                        ({"head": "decoupled", "sides_from": 1}, "sides_from must be an integer"),
+                                        ({"head": "decoupled", "sides_from": -1.0}, "sides_from must be an integer"),
+                                        ({"sides_from": -1}, "the decoupled head's; head is 'coupled'")])
 def test_the_factory_refuses_a_bad_head(bad, match):
     with pytest.raises(DataError, match=match):
         detector(GROUPS, width=16, backbone_width=8, **bad)

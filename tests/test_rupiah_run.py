@@ -149,9 +149,9 @@ def test_default_recipe_builds_the_detector_from_the_data_info():
     recipe = rc.load(DEFAULT, sets=SMALL)
     built = build(recipe)
     model = built.template.model
-    security = model.head["security"]  # the decoupled head: 4 sides x 16 distance bins, 3 classes
+    security = model.head["security"]  # the decoupled head: 4 sides x 17 distance bins (from -1 stride), 3 classes
     assert set(model.head) == set(GROUPS) and (security.box[0][-1].out_channels, security.cls[0][-1].out_channels) \
-        == (4 * 16, 3)
+        == (4 * 17, 3)
     assert recipe.checkpoint.monitor == "val/mAP50" and recipe.checkpoint.mode == "max"
     assert "clip(max_norm=10.0)" in built.step_text and "make_step(task_aligned)" in built.step_text
     loss = probe(built)

@@ -15,7 +15,10 @@ class target of a positive cell is that alignment, rescaled so the best cell
 of each target gets its IoU: a score then ranks boxes by quality, as the
 objectness of the coupled head does. The box loss (CIoU) and the distribution loss (the two
 bins around each true distance, Li et al. 2020) weigh each positive by its
-class target::
+class target. A head whose distributions start below zero (``sides_from = -1``)
+lets a positive cell beside a target thinner than a stride (its centre cell at
+a level, outside it) place the target's sides exactly; the distribution loss
+then reads each true distance, negative ones too, as a position among its bins::
 
     loss, parts = aligned_loss(model(images), pad_targets(targets), layout)
     parts   # {"box": ..., "cls": ..., "dfl": ...}
@@ -36,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from .detection import (Heads, Layout, Outputs, cell_grid, ciou_loss, distance_boxes, level_of, pad_targets,
-                        pair_iou, shape_constant, split_labels, unit_box)
+                        pair_iou, shape_constant, side_bins, split_labels, unit_box)
 from .detector import BINS, STRIDES
 
 
@@ -102,19 +105,23 @@ def _cells(cls: type[Cells], heads: Heads, layout: Layout, strides: tuple[int, .
     return cls(*(torch.cat(p) for p in parts), block=block)
 
 
-def _cell_major(outputs: Outputs, layout: Layout, bins: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _cell_major(outputs: Outputs, layout: Layout) -> tuple[torch.Tensor, torch.Tensor]:
     """Every head's cells on one axis: side logits ``[B, cells, 4, bins]`` and class logits ``[B, cells, widest]``
     (each group's padded to the widest). Cell-major (``[B, H·W, C]``) is free for channels-last outputs."""
     widest = max(c for _, c in layout.groups)
-    rows = []
+    rows, found = [], set()
     for g, c in layout.groups:
         for raw in outputs[g]:
-            if raw.shape[1] != 4 * bins + c:
+            bins = side_bins(raw.shape[1], c)
+            if bins is None:
                 raise ValueError(f"aligned loss: the {g!r} head gives {raw.shape[1]} channels a cell where the "
-                                 f"decoupled head gives {4 * bins + c} (4 x {bins} distance bins, {c} classes); "
-                                 "set model.params.head = \"decoupled\", or use loss = \"detection\" for the "
-                                 "coupled head")
+                                 f"decoupled head gives 4 x {BINS} (or more) distance bins and {c} classes; set "
+                                 "model.params.head = \"decoupled\", or use loss = \"detection\" for the coupled head")
+            found.add(bins)
             rows.append((raw.permute(0, 2, 3, 1).flatten(1, 2), c))
+    if len(found) > 1:
+        raise ValueError(f"aligned loss: the heads give different numbers of distance bins ({sorted(found)})")
+    bins = found.pop()
     dist = torch.cat([r[..., :4 * bins] for r, _ in rows], 1).float()
     logits = torch.cat([F.pad(r[..., 4 * bins:], (0, widest - c)) for r, c in rows], 1).float()
     return dist.unflatten(-1, (4, bins)), logits
@@ -190,8 +197,8 @@ def align(boxes: torch.Tensor, scores: torch.Tensor, cells: Cells, gt_boxes: tor
 
 
 def aligned_loss(outputs: Outputs, targets: Sequence[Mapping[str, torch.Tensor]] | Mapping[str, torch.Tensor],
-                 layout: Layout, weights: AlignedWeights = AlignedWeights(), strides: Sequence[int] = STRIDES,
-                 bins: int = BINS) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                 layout: Layout, weights: AlignedWeights = AlignedWeights(), strides: Sequence[int] = STRIDES
+                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The weighted sum of the CIoU box, class (BCE on quality targets) and distribution losses, and the parts.
 
     Each part is summed over the cells, weighted by the class targets, and
@@ -199,8 +206,8 @@ def aligned_loss(outputs: Outputs, targets: Sequence[Mapping[str, torch.Tensor]]
     coupled head's :func:`~smartcash_fn.smartcash.detection.detection_loss`.
     """
     padded = targets if isinstance(targets, Mapping) else pad_targets(targets)
-    dist, logits = _cell_major(outputs, layout, bins)
-    device, batch, cell_count, widest = dist.device, dist.shape[0], dist.shape[1], logits.shape[-1]
+    dist, logits = _cell_major(outputs, layout)
+    device, batch, cell_count, widest, bins = dist.device, dist.shape[0], dist.shape[1], logits.shape[-1], dist.shape[-1]
     gt_boxes, labels = padded["boxes"].to(device).float(), padded["labels"].to(device)
     if labels.shape[1] == 0:  # no targets in the batch: one padding target keeps every shape non-empty
         gt_boxes = unit_box(device).repeat(batch, 1, 1)
@@ -227,6 +234,8 @@ def aligned_loss(outputs: Outputs, targets: Sequence[Mapping[str, torch.Tensor]]
     box_l = (ciou_loss(torch.where(pos, pred, unit), torch.where(pos, true_boxes, unit)) * weight).sum() / total
     sides = torch.stack([at["x"] - true_boxes[..., 0], at["y"] - true_boxes[..., 1],
                          true_boxes[..., 2] - at["x"], true_boxes[..., 3] - at["y"]], -1) / at["stride"][..., None]
+    if bins != BINS:  # as a bin position: the first bin is 16 - bins strides
+        sides = sides + (bins - BINS)
     sides = sides.clamp(0, bins - 1.01)
     left = sides.floor().long()
     share = left + 1 - sides  # of the bin below; 1 - share of the bin above

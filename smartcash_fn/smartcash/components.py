@@ -209,7 +209,7 @@ def yolo_dataset(data_yaml: str, size: int = 640, augment: Any = True, on_bad: s
 
 def detector(groups: Mapping[str, int], backbone: str = "cspdarknet", width: int = 64, backbone_width: int = 16,
              backbone_depth: int = 1, weights_path: str | None = None, channels_last: bool = False,
-             head: str = "coupled", head_depth: int = 1) -> Detector:
+             head: str = "coupled", head_depth: int = 1, sides_from: int = 0) -> Detector:
     """The SmartCash detector (:class:`~smartcash_fn.smartcash.detector.Detector`); ``groups`` comes from the data.
 
     ``backbone`` is ``cspdarknet`` or ``efficientnet_b0`` … ``efficientnet_b4``;
@@ -218,7 +218,9 @@ def detector(groups: Mapping[str, int], backbone: str = "cspdarknet", width: int
     inputs in ``torch.channels_last`` memory format (``model.params.channels_last = true`` in a recipe);
     ``head`` is ``"coupled"`` (box, objectness and classes; trained by ``loss = "detection"``) or
     ``"decoupled"`` (box distributions and quality-scored classes, ``head_depth`` 3x3 convolutions a branch;
-    trained by ``loss = "task_aligned"``)::
+    trained by ``loss = "task_aligned"``); ``sides_from`` is the decoupled head's nearest distance of a box's
+    side from its cell's centre, in strides: 0 (a box holds its cell's centre), or -1 (a side may end up to a
+    stride short of it: the cells beside a feature thinner than a stride fit it; docs/detection.md)::
 
         model = detector({"banknote": 7, "nominal": 7, "security": 3}, backbone="efficientnet_b0")
     """
@@ -228,9 +230,15 @@ def detector(groups: Mapping[str, int], backbone: str = "cspdarknet", width: int
         raise DataError(f"detector: head must be one of {', '.join(repr(h) for h in HEADS)}, got {head!r}")
     if not (isinstance(head_depth, int) and not isinstance(head_depth, bool) and head_depth >= 0):
         raise DataError(f"detector: head_depth must be an integer >= 0, got {head_depth!r}")
+    if not (isinstance(sides_from, int) and not isinstance(sides_from, bool) and -8 <= sides_from <= 0):
+        raise DataError(f"detector: sides_from must be an integer from -8 to 0 (strides), got {sides_from!r}",
+                        param="sides_from")
+    if sides_from and head != "decoupled":
+        raise DataError(f"detector: sides_from = {sides_from} is the decoupled head's; head is {head!r}",
+                        param="sides_from")
     return Detector(backbone=backbone, groups=dict(groups), width=width, weights_path=weights_path,
                     backbone_width=backbone_width, backbone_depth=backbone_depth, channels_last=channels_last,
-                    head=head, head_depth=head_depth)
+                    head=head, head_depth=head_depth, sides_from=sides_from)
 
 
 # --------------------------------------------------------------------------- loss

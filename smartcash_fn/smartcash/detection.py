@@ -112,32 +112,47 @@ def distance_boxes(dist: torch.Tensor, cx: torch.Tensor, cy: torch.Tensor, strid
                    ) -> torch.Tensor:
     """xyxy boxes from a decoupled head's side distributions ``dist[..., 4, bins]`` (logits) at centres ``(cx, cy)``.
 
-    Each side's distance is the distribution's mean, in strides (0 … bins − 1)::
+    Each side's distance is the distribution's mean, in strides; the bins end at ``BINS − 1`` (15) strides and
+    start at 0, or below 0 when there are more than ``BINS`` of them (a head with ``sides_from = -1`` has 17,
+    from −1)::
 
         distance_boxes(torch.zeros(4, 16), torch.tensor(8.0), torch.tensor(8.0), 8.0)   # 7.5 strides each side
+        distance_boxes(torch.zeros(4, 17), torch.tensor(8.0), torch.tensor(8.0), 8.0)   # 7 strides each side
     """
-    bins = torch.arange(dist.shape[-1], device=dist.device, dtype=torch.float32)
+    bins = torch.arange(BINS - dist.shape[-1], BINS, device=dist.device, dtype=torch.float32)
     d = (dist.float().softmax(-1) @ bins) * (stride[..., None] if isinstance(stride, torch.Tensor) else stride)
     return torch.stack([cx - d[..., 0], cy - d[..., 1], cx + d[..., 2], cy + d[..., 3]], -1)
+
+
+def side_bins(channels: int, classes: int) -> int | None:
+    """The distance bins per side of a decoupled head output with ``channels`` channels and ``classes`` classes
+    (``BINS``, or more for a head that reaches below zero), or None for another head (the coupled one)::
+
+        side_bins(4 * 16 + 7, 7), side_bins(4 * 17 + 3, 3), side_bins(5 + 7, 7)   # (16, 17, None)
+    """
+    bins, rest = divmod(channels - classes, 4)
+    return bins if rest == 0 and bins >= BINS else None
 
 
 def cell_predictions(raw: torch.Tensor, stride: int, classes: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Every cell's box (xyxy pixels) and class scores from one head output: ``[B, H·W, 4]``, ``[B, H·W, classes]``.
 
     The coupled head (``4 + 1 + classes`` channels) scores σ(obj)·σ(cls); the
-    decoupled one (``4 · BINS + classes``) σ(cls), its boxes from the side
+    decoupled one (``4 · bins + classes``, :func:`side_bins`) σ(cls), its boxes from the side
     distributions around the cell's centre.
     """
     raw = raw.float()
     b, c, h, w = raw.shape
-    if c == 4 * BINS + classes:
+    bins = side_bins(c, classes)
+    if bins is not None:
         gx, gy = cell_grid(h, w, raw.device, raw.dtype)
-        dist = raw[:, :4 * BINS].reshape(b, 4, BINS, h * w).permute(0, 3, 1, 2)
+        dist = raw[:, :4 * bins].reshape(b, 4, bins, h * w).permute(0, 3, 1, 2)
         boxes = distance_boxes(dist, (gx.reshape(-1) + 0.5) * stride, (gy.reshape(-1) + 0.5) * stride, stride)
-        return boxes, raw[:, 4 * BINS:].sigmoid().reshape(b, classes, h * w).transpose(1, 2)
+        return boxes, raw[:, 4 * bins:].sigmoid().reshape(b, classes, h * w).transpose(1, 2)
     if c != 5 + classes:
         raise StateError(f"a head output of {c} channels fits neither the coupled head ({5 + classes}: box, "
-                         f"objectness, {classes} classes) nor the decoupled one ({4 * BINS + classes})")
+                         f"objectness, {classes} classes) nor the decoupled one (4 x {BINS} or more distance "
+                         f"bins and {classes} classes)")
     boxes = box_decode(raw, stride).reshape(b, h * w, 4)
     score = (raw[:, 4:5].sigmoid() * raw[:, 5:].sigmoid()).permute(0, 2, 3, 1).reshape(b, h * w, classes)
     return boxes, score

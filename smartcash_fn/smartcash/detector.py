@@ -28,7 +28,8 @@ from ..errors import StateError
 
 STRIDES = (8, 16, 32)
 BINS = 16
-"""Distance bins of the decoupled head: each side of a box is a distribution over 0 … 15 strides from its cell."""
+"""Distance bins of the decoupled head from its cell's centre outwards: each side of a box is a distribution over
+0 … 15 strides, and over ``sides_from`` … 15 when the head reaches below zero (``DecoupledHead(sides_from=-1)``)."""
 HEADS = ("coupled", "decoupled")
 EFFICIENTNETS = tuple(f"efficientnet_b{i}" for i in range(5))
 BACKBONES = EFFICIENTNETS + ("cspdarknet",)
@@ -203,9 +204,12 @@ class DecoupledHead(nn.Module):
     """One layer's anchor-free head with separate box and class branches, per level.
 
     Each branch is ``depth`` 3x3 convolutions at ``width`` channels and a 1x1 one (at depth 1 about the
-    cost of :class:`GroupHead`'s two). The box branch gives ``4 · bins`` logits: for each side (left, top,
-    right, bottom) a distribution over distances of 0 … ``bins − 1`` strides
-    from the cell's centre; the class branch gives the layer's class logits,
+    cost of :class:`GroupHead`'s two). The box branch gives ``4 · (bins − sides_from)`` logits: for each side
+    (left, top, right, bottom) a distribution over distances of ``sides_from`` … ``bins − 1`` strides from the
+    cell's centre. With ``sides_from = -1`` a side may end up to a stride short of the centre, so the cell
+    beside a feature thinner than a stride (a security thread between two columns of cell centres) can fit
+    it instead of stretching its box over its own centre; the outputs' channel count says which range a head
+    has (:func:`~smartcash_fn.smartcash.detection.side_bins`). The class branch gives the layer's class logits,
     trained to score each box by its quality (no separate objectness); the
     class scores start at the chance of a cell holding one of ``objects``
     objects of a class in an ``assumed_size`` image (small: the class loss is
@@ -214,20 +218,23 @@ class DecoupledHead(nn.Module):
 
         head = DecoupledHead(width=48, classes=7, levels=3)
         [p.shape[1] for p in head([torch.zeros(1, 48, 8, 8)] * 3)]   # [71, 71, 71]
+        DecoupledHead(width=48, classes=7, levels=3, sides_from=-1)([torch.zeros(1, 48, 8, 8)])[0].shape[1]   # 75
     """
 
     def __init__(self, width: int, classes: int, levels: int, bins: int = BINS, depth: int = 1,
-                 objects: float = 5.0, assumed_size: int = 640):
+                 objects: float = 5.0, assumed_size: int = 640, sides_from: int = 0):
         super().__init__()
+        if not (isinstance(sides_from, int) and not isinstance(sides_from, bool) and -bins < sides_from <= 0):
+            raise StateError(f"sides_from must be an integer from {1 - bins} to 0 (strides), got {sides_from!r}")
 
         def branch(out: int) -> nn.Sequential:
             return nn.Sequential(*(conv_bn(width, width, 3) for _ in range(depth)), nn.Conv2d(width, out, 1))
 
-        self.bins = bins
-        self.box = nn.ModuleList(branch(4 * bins) for _ in range(levels))
+        self.bins = bins - sides_from
+        self.box = nn.ModuleList(branch(4 * self.bins) for _ in range(levels))
         self.cls = nn.ModuleList(branch(classes) for _ in range(levels))
         for b, c, stride in zip(self.box, self.cls, STRIDES):
-            nn.init.ones_(b[-1].bias)  # every bin alike: each side starts at 7.5 strides
+            nn.init.ones_(b[-1].bias)  # every bin alike: each side starts at the middle of its range
             p = objects / classes / (assumed_size / stride) ** 2  # a class's share of a cell
             nn.init.constant_(c[-1].bias, math.log(p / (1 - p)))
 
@@ -240,7 +247,8 @@ class Detector(nn.Module):
 
     ``groups`` maps each layer's name to its number of classes, in class-id order. ``head`` is
     ``"coupled"`` (:class:`GroupHead`: box, objectness and classes from one branch, SmartCash's) or
-    ``"decoupled"`` (:class:`DecoupledHead`: box distributions and quality-scored classes). With
+    ``"decoupled"`` (:class:`DecoupledHead`: box distributions and quality-scored classes, each side's
+    distribution from ``sides_from`` strides, 0 or below, to 15). With
     ``channels_last`` the convolution weights and every input are kept in
     ``torch.channels_last`` memory format (NHWC), the layout cuDNN's and
     oneDNN's fastest convolution kernels use; the values are those of the
@@ -251,7 +259,8 @@ class Detector(nn.Module):
 
     def __init__(self, backbone: str = "efficientnet_b0", groups: Mapping[str, int] | None = None,
                  width: int = 64, weights_path: str | None = None, backbone_width: int = 16,
-                 backbone_depth: int = 1, channels_last: bool = False, head: str = "coupled", head_depth: int = 1):
+                 backbone_depth: int = 1, channels_last: bool = False, head: str = "coupled", head_depth: int = 1,
+                 sides_from: int = 0):
         super().__init__()
         if head not in HEADS:
             raise StateError(f"unknown head {head!r}; choose one of {', '.join(HEADS)}")
@@ -259,7 +268,7 @@ class Detector(nn.Module):
         self.backbone = globals()["backbone"](backbone, weights_path, backbone_width, backbone_depth)
         self.neck = PAN(self.backbone.channels, width)
         self.head = nn.ModuleDict({g: GroupHead(width, c, len(STRIDES)) if head == "coupled" else
-                                   DecoupledHead(width, c, len(STRIDES), depth=head_depth)
+                                   DecoupledHead(width, c, len(STRIDES), depth=head_depth, sides_from=sides_from)
                                    for g, c in self.groups.items()})
         self.strides = STRIDES
         self.notes = ((f"model.params.backbone = {backbone!r} without model.params.weights_path: the backbone "
