@@ -204,9 +204,9 @@ class DecoupledHead(nn.Module):
     """One layer's anchor-free head with separate box and class branches, per level.
 
     Each branch is ``depth`` 3x3 convolutions at ``width`` channels and a 1x1 one (at depth 1 about the
-    cost of :class:`GroupHead`'s two). The box branch gives ``4 · (bins − sides_from)`` logits: for each side
-    (left, top, right, bottom) a distribution over distances of ``sides_from`` … ``bins − 1`` strides from the
-    cell's centre. With ``sides_from = -1`` a side may end up to a stride short of the centre, so the cell
+    cost of :class:`GroupHead`'s two). The box branch gives ``4 · (BINS − sides_from)`` logits: for each side
+    (left, top, right, bottom) a distribution over distances of ``sides_from`` … ``BINS − 1`` (15) strides from
+    the cell's centre. With ``sides_from = -1`` a side may end up to a stride short of the centre, so the cell
     beside a feature thinner than a stride (a security thread between two columns of cell centres) can fit
     it instead of stretching its box over its own centre; the outputs' channel count says which range a head
     has (:func:`~smartcash_fn.smartcash.detection.side_bins`). The class branch gives the layer's class logits,
@@ -221,16 +221,16 @@ class DecoupledHead(nn.Module):
         DecoupledHead(width=48, classes=7, levels=3, sides_from=-1)([torch.zeros(1, 48, 8, 8)])[0].shape[1]   # 75
     """
 
-    def __init__(self, width: int, classes: int, levels: int, bins: int = BINS, depth: int = 1,
-                 objects: float = 5.0, assumed_size: int = 640, sides_from: int = 0):
+    def __init__(self, width: int, classes: int, levels: int, depth: int = 1, objects: float = 5.0,
+                 assumed_size: int = 640, sides_from: int = 0):
         super().__init__()
-        if not (isinstance(sides_from, int) and not isinstance(sides_from, bool) and -bins < sides_from <= 0):
-            raise StateError(f"sides_from must be an integer from {1 - bins} to 0 (strides), got {sides_from!r}")
+        if not (isinstance(sides_from, int) and not isinstance(sides_from, bool) and -BINS < sides_from <= 0):
+            raise StateError(f"sides_from must be an integer from {1 - BINS} to 0 (strides), got {sides_from!r}")
 
         def branch(out: int) -> nn.Sequential:
             return nn.Sequential(*(conv_bn(width, width, 3) for _ in range(depth)), nn.Conv2d(width, out, 1))
 
-        self.bins = bins - sides_from
+        self.bins = BINS - sides_from  # the last bin is always BINS - 1 strides: the count says where they start
         self.box = nn.ModuleList(branch(4 * self.bins) for _ in range(levels))
         self.cls = nn.ModuleList(branch(classes) for _ in range(levels))
         for b, c, stride in zip(self.box, self.cls, STRIDES):
