@@ -122,10 +122,9 @@ def _cell_major(outputs: Outputs, layout: Layout) -> tuple[torch.Tensor, torch.T
     if len(found) > 1:
         raise ValueError(f"aligned loss: the heads give different numbers of distance bins ({sorted(found)})")
     bins = found.pop()
-    # each head's classes padded to the widest, then one concatenation cut in two: on a GPU a few kernels where
-    # cutting every head first took dozens (each cut's backward fills a gradient of the head's size)
-    cells = torch.cat([r if c == widest else F.pad(r, (0, widest - c)) for r, c in rows], 1).float()
-    return cells[..., :4 * bins].unflatten(-1, (4, bins)), cells[..., 4 * bins:]
+    dist = torch.cat([r[..., :4 * bins] for r, _ in rows], 1).float()
+    logits = torch.cat([F.pad(r[..., 4 * bins:], (0, widest - c)) for r, c in rows], 1).float()
+    return dist.unflatten(-1, (4, bins)), logits
 
 
 @attrs.frozen
