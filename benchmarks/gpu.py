@@ -155,20 +155,6 @@ def _peak_mib(device: str) -> float | None:
     return None  # not measured on the CPU
 
 
-def _time_steps(run_one: Callable[[], None], device: str, warmup: int, steps: int) -> float:
-    """Seconds per step: the median over ``steps`` timed calls after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        run_one()
-    _sync(device)
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        run_one()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def _time_in_turn(runs: tuple[Callable[[], None], ...], device: str, warmup: int, steps: int) -> list[float]:
     """Seconds per call of each of ``runs``, timed in turn (one call of each per round, so a drift of the
     machine's speed touches them alike): the medians over ``steps`` rounds after ``warmup`` untimed ones."""
@@ -269,7 +255,7 @@ def _measure(make: Callable[[], Callable[[], None]], device: str, warmup: int, s
     _reset_peak(device)
     try:
         run_one = make()
-        sec = _time_steps(run_one, device, warmup, steps)
+        sec = _time_in_turn((run_one,), device, warmup, steps)[0]
     except Exception as e:  # noqa: BLE001 - one failed case is reported, the others still run
         return {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
     finally:
