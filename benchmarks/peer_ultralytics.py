@@ -20,7 +20,9 @@ What runs, in order (nothing is downloaded):
    by its ``time=`` argument (hours) after ``--minutes`` (default 10),
    ``imgsz`` the recipe's size, ``workers=2`` (Ultralytics itself uses 0
    loader workers on a CPU), ``amp=False``, ``plots=False``, its other
-   settings at their defaults (batch 16, optimizer auto, mosaic, ...),
+   settings at their defaults (batch 16, epochs 100, which ``time=``
+   replans after the first epoch, optimizer auto: AdamW for a run of this
+   size, mosaic, ...),
    ``cache="ram"`` unless ``--cache``. Offline: ``YOLO_OFFLINE=1``,
    ``YOLO_AUTOINSTALL=false``, settings ``sync=False``, and a config folder
    of its own holding a copy of matplotlib's DejaVu Sans as ``Arial.ttf``,
@@ -444,7 +446,10 @@ def train_peer(data_yaml: Path, imgsz: int, minutes: float, batch: int, cache: A
     model.add_callback("on_train_start", counting)
     say(f"ultralytics: YOLOv8n from scratch, {minutes:g} min, imgsz {imgsz}, batch {batch}, cache {cache}")
     t0 = time.perf_counter()
-    model.train(data=str(data_yaml), imgsz=imgsz, time=minutes / 60.0, epochs=1000, batch=batch, workers=2,
+    # epochs stays at Ultralytics' default (100): `time=` replans them after the first epoch anyway, but
+    # optimizer "auto" is chosen before that from epochs x batches, and 1000 epochs made it pick MuSGD, whose
+    # Newton-Schulz iterations took most of each step on a CPU; a user giving `time=` gets AdamW.
+    model.train(data=str(data_yaml), imgsz=imgsz, time=minutes / 60.0, batch=batch, workers=2,
                 device="cpu", pretrained=False, amp=False, plots=False, cache=cache, project=str(work / "ultralytics"),
                 name="train", exist_ok=False, seed=0, deterministic=True, verbose=False)
     wall = time.perf_counter() - t0
@@ -455,8 +460,9 @@ def train_peer(data_yaml: Path, imgsz: int, minutes: float, batch: int, cache: A
         best = save_dir / "weights" / "last.pt"
     facts = {"wall_s": wall, "weights": str(best), "epochs": int(tr.epoch) + 1, "batches": counts["batches"],
              "samples_seen": counts["samples"], "save_dir": str(save_dir),
-             "torch_threads": counts.get("torch_threads")}
-    say(f"ultralytics: trained in {wall:.0f} s ({facts['epochs']} epochs, {facts['samples_seen']} samples)")
+             "torch_threads": counts.get("torch_threads"), "optimizer": type(tr.optimizer).__name__}
+    say(f"ultralytics: trained in {wall:.0f} s ({facts['epochs']} epochs, {facts['samples_seen']} samples, "
+        f"{facts['optimizer']})")
     return facts
 
 
