@@ -37,7 +37,7 @@ from ..loop import Evaluator
 from . import scenes as rupiah
 from .aligned import AlignedWeights, aligned_loss
 from .detection import Layout, LossWeights, decode, detection_collate, detection_loss
-from .detector import BINS, HEADS, Detector
+from .detector import BINS, HEADS, Detector, sides_from_ok
 from .metrics import Detections, detection_evaluator
 from .yolo import Augment, group_layers, read_data_yaml, YoloDataset
 
@@ -230,7 +230,7 @@ def detector(groups: Mapping[str, int], backbone: str = "cspdarknet", width: int
         raise DataError(f"detector: head must be one of {', '.join(repr(h) for h in HEADS)}, got {head!r}")
     if not (isinstance(head_depth, int) and not isinstance(head_depth, bool) and head_depth >= 0):
         raise DataError(f"detector: head_depth must be an integer >= 0, got {head_depth!r}")
-    if not (isinstance(sides_from, int) and not isinstance(sides_from, bool) and -BINS < sides_from <= 0):
+    if not sides_from_ok(sides_from):
         raise DataError(f"detector: sides_from must be an integer from {1 - BINS} to 0 (strides), got "
                         f"{sides_from!r}", param="sides_from")
     if sides_from and head != "decoupled":

@@ -35,6 +35,15 @@ EFFICIENTNETS = tuple(f"efficientnet_b{i}" for i in range(5))
 BACKBONES = EFFICIENTNETS + ("cspdarknet",)
 
 
+def sides_from_ok(value: object) -> bool:
+    """Whether ``value`` is a nearest side distance a decoupled head can have: an integer from ``1 − BINS`` to 0
+    strides (bools are not integers here)::
+
+        sides_from_ok(-1), sides_from_ok(1), sides_from_ok(True)   # (True, False, False)
+    """
+    return isinstance(value, int) and not isinstance(value, bool) and -BINS < value <= 0
+
+
 def conv_bn(c_in: int, c_out: int, k: int = 3, s: int = 1) -> nn.Sequential:
     """Conv, BatchNorm, SiLU: the unit every part here is made of."""
     return nn.Sequential(nn.Conv2d(c_in, c_out, k, s, k // 2, bias=False), nn.BatchNorm2d(c_out), nn.SiLU())
@@ -224,7 +233,7 @@ class DecoupledHead(nn.Module):
     def __init__(self, width: int, classes: int, levels: int, depth: int = 1, objects: float = 5.0,
                  assumed_size: int = 640, sides_from: int = 0):
         super().__init__()
-        if not (isinstance(sides_from, int) and not isinstance(sides_from, bool) and -BINS < sides_from <= 0):
+        if not sides_from_ok(sides_from):
             raise StateError(f"sides_from must be an integer from {1 - BINS} to 0 (strides), got {sides_from!r}")
 
         def branch(out: int) -> nn.Sequential:
