@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from smartcash_fn.errors import DataError
 from smartcash_fn.smartcash.aligned import AlignedWeights, Cells, align, aligned_loss
 from smartcash_fn.smartcash.components import detector, task_aligned
-from smartcash_fn.smartcash.detection import (Heads, Layout, ciou_loss, decode, distance_boxes, pad_targets, pair_iou,
-                                              side_bins)
+from smartcash_fn.smartcash.detection import (Heads, Layout, ciou_loss, decode, detection_loss, distance_boxes,
+                                              pad_targets, pair_iou, side_bins)
 from smartcash_fn.smartcash.detector import BINS, STRIDES, Detector
 
 from conftest import assert_fixed_operations, random_targets
@@ -158,6 +158,26 @@ def test_groups_on_different_grids_meet_every_cell_and_still_equal_the_reference
     assert torch.allclose(got, want, rtol=1e-5, atol=1e-5), (got, want)
     for a, b in zip(torch.autograd.grad(got, leaves), torch.autograd.grad(want, leaves)):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("head", ["decoupled", "coupled"])
+def test_the_loss_of_a_bf16_forward_is_computed_in_float32(head):
+    # under `precision = "bf16"` the model's outputs are bfloat16 and the loss runs inside the autocast region;
+    # no op of the loss may be lowered with them (a lowered matmul decoding the side distributions moved the
+    # aligned loss by 0.016): it must equal the loss of the same outputs in float32, outside autocast
+    g = torch.Generator().manual_seed(5)
+    bins = BINS if head == "decoupled" else None
+    out = {name: [torch.randn(2, (4 * bins if bins else 5) + c, 96 // s, 96 // s, generator=g).bfloat16()
+                  .requires_grad_(True) for s in STRIDES] for name, c in LAYOUT.groups}
+    targets = random_targets(g, 2, 96, most=10, spread=0.6, least=3.0)
+    loss = aligned_loss if bins else (lambda o, t, layout: detection_loss(o, t, layout, image_size=96))
+    leaves = [t for ts in out.values() for t in ts]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got, _ = loss(out, targets, LAYOUT)
+    want, _ = loss({k: [t.float() for t in ts] for k, ts in out.items()}, targets, LAYOUT)
+    assert got.dtype == torch.float32 and got.item() == want.item(), (got, want)
+    for a, b in zip(torch.autograd.grad(got, leaves), torch.autograd.grad(want, leaves)):
+        assert torch.equal(a, b)
 
 
 def test_a_batch_without_targets_costs_only_the_class_part():

@@ -38,8 +38,8 @@ import attrs
 import torch
 import torch.nn.functional as F
 
-from .detection import (Heads, Layout, Outputs, cell_grid, ciou_loss, distance_boxes, level_of, pad_targets,
-                        pair_iou, shape_constant, side_bins, split_labels, unit_box)
+from .detection import (Heads, Layout, Outputs, cell_grid, ciou_loss, distance_boxes, in_float32, level_of,
+                        pad_targets, pair_iou, shape_constant, side_bins, split_labels, unit_box)
 from .detector import BINS, STRIDES
 
 
@@ -196,6 +196,7 @@ def align(boxes: torch.Tensor, scores: torch.Tensor, cells: Cells, gt_boxes: tor
     return Aligned(positive, torch.where(positive, owner, 0), score)
 
 
+@in_float32
 def aligned_loss(outputs: Outputs, targets: Sequence[Mapping[str, torch.Tensor]] | Mapping[str, torch.Tensor],
                  layout: Layout, weights: AlignedWeights = AlignedWeights(), strides: Sequence[int] = STRIDES
                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -321,6 +321,23 @@ def shape_constant(build: Callable[..., Any]) -> Callable[..., Any]:
     return made
 
 
+def in_float32(loss: Callable[..., Any]) -> Callable[..., Any]:
+    """Make ``loss`` (its first argument: a layer's outputs by name) compute in float32 inside an autocast
+    region: the head's outputs are taken as float32 and no op of the loss is lowered to bf16 or fp16, so
+    a ``precision = "bf16"`` step places boxes with the loss of the float32 step::
+
+        @in_float32
+        def my_loss(outputs, targets, layout): ...
+    """
+    @functools.wraps(loss)
+    def computed(outputs: Outputs, *args: Any, **kwargs: Any) -> Any:
+        device = next(iter(outputs.values()))[0].device.type
+        with torch.autocast(device_type=device, enabled=False):
+            return loss(outputs, *args, **kwargs)
+
+    return computed
+
+
 @shape_constant
 def head_table(heads: Heads, device: torch.device) -> torch.Tensor:
     """``[heads, 3]`` int64: each head's grid width, height and first cell, made on ``device`` by kernels
@@ -409,6 +426,7 @@ def assign(padded: Mapping[str, torch.Tensor], layout: Layout, heads: Heads, ima
     return Assignment(x=x, y=y, stride=_thrice(stride), cell=cell, positive=positive, group=group, cls=cls)
 
 
+@in_float32
 def detection_loss(outputs: Outputs, targets: Sequence[Mapping[str, torch.Tensor]] | Mapping[str, torch.Tensor],
                    layout: Layout, image_size: int, weights: LossWeights = LossWeights(),
                    strides: Sequence[int] = STRIDES) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
