@@ -20,6 +20,7 @@ from smartcash_fn.smartcash.components import detector, task_aligned
 from smartcash_fn.smartcash.detection import (Heads, Layout, ciou_loss, decode, detection_loss, distance_boxes,
                                               pad_targets, pair_iou, side_bins)
 from smartcash_fn.smartcash.detector import BINS, STRIDES, Detector
+from smartcash_fn.smartcash.metrics import evaluate
 
 from conftest import assert_fixed_operations, random_targets
 
@@ -277,6 +278,21 @@ def test_a_cell_decodes_to_the_distances_its_distributions_peak_at():
     assert len(d.boxes) == 1 and int(d.labels[0]) == LAYOUT.offset("nominal") + 5
     assert torch.allclose(d.boxes[0], torch.tensor([24.0 - 16, 40 - 32, 24 + 48, 40 + 0]), atol=1e-3)
     assert torch.allclose(d.scores[0], torch.sigmoid(torch.tensor(2.0)))
+
+
+def test_a_cell_whose_opposite_sides_cross_decodes_to_a_flat_box_the_evaluator_takes():
+    # with sides from -1 stride, top and bottom at -1 each sum to -2 strides: an inverted box, which the
+    # evaluator refuses (a validation of the default recipe in bf16 died on one); it decodes flat, at the middle
+    raw = _peaked(LAYOUT, 64, bins=BINS + 1)
+    t = raw["security"][0]  # stride 8, cell (3, 5): centre (44, 28)
+    for side, strides in enumerate((2, -1, 1, -1)):  # left 2, top -1, right 1, bottom -1 strides
+        t[0, side * (BINS + 1) + strides + 1, 3, 5] = 30.0
+    t[0, 4 * (BINS + 1) + 1, 3, 5] = 2.0
+    d = decode(raw, LAYOUT, conf=0.01)[0]
+    assert len(d.boxes) == 1 and torch.allclose(d.boxes[0], torch.tensor([44.0 - 16, 28, 44 + 8, 28]), atol=1e-3)
+    truth = {"boxes": torch.tensor([[30.0, 20, 50, 36]]), "labels": torch.tensor([LAYOUT.offset("security") + 1])}
+    report = evaluate([d], [truth], [str(i) for i in range(LAYOUT.num_classes)])
+    assert report.metrics()["mAP50"] == 0.0
 
 
 def test_a_prediction_on_its_target_costs_little_box_and_distribution_loss():

@@ -124,6 +124,17 @@ def distance_boxes(dist: torch.Tensor, cx: torch.Tensor, cy: torch.Tensor, strid
     return torch.stack([cx - d[..., 0], cy - d[..., 1], cx + d[..., 2], cy + d[..., 3]], -1)
 
 
+def upright(boxes: torch.Tensor) -> torch.Tensor:
+    """xyxy ``boxes`` with each inverted side pair (``x2 < x1`` or ``y2 < y1``) met at its middle: a box no
+    wider (or taller) than nothing. Sides that start below zero (``sides_from = -1``) let a cell's two opposite
+    distances sum below zero; the evaluator refuses such a box, and no object is that thin::
+
+        upright(torch.tensor([10.0, 20, 14, 18]))   # tensor([10., 19., 14., 19.])
+    """
+    mid = (boxes[..., :2] + boxes[..., 2:]) / 2
+    return torch.cat([torch.minimum(boxes[..., :2], mid), torch.maximum(boxes[..., 2:], mid)], -1)
+
+
 def side_bins(channels: int, classes: int) -> int | None:
     """The distance bins per side of a decoupled head output with ``channels`` channels and ``classes`` classes
     (``BINS``, or more for a head that reaches below zero), or None for another head (the coupled one)::
@@ -148,7 +159,7 @@ def cell_predictions(raw: torch.Tensor, stride: int, classes: int) -> tuple[torc
         gx, gy = cell_grid(h, w, raw.device, raw.dtype)
         dist = raw[:, :4 * bins].reshape(b, 4, bins, h * w).permute(0, 3, 1, 2)
         boxes = distance_boxes(dist, (gx.reshape(-1) + 0.5) * stride, (gy.reshape(-1) + 0.5) * stride, stride)
-        return boxes, raw[:, 4 * bins:].sigmoid().reshape(b, classes, h * w).transpose(1, 2)
+        return upright(boxes), raw[:, 4 * bins:].sigmoid().reshape(b, classes, h * w).transpose(1, 2)
     if c != 5 + classes:
         raise StateError(f"a head output of {c} channels fits neither the coupled head ({5 + classes}: box, "
                          f"objectness, {classes} classes) nor the decoupled one (4 x {BINS} or more distance "
