@@ -116,6 +116,44 @@ def one_torch_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+"""The x86 CPU flags (``/proc/cpuinfo``) of instructions that multiply bfloat16 natively: AVX512-BF16 (AMD
+Zen 4 and later, Intel Cooper Lake) and AMX-BF16 (Intel Sapphire Rapids and later)."""
+
+
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset[str]:
+    """The CPU's feature flags as Linux lists them (``flags`` on x86, ``Features`` on Arm); empty elsewhere.
+
+    ``"avx2" in cpu_flags()``
+    """
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("flags", "Features"):
+                    return frozenset(value.split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def native_bf16(device: str | torch.device = "cpu", flags: frozenset[str] | None = None) -> str | None:
+    """Why ``device`` computes bfloat16 natively, or None where it does not (there bf16 autocast is emulated
+    and slower than float32): a CUDA GPU that supports bf16, or a CPU with one of :data:`CPU_BF16_FLAGS`
+    (``flags``: :func:`cpu_flags` unless given). What ``train.precision = "auto"`` asks::
+
+        native_bf16("cpu")    # "this CPU has avx512_bf16" on an AMD EPYC Zen 4; None on an AVX2-only CPU
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        ok = torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+        return f"{_device_name(device)} computes bf16" if ok else None
+    if device.type != "cpu":
+        return None
+    have = [f for f in CPU_BF16_FLAGS if f in (cpu_flags() if flags is None else flags)]
+    return f"this CPU has {' and '.join(have)}" if have else None
+
+
 def use_deterministic(on: bool, device: str | torch.device) -> None:
     """Turn deterministic kernels on or off for training on ``device``; nothing to do on the CPU.
 

@@ -81,6 +81,17 @@ def test_efficientnet_detector_with_stochastic_depth_resumes_and_replays_bit_exa
     _resume_and_replay_match(template, loop, stop_at, tmp_path)
 
 
+@pytest.mark.parametrize("stop_at", [1, 2], ids=["mid-epoch", "epoch-boundary"])
+def test_the_default_detector_in_bf16_resumes_and_replays_bit_exact(stop_at, tmp_path):
+    # precision = "auto" is bf16 on a CPU that computes it natively; forced here, so any CPU checks the bf16 path
+    sets = SMALL + ['train.precision="bf16"', "data.params.train=4", "data.batch_size=2", "train.epochs=2",
+                    "validation.every=0"]
+    built = build(rc.load(DEFAULT, sets=sets))
+    assert built.step_text.startswith("compose(bf16(), ")
+    full = _resume_and_replay_match(built.template, built.loop, stop_at, tmp_path)
+    assert full.progress.step == 4
+
+
 def test_the_forward_draws_do_not_depend_on_the_callers_generator():
     template, loop = _noisy_run()
     batch = next(iter(loop.data.batches(template.seed, 0, 0)))

@@ -12,6 +12,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from smartcash_fn import environment
 from smartcash_fn.run import recipe as rc
 from smartcash_fn.run import registry
 from smartcash_fn.run.build import build, describe, probe
@@ -175,7 +176,7 @@ def test_set_errors_name_the_set_argument(tmp_path):
     ("[data]\nworkers = 1.5\n", "r.toml: data.workers: expected an integer, got 1.5"),
     ("[run]\nname = 7\n", "r.toml: run.name: expected a string, got 7"),
     ("[train]\nprecision = \"fp61\"\n", "r.toml: train.precision: expected one of \"fp32\", \"bf16\", \"fp16\", "
-                                         "got \"fp61\"; did you mean 'fp16'?"),
+                                         "\"auto\", got \"fp61\"; did you mean 'fp16'?"),
     ("[optimizer]\nbetas = [0.9]\n", "r.toml: optimizer.betas: expected an array of 2 numbers, got an array of 1"),
     ("[train]\naccumulate = 0\n", "r.toml: train.accumulate: expected an integer >= 1, got 0"),
     ("[train]\nema = 1.0\n", "r.toml: train.ema: expected a number in [0, 1) (0 is off), got 1.0"),
@@ -224,6 +225,8 @@ def test_component_parameters_are_checked_against_signatures(tmp_path):
         ("[train]\nclip = 1.0\n[[train.steps]]\nuse = \"clip\"\nmax_norm = 2.0\n",
          "train.clip: given twice: here and as train.steps[0] (clip)"),
         ("[train]\nprecision = \"bf16\"\n[[train.steps]]\nuse = \"fp16\"\n", "train.precision: given twice"),
+        ("[train]\nprecision = \"auto\"\n[[train.steps]]\nuse = \"bf16\"\n", "train.precision: auto, and a "
+                                                                              "precision given as train.steps[0]"),
         ("[validation]\nuse_ema = true\n", "validation.use_ema: there are no EMA params"),
         ("[train]\nloss = \"nopkg_here.losses:focal\"\n", "train.loss: cannot import 'nopkg_here.losses:focal': "
                                                           "no module named 'nopkg_here'"),
@@ -408,6 +411,30 @@ def test_tiny_recipe_builds_and_describes_itself():
     assert "compose(clip(max_norm=10.0))(make_step(cross_entropy))" in text
     assert "early_stopping" in text and "nan_guard" in text
     assert math.isfinite(probe(built))
+
+
+@pytest.mark.parametrize("native, step, note", [
+    ("this CPU has avx512_bf16", "compose(bf16(), clip(max_norm=10.0))", "precision auto: bf16, this CPU has "
+                                                                         "avx512_bf16"),
+    (None, "compose(clip(max_norm=10.0))", "precision auto: fp32, cpu does not compute bf16 natively"),
+])
+def test_precision_auto_is_bf16_only_where_the_device_computes_it_natively(monkeypatch, native, step, note):
+    asked = []
+    monkeypatch.setattr(environment, "native_bf16", lambda device: asked.append(str(device)) or native)
+    built = build(rc.load(TINY, sets=['train.precision="auto"']))
+    assert built.step_text.startswith(step + "(make_step(") and note in built.notes and asked[0] == "cpu"
+    assert math.isfinite(probe(built))
+
+
+def test_cpu_flags_and_native_bf16_read_linux_cpuinfo(tmp_path):
+    x86 = write(tmp_path, "x86", "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16\n\nprocessor\t: 1\n")
+    arm = write(tmp_path, "arm", "processor\t: 0\nFeatures\t: fp asimd bf16\n")
+    assert "avx512_bf16" in environment.cpu_flags(str(x86)) and "bf16" in environment.cpu_flags(str(arm))
+    assert environment.cpu_flags(str(tmp_path / "absent")) == frozenset()
+    assert environment.native_bf16("cpu", environment.cpu_flags(str(x86))) == "this CPU has avx512_bf16"
+    assert environment.native_bf16("cpu", frozenset({"avx2", "amx_bf16"})) == "this CPU has amx_bf16"
+    assert environment.native_bf16("cpu", frozenset({"avx2", "avx512f"})) is None  # bf16 emulated: slower
+    assert environment.native_bf16("meta") is None
 
 
 @pytest.mark.slow

@@ -473,6 +473,27 @@ def _call_text(name: str, params: Mapping[str, Any]) -> str:
     return f"{name}({', '.join(f'{k}={v!r}' for k, v in params.items())})"
 
 
+def resolved_precision(recipe: Recipe) -> tuple[str, str | None]:
+    """``train.precision`` with ``"auto"`` resolved for ``run.device``, and a note saying why when it was auto.
+
+    ``"auto"`` is bf16 where the device multiplies bfloat16 natively
+    (:func:`~smartcash_fn.environment.native_bf16`: there a bf16 step takes
+    about 0.65 of the float32 step's time on a CPU, docs/detector.md), fp32
+    elsewhere (emulated bf16 is slower than float32). The choice follows the
+    machine, so a run resumed on the machine that started it makes the same
+    one::
+
+        resolved_precision(recipe)   # ("bf16", "precision auto: bf16, this CPU has avx512_bf16")
+    """
+    given = recipe.train.precision
+    if given != "auto":
+        return given, None
+    why = environment.native_bf16(distributed.local_device(torch.device(recipe.run.device)))
+    if why is None:
+        return "fp32", f"precision auto: fp32, {recipe.run.device} does not compute bf16 natively"
+    return "bf16", f"precision auto: bf16, {why}"
+
+
 def make_train_step(recipe: Recipe, loss_fn: Callable[..., Any]) -> tuple[Callable[..., Any], str]:
     """The composed step and its description: convenience keys first (precision, accumulate, clip, ema), then ``steps``.
 
@@ -492,8 +513,13 @@ def make_train_step(recipe: Recipe, loss_fn: Callable[..., Any]) -> tuple[Callab
     cfg = recipe.train
     chain: list[tuple[str, Callable[[Step], Step]]] = []
     used = {s.use for s in cfg.steps}
+    precision, _ = resolved_precision(recipe)
+    if cfg.precision == "auto" and {"bf16", "fp16"} & used:  # whatever auto picks on this machine
+        i = next(i for i, s in enumerate(cfg.steps) if s.use in ("bf16", "fp16"))
+        raise recipe.error(("train", "precision"), f"auto, and a precision given as train.steps[{i}] "
+                                                   f"({cfg.steps[i].use}); keep one of them")
     convenience = [
-        ("precision", cfg.precision != "fp32", cfg.precision, {}),
+        ("precision", precision != "fp32", precision, {}),
         ("accumulate", cfg.accumulate != 1, "accumulate", {"every": cfg.accumulate}),
         ("all_reduce", distributed.world().size > 1, "all_reduce_gradients",
          {"overlap": distributed.overlap_default()}),
@@ -779,7 +805,8 @@ def build(recipe: Recipe, run_dir: str | os.PathLike | None = None, *, quiet: bo
         validation = distributed.sharded_validation(validation, world)
     if device.type == "cuda" and recipe.run.deterministic:
         step, validation = explain_nondeterminism(recipe, step, validation)
-    notes: list[str] = []
+    precision_note = resolved_precision(recipe)[1]
+    notes: list[str] = [] if precision_note is None else [precision_note]
     if val is None and recipe.validation.every > 0:
         notes.append("validation: off, the data factory gives no validation data")
     context = {**{k: v for k, v in info.items() if k != "collate_fn"}, "run_dir": run_dir,

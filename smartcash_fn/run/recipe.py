@@ -45,7 +45,7 @@ from . import registry
 from .registry import suggest
 
 KeyPath = tuple  # of str (table keys) and int (array indices)
-Precision = Literal["fp32", "bf16", "fp16"]
+Precision = Literal["fp32", "bf16", "fp16", "auto"]
 Mode = Literal["min", "max"]
 Event = Literal["training_start", "epoch_start", "batch_end", "validation_end", "epoch_end",
                 "checkpoint_saved", "training_end"]
@@ -254,8 +254,9 @@ class TrainConfig:
                                   "`make_step(loss)`")
     steps: tuple[StepConfig, ...] = _key((), "step transformers, outermost first, composed over the step in "
                                              "the order written")
-    precision: Precision = _key("fp32", "forward-pass precision: fp32, bf16 (autocast) or fp16 (autocast and "
-                                        "loss scaling)")
+    precision: Precision = _key("fp32", "forward-pass precision: fp32, bf16 (autocast), fp16 (autocast and "
+                                        "loss scaling) or auto (bf16 where `run.device` computes it natively: "
+                                        "a CPU with AVX512-BF16 or AMX, a CUDA GPU with bf16; fp32 elsewhere)")
     accumulate: int = _key(1, "average the gradients of this many batches per update", check=_INT_AT_LEAST_1)
     clip: float = _key(0.0, "clip the gradients to this total L2 norm (0 is off)", check=_AT_LEAST_0)
     ema: float = _key(0.0, "decay of an exponential moving average of the params (0 is off)", check=_DECAY)
