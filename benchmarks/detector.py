@@ -16,6 +16,11 @@ batch size (256 px and 16 when the default recipe is not a detector recipe):
   When the default recipe builds the detector, the template state, step and
   batch come from ``build(recipe)`` with ``model.params.backbone`` set, so
   the step is exactly the recipe's (its transformers included);
+- **precision** — the recipe's cspdarknet training step under each ``--precisions`` value
+  (``train.precision``: fp32 and bf16 by default), built from the recipe with that key set, the
+  precisions' steps alternated on one batch in one process, so a load on the machine falls on each
+  alike: the median step and its ratio to the first precision's (on a CPU with AVX512-BF16 or AMX
+  bf16 is the faster; where bf16 is emulated it is the slower, and ``precision = "auto"`` keeps fp32);
 - **data** — synthetic render + augment images/s through ``LoaderData`` with
   0, 1 and 2 loader workers: the recipe's training scenes as it renders them
   (or ``RupiahScenes`` with ``Jitter``), and the same with ``yolo.Augment``
@@ -31,6 +36,7 @@ Figures go to stdout with the machine they came from, and to ``--json``::
     .venv/bin/python benchmarks/detector.py --quick                 # 1-2 minutes: no b4, b0 inference only
     .venv/bin/python benchmarks/detector.py --json detector.json    # the full run (several minutes)
     .venv/bin/python benchmarks/detector.py --backbones cspdarknet --skip data,evaluator
+    .venv/bin/python benchmarks/detector.py --skip model,data,evaluator --steps 8   # fp32 against bf16
 
 Exit status: 0 done, 1 when the evaluator disagrees with pycocotools, 2 on bad arguments.
 """
@@ -107,10 +113,11 @@ def _is_detector(template: TrainState, images: torch.Tensor) -> bool:
     return isinstance(out, dict) and set(out) == set(rupiah.LAYERS)
 
 
-def recipe_setup(recipe_path: Path, backbone: str) -> Setup | None:
-    """The recipe's template, step and first training batch, ``model.params.backbone`` set; None for no detector.
+def recipe_setup(recipe_path: Path, backbone: str, sets: tuple[str, ...] = ()) -> Setup | None:
+    """The recipe's template, step and first training batch, ``model.params.backbone`` and ``sets`` (``--set``
+    overrides) set; None for no detector.
 
-    ``recipe_setup(cli.DEFAULT_RECIPE, "cspdarknet")``
+    ``recipe_setup(cli.DEFAULT_RECIPE, "cspdarknet", ('train.precision="bf16"',))``
     """
     from smartcash_fn.run.build import build
     from smartcash_fn.run.recipe import load
@@ -119,7 +126,7 @@ def recipe_setup(recipe_path: Path, backbone: str) -> Setup | None:
     if plain.data.use not in ("rupiah_synthetic", "yolo_dataset") and ":" not in plain.model.use \
             and plain.model.use != "detector":
         return None
-    recipe = load(recipe_path, [f'model.params.backbone="{backbone}"'])
+    recipe = load(recipe_path, [f'model.params.backbone="{backbone}"', *sets])
     built = build(recipe, None, quiet=True)
     batch = next(iter(built.loop.data.batches(built.template.seed, 0, 0)))
     if not (isinstance(batch, (tuple, list)) and isinstance(batch[0], torch.Tensor) and batch[0].ndim == 4):
@@ -244,6 +251,36 @@ def measure_models(backbones: list[str], recipe_path: Path | None, size: int | N
               f"img/s  forward+decode {row['infer_images_per_s']:7.1f} img/s  batch-1 {row['latency_ms_batch1']:6.1f} "
               f"ms/img  ({row['detections_per_image']:.0f} dets/img)", flush=True)
     return rows, "; ".join(sorted(sources))
+
+
+def measure_precision(recipe_path: Path, precisions: list[str], steps: int) -> list[dict[str, Any]] | None:
+    """The recipe's cspdarknet step under each ``train.precision``, side by side: one process, one batch, the
+    precisions' steps alternated (each timed; one warm-up each), so a load on the machine falls on all alike.
+
+    Median seconds a step and its ratio to the first precision's; None when the recipe builds no detector.
+    ``measure_precision(Path("recipes/rupiah_yolo.toml"), ["fp32", "bf16"], 8)``
+    """
+    setups = [recipe_setup(recipe_path, "cspdarknet", (f'train.precision="{p}"',)) for p in precisions]
+    if any(s is None for s in setups):
+        return None
+    states = [s.template for s in setups]
+    for s in states:
+        s.model.train(True)
+    states = [s.step(state, s.batch) for s, state in zip(setups, states)]  # warm-up
+    times: list[list[float]] = [[] for _ in setups]
+    for _ in range(steps):
+        for i, s in enumerate(setups):
+            t0 = time.perf_counter()
+            states[i] = s.step(states[i], s.batch)
+            times[i].append(time.perf_counter() - t0)
+    base = statistics.median(times[0])
+    rows = [{"precision": p, "step_s": statistics.median(t), "ratio": statistics.median(t) / base,
+             "step_s_all": t, "loss_last": float(st.metrics.get("loss", math.nan)), "step": s.source}
+            for p, t, st, s in zip(precisions, times, states, setups)]
+    for r in rows:
+        print(f"  {r['precision']:<5} step {r['step_s'] * 1e3:7.1f} ms (median of {steps})  {r['ratio']:.2f}x "
+              f"{precisions[0]}'s", flush=True)
+    return rows
 
 
 # --------------------------------------------------------------------------- data
@@ -382,7 +419,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--slow-limit", type=float, default=30.0,
                     help="skip an inference-only backbone whose first batch takes longer (seconds, default 30)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
-    ap.add_argument("--skip", default="", help="comma-separated parts to skip: model, data, evaluator")
+    ap.add_argument("--precisions", default="fp32,bf16",
+                    help="train.precision values whose steps are timed side by side (default fp32,bf16)")
+    ap.add_argument("--skip", default="", help="comma-separated parts to skip: model, precision, data, evaluator")
     args = ap.parse_args(argv)
 
     q = args.quick
@@ -393,12 +432,15 @@ def main(argv: list[str] | None = None) -> int:
     loader_images = args.loader_images if args.loader_images is not None else (128 if q else 512)
     eval_images = args.eval_images if args.eval_images is not None else (200 if q else 2000)
     skip = {s for s in args.skip.split(",") if s}
+    precisions = [p for p in args.precisions.split(",") if p]
     try:
         workers = [int(w) for w in args.workers.split(",")]
     except ValueError:
         workers = [-1]
     bad = ([f"--backbones: unknown {b!r}" for b in backbones if b not in BACKBONES]
-           + [f"--skip: unknown part {s!r}" for s in skip if s not in ("model", "data", "evaluator")]
+           + [f"--skip: unknown part {s!r}" for s in skip if s not in ("model", "precision", "data", "evaluator")]
+           + [f"--precisions: unknown {p!r} (fp32, bf16, fp16, auto)" for p in precisions
+              if p not in ("fp32", "bf16", "fp16", "auto")]
            + (["--workers: expected integers >= 0 separated by commas"] if min(workers) < 0 else [])
            + [f"{name} must be >= 1" for name, v in (("--steps", steps), ("--repeats", repeats),
                                                     ("--loader-images", loader_images), ("--eval-images", eval_images),
@@ -432,6 +474,12 @@ def main(argv: list[str] | None = None) -> int:
                                           args.slow_limit, QUICK_TRAINED if q else TRAINED)
             print(f"  setup: {source}")
             out["models"], out["model_setup"] = rows, source
+        if "precision" not in skip and precisions:
+            print(f"precision (the recipe's cspdarknet step, {', '.join(precisions)} alternated on one batch):",
+                  flush=True)
+            out["precision"] = measure_precision(recipe_path, precisions, steps)
+            if out["precision"] is None:
+                print("  not measured: the recipe builds no detector")
         if "data" not in skip:
             print(f"data (render, augment, collate: one epoch of {loader_images} scenes, worker start-up included):",
                   flush=True)
