@@ -153,17 +153,17 @@ def test_default_recipe_builds_the_detector_from_the_data_info():
     security = model.head["security"]  # the decoupled head: 4 sides x 17 distance bins (from -1 stride), 3 classes
     assert set(model.head) == set(GROUPS) and (security.box[0][-1].out_channels, security.cls[0][-1].out_channels) \
         == (4 * 17, 3)
-    assert recipe.checkpoint.monitor == "val/mAP50" and recipe.checkpoint.mode == "max"
+    assert recipe.checkpoint.monitor == "val/mAP50-95" and recipe.checkpoint.mode == "max"
     assert "clip(max_norm=10.0)" in built.step_text and "make_step(task_aligned)" in built.step_text
     loss = probe(built)
     assert loss == loss and loss > 0
 
 
-def test_default_recipe_monitors_map50_and_stops_early_on_it():
+def test_default_recipe_monitors_map50_95_and_stops_early_on_it():
     recipe = rc.load(DEFAULT)
     assert recipe.model.use == "detector" and recipe.data.use == "rupiah_synthetic"
     stop = next(c for c in recipe.callbacks if c.use == "early_stopping")
-    assert stop.params["monitor"] == "val/mAP50" and stop.params["mode"] == "max"
+    assert stop.params["monitor"] == "val/mAP50-95" and stop.params["mode"] == "max"
     assert any(c.use == "detection_plots" for c in recipe.callbacks)
 
 
