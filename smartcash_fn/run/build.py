@@ -478,7 +478,7 @@ def resolved_precision(recipe: Recipe) -> tuple[str, str | None]:
 
     ``"auto"`` is bf16 where the device multiplies bfloat16 natively
     (:func:`~smartcash_fn.environment.native_bf16`: there a bf16 step takes
-    about 0.65 of the float32 step's time on a CPU, docs/detector.md), fp32
+    0.63-0.71 of the float32 step's time on a CPU, docs/detector.md), fp32
     elsewhere (emulated bf16 is slower than float32). The choice follows the
     machine, so a run resumed on the machine that started it makes the same
     one::

@@ -125,8 +125,8 @@ def distance_boxes(dist: torch.Tensor, cx: torch.Tensor, cy: torch.Tensor, strid
 
 
 def upright(boxes: torch.Tensor) -> torch.Tensor:
-    """xyxy ``boxes`` with each inverted side pair (``x2 < x1`` or ``y2 < y1``) met at its middle: a box no
-    wider (or taller) than nothing. Sides that start below zero (``sides_from = -1``) let a cell's two opposite
+    """xyxy ``boxes`` with each inverted side pair (``x2 < x1`` or ``y2 < y1``) met at its middle: a box of
+    zero width (or height) there. Sides that start below zero (``sides_from = -1``) let a cell's two opposite
     distances sum below zero; the evaluator refuses such a box, and no object is that thin::
 
         upright(torch.tensor([10.0, 20, 14, 18]))   # tensor([10., 19., 14., 19.])
@@ -333,8 +333,8 @@ def shape_constant(build: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def in_float32(loss: Callable[..., Any]) -> Callable[..., Any]:
-    """Make ``loss`` (its first argument: a layer's outputs by name) compute in float32 inside an autocast
-    region: the head's outputs are taken as float32 and no op of the loss is lowered to bf16 or fp16, so
+    """Make ``loss`` (its first argument: the head's outputs, by layer name) compute in float32 inside an
+    autocast region: the outputs are taken as float32 and no op of the loss is lowered to bf16 or fp16, so
     a ``precision = "bf16"`` step places boxes with the loss of the float32 step::
 
         @in_float32
