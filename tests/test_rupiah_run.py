@@ -165,6 +165,7 @@ def test_default_recipe_monitors_map50_95_and_stops_early_on_it():
     stop = next(c for c in recipe.callbacks if c.use == "early_stopping")
     assert stop.params["monitor"] == "val/mAP50-95" and stop.params["mode"] == "max"
     assert any(c.use == "detection_plots" for c in recipe.callbacks)
+    assert recipe.train.precision == "auto"  # bf16 where the CPU computes it natively: more epochs in the budget
 
 
 def test_b4_recipe_has_smartcash_training(tmp_path):
