@@ -424,6 +424,8 @@ def test_precision_auto_is_bf16_only_where_the_device_computes_it_natively(monke
     built = build(rc.load(TINY, sets=['train.precision="auto"']))
     assert built.step_text.startswith(step + "(make_step(") and note in built.notes and asked[0] == "cpu"
     assert math.isfinite(probe(built))
+    # the state carries what auto resolved to: a resume or replay elsewhere trains in the same precision
+    assert built.template.recipe["train"]["precision"] == ("bf16" if native else "fp32")
 
 
 def test_cpu_flags_and_native_bf16_read_linux_cpuinfo(tmp_path):

@@ -494,6 +494,18 @@ def resolved_precision(recipe: Recipe) -> tuple[str, str | None]:
     return "bf16", f"precision auto: bf16, {why}"
 
 
+def as_trained(recipe: Recipe, precision: str) -> Recipe:
+    """``recipe`` with ``train.precision`` as it resolved here (``"auto"`` made ``"bf16"`` or ``"fp32"``): the
+    recipe a run's states carry, so a checkpoint says the precision its params were trained in, and a resume
+    or replay on another machine trains in it too rather than resolving ``auto`` again::
+
+        as_trained(recipe, resolved_precision(recipe)[0]).train.precision    # "bf16" on an AVX512-BF16 CPU
+    """
+    if recipe.train.precision == precision:
+        return recipe
+    return attrs.evolve(recipe, train=attrs.evolve(recipe.train, precision=precision))
+
+
 def make_train_step(recipe: Recipe, loss_fn: Callable[..., Any]) -> tuple[Callable[..., Any], str]:
     """The composed step and its description: convenience keys first (precision, accumulate, clip, ema), then ``steps``.
 
@@ -805,7 +817,7 @@ def build(recipe: Recipe, run_dir: str | os.PathLike | None = None, *, quiet: bo
         validation = distributed.sharded_validation(validation, world)
     if device.type == "cuda" and recipe.run.deterministic:
         step, validation = explain_nondeterminism(recipe, step, validation)
-    precision_note = resolved_precision(recipe)[1]
+    precision, precision_note = resolved_precision(recipe)
     notes: list[str] = [] if precision_note is None else [precision_note]
     if val is None and recipe.validation.every > 0:
         notes.append("validation: off, the data factory gives no validation data")
@@ -840,7 +852,8 @@ def build(recipe: Recipe, run_dir: str | os.PathLike | None = None, *, quiet: bo
     if device.type != "cpu":
         factory = toolz.compose(lambda m: m.to(device), factory)
     try:
-        template = TrainState.create(factory, optimizer, seed=recipe.run.seed, recipe=to_dict(recipe))
+        template = TrainState.create(factory, optimizer, seed=recipe.run.seed,
+                                     recipe=to_dict(as_trained(recipe, precision)))
     except ValueError as e:  # a param group's label function or the optimizer's init refused the params
         raise RecipeError(f"{recipe.where('optimizer')}: {e}") from None
     template = template.replace(data_info=plain_info(info))
