@@ -185,7 +185,7 @@ def test_the_yolo_recipe_is_the_default_on_a_data_yaml_and_trains(exported, tmp_
     default = rc.load(ROOT / "recipes" / "rupiah_synthetic.toml")
     mine = rc.load(ROOT / "recipes" / "rupiah_yolo.toml")
     assert mine.model == default.model and mine.schedule == default.schedule
-    assert mine.optimizer == attrs.evolve(default.optimizer, lr=0.004) and default.optimizer.lr == 0.002
+    assert mine.optimizer == attrs.evolve(default.optimizer, lr=0.006) and default.optimizer.lr == 0.002
     assert (mine.train.max_time, mine.train.loss) == (default.train.max_time, default.train.loss)
     assert (mine.train.max_time, mine.train.loss) == (600, "task_aligned")
     assert mine.train.loss_params == {**default.train.loss_params, "cls": 1.0}
