@@ -488,6 +488,11 @@ def resolved_precision(recipe: Recipe) -> tuple[str, str | None]:
     given = recipe.train.precision
     if given != "auto":
         return given, None
+    clash = [i for i, s in enumerate(recipe.train.steps) if s.use in ("bf16", "fp16")]
+    if clash:  # refused whatever auto would pick on this machine
+        i = clash[0]
+        raise recipe.error(("train", "precision"), f"auto, and a precision given as train.steps[{i}] "
+                                                   f"({recipe.train.steps[i].use}); keep one of them")
     why = environment.native_bf16(distributed.local_device(torch.device(recipe.run.device)))
     if why is None:
         return "fp32", f"precision auto: fp32, {recipe.run.device} does not compute bf16 natively"
@@ -522,16 +527,12 @@ def make_train_step(recipe: Recipe, loss_fn: Callable[..., Any]) -> tuple[Callab
         step, text = make_train_step(recipe, make_loss(recipe))
         text    # 'compose(accumulate(every=4), clip(max_norm=10.0))(make_step(cross_entropy))'
     """
+    recipe = as_trained(recipe, resolved_precision(recipe)[0])  # no work when build resolved it already
     cfg = recipe.train
     chain: list[tuple[str, Callable[[Step], Step]]] = []
     used = {s.use for s in cfg.steps}
-    precision, _ = resolved_precision(recipe)
-    if cfg.precision == "auto" and {"bf16", "fp16"} & used:  # whatever auto picks on this machine
-        i = next(i for i, s in enumerate(cfg.steps) if s.use in ("bf16", "fp16"))
-        raise recipe.error(("train", "precision"), f"auto, and a precision given as train.steps[{i}] "
-                                                   f"({cfg.steps[i].use}); keep one of them")
     convenience = [
-        ("precision", precision != "fp32", precision, {}),
+        ("precision", cfg.precision != "fp32", cfg.precision, {}),
         ("accumulate", cfg.accumulate != 1, "accumulate", {"every": cfg.accumulate}),
         ("all_reduce", distributed.world().size > 1, "all_reduce_gradients",
          {"overlap": distributed.overlap_default()}),
@@ -811,13 +812,13 @@ def build(recipe: Recipe, run_dir: str | os.PathLike | None = None, *, quiet: bo
     schedule_for, updates = make_schedule(recipe, batches)
     optimizer = make_optimizer(recipe, schedule_for, batches, updates)
     loss_fn = make_loss(recipe, info)
-    step, step_text = make_train_step(recipe, loss_fn)
+    precision, precision_note = resolved_precision(recipe)
+    step, step_text = make_train_step(as_trained(recipe, precision), loss_fn)
     validation = make_validation(recipe, val, info)
     if validation is not None:
         validation = distributed.sharded_validation(validation, world)
     if device.type == "cuda" and recipe.run.deterministic:
         step, validation = explain_nondeterminism(recipe, step, validation)
-    precision, precision_note = resolved_precision(recipe)
     notes: list[str] = [] if precision_note is None else [precision_note]
     if val is None and recipe.validation.every > 0:
         notes.append("validation: off, the data factory gives no validation data")
