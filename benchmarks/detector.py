@@ -24,8 +24,12 @@ batch size (256 px and 16 when the default recipe is not a detector recipe):
 - **data** — synthetic render + augment images/s through ``LoaderData`` with
   0, 1 and 2 loader workers: the recipe's training scenes as it renders them
   (or ``RupiahScenes`` with ``Jitter``), and the same with ``yolo.Augment``
-  (torchvision v2 flip, affine and colour jitter on image and boxes); a whole
+  (``yolo.affine``, torchvision v2 colour jitter on image and boxes); a whole
   epoch each, worker start-up included, as the loop sees it;
+- **affine** — ``yolo.affine`` (one ``grid_sample`` on a grid built row by column) against
+  torchvision v2's ``RandomAffine`` + ``ClampBoundingBoxes`` (bilinear, what ``yolo.Augment`` used
+  until 2026-12-01) on the same images, boxes and moves at the recipe's size, alternated image by
+  image on one thread: the median time of each and their ratio;
 - **evaluator** — ``smartcash_fn.smartcash.metrics.evaluate`` against pycocotools on
   the same generated detections (``benchmarks/map_eval.py``'s scenes and
   runners), one torch thread, best of ``--repeats``; also checks that mAP
@@ -288,7 +292,7 @@ def measure_precision(recipe_path: Path, precisions: list[str], steps: int) -> l
 
 @attrs.frozen
 class BoxAugment:
-    """``yolo.Augment`` (torchvision v2 flip, affine, colour jitter on the boxes) as a RupiahScenes ``augment``.
+    """``yolo.Augment`` (flip, affine, colour jitter, on image and boxes) as a RupiahScenes ``augment``.
 
     ``RupiahScenes("train", 512, augment=BoxAugment(Augment()))``
     """
@@ -325,7 +329,7 @@ def scene_pipelines(recipe_path: Path | None, size: int | None, images: int) -> 
         data = LoaderData(ds, batch_size=FALLBACK_BATCH, collate_fn=rupiah.collate)
         what = f"RupiahScenes('train', {images}, size={ds.size}, augment=Jitter())"
     boxed = attrs.evolve(data, dataset=attrs.evolve(data.dataset, augment=BoxAugment(Augment())))
-    return [(what, data), ("the same scenes + yolo.Augment() (torchvision v2 flip, affine, colour jitter)", boxed)]
+    return [(what, data), ("the same scenes + yolo.Augment() (yolo.affine, colour jitter)", boxed)]
 
 
 def measure_data(recipe_path: Path | None, size: int | None, images: int, workers: list[int]) -> list[dict]:
@@ -378,6 +382,44 @@ def measure_evaluator(images: int, repeats: int, seed: int = 0) -> dict[str, Any
     return out
 
 
+def measure_affine(size: int, images: int, seed: int = 0) -> dict[str, Any]:
+    """``yolo.affine`` against torchvision v2's bilinear ``RandomAffine`` on the same moves, alternated, one thread."""
+    from torchvision import tv_tensors
+    from torchvision.transforms import v2
+
+    from smartcash_fn.smartcash.yolo import Augment, affine
+
+    g = torch.Generator().manual_seed(seed)
+    aug = Augment()
+    # the move yolo.Augment made until 2026-12-01: the same ranges, drawn by torchvision; a move's cost does not
+    # depend on its draw
+    old = v2.Compose([v2.RandomAffine(degrees=aug.degrees, translate=(aug.translate, aug.translate), scale=aug.scale,
+                                      interpolation=v2.InterpolationMode.BILINEAR), v2.ClampBoundingBoxes()])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    times: dict[str, list[float]] = {"yolo.affine": [], "torchvision": []}
+    try:
+        for i in range(images + 2):  # the first two warm up
+            image = torch.rand(3, size, size, generator=g)
+            boxes = torch.tensor([[size * 0.2, size * 0.3, size * 0.6, size * 0.5]])
+            t0 = time.perf_counter()
+            affine(image, boxes, aug.matrix(size, size, g))
+            t1 = time.perf_counter()
+            old(tv_tensors.Image(image), tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(size, size)))
+            t2 = time.perf_counter()
+            if i >= 2:
+                times["yolo.affine"].append(t1 - t0)
+                times["torchvision"].append(t2 - t1)
+    finally:
+        torch.set_num_threads(threads)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    out = {"size": size, "images": images, "yolo_affine_ms": med["yolo.affine"] * 1e3,
+           "torchvision_ms": med["torchvision"] * 1e3, "ratio": med["yolo.affine"] / med["torchvision"]}
+    print(f"  {images} images of {size} px, 1 thread, medians: yolo.affine {out['yolo_affine_ms']:.2f} ms, "
+          f"torchvision v2 {out['torchvision_ms']:.2f} ms -> {out['ratio']:.2f}x", flush=True)
+    return out
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -389,6 +431,17 @@ def load_warning() -> str | None:
     return (f"warning: load average {load:.1f} on {cores} cores: other processes are computing, so times are slow "
             "and noisy; with more than one torch thread each OpenMP barrier may wait for a descheduled thread "
             "(try --threads 1, or OMP_WAIT_POLICY=PASSIVE)")
+
+
+def _recipe_size(recipe_path: Path) -> int:
+    """The input size of the recipe's data (its ``data.params.size``), else the fallback size."""
+    from smartcash_fn.run.recipe import load
+
+    try:
+        size = load(recipe_path).data.params.get("size")
+    except (UserError, AttributeError):
+        size = None
+    return size if isinstance(size, int) else FALLBACK_SIZE
 
 
 def _default_recipe() -> Path:
@@ -421,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
     ap.add_argument("--precisions", default="fp32,bf16",
                     help="train.precision values whose steps are timed side by side (default fp32,bf16)")
-    ap.add_argument("--skip", default="", help="comma-separated parts to skip: model, precision, data, evaluator")
+    ap.add_argument("--skip", default="", help="comma-separated parts to skip: model, precision, data, affine, evaluator")
     args = ap.parse_args(argv)
 
     q = args.quick
@@ -438,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         workers = [-1]
     bad = ([f"--backbones: unknown {b!r}" for b in backbones if b not in BACKBONES]
-           + [f"--skip: unknown part {s!r}" for s in skip if s not in ("model", "precision", "data", "evaluator")]
+           + [f"--skip: unknown part {s!r}" for s in skip if s not in ("model", "precision", "data", "affine", "evaluator")]
            + [f"--precisions: unknown {p!r} (fp32, bf16, fp16, auto)" for p in precisions
               if p not in ("fp32", "bf16", "fp16", "auto")]
            + (["--workers: expected integers >= 0 separated by commas"] if min(workers) < 0 else [])
@@ -484,6 +537,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"data (render, augment, collate: one epoch of {loader_images} scenes, worker start-up included):",
                   flush=True)
             out["data"] = measure_data(recipe_path, args.size, loader_images, workers)
+        if "affine" not in skip:
+            size = args.size or _recipe_size(recipe_path)
+            print(f"affine (yolo.affine against torchvision v2's RandomAffine, {size} px):", flush=True)
+            out["affine"] = measure_affine(size, 50 if q else 400)
         if "evaluator" not in skip:
             print("evaluator vs pycocotools:", flush=True)
             out["evaluator"] = measure_evaluator(eval_images, eval_repeats)

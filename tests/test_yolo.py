@@ -19,7 +19,7 @@ from smartcash_fn.data import LoaderData
 from smartcash_fn.errors import DataError
 from smartcash_fn.smartcash.scenes import CLASSES, LAYERS, collate
 from smartcash_fn.smartcash.yolo import (PAD_VALUE, Augment, Problem, YoloDataset, group_layers, label_path, layer_of,
-                               letterbox, mosaic, parse_labels, parse_yaml, read_data_yaml, turn_hue)
+                               affine, letterbox, mosaic, parse_labels, parse_yaml, read_data_yaml, turn_hue)
 
 NAMES = ("001", "l2_001", "l3_sign")
 
@@ -424,6 +424,32 @@ def test_mosaic_augment_is_a_function_of_the_generator(tmp_path):
     plain = YoloDataset.scan(read_data_yaml(tmp_path / "data.yaml"), "train", size=64,
                              augment=Augment(degrees=0, translate=0, scale=(1, 1)))
     assert torch.equal(no.sample(1, _generator(3))[0], plain.sample(1, _generator(3))[0])
+
+
+def test_affine_moves_pixels_and_boxes_by_the_same_matrix():
+    g = torch.Generator().manual_seed(0)
+    image = torch.rand(3, 32, 48, generator=g)
+    boxes = torch.tensor([[4.0, 6.0, 20.0, 14.0]])
+    # the identity leaves both alone (up to float32 rounding of the sampling grid)
+    same, b = affine(image, boxes, torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]))
+    assert torch.allclose(same, image, atol=1e-5) and torch.equal(b, boxes)
+    # a whole-pixel shift moves the pixels by that much, grey comes in, and the box follows
+    moved, b = affine(image, boxes, torch.tensor([[1.0, 0.0, 5.0], [0.0, 1.0, -3.0]]))
+    assert torch.allclose(moved[:, :29, 5:], image[:, 3:, :43], atol=1e-5)
+    assert torch.allclose(moved[:, :, :5], torch.full((3, 32, 5), PAD_VALUE), atol=1e-5)
+    assert torch.allclose(moved[:, 29:, :], torch.full((3, 3, 48), PAD_VALUE), atol=1e-5)
+    assert b.tolist() == [[9.0, 3.0, 25.0, 11.0]]
+    # a mirror about the vertical centre line: pixel columns reversed, the box mirrored
+    mirrored, b = affine(image, boxes, torch.tensor([[-1.0, 0.0, 48.0], [0.0, 1.0, 0.0]]))
+    assert torch.allclose(mirrored, image.flip(-1), atol=1e-5) and b.tolist() == [[28.0, 6.0, 44.0, 14.0]]
+    # a quarter turn of a square image about its centre (x, y) -> (32 - y, x): the box turns with it
+    square = torch.rand(3, 32, 32, generator=g)
+    turned, b = affine(square, boxes, torch.tensor([[0.0, -1.0, 32.0], [1.0, 0.0, 0.0]]))
+    assert torch.allclose(turned, square.transpose(1, 2).flip(-1), atol=1e-5)
+    assert torch.allclose(b, torch.tensor([[18.0, 4.0, 26.0, 20.0]]))
+    # a box moved partly out is clipped to the image
+    _, b = affine(image, boxes, torch.tensor([[2.0, 0.0, 10.0], [0.0, 2.0, 0.0]]))
+    assert b.tolist() == [[18.0, 12.0, 48.0, 28.0]]
 
 
 def test_augmented_boxes_stay_inside_the_image_and_keep_their_labels():

@@ -11,8 +11,8 @@ line — and serves letterboxed, optionally augmented samples::
     image, target = ds[0]          # [3, 640, 640] in [0, 1]; boxes xyxy pixels, global labels
     ds.problems                    # the bad files and lines, each with its file and line
 
-Augmentation (``Augment``) uses ``torchvision.transforms.v2`` on
-``tv_tensors.BoundingBoxes`` and is a pure function of the generator the
+Augmentation (``Augment``: one :func:`affine` for the flip, turn, scale and
+shift, torchvision's colour jitter) is a pure function of the generator the
 loader passes to ``sample(index, generator)``.
 """
 
@@ -308,6 +308,44 @@ def turn_hue(image: torch.Tensor, turn: float) -> torch.Tensor:
     return (rotation @ image.reshape(3, -1)).reshape(image.shape).clamp_(0, 1)
 
 
+def affine(image: torch.Tensor, boxes: torch.Tensor, matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``image`` (``[3, H, W]``) and its ``boxes`` (xyxy pixels) moved by the 2 × 3 ``matrix``.
+
+    Coordinates are those of the pixels' edges: pixel ``(row i, column j)``
+    covers ``[j, j + 1] × [i, i + 1]``, and a point ``(x, y)`` goes to
+    ``matrix @ (x, y, 1)``. The image resamples bilinearly at each output
+    pixel's centre, carried back through the inverse; what comes from outside
+    the image is the padding grey (the image is resampled as its difference
+    from the grey, so an edge pixel half inside is half grey, not darker). A
+    box goes to the box around its moved corners, clipped to the image. One
+    ``grid_sample`` on a grid built row by column, a third of the time of
+    torchvision's ``affine`` at 256 px::
+
+        shift = torch.tensor([[1.0, 0.0, 8.0], [0.0, 1.0, 0.0]])      # 8 px to the right
+        moved, b = affine(torch.rand(3, 64, 64), torch.tensor([[4.0, 4.0, 20.0, 20.0]]), shift)
+        b                                                           # [[12., 4., 28., 20.]]
+    """
+    _, h, w = image.shape
+    (p, q, r), (t, u, v) = matrix.tolist()
+    det = p * u - q * t
+    # the inverse move, scaled to grid_sample's [-1, 1] (align_corners=False: -1 is the image's edge)
+    ip, iq, it, iu = u / det * 2 / w, -q / det * 2 / w, -t / det * 2 / h, p / det * 2 / h
+    ir, iv = -(ip * r + iq * v) - 1, -(it * r + iu * v) - 1
+    xs = torch.arange(w, dtype=image.dtype) + 0.5  # the output pixels' centres
+    ys = torch.arange(h, dtype=image.dtype) + 0.5
+    grid = torch.empty(1, h, w, 2, dtype=image.dtype)
+    torch.add((xs * ip + ir)[None, :], (ys * iq)[:, None], out=grid[0, :, :, 0])
+    torch.add((xs * it)[None, :], (ys * iu + iv)[:, None], out=grid[0, :, :, 1])
+    moved = torch.nn.functional.grid_sample((image - PAD_VALUE)[None], grid, mode="bilinear",
+                                            padding_mode="zeros", align_corners=False)[0].add_(PAD_VALUE)
+    corners = boxes[:, [[0, 1], [2, 1], [0, 3], [2, 3]]].double()  # [n, 4 corners, (x, y)]
+    m = matrix.double()
+    placed = corners @ m[:, :2].T + m[:, 2]
+    limit = m.new_tensor([w, h, w, h])
+    out = torch.cat([placed.amin(1), placed.amax(1)], 1).clamp(min=0)
+    return moved, torch.minimum(out, limit).to(boxes.dtype)
+
+
 @attrs.frozen
 class Augment:
     """Training augmentation: mosaic, horizontal flip, random affine and colour jitter, on image and boxes.
@@ -318,10 +356,10 @@ class Augment:
     the split, drawn by that generator (the affine and the colours then apply
     to the whole mosaic). ``hue`` turns the colours by up to that fraction of
     the colour wheel (:func:`turn_hue`). ``degrees`` is 0 by default: a turned image's box is the box around the turned
-    box, larger than the object inside it unless the object filled its box (a note already askew, a
-    printed number, a security thread do not), so turning teaches boxes too large (docs/detector.md).
-    The affine resamples bilinearly: torchvision's default, the nearest pixel, moves an edge by up to half a
-    pixel from where the box says it is, a tenth of a microtext strip's height (docs/detector.md).
+    box, larger than the object inside it unless the object filled its box (a note already askew, a printed
+    number, a security thread do not), so turning teaches boxes too large (docs/detector.md).
+    The flip, turn, scale and shift are one :func:`affine` (bilinear: the nearest pixel moves an edge by up to
+    half a pixel from where the box says it is, a tenth of a microtext strip's height; docs/detector.md).
     ``Augment(flip=0.0, degrees=5, translate=0.1, scale=(0.8, 1.2), mosaic=1.0)``
     """
 
@@ -336,27 +374,36 @@ class Augment:
     hue: float = 0.02
     min_area: float = 4.0
 
+    def matrix(self, h: int, w: int, generator: torch.Generator) -> torch.Tensor:
+        """The 2 × 3 move of one sample (see :func:`affine`), drawn from ``generator``.
+
+        The image is mirrored (with probability ``flip``), turned by up to
+        ``degrees`` and scaled within ``scale`` about its centre, then shifted by
+        up to ``translate`` of its side in each direction.
+        """
+        u = torch.rand(5, generator=generator, dtype=torch.float64).tolist()
+        mirror = -1.0 if u[0] < self.flip else 1.0
+        angle = math.radians((2 * u[1] - 1) * self.degrees)
+        s = self.scale[0] + (self.scale[1] - self.scale[0]) * u[2]
+        tx, ty = (2 * u[3] - 1) * self.translate * w, (2 * u[4] - 1) * self.translate * h
+        c, si = s * math.cos(angle), s * math.sin(angle)
+        # about the centre: x' = centre + R·S·(mirror x - centre) + shift
+        a, b, d, e = c * mirror, -si, si * mirror, c
+        cx, cy = w / 2, h / 2
+        return torch.tensor([[a, b, cx + tx - a * cx - b * cy],
+                             [d, e, cy + ty - d * cx - e * cy]], dtype=torch.float64)
+
     def __call__(self, image: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor,
                  generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         h, w = image.shape[-2:]
-        move = v2.Compose([
-            v2.RandomHorizontalFlip(self.flip),
-            v2.RandomAffine(degrees=self.degrees, translate=(self.translate, self.translate), scale=self.scale,
-                            interpolation=v2.InterpolationMode.BILINEAR, fill=None),
-            v2.ClampBoundingBoxes(),
-        ])
+        img, bb = affine(image, boxes, self.matrix(h, w, generator))
         seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-        with rng.seeded(seed, "augment"):  # torchvision's transforms draw from the global generator
-            # moved as its difference from the padding grey, which resampling blends with zeros outside: an edge
-            # pixel half in the image is half grey (torchvision's fill blends twice there, a dark line)
-            img, bb = move(tv_tensors.Image(image - PAD_VALUE),
-                           tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(h, w)))
-            img = v2.ColorJitter(self.brightness, self.contrast, self.saturation)(img + PAD_VALUE)
+        with rng.seeded(seed, "augment"):  # torchvision's colour jitter draws from the global generator
+            img = v2.ColorJitter(self.brightness, self.contrast, self.saturation)(tv_tensors.Image(img))
             turn = float(torch.empty(()).uniform_(-self.hue, self.hue)) if self.hue > 0 else 0.0
         img = img.as_subclass(torch.Tensor).clamp_(0, 1)
         if turn:
             img = turn_hue(img, turn)
-        bb = bb.as_subclass(torch.Tensor)
         area = (bb[:, 2] - bb[:, 0]).clamp(min=0) * (bb[:, 3] - bb[:, 1]).clamp(min=0)
         keep = area >= self.min_area
         return img, bb[keep], labels[keep]
