@@ -85,6 +85,8 @@ def test_yolo_loader_augments_deterministically_per_sample(exported):
     assert not torch.equal(a[0], c[0])
     with pytest.raises(DataError, match="augment: unknown key 'rotate'"):
         yolo_dataset(str(exported), size=64, augment={"rotate": 3})
+    with pytest.raises(DataError, match="yolo_dataset: augment: scale must be two numbers 0 < low <= high"):
+        yolo_dataset(str(exported), size=64, augment={"scale": [0, 1]})
 
 
 def test_classes_listed_out_of_layer_order_are_relabelled():

@@ -452,6 +452,20 @@ def test_affine_moves_pixels_and_boxes_by_the_same_matrix():
     assert b.tolist() == [[18.0, 12.0, 48.0, 28.0]]
 
 
+@pytest.mark.parametrize("bad, match", [({"scale": (0, 1)}, "scale must be two numbers 0 < low <= high"),
+                                        ({"scale": (1.2, 0.8)}, "scale must be two numbers"),
+                                        ({"scale": (1.0,)}, "scale must be two numbers"),
+                                        ({"flip": 2}, r"flip must be a number in \[0, 1\]"),
+                                        ({"mosaic": True}, "mosaic must be a number"),
+                                        ({"translate": -0.1}, "translate must be a number"),
+                                        ({"hue": "x"}, "hue must be a number"),
+                                        ({"degrees": float("nan")}, "degrees must be a number")])
+def test_an_augment_with_a_bad_setting_is_refused_naming_it(bad, match):
+    # refused where the record is made: a recipe's bad table stops the run before it starts, not at a sample
+    with pytest.raises(DataError, match=match):
+        Augment(**bad)
+
+
 def test_augmented_boxes_stay_inside_the_image_and_keep_their_labels():
     image = torch.full((3, 64, 64), 0.2)
     image[:, 2:30, 40:62] = 0.9

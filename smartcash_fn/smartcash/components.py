@@ -164,7 +164,10 @@ def _augment_of(augment: Any, where: str) -> Any:
         if unknown:
             raise DataError(f"{where}: augment: unknown key {unknown[0]!r}; keys: {', '.join(fields)}")
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in augment.items()}
-        return Augment(**values)
+        try:
+            return Augment(**values)
+        except DataError as e:
+            raise DataError(f"{where}: {e}") from None
     raise DataError(f"{where}: augment must be true, false or a table of Augment settings "
                     f"(flip, degrees, translate, scale, ...), got {augment!r}")
 

@@ -374,6 +374,21 @@ class Augment:
     hue: float = 0.02
     min_area: float = 4.0
 
+    def __attrs_post_init__(self) -> None:
+        def number(v: Any) -> bool:
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+        ranges = {"mosaic": (0, 1), "flip": (0, 1), "degrees": (0, 180), "translate": (0, 1), "brightness": (0, math.inf),
+                  "contrast": (0, math.inf), "saturation": (0, math.inf), "hue": (0, 0.5), "min_area": (0, math.inf)}
+        for name, (lo, hi) in ranges.items():
+            v = getattr(self, name)
+            if not (number(v) and lo <= v <= hi):
+                raise DataError(f"augment: {name} must be a number in [{lo}, {hi}], got {v!r}")
+        lo_hi = self.scale
+        if not (isinstance(lo_hi, tuple) and len(lo_hi) == 2 and all(number(v) for v in lo_hi)
+                and 0 < lo_hi[0] <= lo_hi[1]):
+            raise DataError(f"augment: scale must be two numbers 0 < low <= high, got {lo_hi!r}")
+
     def matrix(self, h: int, w: int, generator: torch.Generator) -> torch.Tensor:
         """The 2 × 3 move of one sample (see :func:`affine`), drawn from ``generator``.
 
