@@ -1,6 +1,6 @@
 """Detector throughput on the CPU: train and inference images/s per backbone, data images/s per worker, evaluator time.
 
-Three measurements, in one process, at the default recipe's input size and
+Five parts, in one process, at the default recipe's input size and
 batch size (256 px and 16 when the default recipe is not a detector recipe):
 
 - **model** — per backbone (``cspdarknet``, ``efficientnet_b0``; ``efficientnet_b4``
