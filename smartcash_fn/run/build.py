@@ -813,7 +813,8 @@ def build(recipe: Recipe, run_dir: str | os.PathLike | None = None, *, quiet: bo
     optimizer = make_optimizer(recipe, schedule_for, batches, updates)
     loss_fn = make_loss(recipe, info)
     precision, precision_note = resolved_precision(recipe)
-    step, step_text = make_train_step(as_trained(recipe, precision), loss_fn)
+    trained = as_trained(recipe, precision)  # the recipe the step is made from and the states carry
+    step, step_text = make_train_step(trained, loss_fn)
     validation = make_validation(recipe, val, info)
     if validation is not None:
         validation = distributed.sharded_validation(validation, world)
@@ -854,7 +855,7 @@ def build(recipe: Recipe, run_dir: str | os.PathLike | None = None, *, quiet: bo
         factory = toolz.compose(lambda m: m.to(device), factory)
     try:
         template = TrainState.create(factory, optimizer, seed=recipe.run.seed,
-                                     recipe=to_dict(as_trained(recipe, precision)))
+                                     recipe=to_dict(trained))
     except ValueError as e:  # a param group's label function or the optimizer's init refused the params
         raise RecipeError(f"{recipe.where('optimizer')}: {e}") from None
     template = template.replace(data_info=plain_info(info))
