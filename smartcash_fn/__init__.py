@@ -41,9 +41,11 @@ _PUBLIC = {
     "early_stopping": "callbacks",
     "ema": "step",
     "emit": "events",
+    "epoch_data": "data",
     "epoch_order": "data",
     "Evaluator": "loop",
     "EVENTS": "events",
+    "Finish": "data",
     "fit": "loop",
     "fp16": "step",
     "frozen": "optim",
@@ -80,6 +82,7 @@ _PUBLIC = {
     "TrainState": "state",
     "UserError": "errors",
     "Validation": "loop",
+    "unaugmented": "data",
     "verify": "replay",
 }
 """Public name -> the module that defines it."""
@@ -136,7 +139,7 @@ if TYPE_CHECKING:  # the same names, for readers and tools
         reduce_on_plateau,
     )
     from .checkpoint import load, read, save
-    from .data import Batches, LoaderData, TensorData, epoch_order
+    from .data import Batches, Finish, LoaderData, TensorData, epoch_data, epoch_order, unaugmented
     from .errors import CheckpointError, DataError, RecipeError, StateError, UserError
     from .events import EVENTS, Callback, emit, on
     from .loop import Evaluator, Loop, Validation, classification_metrics, fit, per_sample
@@ -151,7 +154,7 @@ __all__ = [
     "History", "LoaderData", "Loop", "Monitor", "Optimizer", "Progress", "RecipeError", "RunInfo", "StateError",
     "Step", "Stop", "TensorData", "TrainState", "UserError", "Validation", "accumulate", "adam", "adamw", "bf16",
     "checkpointing", "claim", "classification_loss", "classification_metrics", "clip", "early_stopping", "ema", "emit",
-    "epoch_order", "fit", "fp16", "frozen", "keep_best", "label_by_prefix", "load", "make_step", "memory_cleanup", "multi_transform",
+    "epoch_data", "epoch_order", "Finish", "fit", "fp16", "frozen", "keep_best", "label_by_prefix", "load", "make_step", "memory_cleanup", "multi_transform",
     "nan_guard", "on", "per_sample", "read", "record_steps", "reduce_on_plateau", "replay", "resume", "save",
-    "schedule", "sgd", "skipped", "switch", "verify", "rng", "environment", "__version__",
+    "schedule", "sgd", "skipped", "switch", "unaugmented", "verify", "rng", "environment", "__version__",
 ]

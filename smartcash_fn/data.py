@@ -256,6 +256,76 @@ def as_data(source: Any, batch_size: int = 32, *, shuffle: bool = True, drop_las
     )
 
 
+@attrs.frozen
+class Finish:
+    """Data whose last ``epochs`` epochs of a run come from ``last`` instead of ``data``: the same samples
+    as the validation sees them, say, after epochs of augmented ones.
+
+    The loop asks :func:`epoch_data` for each epoch's source with the number of epochs planned
+    (``state.run.epochs``: the loop's, or what a time budget fixed after the first epoch), so the switch
+    follows the plan and a resumed or replayed run switches where the run that never stopped did. Both
+    sources must give as many batches an epoch::
+
+        data = Finish(LoaderData(scenes, 16), LoaderData(unaugmented(scenes), 16), epochs=2)
+        epoch_data(data, epoch=8, planned=10) is data.last   # True: the 9th and 10th epochs (0-based 8, 9)
+    """
+
+    data: Any
+    last: Any
+    epochs: int
+
+    def __attrs_post_init__(self) -> None:
+        if not isinstance(self.epochs, int) or isinstance(self.epochs, bool) or self.epochs < 1:
+            raise DataError(f"Finish: epochs must be an int >= 1, got {self.epochs!r}")
+        if len(self.data) != len(self.last):
+            raise DataError(f"Finish: the last epochs' data gives {len(self.last)} batches an epoch where the "
+                            f"others' gives {len(self.data)}; they must give as many")
+
+    @property
+    def batch_size(self) -> int:
+        return int(getattr(self.data, "batch_size", 0) or 0)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def batches(self, seed: int, epoch: int, start: int = 0) -> Iterator[Any]:
+        """The batches of ``epoch`` from ``data``: without a plan no epoch is known to be among the last."""
+        return self.data.batches(seed, epoch, start)
+
+    def for_epoch(self, epoch: int, planned: int) -> Any:
+        """The source of the 0-based ``epoch`` of a run of ``planned`` epochs (0: not known, ``data``)."""
+        return self.last if planned > 0 and epoch >= planned - self.epochs else self.data
+
+
+def epoch_data(data: Any, epoch: int, planned: int) -> Any:
+    """The source of the 0-based ``epoch``'s batches in a run of ``planned`` epochs: ``data.for_epoch(epoch,
+    planned)`` where ``data`` has it (:class:`Finish`, or a wrapper passing it on), else ``data`` itself::
+
+        for batch in epoch_data(loop.data, state.progress.epoch, state.run.epochs).batches(seed, epoch): ...
+    """
+    pick = getattr(data, "for_epoch", None)
+    return data if pick is None else pick(epoch, planned)
+
+
+def unaugmented(dataset: Any) -> Any:
+    """``dataset`` without its augmentation: its ``plain()`` where it has one; a record (attrs) with an
+    ``augment`` field, with it set to None; a record wrapping another in its ``dataset`` field, wrapping
+    that one unaugmented. :class:`DataError` for anything else::
+
+        plain = unaugmented(RupiahScenes("train", 1000, augment=Jitter()))   # its augment is None
+    """
+    plain = getattr(dataset, "plain", None)
+    if callable(plain):
+        return plain()
+    fields = attrs.fields_dict(type(dataset)) if attrs.has(type(dataset)) else {}
+    if "augment" in fields:
+        return attrs.evolve(dataset, augment=None)
+    if "dataset" in fields:
+        return attrs.evolve(dataset, dataset=unaugmented(dataset.dataset))
+    raise DataError(f"cannot take the augmentation off a {type(dataset).__name__}: give it a plain() method "
+                    "returning the dataset without augmentation (or an attrs 'augment' field)")
+
+
 def sharded(data: Any, shard: Shard) -> Any:
     """``data`` (a :class:`TensorData`, :class:`LoaderData` or :class:`Batches`, or a wrapper of one in ``.data``)
     taking ``shard``.
@@ -267,6 +337,8 @@ def sharded(data: Any, shard: Shard) -> Any:
     """
     if shard.world == 1:
         return data
+    if isinstance(data, Finish):
+        return attrs.evolve(data, data=sharded(data.data, shard), last=sharded(data.last, shard))
     if isinstance(data, (TensorData, LoaderData, Batches)):
         return attrs.evolve(data, shard=shard)
     inner = getattr(data, "data", None)

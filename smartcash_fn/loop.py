@@ -23,7 +23,7 @@ import toolz
 import torch
 import torch.nn.functional as F
 
-from .data import as_data
+from .data import as_data, epoch_data
 from .errors import StateError
 from .events import Callback, by_event, fire, flatten
 from .state import Clock, History, Progress, RunInfo, TrainState
@@ -150,6 +150,8 @@ def train_epoch(state: TrainState, loop: Loop, table: Mapping, to_step: int | No
     """Train on the rest of the current epoch's batches, firing ``batch_end`` after each.
 
     Stops early when a callback stops the run or ``progress.step`` reaches ``to_step``.
+    The batches come from ``epoch_data(loop.data, epoch, state.run.epochs)``: a
+    :class:`~smartcash_fn.data.Finish` gives its last epochs from its other source.
     The seconds spent waiting for batches and inside the step are added to
     ``state.clock`` (transient: never saved, never compared).
     """
@@ -163,7 +165,8 @@ def train_epoch(state: TrainState, loop: Loop, table: Mapping, to_step: int | No
     clock = state.clock if p.batch > 0 else Clock()  # a new epoch starts a new clock
     waited = stepped = 0.0
     ready = time.perf_counter()
-    for batch in loop.data.batches(state.seed, p.epoch, p.batch):
+    data = epoch_data(loop.data, p.epoch, state.run.epochs)  # a Finish's last epochs: its other source
+    for batch in data.batches(state.seed, p.epoch, p.batch):
         got = time.perf_counter()
         after = step(state, batch)
         done = time.perf_counter()

@@ -8,12 +8,15 @@ before it, and refuse bad arguments with a :class:`DataError`.
 
 from __future__ import annotations
 
+import attrs
 import pytest
 import torch
 
 import smartcash_fn as sf
 from smartcash_fn import rng
-from smartcash_fn.data import as_data, epoch_order
+from smartcash_fn.callbacks import time_budget
+from smartcash_fn.data import Finish, as_data, epoch_data, epoch_order, unaugmented
+from smartcash_fn.optim import sgd
 from conftest import NoisyDataset, tiny_xy
 
 
@@ -183,3 +186,83 @@ def test_other_bad_data_is_refused_with_data_errors():
     with pytest.raises(sf.DataError, match="length="):
         sf.Batches(lambda epoch: [], length=None)
     assert issubclass(sf.DataError, sf.UserError)
+
+
+# --------------------------------------------------------------------------- the last epochs from another source
+
+
+@attrs.frozen
+class Marked:
+    """``(x[i], y[i])``; a sample drawn with ``augment`` on is marked by adding 100 to ``x``."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    augment: bool | None = True
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.x[i], self.y[i]
+
+    def sample(self, i, generator):
+        x, y = self[i]
+        return (x + 100.0 if self.augment else x), y
+
+
+def _finish(n: int = 16, epochs: int = 2) -> Finish:
+    x, y = torch.rand(n, 3), torch.arange(n)
+    return Finish(sf.LoaderData(Marked(x, y), 8), sf.LoaderData(unaugmented(Marked(x, y)), 8), epochs)
+
+
+def test_finish_gives_the_last_planned_epochs_from_its_other_source():
+    data = _finish(epochs=2)
+    picked = [epoch_data(data, e, 5) for e in range(5)]
+    assert [p is data.last for p in picked] == [False, False, False, True, True]
+    assert epoch_data(data, 4, 0) is data.data  # no plan known: the first source
+    assert epoch_data(data.data, 4, 5) is data.data  # a source without for_epoch is its own
+    marked = [bool(b[0].min() >= 100) for b in data.data.batches(0, 3)]
+    plain = [bool(b[0].max() < 100) for b in epoch_data(data, 3, 5).batches(0, 3)]
+    assert all(marked) and all(plain) and len(data) == len(data.last) == 2
+    # the same keys, the same order: only the augmentation is gone
+    same = zip(data.data.batches(0, 3), data.last.batches(0, 3))
+    assert all(torch.allclose(a[0] - 100.0, b[0], atol=1e-4) and torch.equal(a[1], b[1]) for a, b in same)
+
+
+def test_the_loop_trains_the_last_planned_epochs_on_the_plain_samples():
+    data = _finish(epochs=2)
+    seen: list[tuple[int, bool]] = []
+
+    def step(state, batch):
+        seen.append((state.progress.epoch, bool(batch[0].min() >= 100)))
+        return state
+
+    template = sf.TrainState.create(lambda: torch.nn.Linear(3, 2), sgd(0.1), seed=0)
+    sf.fit(template, sf.Loop(step=step, data=data, epochs=4))
+    assert sorted(set(seen)) == [(0, True), (1, True), (2, False), (3, False)]
+    # a time budget's recorded plan (4 of 20 epochs) moves the switch with it, on a resume as on the first run
+    seen.clear()
+    planned = template.replace(callbacks={"time_budget": {"max_time": 60.0, "cap": 20, "epochs": 4}})
+    sf.fit(planned, sf.Loop(step=step, data=data, epochs=20).add(time_budget(60.0)))
+    assert sorted(set(seen)) == [(0, True), (1, True), (2, False), (3, False)]
+
+
+def test_finish_and_unaugmented_refuse_what_they_cannot_do():
+    x, y = torch.rand(16, 3), torch.arange(16)
+    with pytest.raises(sf.DataError, match="epochs must be an int >= 1"):
+        Finish(sf.LoaderData(Marked(x, y), 8), sf.LoaderData(Marked(x, y), 8), 0)
+    with pytest.raises(sf.DataError, match="gives 4 batches an epoch where the others' gives 2"):
+        Finish(sf.LoaderData(Marked(x, y), 8), sf.LoaderData(Marked(x, y), 4), 1)
+    with pytest.raises(sf.DataError, match="cannot take the augmentation off a NoisyDataset"):
+        unaugmented(NoisyDataset(x, y))
+
+    @attrs.frozen
+    class Wrapped:
+        dataset: Marked
+
+    class Own(NoisyDataset):
+        def plain(self):
+            return "plain"
+
+    assert unaugmented(Wrapped(Marked(x, y))).dataset.augment is None  # a wrapper's dataset, unaugmented
+    assert unaugmented(Own(x, y)) == "plain"

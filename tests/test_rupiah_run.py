@@ -15,7 +15,9 @@ from smartcash_fn.run import recipe as rc
 from smartcash_fn.smartcash import scenes as rupiah
 from smartcash_fn.run.build import OnDevice, build, filled_from, make_data, probe, to_device
 from smartcash_fn.errors import DataError, RecipeError
+from smartcash_fn.data import Finish
 from smartcash_fn.loop import fit
+from smartcash_fn.replay import resume, verify
 from smartcash_fn.smartcash.components import (DetectionLoss, Relabeled, detection, detection_metrics, detector,
                                      layer_order, rupiah_synthetic, yolo_dataset)
 from smartcash_fn.smartcash.export import export_synthetic
@@ -192,10 +194,39 @@ def test_the_yolo_recipe_is_the_default_on_a_data_yaml_and_trains(exported, tmp_
     assert (mine.train.max_time, mine.train.loss) == (600, "task_aligned")
     assert mine.train.loss_params == {**default.train.loss_params, "cls": 1.0}
     assert mine.data.use == "yolo_dataset" and mine.data.params["size"] == 256
+    assert (mine.data.plain_epochs, default.data.plain_epochs) == (4, 0)  # the default's scenes have no augmentation
     out = tmp_path / "run"
     sets = [f"data.params.data_yaml={exported}", *SMALL[2:]]  # 64 px, a narrow model, one epoch
     assert main(["train", "rupiah_yolo", "--quiet", "--out", str(out), *(a for kv in sets for a in ("--set", kv))]) == 0
     assert (out / "checkpoints" / "last.pt").is_file() and "val/mAP50" in (out / "metrics.csv").read_text()
+
+
+def test_the_last_planned_epochs_train_unaugmented_and_a_resume_switches_where_the_run_did(exported, tmp_path,
+                                                                                            one_thread):
+    sets = [f"data.params.data_yaml={exported}", *SMALL[2:], "train.epochs=3", "loggers.tensorboard=false",
+            "loggers.plots=false", "loggers.console=false"]
+    plain = rc.load(ROOT / "recipes" / "rupiah_yolo.toml", sets=[*sets, "data.plain_epochs=1"])
+    built = build(plain, tmp_path / "run", quiet=True)
+    assert isinstance(built.loop.data, Finish) and built.loop.data.epochs == 1
+    assert built.loop.data.data.dataset.augment is not None and built.loop.data.last.dataset.augment is None
+    assert "data: the last 1 epoch planned train without augmentation" in built.notes
+    full = fit(built.template, built.loop)
+    assert full.callbacks["time_budget"]["epochs"] == 3  # the budget planned all three: the third is plain
+    # without the key the first two epochs are the same bits, the third is not
+    other = build(rc.load(ROOT / "recipes" / "rupiah_yolo.toml", sets=[*sets, "data.plain_epochs=0"]),
+                  tmp_path / "other", quiet=True)
+    augmented = fit(other.template, other.loop)
+    losses = [[e["train/loss"] for e in s.history.epochs] for s in (full, augmented)]
+    assert losses[0][:2] == losses[1][:2] and losses[0][2] != losses[1][2], losses
+    # resumed from the second epoch's checkpoint it trains the third on the plain samples again: the same bits
+    again = build(plain, tmp_path / "again", quiet=True)
+    resumed = resume(tmp_path / "run" / "checkpoints" / "epoch-0002.pt", again.loop, like=again.template)
+    assert verify(resumed, full) is None, verify(resumed, full)
+
+
+def test_plain_epochs_of_data_without_augmentation_is_refused_naming_the_key(tmp_path):
+    with pytest.raises(RecipeError, match=r"data\.plain_epochs.*cannot take the augmentation off a tuple"):
+        build(rc.load(TINY, sets=["data.plain_epochs=1"]), None, quiet=True)
 
 
 PHASED = """
@@ -263,6 +294,9 @@ def test_batches_move_to_the_recipe_device():
     assert moved[0].device.type == "meta" and moved[1][0]["boxes"].device.type == "meta" and moved[2] == "x"
     data = OnDevice(make_data(rc.load(TINY))[0], "meta")
     assert len(data) == 8 and next(iter(data.batches(0, 0)))[0].device.type == "meta"
+    tiny = make_data(rc.load(TINY))[0]
+    on = OnDevice(Finish(tiny, attrs.evolve(tiny, shuffle=False), 1), "meta")  # a wrapper passes the plan on
+    assert on.for_epoch(7, 8).data.shuffle is False and on.for_epoch(6, 8).data.shuffle is True
     if not torch.cuda.is_available():
         with pytest.raises(RecipeError, match=r"run.device: CUDA is not available here"):
             build(rc.load(TINY, sets=["run.device=cuda"]))

@@ -32,7 +32,7 @@ from .. import distributed, environment, optim
 from .. import step as step_lib
 from .._files import write_text_atomic
 from ..callbacks import Monitor, checkpointing, early_stopping, keep_best, reduce_on_plateau, time_budget, weights_file
-from ..data import Splits, as_data, sharded
+from ..data import Finish, Splits, as_data, epoch_data, sharded, unaugmented
 from ..errors import RecipeError, StateError, UserError
 from ..events import EVENTS, Callback, flatten, writer
 from ..loop import Loop, Validation
@@ -159,6 +159,12 @@ def make_data(recipe: Recipe) -> tuple[Any, Any, Mapping[str, Any]]:
     splits = out if isinstance(out, Splits) else Splits(train=out)
     info = dict(splits.info)
     train = _as_source(splits.train, recipe, True, info)
+    if cfg.plain_epochs:
+        try:
+            plain = unaugmented(splits.train)
+        except UserError as e:
+            raise recipe.error(("data", "plain_epochs"), f"the data factory's training data: {e}") from None
+        train = Finish(train, _as_source(plain, recipe, True, info), cfg.plain_epochs)
     val = None if splits.val is None else _as_source(splits.val, recipe, False, info)
     if len(train) == 0:
         raise RecipeError(f"{where}: the training data has no batches (batch_size {cfg.batch_size} with "
@@ -185,6 +191,9 @@ class OnDevice:
 
     def batches(self, seed: int, epoch: int, start: int = 0) -> Any:
         return (to_device(b, self.device) for b in self.data.batches(seed, epoch, start))
+
+    def for_epoch(self, epoch: int, planned: int) -> "OnDevice":
+        return attrs.evolve(self, data=epoch_data(self.data, epoch, planned))
 
 
 def to_device(obj: Any, device: str | torch.device) -> Any:
@@ -821,6 +830,8 @@ def build(recipe: Recipe, run_dir: str | os.PathLike | None = None, *, quiet: bo
     if device.type == "cuda" and recipe.run.deterministic:
         step, validation = explain_nondeterminism(recipe, step, validation)
     notes: list[str] = [] if precision_note is None else [precision_note]
+    if recipe.data.plain_epochs:
+        notes.append(f"data: the last {plural(recipe.data.plain_epochs, 'epoch')} planned train without augmentation")
     if val is None and recipe.validation.every > 0:
         notes.append("validation: off, the data factory gives no validation data")
     context = {**{k: v for k, v in info.items() if k != "collate_fn"}, "run_dir": run_dir,

@@ -154,6 +154,9 @@ class DataConfig:
     global_batch: bool = _key(False, "under `torchrun`, `batch_size` is the global batch, split across the "
                                      "processes (it must divide by their number); false: `batch_size` per process, "
                                      "so the global batch is `batch_size` x world size")
+    plain_epochs: int = _key(0, "the last N epochs of the run (of those planned, under `train.max_time`) train on "
+                                "the training samples without their augmentation, as validation sees them",
+                             check=_INT_AT_LEAST_0)
     params: Mapping[str, Any] = _key(doc="keyword arguments of the data factory", factory=dict)
 
 
