@@ -6,6 +6,7 @@ import math
 import textwrap
 from pathlib import Path
 
+import attrs
 import pytest
 import tomli
 import torch
@@ -446,6 +447,25 @@ def test_compile_true_trains(tmp_path):
     built = build(rc.load(path))
     state = fit(built.template, built.loop)
     assert state.progress.epoch == 1 and math.isfinite(state.history.last()["train/loss"])
+
+
+def test_a_loss_torch_compile_cannot_compile_is_refused_naming_train_compile(tmp_path):
+    from torch._dynamo.exc import InternalTorchDynamoError
+
+    write(tmp_path, "base.toml", MINIMAL)
+    path = write(tmp_path, "r.toml", 'extends = "base.toml"\n[train]\ncompile = true\n')
+    built = build(rc.load(path))
+
+    def uncompilable(state, batch):
+        raise InternalTorchDynamoError("AttributeError: no attribute 'tp_descr_get_impl'")
+
+    with pytest.raises(RecipeError, match=r"r\.toml: train\.compile: torch\.compile could not compile the loss "
+                                          r"function \(InternalTorchDynamoError: .*set train\.compile = false"):
+        probe(attrs.evolve(built, loop=attrs.evolve(built.loop, step=uncompilable)))
+    # the same failure without compile is the model's, the data's or the loss's
+    plain = build(rc.load(path, sets=["train.compile=false"]))
+    with pytest.raises(RecipeError, match="a trial step on the first training batch failed"):
+        probe(attrs.evolve(plain, loop=attrs.evolve(plain.loop, step=uncompilable)))
 
 
 # --------------------------------------------------------------------------- TOML writer

@@ -937,6 +937,10 @@ def probe(built: Built) -> float:
     except UserError:
         raise
     except Exception as e:  # noqa: BLE001
+        if recipe.train.compile and type(e).__module__.startswith(("torch._dynamo", "torch._inductor")):
+            raise recipe.error(("train", "compile"), f"torch.compile could not compile the loss function "
+                                                     f"({type(e).__name__}: {_first_line(e)}); set train.compile "
+                                                     "= false to train it uncompiled") from None
         raise RecipeError(
             f"{where}: a trial step on the first training batch failed: {type(e).__name__}: {_first_line(e)}; "
             "check that the model (model.params) fits the data (data.params) and the loss (train.loss)") from None
