@@ -81,6 +81,16 @@ def _identical(a: sf.TrainState, b: sf.TrainState) -> None:
 # --------------------------------------------------------------------------- an old script, unchanged
 
 
+def test_batch_sizes_read_through_wrappers_to_the_last_smaller_batch():
+    from smartcash_fn.run.build import OnDevice
+    from smartcash_fn.smartcash.compat import _batch_sizes
+
+    x, y = torch.rand(20, 3), torch.arange(20)
+    source = sf.LoaderData(list(zip(x, y)), 8)  # batches of 8, 8 and 4
+    for data in (source, sf.Finish(source, source, 1), OnDevice(sf.Finish(source, source, 1), "cpu")):
+        assert [_batch_sizes(data)(b) for b in range(3)] == [8, 8, 4], type(data).__name__
+
+
 def test_old_style_script_gets_the_old_keyword_arguments(tmp_path):
     calls: list[tuple[str, dict]] = []
     files_at_save: list[bool] = []

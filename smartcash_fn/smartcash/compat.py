@@ -138,7 +138,11 @@ def _epoch_done(state: TrainState) -> int:
 
 
 def _batch_sizes(data: Any) -> Callable[[int], int]:
-    """Samples in batch ``b`` of ``data``: the nominal size, the last one smaller; 0 when unknown."""
+    """Samples in batch ``b`` of ``data``: the nominal size, the last one smaller; 0 when unknown.
+
+    A wrapper that keeps its source in ``data`` (``OnDevice``, ``Finish``) is read through to that source."""
+    while not hasattr(data, "num_samples") and not hasattr(data, "dataset") and hasattr(data, "data"):
+        data = data.data
     bs = int(getattr(data, "batch_size", 0) or 0)
     n = getattr(data, "num_samples", None)
     if n is None and hasattr(data, "dataset"):
