@@ -41,11 +41,14 @@ _PUBLIC = {
     "early_stopping": "callbacks",
     "ema": "step",
     "emit": "events",
+    "epoch_cost": "data",
     "epoch_data": "data",
     "epoch_order": "data",
     "Evaluator": "loop",
     "EVENTS": "events",
     "Finish": "data",
+    "resized": "data",
+    "Start": "data",
     "fit": "loop",
     "fp16": "step",
     "frozen": "optim",
@@ -139,7 +142,8 @@ if TYPE_CHECKING:  # the same names, for readers and tools
         reduce_on_plateau,
     )
     from .checkpoint import load, read, save
-    from .data import Batches, Finish, LoaderData, TensorData, epoch_data, epoch_order, unaugmented
+    from .data import (Batches, Finish, LoaderData, Start, TensorData, epoch_cost, epoch_data, epoch_order, resized,
+                       unaugmented)
     from .errors import CheckpointError, DataError, RecipeError, StateError, UserError
     from .events import EVENTS, Callback, emit, on
     from .loop import Evaluator, Loop, Validation, classification_metrics, fit, per_sample
@@ -154,7 +158,7 @@ __all__ = [
     "History", "LoaderData", "Loop", "Monitor", "Optimizer", "Progress", "RecipeError", "RunInfo", "StateError",
     "Step", "Stop", "TensorData", "TrainState", "UserError", "Validation", "accumulate", "adam", "adamw", "bf16",
     "checkpointing", "claim", "classification_loss", "classification_metrics", "clip", "early_stopping", "ema", "emit",
-    "epoch_data", "epoch_order", "Finish", "fit", "fp16", "frozen", "keep_best", "label_by_prefix", "load", "make_step", "memory_cleanup", "multi_transform",
-    "nan_guard", "on", "per_sample", "read", "record_steps", "reduce_on_plateau", "replay", "resume", "save",
-    "schedule", "sgd", "skipped", "switch", "unaugmented", "verify", "rng", "environment", "__version__",
+    "epoch_cost", "epoch_data", "epoch_order", "Finish", "fit", "fp16", "frozen", "keep_best", "label_by_prefix", "load", "make_step", "memory_cleanup", "multi_transform",
+    "nan_guard", "on", "per_sample", "read", "record_steps", "reduce_on_plateau", "replay", "resized", "resume", "save",
+    "schedule", "sgd", "skipped", "Start", "switch", "unaugmented", "verify", "rng", "environment", "__version__",
 ]

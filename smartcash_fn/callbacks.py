@@ -465,7 +465,8 @@ they took up to 14 % longer (the step's time creeps up as training goes on), and
 
 
 def time_budget(seconds: float, replan: Callable[[TrainState, int], TrainState] | None = None,
-                name: str = "time_budget", priority: int = 800) -> tuple[Callback, ...]:
+                name: str = "time_budget", priority: int = 800,
+                cost: Callable[[TrainState], Callable[[int, int], float]] | None = None) -> tuple[Callback, ...]:
     """Fit a run into ``seconds`` of wall time: time the first epoch, plan the epochs that fit, stop after them.
 
     At the end of the first epoch the plan is fixed and recorded in
@@ -473,6 +474,14 @@ def time_budget(seconds: float, replan: Callable[[TrainState, int], TrainState] 
     upper bound) and ``epochs`` = ``floor(max_time / (LATER_EPOCHS · first epoch's seconds))``,
     at least 1 and at most ``cap`` (the first epoch timed from
     ``training_start`` through validation and the callbacks before this one).
+    Where the epochs' steps differ in cost (a :class:`~smartcash_fn.data.Start`'s
+    smaller first epochs), ``cost(state)``, called once when the plan is
+    made (it may time steps on ``state``), returns ``costs(epoch, planned)``:
+    the step time of the 0-based ``epoch`` of a run of ``planned`` epochs,
+    relative to any fixed unit. The plan is then the most epochs whose steps,
+    scaled from the first epoch's by ``costs(epoch, planned) / costs(0, 0)``,
+    and data, validation and the rest, as long as the first epoch's, fit
+    ``max_time`` (LATER_EPOCHS included).
     The state keeps the decision, not the measurement: two runs whose plans
     agree hold the same bits. Under ``torchrun`` the slowest rank's first
     epoch decides, so every rank plans alike (each timing its own epoch
@@ -508,10 +517,12 @@ def time_budget(seconds: float, replan: Callable[[TrainState, int], TrainState] 
             batches = max(state.run.batches, 1)
             trained = max(batches - watch.batch, 1)  # a run resumed inside its first epoch trained fewer
             took = (time.perf_counter() - watch.start) * batches / trained
-            took = max(distributed.gather_objects(took))  # one plan for every rank: the slowest one's
+            stepping = min(state.clock.step * batches / trained, took)
+            # one plan for every rank: the slowest one's
+            took, stepping = (max(t) for t in zip(*distributed.gather_objects((took, stepping))))
             cap = state.run.epochs
-            plan = {"max_time": float(seconds), "cap": cap,
-                    "epochs": max(1, min(cap, int(seconds // (LATER_EPOCHS * took))) if took > 0 else cap)}
+            plan = {"max_time": float(seconds), "cap": cap, "epochs": _epochs_that_fit(
+                seconds, cap, took, stepping, None if cost is None else cost(state))}
             state = follow(_with_cb_state(state, name, plan), plan)
         done = state.progress.epoch
         if state.stop is None and plan["epochs"] < plan["cap"] and done >= plan["epochs"]:
@@ -522,3 +533,25 @@ def time_budget(seconds: float, replan: Callable[[TrainState, int], TrainState] 
 
     return (Callback("training_start", start, priority=-900, name=name),
             Callback("epoch_end", epoch_end, priority=priority, name=name))
+
+
+def _epochs_that_fit(seconds: float, cap: int, took: float, stepping: float,
+                     cost: Callable[[int, int], float] | None) -> int:
+    """The most epochs (1 to ``cap``) that fit ``seconds`` after a first epoch of ``took`` seconds, ``stepping``
+    of them in steps: each later epoch takes ``LATER_EPOCHS`` times the first's, its steps scaled by
+    ``cost(epoch, planned) / cost(0, 0)``."""
+    if took <= 0:
+        return cap
+    if cost is None:
+        return max(1, min(cap, int(seconds // (LATER_EPOCHS * took))))
+    base = cost(0, 0)
+
+    def fit(planned: int) -> bool:
+        return LATER_EPOCHS * sum(took - stepping + stepping * cost(e, planned) / base
+                                  for e in range(planned)) <= seconds
+
+    lo, hi = 1, cap  # a longer plan never takes less time: the most that fit, by bisection
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if fit(mid) else (lo, mid - 1)
+    return lo

@@ -256,8 +256,28 @@ def as_data(source: Any, batch_size: int = 32, *, shuffle: bool = True, drop_las
     )
 
 
+class _Phased:
+    """What :class:`Finish` and :class:`Start` share: ``data``'s batch size and length, and another source
+    for some epochs that must give as many batches."""
+
+    __slots__ = ()
+    data: Any
+
+    @property
+    def batch_size(self) -> int:
+        return int(getattr(self.data, "batch_size", 0) or 0)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def _as_many(self, other: Any, which: str) -> None:
+        if len(self.data) != len(other):
+            raise DataError(f"{type(self).__name__}: the {which} epochs' data gives {len(other)} batches an epoch "
+                            f"where the others' gives {len(self.data)}; they must give as many")
+
+
 @attrs.frozen
-class Finish:
+class Finish(_Phased):
     """Data whose last ``epochs`` epochs of a run come from ``last`` instead of ``data``: the same samples
     as the validation sees them, say, after epochs of augmented ones.
 
@@ -277,34 +297,87 @@ class Finish:
     def __attrs_post_init__(self) -> None:
         if not isinstance(self.epochs, int) or isinstance(self.epochs, bool) or self.epochs < 1:
             raise DataError(f"Finish: epochs must be an int >= 1, got {self.epochs!r}")
-        if len(self.data) != len(self.last):
-            raise DataError(f"Finish: the last epochs' data gives {len(self.last)} batches an epoch where the "
-                            f"others' gives {len(self.data)}; they must give as many")
-
-    @property
-    def batch_size(self) -> int:
-        return int(getattr(self.data, "batch_size", 0) or 0)
-
-    def __len__(self) -> int:
-        return len(self.data)
+        self._as_many(self.last, "last")
 
     def batches(self, seed: int, epoch: int, start: int = 0) -> Iterator[Any]:
         """The batches of ``epoch`` from ``data``: without a plan no epoch is known to be among the last."""
         return self.data.batches(seed, epoch, start)
 
     def for_epoch(self, epoch: int, planned: int) -> Any:
-        """The source of the 0-based ``epoch`` of a run of ``planned`` epochs (0: not known, ``data``)."""
-        return self.last if planned > 0 and epoch >= planned - self.epochs else self.data
+        """The source of the 0-based ``epoch`` of a run of ``planned`` epochs (0: not known, ``data``'s)."""
+        if planned > 0 and epoch >= planned - self.epochs:
+            return self.last
+        return epoch_data(self.data, epoch, planned)
+
+    def epoch_cost(self, epoch: int, planned: int) -> float:
+        """The step time of ``epoch`` relative to an epoch of ``data``: 1 for the last epochs (no dearer)."""
+        return 1.0 if planned > 0 and epoch >= planned - self.epochs else epoch_cost(self.data, epoch, planned)
+
+
+@attrs.frozen
+class Start(_Phased):
+    """Data whose first ``share`` of a run's planned epochs come from ``first`` instead of ``data``: smaller
+    images, say, whose steps cost ``cost`` (``first``'s step time an epoch over ``data``'s) so that a
+    time budget fits more epochs.
+
+    Epoch ``e`` (0-based) of a run of ``planned`` epochs comes from ``first`` when ``e < share * planned``;
+    before a plan is known (``planned`` 0: a time budget's first epoch) it comes from ``first`` too, so the
+    epoch a budget times is one of ``first``'s and :func:`epoch_cost` tells the budget what the others cost.
+    Both sources must give as many batches an epoch::
+
+        data = Start(LoaderData(scenes, 16), LoaderData(resized(scenes, 192), 16), share=0.45, cost=0.56)
+        epoch_data(data, epoch=8, planned=20) is data.first   # True: epochs 0-8 (8 < 0.45 * 20)
+        epoch_cost(data, epoch=9, planned=20)                 # 1.0, and 0.56 for the epochs before
+    """
+
+    data: Any
+    first: Any
+    share: float
+    cost: float = 1.0
+
+    def __attrs_post_init__(self) -> None:
+        for key in ("share", "cost"):
+            v = getattr(self, key)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 < v <= 1:
+                raise DataError(f"Start: {key} must be a number in (0, 1], got {v!r}")
+        self._as_many(self.first, "first")
+
+    def batches(self, seed: int, epoch: int, start: int = 0) -> Iterator[Any]:
+        """The batches of ``epoch`` from ``first``: without a plan every epoch is taken for one of the first."""
+        return self.first.batches(seed, epoch, start)
+
+    def _early(self, epoch: int, planned: int) -> bool:
+        return planned <= 0 or epoch < self.share * planned
+
+    def for_epoch(self, epoch: int, planned: int) -> Any:
+        """The source of the 0-based ``epoch`` of a run of ``planned`` epochs (0: not known, ``first``)."""
+        return self.first if self._early(epoch, planned) else epoch_data(self.data, epoch, planned)
+
+    def epoch_cost(self, epoch: int, planned: int) -> float:
+        """The step time of ``epoch`` relative to an epoch of ``data``: ``cost`` for the first epochs."""
+        return float(self.cost) if self._early(epoch, planned) else epoch_cost(self.data, epoch, planned)
 
 
 def epoch_data(data: Any, epoch: int, planned: int) -> Any:
     """The source of the 0-based ``epoch``'s batches in a run of ``planned`` epochs: ``data.for_epoch(epoch,
-    planned)`` where ``data`` has it (:class:`Finish`, or a wrapper passing it on), else ``data`` itself::
+    planned)`` where ``data`` has it (:class:`Finish`, :class:`Start`, or a wrapper passing it on), else
+    ``data`` itself::
 
         for batch in epoch_data(loop.data, state.progress.epoch, state.run.epochs).batches(seed, epoch): ...
     """
     pick = getattr(data, "for_epoch", None)
     return data if pick is None else pick(epoch, planned)
+
+
+def epoch_cost(data: Any, epoch: int, planned: int) -> float:
+    """The step time of the 0-based ``epoch`` of a run of ``planned`` epochs, relative to an epoch of the
+    data's main source: ``data.epoch_cost(epoch, planned)`` where ``data`` has it (:class:`Start`'s smaller
+    first epochs), else 1. What a time budget plans with::
+
+        sum(epoch_cost(data, e, 20) for e in range(20))   # 20 for plain data; 9 * 0.56 + 11 with Start
+    """
+    cost = getattr(data, "epoch_cost", None)
+    return 1.0 if cost is None else float(cost(epoch, planned))
 
 
 def unaugmented(dataset: Any) -> Any:
@@ -326,6 +399,25 @@ def unaugmented(dataset: Any) -> Any:
                     "returning the dataset without augmentation (or an attrs 'augment' field)")
 
 
+def resized(dataset: Any, size: int) -> Any:
+    """``dataset`` serving samples of ``size`` pixels: its ``resized(size)`` where it has one; a record (attrs)
+    with a ``size`` field, with it set; a record wrapping another in its ``dataset`` field, wrapping that one
+    resized. :class:`DataError` for anything else::
+
+        small = resized(YoloDataset.scan(spec, "train", size=256), 192)   # its size is 192
+    """
+    own = getattr(dataset, "resized", None)
+    if callable(own):
+        return own(size)
+    fields = attrs.fields_dict(type(dataset)) if attrs.has(type(dataset)) else {}
+    if "size" in fields:
+        return attrs.evolve(dataset, size=size)
+    if "dataset" in fields:
+        return attrs.evolve(dataset, dataset=resized(dataset.dataset, size))
+    raise DataError(f"cannot change the image size of a {type(dataset).__name__}: give it a resized(size) "
+                    "method returning the dataset serving samples of that size (or an attrs 'size' field)")
+
+
 def sharded(data: Any, shard: Shard) -> Any:
     """``data`` (a :class:`TensorData`, :class:`LoaderData` or :class:`Batches`, or a wrapper of one in ``.data``)
     taking ``shard``.
@@ -339,6 +431,8 @@ def sharded(data: Any, shard: Shard) -> Any:
         return data
     if isinstance(data, Finish):
         return attrs.evolve(data, data=sharded(data.data, shard), last=sharded(data.last, shard))
+    if isinstance(data, Start):
+        return attrs.evolve(data, data=sharded(data.data, shard), first=sharded(data.first, shard))
     if isinstance(data, (TensorData, LoaderData, Batches)):
         return attrs.evolve(data, shard=shard)
     inner = getattr(data, "data", None)

@@ -15,7 +15,8 @@ import torch
 import smartcash_fn as sf
 from smartcash_fn import rng
 from smartcash_fn.callbacks import time_budget
-from smartcash_fn.data import Finish, as_data, epoch_data, epoch_order, unaugmented
+from smartcash_fn.data import (Finish, Shard, Start, as_data, epoch_cost, epoch_data, epoch_order, resized, sharded,
+                               unaugmented)
 from smartcash_fn.optim import sgd
 from conftest import NoisyDataset, tiny_xy
 
@@ -266,3 +267,80 @@ def test_finish_and_unaugmented_refuse_what_they_cannot_do():
 
     assert unaugmented(Wrapped(Marked(x, y))).dataset.augment is None  # a wrapper's dataset, unaugmented
     assert unaugmented(Own(x, y)) == "plain"
+
+
+@attrs.frozen
+class Sized:
+    """``(x[i] * size, y[i])``: a sample shows the size it was served at."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    size: int = 256
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.x[i] * self.size, self.y[i]
+
+
+def _start(n: int = 16, share: float = 0.45) -> Start:
+    x, y = torch.rand(n, 3) + 1.0, torch.arange(n)
+    return Start(sf.LoaderData(Sized(x, y), 8), sf.LoaderData(resized(Sized(x, y), 128), 8), share, 0.25)
+
+
+def test_start_gives_the_first_share_of_the_planned_epochs_from_its_other_source():
+    data = _start(share=0.45)
+    assert [epoch_data(data, e, 20) is data.first for e in range(20)] == [e < 9 for e in range(20)]
+    assert epoch_data(data, 7, 0) is data.first  # no plan known yet: a budget's first epoch is one of the first
+    assert [epoch_cost(data, e, 20) for e in (0, 8, 9, 19)] == [0.25, 0.25, 1.0, 1.0]
+    assert epoch_cost(data.data, 0, 20) == 1.0  # a source without epoch_cost costs 1
+    small = next(iter(data.batches(0, 0)))[0] / next(iter(data.data.batches(0, 0)))[0]
+    assert torch.allclose(small, torch.full_like(small, 0.5))  # the same samples in the same order, at 128 of 256
+    # inside a Finish (as a recipe builds it): the last epochs from the plain source, the first from the small one
+    x, y = torch.rand(16, 3), torch.arange(16)
+    both = Finish(Start(sf.LoaderData(Marked(x, y), 8), sf.LoaderData(Marked(x + 1, y), 8), 0.3, 0.5),
+                  sf.LoaderData(unaugmented(Marked(x, y)), 8), 2)
+    picked = [epoch_data(both, e, 10) for e in range(10)]
+    assert [p is both.data.first for p in picked] == [True] * 3 + [False] * 7
+    assert [p is both.last for p in picked] == [False] * 8 + [True] * 2
+    assert [epoch_cost(both, e, 10) for e in range(10)] == [0.5] * 3 + [1.0] * 7
+    halves = sharded(data, Shard(1, 2))
+    assert isinstance(halves, Start) and halves.first.shard == halves.data.shard == Shard(1, 2)
+
+
+def test_the_loop_trains_the_first_planned_epochs_on_the_small_samples():
+    data = _start(share=0.5)
+    seen: list[tuple[int, bool]] = []
+
+    def step(state, batch):
+        seen.append((state.progress.epoch, bool(batch[0].max() < 2 * 128 + 1e-3)))
+        return state
+
+    template = sf.TrainState.create(lambda: torch.nn.Linear(3, 2), sgd(0.1), seed=0)
+    sf.fit(template, sf.Loop(step=step, data=data, epochs=4))
+    assert sorted(set(seen)) == [(0, True), (1, True), (2, False), (3, False)]
+
+
+def test_start_and_resized_refuse_what_they_cannot_do():
+    x, y = torch.rand(16, 3), torch.arange(16)
+    for share in (0, 1.5, True):
+        with pytest.raises(sf.DataError, match="share must be a number in"):
+            Start(sf.LoaderData(Sized(x, y), 8), sf.LoaderData(Sized(x, y), 8), share)
+    with pytest.raises(sf.DataError, match="cost must be a number in"):
+        Start(sf.LoaderData(Sized(x, y), 8), sf.LoaderData(Sized(x, y), 8), 0.5, 2.0)
+    with pytest.raises(sf.DataError, match="gives 4 batches an epoch where the others' gives 2"):
+        Start(sf.LoaderData(Sized(x, y), 8), sf.LoaderData(Sized(x, y), 4), 0.5)
+    with pytest.raises(sf.DataError, match="cannot change the image size of a NoisyDataset"):
+        resized(NoisyDataset(x, y), 64)
+
+    @attrs.frozen
+    class Wrapped:
+        dataset: Sized
+
+    class Own(NoisyDataset):
+        def resized(self, size):
+            return ("resized", size)
+
+    assert resized(Wrapped(Sized(x, y)), 64).dataset.size == 64  # a wrapper's dataset, resized
+    assert resized(Own(x, y), 64) == ("resized", 64)

@@ -15,7 +15,7 @@ from smartcash_fn.run import recipe as rc
 from smartcash_fn.smartcash import scenes as rupiah
 from smartcash_fn.run.build import OnDevice, build, filled_from, make_data, probe, to_device
 from smartcash_fn.errors import DataError, RecipeError
-from smartcash_fn.data import Finish
+from smartcash_fn.data import Finish, Start, epoch_data
 from smartcash_fn.loop import fit
 from smartcash_fn.replay import resume, verify
 from smartcash_fn.smartcash.components import (DetectionLoss, Relabeled, detection, detection_metrics, detector,
@@ -222,6 +222,33 @@ def test_the_last_planned_epochs_train_unaugmented_and_a_resume_switches_where_t
     again = build(plain, tmp_path / "again", quiet=True)
     resumed = resume(tmp_path / "run" / "checkpoints" / "epoch-0002.pt", again.loop, like=again.template)
     assert verify(resumed, full) is None, verify(resumed, full)
+
+
+def test_the_first_planned_epochs_train_small_and_a_resume_switches_where_the_run_did(exported, tmp_path,
+                                                                                      one_thread):
+    sets = [f"data.params.data_yaml={exported}", *SMALL[2:], "train.epochs=3", "data.plain_epochs=1",
+            "loggers.tensorboard=false", "loggers.plots=false", "loggers.console=false"]
+    small = rc.load(ROOT / "recipes" / "rupiah_yolo.toml", sets=[*sets, "data.small_size=32", "data.small_share=0.3"])
+    built = build(small, tmp_path / "run", quiet=True)
+    data = built.loop.data
+    assert isinstance(data, Finish) and isinstance(data.data, Start) and data.data.cost == 0.25  # (32 / 64)²
+    assert (data.data.first.dataset.size, data.data.data.dataset.size, data.last.dataset.size) == (32, 64, 64)
+    assert "data: the first 30% of the epochs planned train on 32-px images" in built.notes
+    sizes = [next(iter(epoch_data(data, e, 3).batches(0, e)))[0].shape[-1] for e in range(3)]
+    assert sizes == [32, 64, 64]  # epoch 0 small; 1 at the data's size, augmented; 2 plain
+    full = fit(built.template, built.loop)
+    assert full.callbacks["time_budget"]["epochs"] == 3
+    # resumed from the first epoch's checkpoint it trains the rest at 64 px again: the same bits
+    again = build(small, tmp_path / "again", quiet=True)
+    resumed = resume(tmp_path / "run" / "checkpoints" / "epoch-0001.pt", again.loop, like=again.template)
+    assert verify(resumed, full) is None, verify(resumed, full)
+    # the keys' bad values are refused naming them
+    for bad, key in ((["data.small_size=64"], "small_size.*not smaller than the data's image size 64"),
+                     (["data.small_size=32", "data.small_share=0"], "small_share.*0 trains no epoch small")):
+        with pytest.raises(RecipeError, match=rf"data\.{key}"):
+            build(rc.load(ROOT / "recipes" / "rupiah_yolo.toml", sets=[*sets, *bad]), None, quiet=True)
+    with pytest.raises(RecipeError, match=r"data\.small_size.*has no image size"):
+        build(rc.load(TINY, sets=["data.small_size=8"]), None, quiet=True)
 
 
 def test_plain_epochs_of_data_without_augmentation_is_refused_naming_the_key(tmp_path):

@@ -140,9 +140,10 @@ def test_every_rank_plans_with_the_slowest_ranks_first_epoch(monkeypatch):
     from smartcash_fn import distributed
     gathered = []
 
-    def slower_peer(took):  # a second rank whose first epoch took ten times as long
+    def slower_peer(mine):  # a second rank whose first epoch (and its training) took ten times as long
+        took, training = mine
         gathered.append(took)
-        return [took, 10 * took]
+        return [mine, (10 * took, 10 * training)]
 
     monkeypatch.setattr(distributed, "gather_objects", slower_peer)
     built, loop = _built(None)
@@ -157,8 +158,59 @@ def test_the_plan_leaves_room_for_later_epochs_running_slower(monkeypatch):
     epoch is 6.25 epochs, but 6 at 0.35 s would overrun; the plan is 5."""
     from smartcash_fn import distributed
 
-    monkeypatch.setattr(distributed, "gather_objects", lambda took: [0.32])  # the first epoch, as measured
+    monkeypatch.setattr(distributed, "gather_objects", lambda mine: [(0.32, 0.2)])  # the first epoch, as measured
     built, loop = _built(None)
     state = sf.fit(built.template, loop)  # a cap of 20 epochs
     assert int(2.0 // 0.32) == 6 and state.callbacks["time_budget"]["epochs"] == 5
     assert len(state.history.epochs) == 5
+
+
+def test_the_plan_counts_the_dearer_steps_of_the_epochs_after_a_small_start():
+    """With a Start's small first epochs timed, the later epochs' steps cost 1 / cost as much: fewer fit."""
+    from smartcash_fn.callbacks import _epochs_that_fit
+    from smartcash_fn.data import Start, epoch_cost
+
+    x = torch.rand(16, 3)
+    data = Start(sf.TensorData((x,), 8), sf.TensorData((x,), 8), share=0.5, cost=0.5)
+
+    def cost(epoch, planned):
+        return epoch_cost(data, epoch, planned)
+
+    def need(planned):  # a first epoch of 40 s, 30 of them in steps: a later one is 10 s + 60 s of steps
+        return LATER_EPOCHS * sum(10 + 30 * cost(e, planned) / 0.5 for e in range(planned))
+
+    plan = _epochs_that_fit(600.0, 50, 40.0, 30.0, cost)
+    assert need(plan) <= 600.0 < need(plan + 1) and plan == 9  # 5 small, 4 dear: 528 s; 5 and 5: 605 s
+    assert int(600.0 // (LATER_EPOCHS * 40.0)) == 13  # planned as if every epoch were the first: 13
+    assert _epochs_that_fit(600.0, 50, 40.0, 30.0, None) == 13
+    assert _epochs_that_fit(600.0, 50, 40.0, 30.0, lambda e, n: 1.0) == 13  # equal costs: the same plan
+    assert _epochs_that_fit(600.0, 7, 40.0, 30.0, cost) == 7 and _epochs_that_fit(10.0, 50, 40.0, 30.0, cost) == 1
+    for seconds in (100.0, 333.0, 1000.0, 5000.0):  # bisection finds what a scan finds
+        scan = max([n for n in range(1, 51) if need(n) <= seconds], default=1)
+        assert _epochs_that_fit(seconds, 50, 40.0, 30.0, cost) == scan
+
+
+def test_timed_costs_time_the_small_and_the_full_steps_and_leave_even_data_alone():
+    """A Start's first epochs cost what one step of each source takes here; other data costs 1 untimed."""
+    from smartcash_fn.data import Start
+    from smartcash_fn.run.build import timed_costs
+
+    x = torch.rand(16, 3)
+    data = Start(sf.TensorData((x,), 8), sf.TensorData((x * 0.5,), 8), share=0.5, cost=0.25)
+    slept: list[float] = []
+
+    def step(state, batch):  # a full batch's step sleeps 40 ms, a small one's 10 ms
+        pause = 0.04 if float(batch[0].max()) > 0.5 else 0.01
+        slept.append(pause)
+        time.sleep(pause)
+        return state
+
+    state = sf.TrainState.create(lambda: torch.nn.Linear(3, 2), sf.sgd(0.1), seed=0)
+    costs = timed_costs(data, step)(state)
+    assert sorted(slept) == [0.01, 0.01, 0.04, 0.04]  # two rounds of each source, results discarded
+    ratio = costs(0, 0)
+    assert 0.15 < ratio < 0.3, ratio  # 10 / 40 ms, give or take the machine's sleeping
+    assert [costs(e, 10) for e in range(10)] == [ratio] * 5 + [1.0] * 5
+    slept.clear()
+    even = timed_costs(sf.TensorData((x,), 8), step)(state)
+    assert [even(e, 4) for e in range(4)] == [1.0] * 4 and slept == []  # nothing to time

@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -32,7 +33,7 @@ from .. import distributed, environment, optim
 from .. import step as step_lib
 from .._files import write_text_atomic
 from ..callbacks import Monitor, checkpointing, early_stopping, keep_best, reduce_on_plateau, time_budget, weights_file
-from ..data import Finish, Splits, as_data, epoch_data, sharded, unaugmented
+from ..data import Finish, Splits, Start, as_data, epoch_cost, epoch_data, resized, sharded, unaugmented
 from ..errors import RecipeError, StateError, UserError
 from ..events import EVENTS, Callback, flatten, writer
 from ..loop import Loop, Validation
@@ -159,6 +160,8 @@ def make_data(recipe: Recipe) -> tuple[Any, Any, Mapping[str, Any]]:
     splits = out if isinstance(out, Splits) else Splits(train=out)
     info = dict(splits.info)
     train = _as_source(splits.train, recipe, True, info)
+    if cfg.small_size:  # inside the plain epochs' Finish: the last epochs are at the data's own size
+        train = _small_start(recipe, splits.train, train, info)
     if cfg.plain_epochs:
         try:
             plain = unaugmented(splits.train)
@@ -170,6 +173,30 @@ def make_data(recipe: Recipe) -> tuple[Any, Any, Mapping[str, Any]]:
         raise RecipeError(f"{where}: the training data has no batches (batch_size {cfg.batch_size} with "
                           f"drop_last = true is more than the samples); lower data.batch_size")
     return train, val, info
+
+
+def _small_start(recipe: Recipe, dataset: Any, train: Any, info: Mapping[str, Any]) -> Start:
+    """``train`` whose first ``data.small_share`` of the planned epochs serve ``dataset`` at ``data.small_size``.
+
+    Its ``cost`` is the pixels' share, ``(small_size / size)²``; a time budget times the steps instead
+    (:func:`timed_costs`: on `rupiah_yolo`, 192 against 256 px, they took 0.53-0.64 as long).
+    """
+    cfg = recipe.data
+    size = getattr(dataset, "size", None)
+    if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
+        raise recipe.error(("data", "small_size"), f"the data factory's training data ({type(dataset).__name__}) "
+                                                   "has no image size (an int `size`) to start smaller than")
+    if not 0 < cfg.small_size < size:
+        raise recipe.error(("data", "small_size"), f"{cfg.small_size} is not smaller than the data's image size "
+                                                   f"{size}; give a size between 1 and {size - 1}, or 0 for off")
+    if cfg.small_share <= 0:
+        raise recipe.error(("data", "small_share"), "0 trains no epoch small; give a share in (0, 1], or set "
+                                                    "data.small_size = 0")
+    try:
+        small = resized(dataset, cfg.small_size)
+    except UserError as e:
+        raise recipe.error(("data", "small_size"), f"the data factory's training data: {e}") from None
+    return Start(train, _as_source(small, recipe, True, info), cfg.small_share, (cfg.small_size / size) ** 2)
 
 
 @attrs.frozen
@@ -194,6 +221,46 @@ class OnDevice:
 
     def for_epoch(self, epoch: int, planned: int) -> "OnDevice":
         return attrs.evolve(self, data=epoch_data(self.data, epoch, planned))
+
+    def epoch_cost(self, epoch: int, planned: int) -> float:
+        return epoch_cost(self.data, epoch, planned)
+
+
+def timed_costs(train: Any, step: Callable[[TrainState, Any], TrainState],
+                rounds: int = 2) -> Callable[[TrainState], Callable[[int, int], float]]:
+    """What a time budget plans each epoch's steps with: ``timed_costs(train, step)(state)(epoch, planned)``.
+
+    Data whose epochs all cost alike (:func:`~smartcash_fn.data.epoch_cost` 1) gives 1 for each. Data with
+    cheaper epochs (a :class:`~smartcash_fn.data.Start`'s smaller first ones) is timed on this machine
+    when the plan is made: ``step`` on ``state`` with the first batch of the first epoch's source and of
+    the last epoch's, ``rounds`` times each in turn (the results are discarded); a cheap epoch costs the
+    fastest of the one over the fastest of the other, and every other epoch 1. Under ``torchrun`` the
+    ranks agree on the smallest ratio (the dearest later epochs).
+    """
+
+    def costs(state: TrainState) -> Callable[[int, int], float]:
+        if epoch_cost(train, 0, 0) >= 1.0:
+            return lambda epoch, planned: epoch_cost(train, epoch, planned)
+        far = 1 << 20  # an epoch past any share of a run that long: the data's own size
+        batches = [next(iter(epoch_data(train, e, n).batches(state.seed, 0))) for e, n in ((0, 0), (far - 1, far))]
+        took: list[list[float]] = [[], []]
+        for _ in range(rounds):
+            for i, batch in enumerate(batches):
+                start = time.perf_counter()
+                step(state, batch)
+                _settled()
+                took[i].append(time.perf_counter() - start)
+        ratio = min(1.0, min(took[0]) / max(min(took[1]), 1e-9))
+        ratio = min(distributed.gather_objects(ratio))
+        return lambda epoch, planned: ratio if epoch_cost(train, epoch, planned) < 1.0 else 1.0
+
+    return costs
+
+
+def _settled() -> None:
+    """Wait for a step's work on an accelerator to finish (nothing to wait for on a CPU)."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
 
 
 def to_device(obj: Any, device: str | torch.device) -> Any:
@@ -830,6 +897,9 @@ def build(recipe: Recipe, run_dir: str | os.PathLike | None = None, *, quiet: bo
     if device.type == "cuda" and recipe.run.deterministic:
         step, validation = explain_nondeterminism(recipe, step, validation)
     notes: list[str] = [] if precision_note is None else [precision_note]
+    if recipe.data.small_size:
+        notes.append(f"data: the first {recipe.data.small_share:.0%} of the epochs planned train on "
+                     f"{recipe.data.small_size}-px images")
     if recipe.data.plain_epochs:
         notes.append(f"data: the last {plural(recipe.data.plain_epochs, 'epoch')} planned train without augmentation")
     if val is None and recipe.validation.every > 0:
@@ -839,7 +909,8 @@ def build(recipe: Recipe, run_dir: str | os.PathLike | None = None, *, quiet: bo
                "tensorboard": recipe.loggers.tensorboard}  # loggers.tensorboard = false: no event files at all
     callbacks = list(make_callbacks(recipe, context))
     if recipe.train.max_time is not None:
-        callbacks.extend(time_budget(seconds_of(recipe.train.max_time), replan_for(recipe, schedule_for, batches)))
+        callbacks.extend(time_budget(seconds_of(recipe.train.max_time), replan_for(recipe, schedule_for, batches),
+                                     cost=timed_costs(train, step)))
     problems = tuple(info.get("problems") or ())
     if problems:
         notes.append(f"data: {plural(len(problems), 'bad file or label line', 'bad files or label lines')} skipped "

@@ -157,6 +157,10 @@ class DataConfig:
     plain_epochs: int = _key(0, "the last N epochs of the run (of those planned, under `train.max_time`) train on "
                                 "the training samples without their augmentation, as validation sees them",
                              check=_INT_AT_LEAST_0)
+    small_size: int = _key(0, "the first epochs (a share `small_share` of those planned, under `train.max_time` "
+                              "too) train on images of this size, smaller than the data's: cheaper steps, so a time "
+                              "budget fits more epochs (0: off)", check=_INT_AT_LEAST_0)
+    small_share: float = _key(0.45, "the share of the planned epochs that `small_size` trains", check=_FRACTION)
     params: Mapping[str, Any] = _key(doc="keyword arguments of the data factory", factory=dict)
 
 
