@@ -317,13 +317,13 @@ class Finish(_Phased):
 @attrs.frozen
 class Start(_Phased):
     """Data whose first ``share`` of a run's planned epochs come from ``first`` instead of ``data``: smaller
-    images, say, whose steps cost ``cost`` (``first``'s step time an epoch over ``data``'s) so that a
-    time budget fits more epochs.
+    images, say, whose cheaper steps let a time budget fit more epochs. ``cost`` is what ``first``'s steps
+    are expected to cost against ``data``'s (a recipe's budget times them instead: ``timed_costs``).
 
     Epoch ``e`` (0-based) of a run of ``planned`` epochs comes from ``first`` when ``e < share * planned``;
     before a plan is known (``planned`` 0: a time budget's first epoch) it comes from ``first`` too, so the
-    epoch a budget times is one of ``first``'s and :func:`epoch_cost` tells the budget what the others cost.
-    Both sources must give as many batches an epoch::
+    epoch a budget times is one of ``first``'s, and :func:`epoch_cost` tells it which epochs are the cheap
+    ones. Both sources must give as many batches an epoch::
 
         data = Start(LoaderData(scenes, 16), LoaderData(resized(scenes, 192), 16), share=0.45, cost=0.56)
         epoch_data(data, epoch=8, planned=20) is data.first   # True: epochs 0-8 (8 < 0.45 * 20)
