@@ -256,9 +256,11 @@ def as_data(source: Any, batch_size: int = 32, *, shuffle: bool = True, drop_las
     )
 
 
-class _Phased:
-    """What :class:`Finish` and :class:`Start` share: ``data``'s batch size and length, and another source
-    for some epochs that must give as many batches."""
+class Wrapping:
+    """A source that wraps another in its ``data`` field: ``data``'s batch size and length are its own.
+
+    The base of :class:`Finish`, :class:`Start` and the run's ``OnDevice``: ``len(Finish(a, b, 2)) == len(a)``.
+    """
 
     __slots__ = ()
     data: Any
@@ -269,6 +271,13 @@ class _Phased:
 
     def __len__(self) -> int:
         return len(self.data)
+
+
+class _Phased(Wrapping):
+    """What :class:`Finish` and :class:`Start` share: another source for some epochs, which must give as
+    many batches as ``data``."""
+
+    __slots__ = ()
 
     def _as_many(self, other: Any, which: str) -> None:
         if len(self.data) != len(other):
@@ -387,16 +396,9 @@ def unaugmented(dataset: Any) -> Any:
 
         plain = unaugmented(RupiahScenes("train", 1000, augment=Jitter()))   # its augment is None
     """
-    plain = getattr(dataset, "plain", None)
-    if callable(plain):
-        return plain()
-    fields = attrs.fields_dict(type(dataset)) if attrs.has(type(dataset)) else {}
-    if "augment" in fields:
-        return attrs.evolve(dataset, augment=None)
-    if "dataset" in fields:
-        return attrs.evolve(dataset, dataset=unaugmented(dataset.dataset))
-    raise DataError(f"cannot take the augmentation off a {type(dataset).__name__}: give it a plain() method "
-                    "returning the dataset without augmentation (or an attrs 'augment' field)")
+    return _remade(dataset, "plain", (), "augment", None,
+                   "cannot take the augmentation off a {}: give it a plain() method returning the dataset without "
+                   "augmentation (or an attrs 'augment' field)")
 
 
 def resized(dataset: Any, size: int) -> Any:
@@ -406,16 +408,24 @@ def resized(dataset: Any, size: int) -> Any:
 
         small = resized(YoloDataset.scan(spec, "train", size=256), 192)   # its size is 192
     """
-    own = getattr(dataset, "resized", None)
+    return _remade(dataset, "resized", (size,), "size", size,
+                   "cannot change the image size of a {}: give it a resized(size) method returning the dataset "
+                   "serving samples of that size (or an attrs 'size' field)")
+
+
+def _remade(dataset: Any, method: str, args: tuple, field: str, value: Any, refusal: str) -> Any:
+    """``dataset.method(*args)`` where it has it; else the record with ``field`` set to ``value``; else the
+    record wrapping another in ``dataset``, with that one remade; else :class:`DataError` (``refusal``
+    formatted with the type's name)."""
+    own = getattr(dataset, method, None)
     if callable(own):
-        return own(size)
+        return own(*args)
     fields = attrs.fields_dict(type(dataset)) if attrs.has(type(dataset)) else {}
-    if "size" in fields:
-        return attrs.evolve(dataset, size=size)
+    if field in fields:
+        return attrs.evolve(dataset, **{field: value})
     if "dataset" in fields:
-        return attrs.evolve(dataset, dataset=resized(dataset.dataset, size))
-    raise DataError(f"cannot change the image size of a {type(dataset).__name__}: give it a resized(size) "
-                    "method returning the dataset serving samples of that size (or an attrs 'size' field)")
+        return attrs.evolve(dataset, dataset=_remade(dataset.dataset, method, args, field, value, refusal))
+    raise DataError(refusal.format(type(dataset).__name__))
 
 
 def sharded(data: Any, shard: Shard) -> Any:

@@ -151,7 +151,8 @@ def train_epoch(state: TrainState, loop: Loop, table: Mapping, to_step: int | No
 
     Stops early when a callback stops the run or ``progress.step`` reaches ``to_step``.
     The batches come from ``epoch_data(loop.data, epoch, state.run.epochs)``: a
-    :class:`~smartcash_fn.data.Finish` gives its last epochs from its other source.
+    :class:`~smartcash_fn.data.Finish` gives its last epochs from its other source, a
+    :class:`~smartcash_fn.data.Start` its first.
     The seconds spent waiting for batches and inside the step are added to
     ``state.clock`` (transient: never saved, never compared).
     """
@@ -165,7 +166,7 @@ def train_epoch(state: TrainState, loop: Loop, table: Mapping, to_step: int | No
     clock = state.clock if p.batch > 0 else Clock()  # a new epoch starts a new clock
     waited = stepped = 0.0
     ready = time.perf_counter()
-    data = epoch_data(loop.data, p.epoch, state.run.epochs)  # a Finish's last epochs: its other source
+    data = epoch_data(loop.data, p.epoch, state.run.epochs)  # Finish's last, Start's first epochs: another source
     for batch in data.batches(state.seed, p.epoch, p.batch):
         got = time.perf_counter()
         after = step(state, batch)

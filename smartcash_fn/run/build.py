@@ -33,7 +33,8 @@ from .. import distributed, environment, optim
 from .. import step as step_lib
 from .._files import write_text_atomic
 from ..callbacks import Monitor, checkpointing, early_stopping, keep_best, reduce_on_plateau, time_budget, weights_file
-from ..data import Finish, Splits, Start, as_data, epoch_cost, epoch_data, resized, sharded, unaugmented
+from ..data import (Finish, Splits, Start, Wrapping, as_data, epoch_cost, epoch_data, resized, sharded,
+                    unaugmented)
 from ..errors import RecipeError, StateError, UserError
 from ..events import EVENTS, Callback, flatten, writer
 from ..loop import Loop, Validation
@@ -200,7 +201,7 @@ def _small_start(recipe: Recipe, dataset: Any, train: Any, info: Mapping[str, An
 
 
 @attrs.frozen
-class OnDevice:
+class OnDevice(Wrapping):
     """Data whose batches are moved to ``device`` (every tensor inside tuples, lists and dicts).
 
     ``OnDevice(train, "cuda")`` — what :func:`build` wraps the data in when ``run.device`` is not the CPU.
@@ -208,13 +209,6 @@ class OnDevice:
 
     data: Any
     device: str
-
-    @property
-    def batch_size(self) -> int:
-        return int(getattr(self.data, "batch_size", 0) or 0)
-
-    def __len__(self) -> int:
-        return len(self.data)
 
     def batches(self, seed: int, epoch: int, start: int = 0) -> Any:
         return (to_device(b, self.device) for b in self.data.batches(seed, epoch, start))
