@@ -466,7 +466,8 @@ they took up to 14 % longer (the step's time creeps up as training goes on), and
 
 def time_budget(seconds: float, replan: Callable[[TrainState, int], TrainState] | None = None,
                 name: str = "time_budget", priority: int = 800,
-                cost: Callable[[TrainState], Callable[[int, int], float]] | None = None) -> tuple[Callback, ...]:
+                cost: Callable[[TrainState], Callable[[int, int], float]] | None = None,
+                validated: Callable[[int, int], bool] | None = None) -> tuple[Callback, ...]:
     """Fit a run into ``seconds`` of wall time: time the first epoch, plan the epochs that fit, stop after them.
 
     At the end of the first epoch the plan is fixed and recorded in
@@ -482,6 +483,11 @@ def time_budget(seconds: float, replan: Callable[[TrainState, int], TrainState] 
     scaled from the first epoch's by ``costs(epoch, planned) / costs(0, 0)``,
     and data, validation and the rest, as long as the first epoch's, fit
     ``max_time`` (LATER_EPOCHS included).
+    Where not every epoch validates, ``validated(epoch, planned)`` (a
+    :meth:`~smartcash_fn.loop.Validation.due`) says which do: the first
+    epoch's validation time (the loop's ``clock.val``) is counted for those
+    alone. A first epoch that did not validate gives no time to count, so
+    the plan then leaves validation out (``validation.first`` times it).
     The state keeps the decision, not the measurement: two runs whose plans
     agree hold the same bits. Under ``torchrun`` the slowest rank's first
     epoch decides, so every rank plans alike (each timing its own epoch
@@ -518,11 +524,12 @@ def time_budget(seconds: float, replan: Callable[[TrainState, int], TrainState] 
             trained = max(batches - watch.batch, 1)  # a run resumed inside its first epoch trained fewer
             took = (time.perf_counter() - watch.start) * batches / trained
             stepping = min(state.clock.step * batches / trained, took)
+            checking = min(state.clock.val, took - stepping) if validated is not None else 0.0
             # one plan for every rank: the slowest one's
-            took, stepping = (max(t) for t in zip(*distributed.gather_objects((took, stepping))))
+            took, stepping, checking = (max(t) for t in zip(*distributed.gather_objects((took, stepping, checking))))
             cap = state.run.epochs
             plan = {"max_time": float(seconds), "cap": cap, "epochs": _epochs_that_fit(
-                seconds, cap, took, stepping, None if cost is None else cost(state))}
+                seconds, cap, took, stepping, None if cost is None else cost(state), checking, validated)}
             state = follow(_with_cb_state(state, name, plan), plan)
         done = state.progress.epoch
         if state.stop is None and plan["epochs"] < plan["cap"] and done >= plan["epochs"]:
@@ -536,19 +543,25 @@ def time_budget(seconds: float, replan: Callable[[TrainState, int], TrainState] 
 
 
 def _epochs_that_fit(seconds: float, cap: int, took: float, stepping: float,
-                     cost: Callable[[int, int], float] | None) -> int:
+                     cost: Callable[[int, int], float] | None, checking: float = 0.0,
+                     validated: Callable[[int, int], bool] | None = None) -> int:
     """The most epochs (1 to ``cap``) that fit ``seconds`` after a first epoch of ``took`` seconds, ``stepping``
-    of them in steps: each later epoch takes ``LATER_EPOCHS`` times the first's, its steps scaled by
-    ``cost(epoch, planned) / cost(0, 0)``."""
+    of them in steps and ``checking`` in validation: each later epoch takes ``LATER_EPOCHS`` times the
+    first's, its steps scaled by ``cost(epoch, planned) / cost(0, 0)``, its validation counted only where
+    ``validated(epoch, planned)`` (without ``validated``, every epoch validates as the first did)."""
     if took <= 0:
         return cap
-    if cost is None:
+    if cost is None and validated is None:
         return max(1, min(cap, int(seconds // (LATER_EPOCHS * took))))
-    base = cost(0, 0)
+    base = 1.0 if cost is None else cost(0, 0)
+    rest = took - stepping - (checking if validated is not None else 0.0)
+
+    def epoch(e: int, planned: int) -> float:
+        steps = stepping if cost is None else stepping * cost(e, planned) / base
+        return rest + steps + (checking if validated is not None and validated(e, planned) else 0.0)
 
     def fit(planned: int) -> bool:
-        return LATER_EPOCHS * sum(took - stepping + stepping * cost(e, planned) / base
-                                  for e in range(planned)) <= seconds
+        return LATER_EPOCHS * sum(epoch(e, planned) for e in range(planned)) <= seconds
 
     lo, hi = 1, cap  # a longer plan never takes less time: the most that fit, by bisection
     while lo < hi:

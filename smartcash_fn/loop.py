@@ -27,6 +27,7 @@ from .data import as_data, epoch_data
 from .errors import StateError
 from .events import Callback, by_event, fire, flatten
 from .state import Clock, History, Progress, RunInfo, TrainState
+from .tree import tree_map
 
 Apply = Callable[..., Any]
 
@@ -93,16 +94,45 @@ def classification_metrics() -> Evaluator:
 
 @attrs.frozen
 class Validation:
-    """Validation data and the evaluator run on it; ``every`` epochs (0: never).
+    """Validation data and the evaluator run on it: every ``every``-th epoch (0: none of them by that rule),
+    the first with ``first``, and the last ``last`` epochs of the run.
 
     Metrics land in the epoch's history prefixed ``val/`` (``val/loss``); with
-    ``use_ema`` the EMA params (``state.extras["ema"]``) are evaluated.
+    ``use_ema`` the EMA params (``state.extras["ema"]``) are evaluated. With
+    ``autocast`` (``torch.bfloat16`` or ``torch.float16``) the forward pass
+    runs under autocast to it and the evaluator gets float32 outputs. ``last``
+    counts from the end of the run as planned (``state.run.epochs``, which a
+    time budget sets), so a run validates where its best epoch is likely to
+    be without paying for every epoch before::
+
+        Validation(val_data, detection_metrics(...), every=4, first=True, last=3)
+        # 17 epochs: validates epochs 1, 4, 8, 12, 15, 16 and 17
     """
 
     data: Any = attrs.field(converter=as_data)
     evaluator: Evaluator = attrs.field(factory=classification_metrics)
     every: int = 1
     use_ema: bool = False
+    first: bool = False
+    last: int = 0
+    autocast: torch.dtype | None = None
+
+    def __attrs_post_init__(self) -> None:
+        for key in ("every", "last"):
+            n = getattr(self, key)
+            if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+                raise StateError(f"Validation: {key} must be an int >= 0, got {n!r}")
+        if self.autocast not in (None, torch.bfloat16, torch.float16):
+            raise StateError(f"Validation: autocast must be None, torch.bfloat16 or torch.float16, "
+                             f"got {self.autocast!r}")
+
+    def due(self, epoch: int, planned: int) -> bool:
+        """Whether the 0-based ``epoch`` of a run of ``planned`` epochs is validated.
+
+        ``Validation(data, every=4, last=2).due(15, 17)   # True: among the last two``
+        """
+        return ((self.every > 0 and (epoch + 1) % self.every == 0) or (self.first and epoch == 0)
+                or epoch >= planned - self.last)
 
 
 @attrs.frozen
@@ -194,12 +224,22 @@ def validate(state: TrainState, validation: Validation) -> dict[str, float]:
     if validation.use_ema and "ema" in state.extras:
         params, buffers = state.extras["ema"]["params"], state.extras["ema"]["buffers"]
     apply = partial(state.apply, params=params, buffers=buffers)  # eval mode, no gradient, mode restored
+    if validation.autocast is not None:
+        device = next(iter(params.values())).device.type if params else "cpu"
+        apply = partial(_in_float32, apply, device, validation.autocast)
     ev = validation.evaluator
     acc = ev.init()
     with torch.no_grad():
         for batch in validation.data.batches(state.seed, 0, 0):
             acc = ev.update(acc, apply, batch)
     return {f"val/{k}": float(v) for k, v in ev.finish(acc).items()}
+
+
+def _in_float32(apply: Apply, device: str, dtype: torch.dtype, *args: Any, **kwargs: Any) -> Any:
+    """``apply``'s outputs computed under autocast to ``dtype`` on ``device``, their floating tensors made float32."""
+    with torch.autocast(device_type=device, dtype=dtype):
+        out = apply(*args, **kwargs)
+    return tree_map(lambda t: t.float() if isinstance(t, torch.Tensor) and t.is_floating_point() else t, out)
 
 
 def _epoch_record(state: TrainState, val: Mapping[str, float]) -> dict[str, float]:
@@ -223,7 +263,7 @@ def finish_epoch(state: TrainState, loop: Loop, table: Mapping) -> TrainState:
     see the full record; ``progress`` moves to the next epoch before ``epoch_end``.
     """
     v = loop.validation
-    due = v is not None and v.every > 0 and (state.progress.epoch + 1) % v.every == 0
+    due = v is not None and v.due(state.progress.epoch, state.run.epochs)
     start = time.perf_counter()
     val = validate(state, v) if due else {}
     record = _epoch_record(state, val)

@@ -141,9 +141,9 @@ def test_every_rank_plans_with_the_slowest_ranks_first_epoch(monkeypatch):
     gathered = []
 
     def slower_peer(mine):  # a second rank whose first epoch (and its training) took ten times as long
-        took, training = mine
+        took, training, checking = mine
         gathered.append(took)
-        return [mine, (10 * took, 10 * training)]
+        return [mine, (10 * took, 10 * training, 10 * checking)]
 
     monkeypatch.setattr(distributed, "gather_objects", slower_peer)
     built, loop = _built(None)
@@ -158,7 +158,7 @@ def test_the_plan_leaves_room_for_later_epochs_running_slower(monkeypatch):
     epoch is 6.25 epochs, but 6 at 0.35 s would overrun; the plan is 5."""
     from smartcash_fn import distributed
 
-    monkeypatch.setattr(distributed, "gather_objects", lambda mine: [(0.32, 0.2)])  # the first epoch, as measured
+    monkeypatch.setattr(distributed, "gather_objects", lambda mine: [(0.32, 0.2, 0.05)])  # the first epoch, as measured
     built, loop = _built(None)
     state = sf.fit(built.template, loop)  # a cap of 20 epochs
     assert int(2.0 // 0.32) == 6 and state.callbacks["time_budget"]["epochs"] == 5
@@ -188,6 +188,38 @@ def test_the_plan_counts_the_dearer_steps_of_the_epochs_after_a_small_start():
     for seconds in (100.0, 333.0, 1000.0, 5000.0):  # bisection finds what a scan finds
         scan = max([n for n in range(1, 51) if need(n) <= seconds], default=1)
         assert _epochs_that_fit(seconds, 50, 40.0, 30.0, cost) == scan
+
+
+def test_the_plan_counts_validation_only_in_the_epochs_that_validate():
+    """A first epoch of 40 s, 10 of them validating: where only the first and the last 3 of the plan validate,
+    a later epoch that does not costs 30 s, and more epochs fit than when every one validates."""
+    from smartcash_fn.callbacks import _epochs_that_fit
+
+    v = sf.Validation(sf.TensorData((torch.rand(4, 3),), 4), every=0, first=True, last=3)
+
+    def need(planned, due):
+        return LATER_EPOCHS * sum(30.0 + (10.0 if due(e, planned) else 0.0) for e in range(planned))
+
+    plan = _epochs_that_fit(600.0, 50, 40.0, 25.0, None, 10.0, v.due)
+    assert need(plan, v.due) <= 600.0 < need(plan + 1, v.due) and plan == 16  # 4 validations: 572 s
+    every = sf.Validation(sf.TensorData((torch.rand(4, 3),), 4)).due
+    assert _epochs_that_fit(600.0, 50, 40.0, 25.0, None, 10.0, every) == 13  # as the plan without `validated`
+    assert _epochs_that_fit(600.0, 50, 40.0, 25.0, None) == 13
+    for seconds in (50.0, 333.0, 1000.0, 5000.0):  # bisection finds what a scan finds
+        scan = max([n for n in range(1, 51) if need(n, v.due) <= seconds], default=1)
+        assert _epochs_that_fit(seconds, 50, 40.0, 25.0, None, 10.0, v.due) == scan
+
+
+def test_a_budgeted_run_validates_the_first_and_its_last_planned_epochs(monkeypatch):
+    """`last` counts from the end of the plan: the epochs validated are the first and the planned run's last two."""
+    from smartcash_fn import distributed
+
+    monkeypatch.setattr(distributed, "gather_objects", lambda mine: [(0.32, 0.2, 0.05)])
+    built, loop = _built(None, "validation.every=0", "validation.first=true", "validation.last=2")
+    state = sf.fit(built.template, loop)  # a cap of 20: 0.27 s an epoch, 0.05 s more for each of 3 validations
+    planned = state.callbacks["time_budget"]["epochs"]
+    assert planned == 6 and len(state.history.epochs) == 6
+    assert [e["epoch"] for e in state.history.epochs if "val/loss" in e] == [0, 4, 5]  # 0-based
 
 
 def test_timed_costs_time_the_small_and_the_full_steps_and_leave_even_data_alone():

@@ -704,7 +704,7 @@ def make_validation(recipe: Recipe, val: Any, info: Mapping[str, Any] | None = N
     filled = filled_from(fn, cfg.params, info or {})
     registry.check_params(fn, cfg.params, _file(recipe, "validation", "params"), supplied=filled,
                           key="validation.params", label=cfg.metrics)
-    if val is None or cfg.every == 0:
+    if val is None or not (cfg.every or cfg.first or cfg.last):
         return None
     site = _site(recipe, ("validation", "metrics"), cfg.metrics, (("validation", "params"), cfg.params))
     ev = registry.call(fn, site, **filled, **cfg.params)
@@ -714,7 +714,12 @@ def make_validation(recipe: Recipe, val: Any, info: Mapping[str, Any] | None = N
     if cfg.use_ema and not (recipe.train.ema > 0 or any(s.use == "ema" for s in recipe.train.steps)):
         raise recipe.error(("validation", "use_ema"), "there are no EMA params; set train.ema (e.g. 0.999) "
                                                       "or set use_ema = false")
-    return Validation(val, ev, every=cfg.every, use_ema=cfg.use_ema)
+    autocast = _AUTOCAST.get(resolved_precision(recipe)[0]) if cfg.precision == "train" else None
+    return Validation(val, ev, every=cfg.every, use_ema=cfg.use_ema, first=cfg.first, last=cfg.last,
+                      autocast=autocast)
+
+
+_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def _monitors(monitor: str, mode: str, min_delta: float, monitors: Any) -> list[Monitor]:
@@ -885,7 +890,7 @@ def build(recipe: Recipe, run_dir: str | os.PathLike | None = None, *, quiet: bo
     precision, precision_note = resolved_precision(recipe)
     trained = as_trained(recipe, precision)  # the recipe the step is made from and the states carry
     step, step_text = make_train_step(trained, loss_fn)
-    validation = make_validation(recipe, val, info)
+    validation = make_validation(trained, val, info)
     if validation is not None:
         validation = distributed.sharded_validation(validation, world)
     if device.type == "cuda" and recipe.run.deterministic:
@@ -896,7 +901,8 @@ def build(recipe: Recipe, run_dir: str | os.PathLike | None = None, *, quiet: bo
                      f"{recipe.data.small_size}-px images")
     if recipe.data.plain_epochs:
         notes.append(f"data: the last {plural(recipe.data.plain_epochs, 'epoch')} planned train without augmentation")
-    if val is None and recipe.validation.every > 0:
+    v = recipe.validation
+    if val is None and (v.every or v.first or v.last):
         notes.append("validation: off, the data factory gives no validation data")
     context = {**{k: v for k, v in info.items() if k != "collate_fn"}, "run_dir": run_dir,
                "val_data": None if validation is None else validation.data, "use_ema": recipe.validation.use_ema,
@@ -904,7 +910,8 @@ def build(recipe: Recipe, run_dir: str | os.PathLike | None = None, *, quiet: bo
     callbacks = list(make_callbacks(recipe, context))
     if recipe.train.max_time is not None:
         callbacks.extend(time_budget(seconds_of(recipe.train.max_time), replan_for(recipe, schedule_for, batches),
-                                     cost=timed_costs(train, step)))
+                                     cost=timed_costs(train, step),
+                                     validated=None if validation is None else validation.due))
     problems = tuple(info.get("problems") or ())
     if problems:
         notes.append(f"data: {plural(len(problems), 'bad file or label line', 'bad files or label lines')} skipped "
@@ -1028,6 +1035,16 @@ def _first_line(e: BaseException) -> str:
     return text[0] if text else ""
 
 
+def _validated_epochs(v: Validation) -> str:
+    """Which epochs ``v`` validates, in words: ``every 4 epochs, the first and the last 3``."""
+    parts = [] if not v.every else ["every epoch" if v.every == 1 else f"every {v.every} epochs"]
+    if v.every != 1:
+        ends = (["the first"] if v.first else []) + ([f"the last {v.last}" if v.last > 1 else "the last"]
+                                                      if v.last else [])
+        parts.append(" and ".join(ends))
+    return ", ".join(p for p in parts if p)
+
+
 def describe(built: Built) -> str:
     """A few lines for people: the composed step, batches and updates, and the callbacks by event and priority.
 
@@ -1037,9 +1054,9 @@ def describe(built: Built) -> str:
              f"data: {plural(built.batches, 'batch', 'batches')} per epoch x {plural(built.loop.epochs, 'epoch')}; "
              f"schedule spans {plural(built.updates, 'update')}"]
     v = built.loop.validation
-    every = "every epoch" if v is None or v.every == 1 else f"every {v.every} epochs"
-    lines.append("validation: " + ("off" if v is None else f"{every}, {plural(len(v.data), 'batch', 'batches')}"
-                                   + (", EMA params" if v.use_ema else "")))
+    lines.append("validation: " + ("off" if v is None else f"{_validated_epochs(v)}, "
+                                   f"{plural(len(v.data), 'batch', 'batches')}" + (", EMA params" if v.use_ema else "")
+                                   + ("" if v.autocast is None else f", {str(v.autocast).removeprefix('torch.')}")))
     lines.append("callbacks:")
     for event in EVENTS:
         cbs = sorted((c for c in built.loop.callbacks if c.event == event), key=lambda c: c.priority)
