@@ -94,8 +94,8 @@ def classification_metrics() -> Evaluator:
 
 @attrs.frozen
 class Validation:
-    """Validation data and the evaluator run on it: every ``every``-th epoch (0: none of them by that rule),
-    the first with ``first``, and the last ``last`` epochs of the run.
+    """Validation data and the evaluator run on it: every ``every``-th epoch, and with ``first`` the first
+    and the last ``last`` epochs of the run too; ``every = 0`` never validates.
 
     Metrics land in the epoch's history prefixed ``val/`` (``val/loss``); with
     ``use_ema`` the EMA params (``state.extras["ema"]``) are evaluated. With
@@ -131,8 +131,8 @@ class Validation:
 
         ``Validation(data, every=4, last=2).due(15, 17)   # True: among the last two``
         """
-        return ((self.every > 0 and (epoch + 1) % self.every == 0) or (self.first and epoch == 0)
-                or epoch >= planned - self.last)
+        return self.every > 0 and ((epoch + 1) % self.every == 0 or (self.first and epoch == 0)
+                                   or epoch >= planned - self.last)
 
 
 @attrs.frozen

@@ -417,12 +417,12 @@ def test_tiny_recipe_builds_and_describes_itself():
 def test_validation_keys_choose_the_epochs_and_the_precision():
     """`first` and `last` add epochs to `every`'s; `precision = "train"` validates under the step's autocast."""
     from smartcash_fn.loop import Validation, validate
-    sets = ["train.epochs=5", "train.precision=\"bf16\"", "validation.every=0", "validation.first=true",
+    sets = ["train.epochs=5", "train.precision=\"bf16\"", "validation.every=9", "validation.first=true",
             "validation.last=2", "validation.precision=\"train\"", "loggers.console=false"]
     built = build(rc.load(TINY, sets=sets))
     v = built.loop.validation
-    assert (v.every, v.first, v.last, v.autocast) == (0, True, 2, torch.bfloat16)
-    assert "validation: the first and the last 2, 2 batches, bfloat16" in describe(built)
+    assert (v.every, v.first, v.last, v.autocast) == (9, True, 2, torch.bfloat16)
+    assert "validation: every 9 epochs, the first and the last 2, 2 batches, bfloat16" in describe(built)
     state = fit(built.template, built.loop)
     assert [e["epoch"] for e in state.history.epochs if "val/acc" in e] == [0, 3, 4]
     # the same params validated in float32: the metrics agree to bf16's rounding, and the loss is not equal
@@ -435,14 +435,17 @@ def test_validation_keys_choose_the_epochs_and_the_precision():
     assert build(rc.load(TINY, sets=['train.precision="bf16"'])).loop.validation.autocast is None
     assert "validation: every 3 epochs, the last, 2 batches" in describe(
         build(rc.load(TINY, sets=["validation.every=3", "validation.last=1"])))
-    assert build(rc.load(TINY, sets=["validation.every=0"])).loop.validation is None
+    # every = 0 is never, whatever first and last say
+    assert build(rc.load(TINY, sets=["validation.every=0", "validation.first=true",
+                                     "validation.last=2"])).loop.validation is None
     msg = error_of(lambda: rc.load(TINY, sets=['validation.precision="bf16"']))
     assert 'validation.precision: expected one of "fp32", "train", got "bf16"' in msg
     # which epochs a Validation validates, and what it refuses
     data = [(torch.zeros(1, 3), torch.zeros(1, dtype=torch.long))]
     due = Validation(data, every=4, first=True, last=3).due
     assert [e for e in range(17) if due(e, 17)] == [0, 3, 7, 11, 14, 15, 16]
-    assert [e for e in range(5) if Validation(data, every=0, last=1).due(e, 5)] == [4]
+    assert [e for e in range(5) if Validation(data, every=9, last=1).due(e, 5)] == [4]
+    assert not any(Validation(data, every=0, first=True, last=5).due(e, 5) for e in range(5))
     for bad in ({"every": -1}, {"last": 1.5}, {"last": True}, {"autocast": torch.float32}):
         with pytest.raises(Exception, match="Validation: "):
             Validation(data, **bad)

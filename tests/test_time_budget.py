@@ -195,7 +195,7 @@ def test_the_plan_counts_validation_only_in_the_epochs_that_validate():
     a later epoch that does not costs 30 s, and more epochs fit than when every one validates."""
     from smartcash_fn.callbacks import _epochs_that_fit
 
-    v = sf.Validation(sf.TensorData((torch.rand(4, 3),), 4), every=0, first=True, last=3)
+    v = sf.Validation(sf.TensorData((torch.rand(4, 3),), 4), every=99, first=True, last=3)
 
     def need(planned, due):
         return LATER_EPOCHS * sum(30.0 + (10.0 if due(e, planned) else 0.0) for e in range(planned))
@@ -215,7 +215,7 @@ def test_a_budgeted_run_validates_the_first_and_its_last_planned_epochs(monkeypa
     from smartcash_fn import distributed
 
     monkeypatch.setattr(distributed, "gather_objects", lambda mine: [(0.32, 0.2, 0.05)])
-    built, loop = _built(None, "validation.every=0", "validation.first=true", "validation.last=2")
+    built, loop = _built(None, "validation.every=99", "validation.first=true", "validation.last=2")
     state = sf.fit(built.template, loop)  # a cap of 20: 0.27 s an epoch, 0.05 s more for each of 3 validations
     planned = state.callbacks["time_budget"]["epochs"]
     assert planned == 6 and len(state.history.epochs) == 6

@@ -704,7 +704,7 @@ def make_validation(recipe: Recipe, val: Any, info: Mapping[str, Any] | None = N
     filled = filled_from(fn, cfg.params, info or {})
     registry.check_params(fn, cfg.params, _file(recipe, "validation", "params"), supplied=filled,
                           key="validation.params", label=cfg.metrics)
-    if val is None or not (cfg.every or cfg.first or cfg.last):
+    if val is None or cfg.every == 0:
         return None
     site = _site(recipe, ("validation", "metrics"), cfg.metrics, (("validation", "params"), cfg.params))
     ev = registry.call(fn, site, **filled, **cfg.params)
@@ -901,8 +901,7 @@ def build(recipe: Recipe, run_dir: str | os.PathLike | None = None, *, quiet: bo
                      f"{recipe.data.small_size}-px images")
     if recipe.data.plain_epochs:
         notes.append(f"data: the last {plural(recipe.data.plain_epochs, 'epoch')} planned train without augmentation")
-    v = recipe.validation
-    if val is None and (v.every or v.first or v.last):
+    if val is None and recipe.validation.every > 0:
         notes.append("validation: off, the data factory gives no validation data")
     context = {**{k: v for k, v in info.items() if k != "collate_fn"}, "run_dir": run_dir,
                "val_data": None if validation is None else validation.data, "use_ema": recipe.validation.use_ema,
@@ -1037,12 +1036,11 @@ def _first_line(e: BaseException) -> str:
 
 def _validated_epochs(v: Validation) -> str:
     """Which epochs ``v`` validates, in words: ``every 4 epochs, the first and the last 3``."""
-    parts = [] if not v.every else ["every epoch" if v.every == 1 else f"every {v.every} epochs"]
-    if v.every != 1:
-        ends = (["the first"] if v.first else []) + ([f"the last {v.last}" if v.last > 1 else "the last"]
-                                                      if v.last else [])
-        parts.append(" and ".join(ends))
-    return ", ".join(p for p in parts if p)
+    if v.every == 1:
+        return "every epoch"
+    ends = (["the first"] if v.first else []) + ([f"the last {v.last}" if v.last > 1 else "the last"]
+                                                  if v.last else [])
+    return ", ".join([f"every {v.every} epochs"] + ([" and ".join(ends)] if ends else []))
 
 
 def describe(built: Built) -> str:

@@ -282,9 +282,10 @@ class ValidationConfig:
     ``[validation]`` ``every = 1``, ``metrics = "classification"``
     """
 
-    every: int = _key(1, "validate every this many epochs (0: none by this rule; with `first` and `last` at their "
-                         "defaults, never)", check=_INT_AT_LEAST_0)
-    first: bool = _key(False, "validate the first epoch too (it is timed with the rest under `train.max_time`)")
+    every: int = _key(1, "validate every this many epochs (0 is never, whatever `first` and `last` say)",
+                      check=_INT_AT_LEAST_0)
+    first: bool = _key(False, "validate the first epoch too (under `train.max_time` the plan counts its "
+                              "validation time for the epochs that validate)")
     last: int = _key(0, "validate the last N epochs of the run too (of those planned, under `train.max_time`)",
                      check=_INT_AT_LEAST_0)
     precision: Literal["fp32", "train"] = _key(
