@@ -94,8 +94,8 @@ def classification_metrics() -> Evaluator:
 
 @attrs.frozen
 class Validation:
-    """Validation data and the evaluator run on it: every ``every``-th epoch, and with ``first`` the first
-    and the last ``last`` epochs of the run too; ``every = 0`` never validates.
+    """Validation data and the evaluator run on it: every ``every``-th epoch, the first too with ``first``,
+    and the last ``last`` epochs of the run; ``every = 0`` never validates.
 
     Metrics land in the epoch's history prefixed ``val/`` (``val/loss``); with
     ``use_ema`` the EMA params (``state.extras["ema"]``) are evaluated. With
