@@ -17,7 +17,7 @@ from smartcash_fn import environment
 from smartcash_fn.run import recipe as rc
 from smartcash_fn.run import registry
 from smartcash_fn.run.build import build, describe, probe
-from smartcash_fn.errors import RecipeError
+from smartcash_fn.errors import RecipeError, StateError
 from smartcash_fn.loop import fit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -447,7 +447,7 @@ def test_validation_keys_choose_the_epochs_and_the_precision():
     assert [e for e in range(5) if Validation(data, every=9, last=1).due(e, 5)] == [4]
     assert not any(Validation(data, every=0, first=True, last=5).due(e, 5) for e in range(5))
     for bad in ({"every": -1}, {"last": 1.5}, {"last": True}, {"autocast": torch.float32}):
-        with pytest.raises(Exception, match="Validation: "):
+        with pytest.raises(StateError, match="Validation: "):
             Validation(data, **bad)
 
 
