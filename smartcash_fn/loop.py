@@ -27,6 +27,7 @@ from .data import as_data, epoch_data
 from .errors import StateError
 from .events import Callback, by_event, fire, flatten
 from .state import Clock, History, Progress, RunInfo, TrainState
+from .step import autocast_for
 from .tree import tree_map
 
 Apply = Callable[..., Any]
@@ -225,8 +226,7 @@ def validate(state: TrainState, validation: Validation) -> dict[str, float]:
         params, buffers = state.extras["ema"]["params"], state.extras["ema"]["buffers"]
     apply = partial(state.apply, params=params, buffers=buffers)  # eval mode, no gradient, mode restored
     if validation.autocast is not None:
-        device = next(iter(params.values())).device.type if params else "cpu"
-        apply = partial(_in_float32, apply, device, validation.autocast)
+        apply = partial(_in_float32, apply, autocast_for(state, validation.autocast))
     ev = validation.evaluator
     acc = ev.init()
     with torch.no_grad():
@@ -235,9 +235,9 @@ def validate(state: TrainState, validation: Validation) -> dict[str, float]:
     return {f"val/{k}": float(v) for k, v in ev.finish(acc).items()}
 
 
-def _in_float32(apply: Apply, device: str, dtype: torch.dtype, *args: Any, **kwargs: Any) -> Any:
-    """``apply``'s outputs computed under autocast to ``dtype`` on ``device``, their floating tensors made float32."""
-    with torch.autocast(device_type=device, dtype=dtype):
+def _in_float32(apply: Apply, autocast: torch.autocast, *args: Any, **kwargs: Any) -> Any:
+    """``apply``'s outputs computed under ``autocast``, their floating tensors made float32."""
+    with autocast:
         out = apply(*args, **kwargs)
     return tree_map(lambda t: t.float() if isinstance(t, torch.Tensor) and t.is_floating_point() else t, out)
 

@@ -384,7 +384,8 @@ def ema(decay: float, every: int = 1, warmup: float = 0.0) -> Callable[[Step], S
     return transform
 
 
-def _autocast(state: TrainState, dtype: torch.dtype):
+def autocast_for(state: TrainState, dtype: torch.dtype) -> torch.autocast:
+    """Autocast to ``dtype`` on the device of ``state``'s params: ``with autocast_for(state, torch.bfloat16): ...``"""
     device = next(iter(state.params.values())).device.type if state.params else "cpu"
     return torch.autocast(device_type=device, dtype=dtype)
 
@@ -397,7 +398,7 @@ def bf16() -> Callable[[Step], Step]:
 
     def transform(inner: Step) -> Step:
         def forward(state: TrainState, params: Tensors, batch: Batch):
-            with _autocast(state, torch.bfloat16):
+            with autocast_for(state, torch.bfloat16):
                 loss, metrics, buffers = inner.forward(state, params, batch)
             return loss.float(), metrics, buffers
 
@@ -431,7 +432,7 @@ def fp16(init_scale: float = 2.0**16, growth_factor: float = 2.0, backoff_factor
             return state.extras.get(key) or {"scale": float(init_scale), "good_steps": 0}
 
         def forward(state: TrainState, params: Tensors, batch: Batch):
-            with _autocast(state, torch.float16):
+            with autocast_for(state, torch.float16):
                 loss, metrics, buffers = inner.forward(state, params, batch)
             return loss.float(), metrics, buffers
 
