@@ -174,7 +174,8 @@ def val_set(data_yaml: Path, size: int) -> tuple[list[Path], list[np.ndarray], l
     """
     from PIL import Image
 
-    from smartcash_fn.smartcash.yolo import label_path, read_data_yaml
+    from smartcash_fn.errors import DataError
+    from smartcash_fn.smartcash.yolo import YoloDataset, label_path, read_data_yaml
 
     spec = read_data_yaml(data_yaml)
     unknown = [n for n in spec.names if n not in rupiah.CLASSES]
@@ -182,10 +183,10 @@ def val_set(data_yaml: Path, size: int) -> tuple[list[Path], list[np.ndarray], l
         raise BenchError(f"{data_yaml}: expected a val split and the classes of rupiah.CLASSES "
                          f"(unknown: {', '.join(unknown) or 'none'})")
     table = torch.tensor([rupiah.CLASSES.index(n) for n in spec.names], dtype=torch.int64)
-    folder = spec.splits["val"]
-    images = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp"))
-    if not images:
-        raise BenchError(f"{data_yaml}: no validation images in {folder}")
+    try:  # the split's images as training lists them: its folders and .txt lists, in order
+        images = list(YoloDataset.scan(spec, "val", size=size, on_bad="fail").images)
+    except DataError as e:
+        raise BenchError(str(e)) from None
     arrays, targets = [], []
     for p in images:
         with Image.open(p) as im:

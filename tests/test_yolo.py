@@ -130,7 +130,7 @@ def test_read_data_yaml_resolves_splits_and_layers(tmp_path):
                                     f"names: [{', '.join(CLASSES)}]\n")
     spec = read_data_yaml(root)  # a folder means its data.yaml
     assert spec.source == root / "data.yaml"
-    assert spec.splits == {"train": (root / "train/images").resolve(), "val": (root / "valid/images").resolve()}
+    assert spec.splits == {"train": ((root / "train/images").resolve(),), "val": ((root / "valid/images").resolve(),)}
     assert spec.names == CLASSES
     assert spec.layers == LAYERS == group_layers(CLASSES)
     assert [layer_of(n) for n in ("100", "l2_050", "l3_thread")] == ["banknote", "nominal", "security"]
@@ -141,7 +141,7 @@ def test_read_data_yaml_path_key_and_mapping_names(tmp_path):
     (tmp_path / "cfg").mkdir()
     (tmp_path / "cfg/data.yaml").write_text("path: ../data\ntrain: imgs/tr\nnames:\n  1: b\n  0: a\n")
     spec = read_data_yaml(tmp_path / "cfg/data.yaml")
-    assert spec.splits == {"train": (tmp_path / "data/imgs/tr").resolve()}
+    assert spec.splits == {"train": ((tmp_path / "data/imgs/tr").resolve(),)}
     assert spec.names == ("a", "b")
 
 
@@ -150,8 +150,8 @@ def test_roboflow_parent_relative_splits_resolve_beside_the_yaml(tmp_path):
     (tmp_path / "ds/train/images").mkdir(parents=True)
     (tmp_path / "ds/data.yaml").write_text("train: ../train/images\nval: ../valid/images\nnames: [a]\n")
     spec = read_data_yaml(tmp_path / "ds/data.yaml")
-    assert spec.splits["train"] == (tmp_path / "ds/train/images").resolve()
-    assert spec.splits["val"] == (tmp_path / "valid/images").resolve()  # exists nowhere: left as written
+    assert spec.splits["train"] == ((tmp_path / "ds/train/images").resolve(),)
+    assert spec.splits["val"] == ((tmp_path / "valid/images").resolve(),)  # exists nowhere: left as written
 
 
 @pytest.mark.parametrize("text, why", [
@@ -160,7 +160,8 @@ def test_roboflow_parent_relative_splits_resolve_beside_the_yaml(tmp_path):
     ("train: a\nnames: []\n", "names: expected a list of class names"),
     ("train: a\nnames:\n  x: a\n", "names: a mapping needs integer keys"),
     ("nc: 1\nnames: [a]\n", "no train, val or test entry"),
-    ("train: [a, b]\nnames: [a]\n", "train: expected one folder"),
+    ("train: [a, [b]]\nnames: [a]\n", "train: expected a folder of images or a .txt list"),
+    ("val: {a: b}\nnames: [a]\n", "val: expected a folder of images or a .txt list"),
     ("train: a\nnc: many\nnames: [a]\n", "nc: expected a whole number"),
     ("- just\n- a list\n", "expected a mapping of keys"),
 ])
@@ -183,6 +184,51 @@ def test_missing_data_yaml_and_missing_split(tmp_path):
         YoloDataset.scan(spec, "val")
     with pytest.raises(DataError, match="on_bad must be 'skip' or 'fail'"):
         YoloDataset.scan(spec, "train", on_bad="ignore")
+
+
+def test_a_split_may_list_folders_and_image_lists(tmp_path):
+    # Ultralytics' data.yaml also takes a list of sources and .txt files of image paths (COCO's, VOC's)
+    root = tmp_path / "ds"
+    tiny_dataset(root / "a", n=3)
+    tiny_dataset(root / "b", n=2)
+    (root / "lists").mkdir()
+    (root / "lists/extra.txt").write_text("# two of a's images, one given absolute\n"
+                                          "../a/train/images/im2.png\n\n"
+                                          f"{(root / 'a/train/images/im0.png').resolve()}  # again\n")
+    (root / "data.yaml").write_text("train: [a/train/images, lists/extra.txt]\nval: b/train/images\n"
+                                    f"names: {list(NAMES)}\n")
+    spec = read_data_yaml(root / "data.yaml")
+    assert spec.splits["train"] == ((root / "a/train/images").resolve(), (root / "lists/extra.txt").resolve())
+    train = YoloDataset.scan(spec, "train", size=64)
+    assert [p.name for p in train.images] == ["im0.png", "im1.png", "im2.png", "im2.png", "im0.png"]
+    assert torch.equal(train.labels[3], train.labels[2]) and torch.equal(train.labels[4], train.labels[0])
+    assert len(YoloDataset.scan(spec, "val", size=64)) == 2 and not train.problems
+
+
+def test_an_image_list_names_its_bad_lines(tmp_path):
+    root = tmp_path / "ds"
+    tiny_dataset(root, n=2)
+    (root / "train.txt").write_text("train/images/im0.png\ntrain/images/gone.png\ntrain/labels/im1.txt\n"
+                                    "train/images/im1.png\n")
+    (root / "data.yaml").write_text(f"train: train.txt\nval: val.txt\nnames: {list(NAMES)}\n")
+    spec = read_data_yaml(root / "data.yaml")
+    ds = YoloDataset.scan(spec, "train", size=32)
+    assert [p.name for p in ds.images] == ["im0.png", "im1.png"]
+    assert [(Path(p.file).name, p.line) for p in ds.problems] == [("train.txt", 2), ("train.txt", 3)]
+    assert "no such image" in ds.problems[0].message and "not an image" in ds.problems[1].message
+    with pytest.raises(DataError, match=r"train.txt:2: train/images/gone.png: no such image"):
+        YoloDataset.scan(spec, "train", size=32, on_bad="fail")
+    with pytest.raises(DataError, match=r"data.yaml: val: image list .*val.txt does not exist"):
+        YoloDataset.scan(spec, "val", size=32)
+    (root / "train/labels/im0.txt").unlink()
+    (root / "train/labels/im1.txt").unlink()
+    (root / "train/labels").rmdir()
+    spec = read_data_yaml(root / "data.yaml")
+    with pytest.raises(DataError, match=r"data.yaml: train: no labels folder .*labels for the images listed in"):
+        YoloDataset.scan(spec, "train", size=32)
+    (root / "data.yaml").write_text(f"train: data.yaml\nnames: {list(NAMES)}\n")
+    with pytest.raises(DataError, match=r"train: .*data.yaml is neither a folder of images nor a .txt list"):
+        YoloDataset.scan(read_data_yaml(root / "data.yaml"), "train", size=32)
 
 
 # --------------------------------------------------------------------------- samples and letterbox

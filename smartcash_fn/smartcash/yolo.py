@@ -22,7 +22,7 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import attrs
 import torch
@@ -75,10 +75,11 @@ def _count(value: Any, where: str) -> int:
 
 @attrs.frozen
 class DataSpec:
-    """A read ``data.yaml``: the split image folders (absolute), class names, and each class's layer."""
+    """A read ``data.yaml``: each split's sources (absolute image folders or ``.txt`` lists of images, in the
+    file's order), class names, and each class's layer."""
 
     source: Path
-    splits: Mapping[str, Path]
+    splits: Mapping[str, tuple[Path, ...]]
     names: tuple[str, ...]
     layers: Mapping[str, tuple[str, ...]]
 
@@ -128,16 +129,24 @@ def read_data_yaml(path: str | os.PathLike) -> DataSpec:
     for split in ("train", "val", "test"):
         value = doc.get(split)
         if value:
-            if not isinstance(value, str):
-                raise DataError(f"{path}: {split}: expected one folder (a path), got {value!r}")
-            p = Path(value)
-            folder = (p if p.is_absolute() else base / p).resolve()
-            if not folder.exists() and value.startswith("../") and (base / value[3:]).exists():
-                folder = (base / value[3:]).resolve()  # Roboflow exports write '../train/images' beside data.yaml
-            splits[split] = folder
+            values = value if isinstance(value, list) else [value]
+            if not all(isinstance(v, str) and v for v in values):
+                raise DataError(f"{path}: {split}: expected a folder of images or a .txt list of them, or a list "
+                                f"of those, got {value!r}")
+            splits[split] = tuple(_source(base, v) for v in values)
     if not splits:
         raise DataError(f"{path}: no train, val or test entry")
     return DataSpec(source=path, splits=splits, names=tuple(names), layers=group_layers(names))
+
+
+def _source(base: Path, value: str) -> Path:
+    """A split entry of a data.yaml as an absolute path: relative to ``base`` (the ``path`` key's folder, else
+    the file's); Roboflow exports write '../train/images' for the folder beside data.yaml."""
+    p = Path(value)
+    source = (p if p.is_absolute() else base / p).resolve()
+    if not source.exists() and value.startswith("../") and (base / value[3:]).exists():
+        source = (base / value[3:]).resolve()
+    return source
 
 
 # --------------------------------------------------------------------------- scanning
@@ -424,6 +433,51 @@ class Augment:
         return img, bb[keep], labels[keep]
 
 
+def _split_images(source_yaml: Path, split: str, source: Path, bad: Callable[[Problem], None]) -> list[Path]:
+    """The images of one source of a split: a folder (every image under it, sorted; its ``labels/`` folder
+    must exist and a label file without its image is a problem) or a ``.txt`` list (a path a line, relative
+    to the list's folder unless absolute; ``#`` starts a comment; a listed file that is missing or not an
+    image is a problem)."""
+    where = f"{source_yaml}: {split}"
+    if source.is_dir():
+        found = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        label_dir = label_path(source / "x.jpg").parent
+        if not label_dir.is_dir():
+            raise DataError(f"{where}: no labels folder {label_dir} for the images in {source}; YOLO data keeps "
+                            "the labels of images/x.jpg in labels/x.txt (an empty file for an image without "
+                            "objects)")
+        stems = {p.with_suffix("").name for p in found}
+        for lp in sorted(label_dir.rglob("*.txt")):
+            if lp.with_suffix("").name not in stems:
+                bad(Problem(str(lp), 0, "label file without an image (missing image)"))
+        return found
+    if source.suffix.lower() != ".txt":
+        raise DataError(f"{where}: folder {source} does not exist" if not source.exists() else
+                        f"{where}: {source} is neither a folder of images nor a .txt list of them")
+    if not source.is_file():
+        raise DataError(f"{where}: image list {source} does not exist")
+    try:
+        lines = source.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{where}: cannot read the image list {source} ({e})") from None
+    found = []
+    for no, line in enumerate(lines, 1):
+        entry = line.split("#", 1)[0].strip()
+        if not entry:
+            continue
+        image = Path(entry) if Path(entry).is_absolute() else (source.parent / entry).resolve()
+        if image.suffix.lower() not in IMAGE_SUFFIXES:
+            bad(Problem(str(source), no, f"{entry}: not an image ({', '.join(IMAGE_SUFFIXES)})"))
+        elif not image.is_file():
+            bad(Problem(str(source), no, f"{entry}: no such image ({image})"))
+        else:
+            found.append(image)
+    if found and not any(label_path(img).parent.is_dir() for img in found):
+        raise DataError(f"{where}: no labels folder {label_path(found[0]).parent} for the images listed in "
+                        f"{source}; YOLO data keeps the labels of images/x.jpg in labels/x.txt")
+    return found
+
+
 @attrs.frozen
 class YoloDataset:
     """One split of a YOLO-format dataset, checked at scan time, serving letterboxed samples.
@@ -445,6 +499,8 @@ class YoloDataset:
              on_bad: str = "skip") -> "YoloDataset":
         """Scan ``spec``'s ``split``: list the images, parse their labels, check every file.
 
+        A split's sources are read in order: a folder's images sorted by path,
+        a ``.txt`` list's in its order.
         Every image is decoded (a truncated file is found here, not mid-run);
         a missing ``labels/`` folder is a :class:`DataError`; an image without
         its label file is kept as an image without objects and counted in
@@ -455,9 +511,6 @@ class YoloDataset:
         if split not in spec.splits:
             raise DataError(f"{spec.source}: {split}: the data.yaml has no {split!r} split "
                             f"(it has {', '.join(spec.splits)})")
-        folder = spec.splits[split]
-        if not folder.is_dir():
-            raise DataError(f"{spec.source}: {split}: folder {folder} does not exist")
         problems: list[Problem] = []
         images: list[Path] = []
         labels: list[torch.Tensor] = []
@@ -468,16 +521,8 @@ class YoloDataset:
             log.warning("skipping %s", p)
             problems.append(p)
 
-        found = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        label_dir = label_path(folder / "x.jpg").parent
-        if not label_dir.is_dir():
-            raise DataError(f"{spec.source}: {split}: no labels folder {label_dir} for the images in {folder}; "
-                            "YOLO data keeps the labels of images/x.jpg in labels/x.txt (an empty file for an "
-                            "image without objects)")
-        stems = {p.with_suffix("").name for p in found}
-        for lp in sorted(label_dir.rglob("*.txt")):
-            if lp.with_suffix("").name not in stems:
-                bad(Problem(str(lp), 0, "label file without an image (missing image)"))
+        sources = spec.splits[split]
+        found = [img for source in sources for img in _split_images(spec.source, split, source, bad)]
         for img in found:
             why = _readable(img)
             if why:
@@ -492,7 +537,7 @@ class YoloDataset:
             images.append(img)
             labels.append(rows)
         if not images:
-            raise DataError(f"{spec.source}: {split}: no readable images in {folder}")
+            raise DataError(f"{spec.source}: {split}: no readable images in {', '.join(map(str, sources))}")
         return cls(images=tuple(images), labels=tuple(labels), names=spec.names, size=size, augment=augment,
                    problems=tuple(problems))
 
