@@ -1,6 +1,6 @@
 """YOLO-format datasets (the Ultralytics / Roboflow layout SmartCash's data uses).
 
-A ``data.yaml`` names the split folders and the classes; each image
+A ``data.yaml`` names each split's folders (or ``.txt`` lists of images) and the classes; each image
 ``…/images/<name>.jpg`` has a label file ``…/labels/<name>.txt`` of lines
 ``cls cx cy w h`` (normalized to the image). :func:`read_data_yaml` reads the
 file, :class:`YoloDataset` scans a split — checking every image and label
