@@ -246,6 +246,31 @@ def optimizer_update(state: TrainState, grads: Tensors) -> TrainState:
     return state.replace(params=params, opt_state=opt_state)
 
 
+def late_switch(early: Step, late: Step, start: float) -> Step:
+    """``early`` for the first ``start`` share of a run's planned epochs, ``late`` from there on.
+
+    Made for two steps of :func:`make_step` over two losses (the same loss
+    with other weights for the later part of a run: ``train.late_loss_params``),
+    so only the forward pass is chosen; backward and update are ``early``'s.
+    Epoch ``e`` (0-based, ``state.progress.epoch``) is late when
+    ``e >= start * state.run.epochs``: a pure function of the state, and
+    ``run.epochs`` is the plan where a time budget made one (before it, the
+    loop's epochs), so a resumed or replayed run switches where the run that
+    never stopped did::
+
+        step = late_switch(make_step(weighted(cls=3.0)), make_step(weighted(cls=1.0)), start=0.5)
+        # epochs 0-2 of a 6-epoch run on the first loss, 3-5 on the second
+    """
+    if not (isinstance(start, (int, float)) and not isinstance(start, bool) and 0 <= start <= 1):
+        raise StateError(f"late_switch: start must be a number in [0, 1], got {start!r}")
+
+    def forward(state: TrainState, params: Tensors, batch: Batch) -> tuple[torch.Tensor, Tensors, Tensors]:
+        chosen = late if state.progress.epoch >= start * state.run.epochs else early
+        return chosen.forward(state, params, batch)
+
+    return attrs.evolve(early, forward=forward)
+
+
 def classification_loss(apply: Callable[..., Any], batch: Batch) -> torch.Tensor:
     """Cross-entropy of ``apply(x)`` against ``y`` for a batch ``(x, y)``: the default for classifiers."""
     x, y = batch

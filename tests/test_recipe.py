@@ -13,7 +13,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from smartcash_fn import environment
+from smartcash_fn import checkpoint, environment
 from smartcash_fn.run import recipe as rc
 from smartcash_fn.run import registry
 from smartcash_fn.run.build import build, describe, probe
@@ -352,8 +352,60 @@ def test_param_groups_freeze_and_scale_the_lr(tmp_path):
     assert set(s1.opt_state) == {"default", "0", "head"}
 
 
+def with_user_module(tmp_path: Path, monkeypatch, module: str, code: str, train: str) -> Path:
+    """A recipe extending MINIMAL whose ``train`` table (and what follows it) names parts of ``module``,
+    written beside it from ``code`` and importable."""
+    (tmp_path / f"{module}.py").write_text(textwrap.dedent(code))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    write(tmp_path, "base.toml", MINIMAL)
+    return write(tmp_path, "r.toml", 'extends = "base.toml"\n[train]\n' + textwrap.dedent(train))
+
+
+def test_late_loss_params_change_the_loss_from_a_share_of_the_plan(tmp_path, monkeypatch):
+    path = with_user_module(tmp_path, monkeypatch, "late_parts_for_recipe", """
+        import torch
+        import torch.nn.functional as F
+
+        def scaled(scale=1.0, shift=0.0):
+            def loss(apply, batch):
+                x, y = batch
+                return scale * F.cross_entropy(apply(x), y) + shift, {"scale": torch.tensor(float(scale))}
+            return loss
+    """, """
+        epochs = 4
+        loss = "late_parts_for_recipe:scaled"
+        loss_params = {scale = 1.0}
+        late_loss_params = {scale = 0.25}
+        late_from = 0.5
+    """)
+    built = build(rc.load(path))
+    assert "late_switch(make_step(late_parts_for_recipe:scaled), make_step(late_parts_for_recipe:scaled(scale=0.25))" \
+        in describe(built)
+    assert "train: from 50% of the epochs planned the loss takes scale = 0.25" in built.notes
+    whole = fit(built.template, built.loop)
+    assert whole.history.series("train/scale") == [1.0, 1.0, 0.25, 0.25]  # epochs 0-1 early, 2-3 late
+    # stopped mid-run (before the switch, and after it), saved and loaded: the bits of the run that never stopped
+    for to_step in (6, 11):
+        part = fit(built.template, built.loop, to_step=to_step)
+        checkpoint.save(part, tmp_path / f"at{to_step}.pt")
+        resumed = fit(checkpoint.load(tmp_path / f"at{to_step}.pt", like=built.template), built.loop)
+        for k in whole.params:
+            assert torch.equal(resumed.params[k], whole.params[k]), (to_step, k)
+    # without the late keys: every epoch at the first weights, and other params
+    off = build(rc.load(path, ["train.late_loss_params={}"]))
+    plain = fit(off.template, off.loop)
+    assert plain.history.series("train/scale") == [1.0] * 4 and "late_switch" not in describe(off)
+    assert any(not torch.equal(plain.params[k], whole.params[k]) for k in whole.params)
+    # refusals: a key the loss does not take, a share outside [0, 1], a step factory of one's own
+    msg = error_of(build, rc.load(path, ["train.late_loss_params={scael = 0.5}"]))
+    assert "train.late_loss_params.scael" in msg and "did you mean 'scale'" in msg
+    assert "train.late_from" in error_of(rc.load, path, ["train.late_from=1.5"])
+    msg = error_of(build, rc.load(path, ['train.step="late_parts_for_recipe:scaled"']))
+    assert "train.late_loss_params" in msg and "train.step" in msg
+
+
 def test_user_components_by_import_path(tmp_path, monkeypatch):
-    (tmp_path / "user_parts_for_recipe.py").write_text(textwrap.dedent("""
+    path = with_user_module(tmp_path, monkeypatch, "user_parts_for_recipe", """
         import torch.nn.functional as F
         from smartcash_fn.events import Callback
 
@@ -375,23 +427,19 @@ def test_user_components_by_import_path(tmp_path, monkeypatch):
             def transform(inner):
                 return attrs.evolve(inner, update=lambda s, g: inner.update(s, {k: v / 2 for k, v in g.items()}))
             return transform
-    """))
-    monkeypatch.syspath_prepend(str(tmp_path))
-    write(tmp_path, "base.toml", MINIMAL)
-    path = write(tmp_path, "r.toml", """extends = "base.toml"
-    [train]
-    epochs = 2
-    loss = "user_parts_for_recipe:loss"
-    [[train.steps]]
-    use = "user_parts_for_recipe:halve"
-    [[callbacks]]
-    use = "user_parts_for_recipe:count_epochs"
-    event = "epoch_end"
-    priority = 5
-    [[callbacks]]
-    use = "user_parts_for_recipe:marker"
-    tag = "end"
-    """.replace("\n    ", "\n"))
+    """, """
+        epochs = 2
+        loss = "user_parts_for_recipe:loss"
+        [[train.steps]]
+        use = "user_parts_for_recipe:halve"
+        [[callbacks]]
+        use = "user_parts_for_recipe:count_epochs"
+        event = "epoch_end"
+        priority = 5
+        [[callbacks]]
+        use = "user_parts_for_recipe:marker"
+        tag = "end"
+    """)
     import user_parts_for_recipe as user
 
     built = build(rc.load(path))

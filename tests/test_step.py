@@ -36,6 +36,7 @@ from smartcash_fn.step import (
     clip,
     ema,
     fp16,
+    late_switch,
     make_step,
 )
 
@@ -116,6 +117,20 @@ def test_make_step_is_bit_identical_to_torch_adamw_foreach_loop():
         assert torch.equal(state.opt_state["exp_avg"][name], opt.state[p]["exp_avg"]), name
         assert torch.equal(state.opt_state["exp_avg_sq"][name], opt.state[p]["exp_avg_sq"]), name
     assert any(not torch.equal(first[k], state.params[k]) for k in first)
+
+
+def test_late_switch_runs_the_late_forward_from_its_share_of_the_planned_epochs():
+    def constant(value):
+        return lambda apply, batch: apply(batch[0]).sum() * 0 + value
+
+    state = TrainState.create(mlp, sgd(0.1), seed=0)
+    step = late_switch(make_step(constant(1.0)), make_step(constant(2.0)), start=0.5)
+    for planned, epoch, loss in ((6, 2, 1.0), (6, 3, 2.0), (7, 3, 1.0), (7, 4, 2.0)):
+        s = state.replace(progress=Progress(epoch=epoch), run=attrs.evolve(state.run, epochs=planned))
+        assert step(s, batches(1)[0]).metrics["loss"].item() == loss, (planned, epoch)
+    for bad in (-0.1, 1.5, True, "half"):
+        with pytest.raises(StateError, match="late_switch: start must be a number in"):
+            late_switch(make_step(constant(1.0)), make_step(constant(2.0)), start=bad)
 
 
 def test_step_leaves_the_old_state_untouched():

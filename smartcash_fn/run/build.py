@@ -539,6 +539,29 @@ def make_loss(recipe: Recipe, info: Mapping[str, Any] | None = None) -> Callable
     return fn
 
 
+def make_late_loss(recipe: Recipe, info: Mapping[str, Any] | None = None) -> Callable[..., Any] | None:
+    """The loss of a run's later epochs: ``train.loss_params`` updated by ``train.late_loss_params`` (None
+    without them). Each late key must be a parameter of the loss factory that the recipe does not leave to
+    the data's ``info``::
+
+        late_fn = make_late_loss(recipe, info)   # with late_loss_params = {cls = 1.0}: the loss at cls 1.0
+    """
+    cfg = recipe.train
+    if not cfg.late_loss_params:
+        return None
+    fn = registry.resolve("loss", cfg.loss, recipe.where("train", "loss"))
+    takes = registry.parameters(fn) or {}
+    filled = filled_from(fn, cfg.loss_params, info or {})
+    for name in cfg.late_loss_params:
+        if name not in takes or name in filled or name in ("apply", "batch"):
+            options = [n for n in takes if n not in filled and n not in ("apply", "batch")]
+            raise recipe.error(("train", "late_loss_params", name),
+                               f"{cfg.loss} takes no parameter {name!r} to change for the late epochs"
+                               f"{registry.suggest(name, options)} (its parameters: {', '.join(options) or 'none'})")
+    late = attrs.evolve(recipe, train=attrs.evolve(cfg, loss_params={**cfg.loss_params, **cfg.late_loss_params}))
+    return make_loss(late, info)
+
+
 def _call_text(name: str, params: Mapping[str, Any]) -> str:
     return f"{name}({', '.join(f'{k}={v!r}' for k, v in params.items())})"
 
@@ -581,8 +604,13 @@ def as_trained(recipe: Recipe, precision: str) -> Recipe:
     return attrs.evolve(recipe, train=attrs.evolve(recipe.train, precision=precision))
 
 
-def make_train_step(recipe: Recipe, loss_fn: Callable[..., Any]) -> tuple[Callable[..., Any], str]:
+def make_train_step(recipe: Recipe, loss_fn: Callable[..., Any], late_loss_fn: Callable[..., Any] | None = None
+                    ) -> tuple[Callable[..., Any], str]:
     """The composed step and its description: convenience keys first (precision, accumulate, clip, ema), then ``steps``.
+
+    With ``late_loss_fn`` (:func:`make_late_loss`) the step trains on it from
+    ``train.late_from`` of the planned epochs on (:func:`~smartcash_fn.step.late_switch`
+    under the transformers).
 
     Under ``torchrun`` (world size > 1) :func:`~smartcash_fn.distributed.all_reduce_gradients`
     joins the chain between ``accumulate`` and ``clip``: one reduction per
@@ -631,8 +659,15 @@ def make_train_step(recipe: Recipe, loss_fn: Callable[..., Any]) -> tuple[Callab
             raise RecipeError(f"{where}: {s.use} returned a {type(transform).__name__}, not a step transformer "
                               "(Step -> Step)")
         chain.append((_call_text(s.use, s.params), transform))
+    if late_loss_fn is not None and cfg.step is not None:
+        raise recipe.error(("train", "late_loss_params"), "changes the loss of make_step's step; a step factory "
+                                                          "(train.step) makes its own, so drop one of them")
     if cfg.step is None:
         base, base_text = make_step(loss_fn), f"make_step({cfg.loss})"
+        if late_loss_fn is not None:
+            late_text = _call_text(cfg.loss, cfg.late_loss_params)
+            base = step_lib.late_switch(base, make_step(late_loss_fn), cfg.late_from)
+            base_text = f"late_switch({base_text}, make_step({late_text}), start={cfg.late_from:g})"
     else:
         where = recipe.where("train", "step")
         if not registry.is_import_path(cfg.step):
@@ -889,7 +924,7 @@ def build(recipe: Recipe, run_dir: str | os.PathLike | None = None, *, quiet: bo
     loss_fn = make_loss(recipe, info)
     precision, precision_note = resolved_precision(recipe)
     trained = as_trained(recipe, precision)  # the recipe the step is made from and the states carry
-    step, step_text = make_train_step(trained, loss_fn)
+    step, step_text = make_train_step(trained, loss_fn, make_late_loss(recipe, info))
     validation = make_validation(trained, val, info)
     if validation is not None:
         validation = distributed.sharded_validation(validation, world)
@@ -901,6 +936,9 @@ def build(recipe: Recipe, run_dir: str | os.PathLike | None = None, *, quiet: bo
                      f"{recipe.data.small_size}-px images")
     if recipe.data.plain_epochs:
         notes.append(f"data: the last {plural(recipe.data.plain_epochs, 'epoch')} planned train without augmentation")
+    if recipe.train.late_loss_params:
+        notes.append(f"train: from {recipe.train.late_from:.0%} of the epochs planned the loss takes "
+                     f"{', '.join(f'{k} = {v!r}' for k, v in recipe.train.late_loss_params.items())}")
     if val is None and recipe.validation.every > 0:
         notes.append("validation: off, the data factory gives no validation data")
     context = {**{k: v for k, v in info.items() if k != "collate_fn"}, "run_dir": run_dir,

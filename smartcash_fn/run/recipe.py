@@ -257,6 +257,12 @@ class TrainConfig:
     loss_params: Mapping[str, Any] = _key(doc="when given (or when the data's info fills some of its "
                                               "parameters), `loss` names a factory called with these to make "
                                               "the loss function", factory=dict)
+    late_loss_params: Mapping[str, Any] = _key(doc="`loss_params` that change for the later epochs of the run, "
+                                                   "from `late_from` of those planned (under `train.max_time` "
+                                                   "too): e.g. `{cls = 1.0}`, naming first and placing boxes "
+                                                   "later (empty: off)", factory=dict)
+    late_from: float = _key(0.5, "the share of the planned epochs after which `late_loss_params` apply",
+                            check=_FRACTION)
     step: str | None = _key(None, "import path to a step factory `(loss_fn) -> Step`; unset: "
                                   "`make_step(loss)`")
     steps: tuple[StepConfig, ...] = _key((), "step transformers, outermost first, composed over the step in "
