@@ -57,6 +57,7 @@ def _add_sets(p: argparse.ArgumentParser) -> None:
 EXAMPLES: dict[str, tuple[str, ...]] = {
     "train": ("smartcash-fn train tiny                      # a built-in recipe by name: seconds",
               "smartcash-fn train                           # the default detector, at most 10 minutes",
+              "smartcash-fn train rupiah_yolo --set data.params.data_yaml=data/mine/data.yaml   # the detector on your YOLO data",
               "smartcash-fn train my.toml --set train.epochs=5 --out runs/mine"),
     "resume": ("smartcash-fn resume runs/tiny                 # its newest intact checkpoint",
                "smartcash-fn resume runs/tiny/checkpoints/epoch-0002.pt --set optimizer.lr=0.003   # a fork"),
