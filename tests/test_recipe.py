@@ -329,6 +329,36 @@ def test_schedule_total_steps_is_derived_from_epochs_batches_and_accumulation(tm
     assert built2.updates == 50
 
 
+def test_warmup_share_caps_a_warmup_longer_than_a_short_run(tmp_path):
+    from smartcash_fn.run.build import make_schedule, replan_for, warmup_of
+
+    write(tmp_path, "base.toml", MINIMAL)  # 4 batches an epoch
+    path = write(tmp_path, "r.toml", 'extends = "base.toml"\n[train]\nepochs = 5\n[optimizer]\nlr = 0.001\n'
+                                     '[schedule]\nuse = "warmup_cosine"\nwarmup_steps = 100\nwarmup_share = 0.25\n')
+    recipe = rc.load(path)
+    built = build(recipe)  # without the share: "warmup_steps must be < total_steps" (above)
+    assert built.updates == 20
+    assert "schedule: the run has 20 updates, so the warmup takes 5 (warmup_share 0.25) where warmup_steps " \
+           "says 100" in built.notes
+    lr = lambda opt, k: opt.lrs_at(k, 1.0)[""]  # noqa: E731
+    opt = built.template.optimizer
+    assert lr(opt, 0) == 0.0 and lr(opt, 2) == pytest.approx(0.001 * 2 / 5) and lr(opt, 5) == 0.001
+    assert lr(opt, 20) == 0.0                    # and it still decays to the end of the run
+    # a run long enough keeps its warmup_steps, and says nothing
+    long = build(rc.load(path, sets=["train.epochs=200"]))
+    assert long.updates == 800 and lr(long.template.optimizer, 50) == pytest.approx(0.0005)
+    assert not [n for n in long.notes if n.startswith("schedule:")]
+    # a time budget's shorter plan: the replanned schedule caps its warmup at the same share
+    schedule_for, _ = make_schedule(rc.load(path, sets=["train.epochs=200"]), batches=4)
+    planned = replan_for(rc.load(path, sets=["train.epochs=200"]), schedule_for, batches=4)(long.template, 3)
+    assert lr(planned.optimizer, 3) == 0.001 and lr(planned.optimizer, 12) == 0.0   # 12 updates: warmup 3
+    assert (warmup_of(100, 0.25, 1200), warmup_of(100, 0.25, 50), warmup_of(100, 0.25, 3)) == (100, 12, 0)
+    assert "schedule.warmup_share: cosine has no warmup to cap" in error_of(
+        lambda: build(rc.load(path, sets=['schedule.use="cosine"', "schedule.warmup_steps=0"])))
+    for bad in ("0", "1", "1.5"):
+        assert "schedule.warmup_share" in error_of(lambda: rc.load(path, sets=[f"schedule.warmup_share={bad}"]))
+
+
 def test_param_groups_freeze_and_scale_the_lr(tmp_path):
     write(tmp_path, "base.toml", MINIMAL)
     path = write(tmp_path, "r.toml", """extends = "base.toml"

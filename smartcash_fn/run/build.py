@@ -345,7 +345,8 @@ def make_schedule(recipe: Recipe, batches: int) -> tuple[Callable[..., Any], int
     The updates are ``schedule.total_steps``, or epochs x ``batches`` divided
     by the gradient accumulation; ``total`` makes a schedule of the same shape
     over fewer updates (a phase of a parameter group). ``min_lr`` scales with
-    each group's lr::
+    each group's lr; ``warmup_share`` caps the warmup at that share of each
+    schedule's updates (:func:`warmup_of`)::
 
         schedule_for, updates = make_schedule(recipe, batches=8)
         schedule_for(1e-3)(0)     # the lr of the first update
@@ -359,6 +360,9 @@ def make_schedule(recipe: Recipe, batches: int) -> tuple[Callable[..., Any], int
         kwargs["total_steps"] = updates
     elif cfg.total_steps is not None:
         raise recipe.error(("schedule", "total_steps"), f"{cfg.use} takes no 'total_steps'; remove the key")
+    if cfg.warmup_share is not None and "warmup_steps" not in kwargs:
+        raise recipe.error(("schedule", "warmup_share"), f"{cfg.use} has no warmup to cap; remove the key or use "
+                                                         "warmup_cosine")
     lr_name = _first_param(fn) or "lr"
     fields = attrs.fields_dict(type(cfg))
     for name, p in (registry.parameters(fn) or {}).items():
@@ -375,12 +379,37 @@ def make_schedule(recipe: Recipe, batches: int) -> tuple[Callable[..., Any], int
         kw = {**kwargs, **cfg.params, lr_name: lr}
         if total is not None and "total_steps" in kw:
             kw["total_steps"] = max(1, int(total))
+        if cfg.warmup_share is not None and "total_steps" in kw:
+            kw["warmup_steps"] = warmup_of(kw["warmup_steps"], cfg.warmup_share, kw["total_steps"])
         if "min_lr" in kw and base_lr > 0:
             kw["min_lr"] = kw["min_lr"] * lr / base_lr
         return registry.call(fn, site, **kw)
 
     for_lr(base_lr)  # check the arguments now
     return for_lr, updates
+
+
+def warmup_of(steps: int, share: float, total: int) -> int:
+    """The warmup updates of a schedule of ``total`` updates: ``steps``, or ``share`` of ``total`` when that is fewer.
+
+    A recipe's warmup is set for the runs it was tuned on; on a small dataset or a short time budget the run
+    may have fewer updates than that warmup (``warmup_cosine`` would refuse, or never reach its lr)::
+
+        warmup_of(100, 0.25, 1200), warmup_of(100, 0.25, 50)   # (100, 12)
+    """
+    return min(int(steps), int(share * total))
+
+
+def warmup_note(recipe: Recipe, updates: int) -> str | None:
+    """What a run of ``updates`` updates says when ``schedule.warmup_share`` shortens its warmup (else None)."""
+    cfg = recipe.schedule
+    if cfg.warmup_share is None or cfg.total_steps is not None:
+        return None
+    steps = warmup_of(cfg.warmup_steps, cfg.warmup_share, updates)
+    if steps == cfg.warmup_steps:
+        return None
+    return (f"schedule: the run has {plural(updates, 'update')}, so the warmup takes {steps} "
+            f"(warmup_share {cfg.warmup_share:g}) where warmup_steps says {cfg.warmup_steps}")
 
 
 def replan_for(recipe: Recipe, schedule_for: Callable[..., Any], batches: int
@@ -392,7 +421,8 @@ def replan_for(recipe: Recipe, schedule_for: Callable[..., Any], batches: int
     keeps its shape (the same optimizer, another schedule length), so the
     run goes on from where it is. A schedule whose length the recipe fixes
     (``schedule.total_steps``), or one that cannot span so few updates
-    (``warmup_steps`` longer than the planned run), is kept::
+    (``warmup_steps`` longer than the planned run, where ``schedule.warmup_share`` does not shorten it), is
+    kept::
 
         replan = replan_for(recipe, schedule_for, batches=len(train))
         state = replan(state, 3)
@@ -936,6 +966,9 @@ def build(recipe: Recipe, run_dir: str | os.PathLike | None = None, *, quiet: bo
                      f"{recipe.data.small_size}-px images")
     if recipe.data.plain_epochs:
         notes.append(f"data: the last {plural(recipe.data.plain_epochs, 'epoch')} planned train without augmentation")
+    short = warmup_note(recipe, updates)
+    if short:
+        notes.append(short)
     if recipe.train.late_loss_params:
         notes.append(f"train: from {recipe.train.late_from:.0%} of the epochs planned the loss takes "
                      f"{', '.join(f'{k} = {v!r}' for k, v in recipe.train.late_loss_params.items())}")

@@ -217,6 +217,9 @@ class ScheduleConfig:
     total_steps: int | None = _key(None, "optimizer updates the schedule spans (not batches); unset: epochs x batches per epoch / "
                                          "`train.accumulate`", check=_INT_AT_LEAST_1)
     warmup_steps: int = _key(0, "linear warmup updates (warmup_cosine)", check=_INT_AT_LEAST_0)
+    warmup_share: float | None = _key(None, "the most of a run the warmup takes: a run of fewer than `warmup_steps / "
+                                            "warmup_share` updates warms up for this share of them (warmup_cosine)",
+                                      check=(lambda v: 0 < v < 1, "a number between 0 and 1"))
     min_lr: float = _key(0.0, "final learning rate (cosine, warmup_cosine); scaled with each group's lr",
                          check=_LR)
     start_factor: float = _key(0.0, "warmup starts at `lr * start_factor` (warmup_cosine)", check=_FRACTION)
