@@ -111,6 +111,48 @@ def test_extends_array_merges_in_order(tmp_path):
     assert (r.optimizer.use, r.optimizer.lr, r.optimizer.momentum) == ("sgd", 0.2, 0.5)
 
 
+def test_extends_names_a_built_in_recipe_unless_a_file_nearby_has_that_name(tmp_path):
+    child = write(tmp_path, "mine.toml", 'extends = "rupiah_yolo"\n[data.params]\ndata_yaml = "d/data.yaml"\n')
+    r = rc.load(child)
+    assert (r.data.use, r.optimizer.lr, r.train.loss_params["cls"]) == ("yolo_dataset", 0.006, 1.0)
+    assert r.data.params["data_yaml"] == "d/data.yaml" and r.data.params["size"] == 256 and r.run.name == "mine"
+    write(tmp_path, "rupiah_yolo", MINIMAL)  # a file of that name beside the recipe is the one meant
+    assert rc.load(child).model.use == "mlp"
+    msg = error_of(rc.load, write(tmp_path, "typo.toml", 'extends = "rupiah_yol"\n'))
+    assert "typo.toml: extends: no recipe file 'rupiah_yol' beside it and no built-in recipe of that name; " \
+           "did you mean 'rupiah_yolo'?" in msg
+
+
+def test_a_table_naming_another_component_leaves_the_base_parameters_behind(tmp_path):
+    write(tmp_path, "base.toml", MINIMAL.replace("[train]\n", '[train]\nloss = "cross_entropy"\n'
+                                                             'loss_params = {label_smoothing = 0.1}\n')
+          + '[optimizer]\nuse = "sgd"\nlr = 0.1\nparams = {dampening = 0.1}\n')
+    swapped = write(tmp_path, "swapped.toml", """
+    extends = "base.toml"
+    [model]
+    use = "cnn"
+    [data]
+    use = "my.module:data"
+    [data.params]
+    rows = 5
+    [train]
+    loss = "my.module:loss"
+    """)
+    r = rc.load(swapped)
+    assert r.model.params == {} and r.data.params == {"rows": 5} and r.train.loss_params == {}
+    assert r.data.batch_size == 16 and r.train.epochs == 1          # the tables' own keys are inherited
+    assert r.optimizer.params == {"dampening": 0.1}                  # a component kept keeps its parameters
+    same = write(tmp_path, "same.toml", 'extends = "base.toml"\n[model]\nuse = "mlp"\n[model.params]\ndropout = 0.1\n')
+    assert rc.load(same).model.params == {"hidden": [8], "dropout": 0.1}
+    # --set of a component's name: the recipe's parameters go, those set beside it stay, in either order
+    for sets in (['data.use="my.module:data"', "data.params.rows=5"], ["data.params.rows=5", 'data.use="my.module:data"']):
+        assert rc.load(tmp_path / "base.toml", sets=sets).data.params == {"rows": 5}
+    assert rc.load(tmp_path / "base.toml", sets=['data.use="synthetic"']).data.params["samples"] == 64
+    # errors about the new component's keys name where they were set
+    msg = error_of(rc.load, tmp_path / "base.toml", sets=['model.use="cnn"', "model.params=3"])
+    assert msg.startswith("--set model.params=3: model.params:"), msg
+
+
 def test_error_in_an_inherited_key_names_the_file_that_set_it(tmp_path):
     write(tmp_path, "base.toml", MINIMAL + "[optimizer]\nlr = \"fast\"\n")
     child = write(tmp_path, "child.toml", 'extends = "base.toml"\n[train]\nepochs = 2\n')

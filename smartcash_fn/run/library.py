@@ -3,7 +3,7 @@
 ``smartcash-fn train tiny`` and ``smartcash-fn recipe copy tiny my.toml`` name
 them; the repository's ``recipes/`` folder links to the same files::
 
-    names()                      # ('rupiah_efficientnet_b4', 'rupiah_synthetic', 'tiny')
+    names()                      # ('rupiah_efficientnet_b4', 'rupiah_synthetic', 'rupiah_yolo', 'tiny')
     path_of("tiny")              # .../smartcash_fn/recipes/tiny.toml
     describe("tiny")             # 'A tiny classifier on synthetic data: trains in a few seconds on two CPU cores.'
 """

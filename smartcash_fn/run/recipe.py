@@ -12,10 +12,15 @@ each get a :class:`~smartcash_fn.errors.RecipeError` line naming the file
     write(recipe, "runs/tiny/recipe.toml")          # the resolved recipe, plain TOML
 
 ``extends = "base.toml"`` (or an array of files) inherits from other
-recipes, paths relative to the file that names them: tables merge key by key,
-everything else (numbers, strings, arrays, arrays of tables) is replaced
-whole; a cycle is an error. ``--set key=value`` overrides any key after the
-merge, the value read as TOML (a bare word that is not TOML is a string).
+recipes, paths relative to the file that names them, or a built-in recipe's
+name (``extends = "rupiah_yolo"``): tables merge key by key, everything else
+(numbers, strings, arrays, arrays of tables) is replaced whole; a cycle is an
+error. A table that names another component than its base (``[data] use =
+"yolo_dataset"`` over the synthetic scenes) does not inherit the base's
+parameters of the component it replaces (:data:`COMPONENT_PARAMS`).
+``--set key=value`` overrides any key after the merge, the value read as
+TOML (a bare word that is not TOML is a string); a ``--set`` of a
+component's name likewise leaves the recipe's parameters of it behind.
 
 ``python -m smartcash_fn.run.recipe --reference`` prints the reference of every
 key (generated from the records), ``--update-readme`` writes it into README.md.
@@ -41,7 +46,7 @@ from .._files import write_text_atomic
 from ..errors import RecipeError
 from ..report.toml import dumps, toml_value
 from ..tree import tree_map
-from . import registry
+from . import library, registry
 from .registry import suggest
 
 KeyPath = tuple  # of str (table keys) and int (array indices)
@@ -705,8 +710,8 @@ def _show(path: Path) -> str:
 def _read_toml(path: Path, shown: str, named_by: str | None) -> dict[str, Any]:
     where = f"{named_by}: extends" if named_by else shown
     if not path.exists():
-        raise RecipeError(f"{where}: no such recipe file {shown!r}" + ("" if named_by else
-                          "; give the path of a .toml recipe, or a built-in recipe's name (smartcash-fn recipe list)"))
+        raise RecipeError(f"{where}: no such recipe file {shown!r}; give the path of a .toml recipe, or a built-in "
+                          "recipe's name (smartcash-fn recipe list)")
     if not path.is_file():
         raise RecipeError(f"{where}: {shown!r} is not a file; give the path of a .toml recipe")
     try:
@@ -726,9 +731,36 @@ def _within(path: KeyPath, prefix: KeyPath) -> bool:
     return path[:len(prefix)] == prefix
 
 
+COMPONENT_PARAMS: Mapping[KeyPath, tuple[str, tuple[str, ...]]] = {
+    ("model",): ("use", ("params",)),
+    ("data",): ("use", ("params",)),
+    ("optimizer",): ("use", ("params",)),
+    ("schedule",): ("use", ("params",)),
+    ("train",): ("loss", ("loss_params", "late_loss_params")),
+    ("validation",): ("metrics", ("params",)),
+}
+"""The tables that name a component, the key naming it and the keys holding its parameters: a recipe
+(or a ``--set``) that names another component than its base does not inherit the base's parameters,
+which belong to the component it replaced."""
+
+
+def _drop_replaced(base: dict, keys: dict, path: KeyPath, name: Any) -> dict:
+    """``base`` (the table at ``path``) without its component's parameters when ``name`` names another one."""
+    named = COMPONENT_PARAMS.get(path)
+    if named is None or name is None or base.get(named[0], name) == name:
+        return base
+    out = {k: v for k, v in base.items() if k not in named[1]}
+    for q in [q for q in keys if any(_within(q, path + (p,)) for p in named[1])]:
+        del keys[q]
+    return out
+
+
 def _merge(base: dict, keys: dict, top: Mapping, top_origin: Origin, path: KeyPath = ()) -> dict:
-    """``top`` merged over ``base`` (tables key by key, anything else replaced); ``keys`` records sources."""
-    out = dict(base)
+    """``top`` merged over ``base`` (tables key by key, anything else replaced; a table naming another
+    component than ``base`` leaves the base's parameters behind, :data:`COMPONENT_PARAMS`); ``keys``
+    records sources."""
+    named = COMPONENT_PARAMS.get(path)
+    out = _drop_replaced(dict(base), keys, path, top.get(named[0])) if named else dict(base)
     for k, v in top.items():
         p = path + (k,)
         if isinstance(v, dict) and isinstance(out.get(k), dict):
@@ -757,6 +789,12 @@ def _load_tree(path: Path, chain: tuple[Path, ...], named_by: str | None) -> tup
         here = path.resolve()
         for name in bases:
             base_path = path.parent / name
+            if not base_path.exists() and len(Path(name).parts) == 1 and Path(name).suffix != ".toml":
+                if name not in library.names():
+                    raise RecipeError(f"{shown}: extends: no recipe file {name!r} beside it and no built-in recipe of "
+                                      f"that name{suggest(name, library.names())} (built-in recipes: "
+                                      f"{', '.join(library.names())})")
+                base_path = library.path_of(name)  # a built-in recipe by name, unless a file nearby has it
             resolved = base_path.resolve()
             if resolved in chain + (here,):
                 cycle = " -> ".join(_show(p) for p in chain + (here, resolved))
@@ -800,6 +838,12 @@ def apply_sets(tree: Mapping[str, Any], sets: Iterable[str], keys: dict | None =
     ``apply_sets({"train": {"epochs": 3}}, ["train.epochs=5"]) == {"train": {"epochs": 5}}``
     """
     out = copy.deepcopy(dict(tree))
+    sets = list(sets)
+    for arg in sets:  # first: a component replaced drops the recipe's parameters, not those set beside it
+        path, value = parse_set(arg)
+        table = out.get(path[0]) if len(path) == 2 else None
+        if isinstance(table, dict) and path[:1] in COMPONENT_PARAMS and COMPONENT_PARAMS[path[:1]][0] == path[1]:
+            out[path[0]] = _drop_replaced(table, {} if keys is None else keys, path[:1], value)
     for arg in sets:
         path, value = parse_set(arg)
         where = f"--set {arg}"
@@ -981,8 +1025,10 @@ def reference() -> str:
     that a test keeps in sync (``python -m smartcash_fn.run.recipe --update-readme``).
     """
     out = ["A recipe is a TOML file with the sections below; every key but the required ones may be left out.",
-           "`extends = \"base.toml\"` (or an array of files) inherits other recipes, tables merged key by key;",
-           "`--set key=value` on the command line overrides any key (the value read as TOML).", ""]
+           "`extends = \"base.toml\"` (or an array of files, or a built-in recipe's name) inherits other recipes,",
+           "tables merged key by key (a table that names another component, as `[data] use`, leaves the base's",
+           "`params` of the one it replaces behind); `--set key=value` on the command line overrides any key",
+           "(the value read as TOML; `--set data.use=...` likewise leaves the recipe's `data.params` behind).", ""]
     for f in _fields(Recipe):
         if attrs.has(f.type):
             out += _section(f.type, f.name, f"[{f.name}]")
