@@ -390,6 +390,21 @@ def test_parse_labels_counts_every_bad_line(tmp_path):
     assert [(p.line, p.message.split(" ")[0]) for p in problems] == [(3, "expected"), (4, "class"), (6, "box")]
 
 
+def test_a_polygon_line_counts_as_the_box_around_its_points(tmp_path):
+    path = tmp_path / "x.txt"
+    path.write_text("1 0.2 0.3 0.6 0.25 0.5 0.7 0.1 0.5\n"      # four points: x 0.1-0.6, y 0.25-0.7
+                    "0 0.1 0.1 0.2 0.1 0.2 0.3\n"               # a triangle
+                    "0 0.5 0.5 0.1 0.1 0.2\n"                   # six fields: neither a box nor a polygon
+                    "0 0.1 0.1 0.2 0.1 0.2 0.3 0.4\n"           # an odd coordinate count
+                    "0 0.1 0.1 0.2 0.1 0.2 x\n"                 # not numbers
+                    "0 0.1 0.1 0.1 0.1 0.1 0.1\n"               # no area
+                    "0 0.5 0.5 1.2 0.6 0.7 0.9\n")              # past the image's right edge
+    rows, problems = parse_labels(path, num_classes=2)
+    assert torch.allclose(rows, torch.tensor([[1, 0.35, 0.475, 0.5, 0.45], [0, 0.15, 0.2, 0.1, 0.2]]))
+    assert [(p.line, p.message.split(" ")[0]) for p in problems] == [(3, "expected"), (4, "expected"),
+                                                                      (5, "not"), (6, "box"), (7, "box")]
+
+
 def test_no_readable_image_is_an_error(tmp_path):
     (tmp_path / "train/images").mkdir(parents=True)
     (tmp_path / "train/labels").mkdir(parents=True)

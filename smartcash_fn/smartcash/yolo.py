@@ -2,7 +2,7 @@
 
 A ``data.yaml`` names each split's folders (or ``.txt`` lists of images) and the classes; each image
 ``…/images/<name>.jpg`` has a label file ``…/labels/<name>.txt`` of lines
-``cls cx cy w h`` (normalized to the image). :func:`read_data_yaml` reads the
+``cls cx cy w h`` (normalized to the image; a polygon line counts as its box). :func:`read_data_yaml` reads the
 file, :class:`YoloDataset` scans a split — checking every image and label
 line — and serves letterboxed, optionally augmented samples::
 
@@ -175,7 +175,11 @@ def label_path(image: Path) -> Path:
 
 
 def parse_labels(path: Path, num_classes: int, tolerance: float = 1e-3) -> tuple[torch.Tensor, list[Problem]]:
-    """The rows ``[cls, cx, cy, w, h]`` of a label file, and a :class:`Problem` for each bad line."""
+    """The rows ``[cls, cx, cy, w, h]`` of a label file, and a :class:`Problem` for each bad line.
+
+    A line is a box ``cls cx cy w h`` or a polygon ``cls x1 y1 x2 y2 x3 y3 …`` (three points or more, as a
+    segmentation export writes them), which counts as the box around its points.
+    """
     rows, problems = [], []
     if not path.exists():
         return torch.zeros((0, 5)), []  # an image without a label file has no objects
@@ -187,15 +191,21 @@ def parse_labels(path: Path, num_classes: int, tolerance: float = 1e-3) -> tuple
         fields = line.split()
         if not fields:
             continue
-        if len(fields) != 5:
-            problems.append(Problem(str(path), no, f"expected 5 fields 'cls cx cy w h', got {len(fields)}"))
+        if len(fields) != 5 and (len(fields) < 7 or len(fields) % 2 == 0):
+            problems.append(Problem(str(path), no, f"expected 5 fields 'cls cx cy w h' or a polygon 'cls x1 y1 x2 y2 "
+                                                   f"x3 y3 ...', got {len(fields)}"))
             continue
         try:
             cls = int(fields[0])
-            cx, cy, w, h = (float(f) for f in fields[1:])
+            numbers = [float(f) for f in fields[1:]]
         except ValueError:
             problems.append(Problem(str(path), no, f"not numbers: {line.strip()!r}"))
             continue
+        if len(numbers) == 4:
+            cx, cy, w, h = numbers
+        else:  # a polygon: the box around its points
+            x1, x2, y1, y2 = min(numbers[0::2]), max(numbers[0::2]), min(numbers[1::2]), max(numbers[1::2])
+            cx, cy, w, h = (x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1
         if not 0 <= cls < num_classes:
             problems.append(Problem(str(path), no, f"class {cls} outside 0..{num_classes - 1}"))
             continue
