@@ -387,7 +387,8 @@ def test_parse_labels_counts_every_bad_line(tmp_path):
     path.write_text("0 0.5 0.5 0.1 0.1\n\nbad\n2 0.5 0.5 0.1 0.1\n0 1.0005 0.5 0.001 0.1\n0 nan 0.5 0.1 0.1\n")
     rows, problems = parse_labels(path, num_classes=2)
     assert torch.allclose(rows, torch.tensor([[0, 0.5, 0.5, 0.1, 0.1], [0, 1.0005, 0.5, 0.001, 0.1]]))  # tolerated
-    assert [(p.line, p.message.split(" ")[0]) for p in problems] == [(3, "expected"), (4, "class"), (6, "box")]
+    assert [(p.line, p.message.split(" ")[0]) for p in problems] == [(3, "expected"), (4, "class"), (6, "not")]
+    assert problems[-1].message == "not finite numbers: '0 nan 0.5 0.1 0.1'"
 
 
 def test_a_polygon_line_counts_as_the_box_around_its_points(tmp_path):
@@ -398,11 +399,13 @@ def test_a_polygon_line_counts_as_the_box_around_its_points(tmp_path):
                     "0 0.1 0.1 0.2 0.1 0.2 0.3 0.4\n"           # an odd coordinate count
                     "0 0.1 0.1 0.2 0.1 0.2 x\n"                 # not numbers
                     "0 0.1 0.1 0.1 0.1 0.1 0.1\n"               # no area
-                    "0 0.5 0.5 1.2 0.6 0.7 0.9\n")              # past the image's right edge
+                    "0 0.5 0.5 1.2 0.6 0.7 0.9\n"               # past the image's right edge
+                    "0 0.5 0.5 0.6 0.6 0.7 nan\n")              # not a point
     rows, problems = parse_labels(path, num_classes=2)
     assert torch.allclose(rows, torch.tensor([[1, 0.35, 0.475, 0.5, 0.45], [0, 0.15, 0.2, 0.1, 0.2]]))
     assert [(p.line, p.message.split(" ")[0]) for p in problems] == [(3, "expected"), (4, "expected"),
-                                                                      (5, "not"), (6, "box"), (7, "box")]
+                                                                      (5, "not"), (6, "box"), (7, "box"),
+                                                                      (8, "not")]
 
 
 def test_no_readable_image_is_an_error(tmp_path):

@@ -201,6 +201,9 @@ def parse_labels(path: Path, num_classes: int, tolerance: float = 1e-3) -> tuple
         except ValueError:
             problems.append(Problem(str(path), no, f"not numbers: {line.strip()!r}"))
             continue
+        if not all(map(math.isfinite, numbers)):
+            problems.append(Problem(str(path), no, f"not finite numbers: {line.strip()!r}"))
+            continue
         if len(numbers) == 4:
             cx, cy, w, h = numbers
         else:  # a polygon: the box around its points
