@@ -159,6 +159,8 @@ def test_roboflow_parent_relative_splits_resolve_beside_the_yaml(tmp_path):
     ("train: a\n", "names: expected a list of class names"),
     ("train: a\nnames: []\n", "names: expected a list of class names"),
     ("train: a\nnames:\n  x: a\n", "names: a mapping needs integer keys"),
+    ("train: a\nnames:\n  0: a\n  2: b\n", "names: a mapping needs the keys 0..1, one each; got 0, 2"),
+    ("train: a\nnames:\n  0: a\n  00: b\n", "names: a mapping needs the keys 0..1, one each; got 0, 00"),
     ("nc: 1\nnames: [a]\n", "no train, val or test entry"),
     ("train: [a, [b]]\nnames: [a]\n", "train: expected a folder of images or a .txt list"),
     ("val: {a: b}\nnames: [a]\n", "val: expected a folder of images or a .txt list"),

@@ -112,9 +112,13 @@ def read_data_yaml(path: str | os.PathLike) -> DataSpec:
     names = doc.get("names")
     if isinstance(names, dict):
         try:
-            names = [names[k] for k in sorted(names, key=int)]
+            ids = sorted(names, key=int)
         except (TypeError, ValueError):
             raise DataError(f"{path}: names: a mapping needs integer keys 0..n-1") from None
+        if [int(k) for k in ids] != list(range(len(ids))):
+            raise DataError(f"{path}: names: a mapping needs the keys 0..{len(ids) - 1}, one each; got "
+                            f"{', '.join(str(k) for k in ids)}")
+        names = [names[k] for k in ids]
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
         raise DataError(f"{path}: names: expected a list of class names")
     if "nc" in doc and _count(doc["nc"], f"{path}: nc") != len(names):
