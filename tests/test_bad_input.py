@@ -95,7 +95,8 @@ CASES = {
                                                        "yolo_dataset; add it to the recipe"),
     "yolo_data_yaml_not_there": (["check", "yolo.toml", "--set", 'data.params.data_yaml="nowhere/data.yaml"'],
                                  'error: --set data.params.data_yaml="nowhere/data.yaml": data.params.data_yaml: '
-                                 "yolo_dataset: nowhere/data.yaml: no such data.yaml"),
+                                 "yolo_dataset: nowhere/data.yaml: no such data.yaml; give your dataset's (a "
+                                 "data.yaml, or the folder holding it): --set data.params.data_yaml=PATH"),
     "epochs_0": (["train", "r.toml", "--quiet", "--set", "train.epochs=0"],
                  "error: --set train.epochs=0: train.epochs: expected an integer >= 1, got 0"),
     "eval_a_classifier": (["eval", "CKPT_TINY"], "last.pt: not a detector's checkpoint: its recipe trains "

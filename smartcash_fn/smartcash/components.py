@@ -192,7 +192,9 @@ def yolo_dataset(data_yaml: str, size: int = 640, augment: Any = True, on_bad: s
     try:
         spec = read_data_yaml(Path(data_yaml))
     except DataError as e:  # the file the recipe's data_yaml names: a recipe error names that key
-        raise DataError(str(e), param="data_yaml") from None
+        hint = ("" if Path(data_yaml).exists() else
+                "; give your dataset's (a data.yaml, or the folder holding it): --set data.params.data_yaml=PATH")
+        raise DataError(str(e) + hint, param="data_yaml") from None
     aug = _augment_of(augment, where)
     train = YoloDataset.scan(spec, train_split, size=size, augment=aug, on_bad=on_bad)
     val = YoloDataset.scan(spec, val_split, size=size, on_bad=on_bad) if val_split else None
