@@ -19,7 +19,8 @@ from smartcash_fn.data import LoaderData
 from smartcash_fn.errors import DataError
 from smartcash_fn.smartcash.scenes import CLASSES, LAYERS, collate
 from smartcash_fn.smartcash.yolo import (PAD_VALUE, Augment, Problem, YoloDataset, group_layers, label_path, layer_of,
-                               affine, letterbox, mosaic, parse_labels, parse_yaml, read_data_yaml, turn_hue)
+                               affine, letterbox, load_image, mosaic, parse_labels, parse_yaml, read_data_yaml,
+                               turn_hue)
 
 NAMES = ("001", "l2_001", "l3_sign")
 
@@ -408,6 +409,22 @@ def test_a_polygon_line_counts_as_the_box_around_its_points(tmp_path):
     assert [(p.line, p.message.split(" ")[0]) for p in problems] == [(3, "expected"), (4, "expected"),
                                                                       (5, "not"), (6, "box"), (7, "box"),
                                                                       (8, "not")]
+
+
+def test_a_photo_is_read_upright_as_its_exif_orientation_says(tmp_path):
+    from PIL import Image
+
+    stored = Image.new("RGB", (40, 20), (0, 0, 255))
+    stored.paste((255, 0, 0), (0, 0, 20, 20))          # stored: red on the left, blue on the right
+    exif = Image.Exif()
+    exif[0x0112] = 6                                    # shown turned a quarter clockwise, as phones record it
+    stored.save(tmp_path / "phone.jpg", exif=exif, quality=95)
+    stored.save(tmp_path / "plain.jpg", quality=95)
+    image = load_image(tmp_path / "phone.jpg")
+    assert image.shape == (3, 40, 20)                    # upright: 20 wide, 40 high
+    top, bottom = image[:, 5, 10], image[:, 35, 10]      # the stored left side is now on top
+    assert top[0] > 0.9 > top[2] and bottom[2] > 0.9 > bottom[0]
+    assert load_image(tmp_path / "plain.jpg").shape == (3, 20, 40)
 
 
 def test_no_readable_image_is_an_error(tmp_path):

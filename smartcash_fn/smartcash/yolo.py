@@ -250,11 +250,15 @@ def _readable(image: Path) -> str | None:
 
 
 def load_image(path: str | os.PathLike) -> torch.Tensor:
-    """An image file as float32 ``[3, H, W]`` in [0, 1] (RGB)."""
-    from PIL import Image
+    """An image file as float32 ``[3, H, W]`` in [0, 1] (RGB), turned upright as its EXIF orientation says.
+
+    A phone stores a photo as its sensor read it and records how to turn it; viewers, annotation tools
+    and Ultralytics show and label it turned, so labels and predicted boxes refer to the upright image.
+    """
+    from PIL import Image, ImageOps
 
     with Image.open(path) as im:
-        rgb = im.convert("RGB")
+        rgb = ImageOps.exif_transpose(im).convert("RGB")
         t = torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8).view(rgb.height, rgb.width, 3)
     return t.permute(2, 0, 1).float().div_(255)
 
