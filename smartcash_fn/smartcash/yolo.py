@@ -2,9 +2,10 @@
 
 A ``data.yaml`` names each split's folders (or ``.txt`` lists of images) and the classes; each image
 ``…/images/<name>.jpg`` has a label file ``…/labels/<name>.txt`` of lines
-``cls cx cy w h`` (normalized to the image; a polygon line counts as its box). :func:`read_data_yaml` reads the
-file, :class:`YoloDataset` scans a split — checking every image and label
-line — and serves letterboxed, optionally augmented samples::
+``cls cx cy w h`` (normalized to the image; a polygon line counts as its
+box). :func:`read_data_yaml` reads the file, :class:`YoloDataset` scans a
+split — checking every image and label line — and serves letterboxed,
+optionally augmented samples::
 
     spec = read_data_yaml("datasets/rupiah/data.yaml")
     ds = YoloDataset.scan(spec, "val", size=640, on_bad="skip")
