@@ -427,6 +427,21 @@ def test_a_photo_is_read_upright_as_its_exif_orientation_says(tmp_path):
     assert load_image(tmp_path / "plain.jpg").shape == (3, 20, 40)
 
 
+def test_a_16_bit_greyscale_image_reads_at_its_own_scale(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    values = np.array([[0, 16384, 32768, 65535]], dtype=np.uint16).repeat(3, axis=0)
+    Image.fromarray(values).save(tmp_path / "deep.png")            # a 16-bit greyscale PNG
+    with Image.open(tmp_path / "deep.png") as im:
+        assert im.mode.startswith("I")
+    image = load_image(tmp_path / "deep.png")
+    assert image.shape == (3, 3, 4)
+    assert torch.allclose(image[:, 1], torch.tensor([0.0, 0.25, 0.5, 1.0]).expand(3, 4), atol=1e-4)
+    Image.fromarray((values >> 8).astype(np.uint8)).save(tmp_path / "flat.png")     # its 8-bit twin
+    assert torch.allclose(load_image(tmp_path / "flat.png"), image, atol=1 / 255)
+
+
 def test_no_readable_image_is_an_error(tmp_path):
     (tmp_path / "train/images").mkdir(parents=True)
     (tmp_path / "train/labels").mkdir(parents=True)

@@ -259,9 +259,26 @@ def load_image(path: str | os.PathLike) -> torch.Tensor:
     from PIL import Image, ImageOps
 
     with Image.open(path) as im:
-        rgb = ImageOps.exif_transpose(im).convert("RGB")
+        upright = ImageOps.exif_transpose(im)
+        if upright.mode in WIDE_GREY:
+            return _wide_grey(upright)
+        rgb = upright.convert("RGB")
         t = torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8).view(rgb.height, rgb.width, 3)
     return t.permute(2, 0, 1).float().div_(255)
+
+
+WIDE_GREY = ("I", "I;16", "I;16L", "I;16B", "I;16N")
+"""Pillow's modes of a greyscale image wider than 8 bits (a 16-bit PNG or TIFF): ``convert("RGB")`` would clip
+each value at 255, so almost every pixel of such an image would read as white."""
+
+
+def _wide_grey(image: Any) -> torch.Tensor:
+    """A 16-bit greyscale Pillow image as float32 ``[3, H, W]``: 65535 is white, as OpenCV and Ultralytics read it
+    (their 8 bits are the high 8 of the 16)."""
+    import numpy as np
+
+    grey = torch.from_numpy(np.asarray(image).astype(np.float32)).div_(65535).clamp_(0, 1)
+    return grey.expand(3, *grey.shape).contiguous()
 
 
 def letterbox(image: torch.Tensor, boxes: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
