@@ -344,7 +344,7 @@ def _bad_dataset(root: Path, case: str) -> tuple[Path, int]:
         "zero size": "0 0.5 0.5 0 0.2",
     }[case]
     bad = root / "train/labels/b.txt"
-    write_labels(bad, good + "\n" + line + "\n" + good)  # the bad line is line 3
+    write_labels(bad, good + "\n" + line + "\n" + good.replace("0.5 0.5", "0.4 0.4"))  # the bad line is line 3
     return bad, 3
 
 
@@ -392,6 +392,20 @@ def test_parse_labels_counts_every_bad_line(tmp_path):
     assert torch.allclose(rows, torch.tensor([[0, 0.5, 0.5, 0.1, 0.1], [0, 1.0005, 0.5, 0.001, 0.1]]))  # tolerated
     assert [(p.line, p.message.split(" ")[0]) for p in problems] == [(3, "expected"), (4, "class"), (6, "not")]
     assert problems[-1].message == "not finite numbers: '0 nan 0.5 0.1 0.1'"
+
+
+def test_a_class_in_any_whole_form_a_repeated_line_and_a_byte_order_mark(tmp_path):
+    path = tmp_path / "x.txt"
+    path.write_bytes("\ufeff1.0 0.5 0.5 0.2 0.2\r\n"         # Windows' UTF-8: a mark, a class as a float
+                     "1.5 0.5 0.5 0.2 0.2\n"                   # not a class
+                     "2 0.3 0.3 0.1 0.1\n"
+                     "2 0.3 0.3 0.1 0.1\n"                     # the line above again: one object, not two
+                     "1 0.3 0.3 0.1 0.1\n".encode())           # the same box, another class: kept
+    rows, problems = parse_labels(path, num_classes=3)
+    assert torch.allclose(rows, torch.tensor([[1, 0.5, 0.5, 0.2, 0.2], [2, 0.3, 0.3, 0.1, 0.1],
+                                              [1, 0.3, 0.3, 0.1, 0.1]]))
+    assert [(p.line, p.message) for p in problems] == [(2, "class 1.5 is not a whole number"),
+                                                       (4, "the same class and box as line 3")]
 
 
 def test_a_polygon_line_counts_as_the_box_around_its_points(tmp_path):

@@ -183,13 +183,16 @@ def parse_labels(path: Path, num_classes: int, tolerance: float = 1e-3) -> tuple
     """The rows ``[cls, cx, cy, w, h]`` of a label file, and a :class:`Problem` for each bad line.
 
     A line is a box ``cls cx cy w h`` or a polygon ``cls x1 y1 x2 y2 x3 y3 …`` (three points or more, as a
-    segmentation export writes them), which counts as the box around its points.
+    segmentation export writes them), which counts as the box around its points. A class may be written as
+    a whole number in any form (``1``, ``1.0``); a line that repeats an earlier one's class and box is a
+    problem (it would count one object twice), and the first stays. A byte-order mark at the file's start
+    (Windows' UTF-8) is not part of the first line.
     """
-    rows, problems = [], []
+    rows, problems, seen = [], [], {}
     if not path.exists():
         return torch.zeros((0, 5)), []  # an image without a label file has no objects
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as e:
         return torch.zeros((0, 5)), [Problem(str(path), 0, f"unreadable label file ({e})")]
     for no, line in enumerate(lines, 1):
@@ -201,14 +204,17 @@ def parse_labels(path: Path, num_classes: int, tolerance: float = 1e-3) -> tuple
                                                    f"x3 y3 ...', got {len(fields)}"))
             continue
         try:
-            cls = int(fields[0])
-            numbers = [float(f) for f in fields[1:]]
+            numbers = [float(f) for f in fields]
         except ValueError:
             problems.append(Problem(str(path), no, f"not numbers: {line.strip()!r}"))
             continue
         if not all(map(math.isfinite, numbers)):
             problems.append(Problem(str(path), no, f"not finite numbers: {line.strip()!r}"))
             continue
+        if not numbers[0].is_integer():
+            problems.append(Problem(str(path), no, f"class {fields[0]} is not a whole number"))
+            continue
+        cls, numbers = int(numbers[0]), numbers[1:]
         if len(numbers) == 4:
             cx, cy, w, h = numbers
         else:  # a polygon: the box around its points
@@ -224,7 +230,12 @@ def parse_labels(path: Path, num_classes: int, tolerance: float = 1e-3) -> tuple
         if not (lo <= cx - w / 2 and cx + w / 2 <= hi and lo <= cy - h / 2 and cy + h / 2 <= hi):
             problems.append(Problem(str(path), no, f"box outside the image (cx={cx} cy={cy} w={w} h={h})"))
             continue
-        rows.append([cls, cx, cy, w, h])
+        row = (cls, cx, cy, w, h)
+        if row in seen:
+            problems.append(Problem(str(path), no, f"the same class and box as line {seen[row]}"))
+            continue
+        seen[row] = no
+        rows.append(list(row))
     return (torch.tensor(rows, dtype=torch.float32) if rows else torch.zeros((0, 5))), problems
 
 
