@@ -153,6 +153,20 @@ def test_a_table_naming_another_component_leaves_the_base_parameters_behind(tmp_
     assert msg.startswith("--set model.params=3: model.params:"), msg
 
 
+def test_another_schedule_leaves_every_key_of_the_base_schedule_behind(tmp_path):
+    child = write(tmp_path, "linear.toml", 'extends = "rupiah_yolo"\n[data.params]\ndata_yaml = "d/data.yaml"\n'
+                                          '[schedule]\nuse = "one_cycle"\nanneal = "linear"\n')
+    r = rc.load(child)      # rupiah_yolo's warmup_steps and warmup_share, which one_cycle refuses, are gone
+    assert (r.schedule.use, r.schedule.anneal, r.schedule.warmup_steps, r.schedule.warmup_share) == \
+        ("one_cycle", "linear", 0, None)
+    assert r.optimizer.lr == 0.006                                   # the other tables are as they were
+    plain = write(tmp_path, "plain.toml", 'extends = "rupiah_yolo"\n')
+    for sets in (['schedule.use="one_cycle"', "schedule.pct_start=0.1"],
+                 ["schedule.pct_start=0.1", 'schedule.use="one_cycle"']):
+        s = rc.load(plain, sets=sets).schedule
+        assert (s.use, s.pct_start, s.warmup_steps, s.warmup_share) == ("one_cycle", 0.1, 0, None)
+
+
 def test_error_in_an_inherited_key_names_the_file_that_set_it(tmp_path):
     write(tmp_path, "base.toml", MINIMAL + "[optimizer]\nlr = \"fast\"\n")
     child = write(tmp_path, "child.toml", 'extends = "base.toml"\n[train]\nepochs = 2\n')
@@ -396,7 +410,7 @@ def test_warmup_share_caps_a_warmup_longer_than_a_short_run(tmp_path):
     assert lr(planned.optimizer, 3) == 0.001 and lr(planned.optimizer, 12) == 0.0   # 12 updates: warmup 3
     assert (warmup_of(100, 0.25, 1200), warmup_of(100, 0.25, 50), warmup_of(100, 0.25, 3)) == (100, 12, 0)
     assert "schedule.warmup_share: cosine has no warmup to cap" in error_of(
-        lambda: build(rc.load(path, sets=['schedule.use="cosine"', "schedule.warmup_steps=0"])))
+        lambda: build(rc.load(path, sets=['schedule.use="cosine"', "schedule.warmup_share=0.25"])))
     for bad in ("0", "1", "1.5"):
         assert "schedule.warmup_share" in error_of(lambda: rc.load(path, sets=[f"schedule.warmup_share={bad}"]))
 

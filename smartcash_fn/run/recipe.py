@@ -735,13 +735,14 @@ COMPONENT_PARAMS: Mapping[KeyPath, tuple[str, tuple[str, ...]]] = {
     ("model",): ("use", ("params",)),
     ("data",): ("use", ("params",)),
     ("optimizer",): ("use", ("params",)),
-    ("schedule",): ("use", ("params",)),
+    ("schedule",): ("use", tuple(f.name for f in attrs.fields(ScheduleConfig) if f.name != "use")),
     ("train",): ("loss", ("loss_params", "late_loss_params")),
     ("validation",): ("metrics", ("params",)),
 }
 """The tables that name a component, the key naming it and the keys holding its parameters: a recipe
 (or a ``--set``) that names another component than its base does not inherit the base's parameters,
-which belong to the component it replaced."""
+which belong to the component it replaced. Every key of ``[schedule]`` but ``use`` is the schedule's own
+(a base's ``warmup_steps`` means nothing to ``one_cycle``, which refuses it)."""
 
 
 def _drop_replaced(base: dict, keys: dict, path: KeyPath, name: Any) -> dict:
@@ -1027,7 +1028,8 @@ def reference() -> str:
     out = ["A recipe is a TOML file with the sections below; every key but the required ones may be left out.",
            "`extends = \"base.toml\"` (or an array of files, or a built-in recipe's name) inherits other recipes,",
            "tables merged key by key (a table that names another component, as `[data] use`, leaves the base's",
-           "`params` of the one it replaces behind); `--set key=value` on the command line overrides any key",
+           "`params` of the one it replaces behind, and `[schedule] use` every other key of the base's",
+           "`[schedule]`); `--set key=value` on the command line overrides any key",
            "(the value read as TOML; `--set data.use=...` likewise leaves the recipe's `data.params` behind).", ""]
     for f in _fields(Recipe):
         if attrs.has(f.type):
