@@ -154,13 +154,13 @@ def test_a_table_naming_another_component_leaves_the_base_parameters_behind(tmp_
 
 
 def test_another_schedule_leaves_every_key_of_the_base_schedule_behind(tmp_path):
-    child = write(tmp_path, "linear.toml", 'extends = "rupiah_yolo"\n[data.params]\ndata_yaml = "d/data.yaml"\n'
+    child = write(tmp_path, "linear.toml", 'extends = "rupiah_synthetic"\n'
                                           '[schedule]\nuse = "one_cycle"\nanneal = "linear"\n')
-    r = rc.load(child)      # rupiah_yolo's warmup_steps and warmup_share, which one_cycle refuses, are gone
+    r = rc.load(child)      # the default's warmup_steps and warmup_share, which one_cycle refuses, are gone
     assert (r.schedule.use, r.schedule.anneal, r.schedule.warmup_steps, r.schedule.warmup_share) == \
         ("one_cycle", "linear", 0, None)
-    assert r.optimizer.lr == 0.006                                   # the other tables are as they were
-    plain = write(tmp_path, "plain.toml", 'extends = "rupiah_yolo"\n')
+    assert r.optimizer.lr == 0.002                                   # the other tables are as they were
+    plain = write(tmp_path, "plain.toml", 'extends = "rupiah_synthetic"\n')
     for sets in (['schedule.use="one_cycle"', "schedule.pct_start=0.1"],
                  ["schedule.pct_start=0.1", 'schedule.use="one_cycle"']):
         s = rc.load(plain, sets=sets).schedule
