@@ -37,6 +37,7 @@ __all__ = [
     "MultiStep",
     "Cosine",
     "WarmupCosine",
+    "WarmupLinear",
     "OneCycle",
     "Scaled",
     "constant",
@@ -44,6 +45,7 @@ __all__ = [
     "multistep",
     "cosine",
     "warmup_cosine",
+    "warmup_linear",
     "one_cycle",
     "scaled",
 ]
@@ -239,6 +241,31 @@ class WarmupCosine:
         )
 
 
+def _linear_between(high: float, low: float, t: int, span: int) -> float:
+    """A straight line from ``high`` (t = 0) to ``low`` (t = span), held at ``low`` after; exact at both ends."""
+    if t <= 0:
+        return high
+    if t >= span:
+        return low
+    return min(high, max(low, high + (low - high) * t / span))
+
+
+@attrs.frozen
+class WarmupLinear(WarmupCosine):
+    """:class:`WarmupCosine`'s warmup, then a straight line from ``lr`` down to ``min_lr`` at ``total_steps``.
+
+    The curve of ``SequentialLR([LinearLR, LinearLR(1, min_lr / lr)], milestones=[warmup_steps])``.
+    A short run spends more of its updates at a useful rate than under the
+    cosine, which lingers near ``lr`` and then near ``min_lr``.
+    """
+
+    def __call__(self, count: int) -> float:
+        _check_count(count)
+        if count < self.warmup_steps:
+            return super().__call__(count)
+        return _linear_between(self.lr, self.min_lr, count - self.warmup_steps, self.total_steps - self.warmup_steps)
+
+
 def _anneal(anneal: str, start: float, end: float, pct: float) -> float:
     if anneal == "cos":
         return end + (start - end) / 2.0 * (math.cos(math.pi * pct) + 1)
@@ -379,6 +406,21 @@ def warmup_cosine(
         sched(0), sched(50), sched(100), sched(1000)   # 0.0, 5e-4, 1e-3, 0.0
     """
     return WarmupCosine(lr, warmup_steps, total_steps, min_lr, start_factor)
+
+
+def warmup_linear(
+    lr: float,
+    warmup_steps: int,
+    total_steps: int,
+    min_lr: float = 0.0,
+    start_factor: float = 0.0,
+) -> WarmupLinear:
+    """Linear warmup from ``lr * start_factor`` to ``lr``, then a straight line down to ``min_lr``.
+
+        sched = warmup_linear(1e-3, warmup_steps=100, total_steps=1100)
+        sched(0), sched(100), sched(600), sched(1100)   # 0.0, 1e-3, 5e-4, 0.0
+    """
+    return WarmupLinear(lr, warmup_steps, total_steps, min_lr, start_factor)
 
 
 def one_cycle(

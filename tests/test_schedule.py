@@ -98,6 +98,27 @@ def test_warmup_cosine_matches_sequential_linear_cosine(warmup, start_factor, mi
     assert sched(total) == sched(total + 5) == min_lr
 
 
+@pytest.mark.parametrize("warmup,start_factor,min_lr", [(20, 0.1, 0.0), (50, 1 / 3, 1e-4), (1, 0.5, 0.0)])
+def test_warmup_linear_matches_sequential_linear_linear(warmup, start_factor, min_lr):
+    total = 300
+    lr = 0.02
+
+    def make(opt):
+        warm = torch.optim.lr_scheduler.LinearLR(opt, start_factor=start_factor, total_iters=warmup)
+        down = torch.optim.lr_scheduler.LinearLR(opt, start_factor=1.0, end_factor=min_lr / lr,
+                                                 total_iters=total - warmup)
+        return torch.optim.lr_scheduler.SequentialLR(opt, [warm, down], milestones=[warmup])
+
+    theirs = torch_lrs(make, lr, total + 1)
+    sched = S.warmup_linear(lr, warmup, total, min_lr=min_lr, start_factor=start_factor)
+    assert_close_curve(sched, theirs, abs_tol=1e-15)
+    assert sched(warmup) == lr and sched(total) == sched(total + 5) == min_lr
+    assert sched((warmup + total) // 2) == pytest.approx((lr + min_lr) / 2, rel=1e-2)   # a line, not a cosine
+    assert sched(warmup - 1) == S.warmup_cosine(lr, warmup, total, min_lr, start_factor)(warmup - 1)
+    with pytest.raises(ValueError, match="warmup_steps"):                              # an ArgumentError
+        S.warmup_linear(lr, total, total)
+
+
 def test_warmup_cosine_default_starts_at_zero():
     sched = S.warmup_cosine(1e-3, warmup_steps=100, total_steps=1000)
     assert sched(0) == 0.0

@@ -362,7 +362,7 @@ def make_schedule(recipe: Recipe, batches: int) -> tuple[Callable[..., Any], int
         raise recipe.error(("schedule", "total_steps"), f"{cfg.use} takes no 'total_steps'; remove the key")
     if cfg.warmup_share is not None and "warmup_steps" not in kwargs:
         raise recipe.error(("schedule", "warmup_share"), f"{cfg.use} has no warmup to cap; remove the key or use "
-                                                         "warmup_cosine")
+                                                         "warmup_cosine or warmup_linear")
     lr_name = _first_param(fn) or "lr"
     fields = attrs.fields_dict(type(cfg))
     for name, p in (registry.parameters(fn) or {}).items():

@@ -55,6 +55,7 @@ CORE: Mapping[str, Mapping[str, str]] = {
         "multistep": "smartcash_fn.schedule:multistep",
         "cosine": "smartcash_fn.schedule:cosine",
         "warmup_cosine": "smartcash_fn.schedule:warmup_cosine",
+        "warmup_linear": "smartcash_fn.schedule:warmup_linear",
         "one_cycle": "smartcash_fn.schedule:one_cycle",
     },
     "step": {
