@@ -29,7 +29,6 @@ TINY = ROOT / "recipes" / "tiny.toml"
 SMALL = ["data.params.train=8", "data.params.val=4", "data.params.size=64", "data.batch_size=4",
          "data.val_batch_size=4", "data.workers=0", "model.params.width=16", "model.params.backbone_width=8",
          "train.epochs=1", "schedule.warmup_steps=1"]
-YOLO_SMALL = SMALL[2:-1]  # rupiah_yolo: its one_cycle schedule warms up over a share of the run, not warmup_steps
 GROUPS = {"banknote": 7, "nominal": 7, "security": 3}
 
 
@@ -190,7 +189,7 @@ def test_the_yolo_recipe_is_the_default_on_a_data_yaml_and_trains(exported, tmp_
     default = rc.load(ROOT / "recipes" / "rupiah_synthetic.toml")
     mine = rc.load(ROOT / "recipes" / "rupiah_yolo.toml")
     assert mine.model == default.model
-    assert (mine.schedule.use, mine.schedule.anneal, mine.schedule.pct_start) == ("one_cycle", "linear", 0.11)
+    assert mine.schedule == attrs.evolve(default.schedule, use="warmup_linear")   # the same warmup, a straight decay
     assert mine.optimizer == attrs.evolve(default.optimizer, lr=0.006) and default.optimizer.lr == 0.002
     assert (mine.train.max_time, mine.train.loss) == (default.train.max_time, default.train.loss)
     assert (mine.train.max_time, mine.train.loss) == (600, "task_aligned")
@@ -198,14 +197,14 @@ def test_the_yolo_recipe_is_the_default_on_a_data_yaml_and_trains(exported, tmp_
     assert mine.data.use == "yolo_dataset" and mine.data.params["size"] == 256
     assert (mine.data.plain_epochs, default.data.plain_epochs) == (4, 0)  # the default's scenes have no augmentation
     out = tmp_path / "run"
-    sets = [f"data.params.data_yaml={exported}", *YOLO_SMALL]  # 64 px, a narrow model, one epoch
+    sets = [f"data.params.data_yaml={exported}", *SMALL[2:]]  # 64 px, a narrow model, one epoch
     assert main(["train", "rupiah_yolo", "--quiet", "--out", str(out), *(a for kv in sets for a in ("--set", kv))]) == 0
     assert (out / "checkpoints" / "last.pt").is_file() and "val/mAP50" in (out / "metrics.csv").read_text()
 
 
 def test_the_last_planned_epochs_train_unaugmented_and_a_resume_switches_where_the_run_did(exported, tmp_path,
                                                                                             one_thread):
-    sets = [f"data.params.data_yaml={exported}", *YOLO_SMALL, "train.epochs=3", "loggers.tensorboard=false",
+    sets = [f"data.params.data_yaml={exported}", *SMALL[2:], "train.epochs=3", "loggers.tensorboard=false",
             "loggers.plots=false", "loggers.console=false"]
     plain = rc.load(ROOT / "recipes" / "rupiah_yolo.toml", sets=[*sets, "data.plain_epochs=1"])
     built = build(plain, tmp_path / "run", quiet=True)
@@ -228,7 +227,7 @@ def test_the_last_planned_epochs_train_unaugmented_and_a_resume_switches_where_t
 
 def test_the_first_planned_epochs_train_small_and_a_resume_switches_where_the_run_did(exported, tmp_path,
                                                                                       one_thread):
-    sets = [f"data.params.data_yaml={exported}", *YOLO_SMALL, "train.epochs=3", "data.plain_epochs=1",
+    sets = [f"data.params.data_yaml={exported}", *SMALL[2:], "train.epochs=3", "data.plain_epochs=1",
             "loggers.tensorboard=false", "loggers.plots=false", "loggers.console=false"]
     small = rc.load(ROOT / "recipes" / "rupiah_yolo.toml", sets=[*sets, "data.small_size=32", "data.small_share=0.3"])
     built = build(small, tmp_path / "run", quiet=True)
