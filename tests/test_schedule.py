@@ -81,42 +81,35 @@ def test_cosine_matches_cosineannealinglr(min_lr):
     assert sched(total) == sched(total + 1) == sched(10 * total) == min_lr
 
 
+def _decay(shape, lr, min_lr, span):
+    """torch's scheduler for the part after the warmup: a cosine or a line from ``lr`` to ``min_lr``."""
+    if shape == "cosine":
+        return lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=span, eta_min=min_lr)
+    return lambda opt: torch.optim.lr_scheduler.LinearLR(opt, start_factor=1.0, end_factor=min_lr / lr, total_iters=span)
+
+
+@pytest.mark.parametrize("shape,factory", [("cosine", S.warmup_cosine), ("linear", S.warmup_linear)])
 @pytest.mark.parametrize("warmup,start_factor,min_lr", [(20, 0.1, 0.0), (50, 1 / 3, 1e-4), (1, 0.5, 0.0)])
-def test_warmup_cosine_matches_sequential_linear_cosine(warmup, start_factor, min_lr):
+def test_warmup_then_decay_matches_torchs_sequential_schedulers(shape, factory, warmup, start_factor, min_lr):
     total = 300
     lr = 0.02
 
     def make(opt):
         warm = torch.optim.lr_scheduler.LinearLR(opt, start_factor=start_factor, total_iters=warmup)
-        cos = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total - warmup, eta_min=min_lr)
-        return torch.optim.lr_scheduler.SequentialLR(opt, [warm, cos], milestones=[warmup])
+        return torch.optim.lr_scheduler.SequentialLR(opt, [warm, _decay(shape, lr, min_lr, total - warmup)(opt)],
+                                                     milestones=[warmup])
 
     theirs = torch_lrs(make, lr, total + 1)
-    sched = S.warmup_cosine(lr, warmup, total, min_lr=min_lr, start_factor=start_factor)
+    sched = factory(lr, warmup, total, min_lr=min_lr, start_factor=start_factor)
     assert_close_curve(sched, theirs, abs_tol=1e-16)
     assert sched(warmup) == lr
     assert sched(total) == sched(total + 5) == min_lr
-
-
-@pytest.mark.parametrize("warmup,start_factor,min_lr", [(20, 0.1, 0.0), (50, 1 / 3, 1e-4), (1, 0.5, 0.0)])
-def test_warmup_linear_matches_sequential_linear_linear(warmup, start_factor, min_lr):
-    total = 300
-    lr = 0.02
-
-    def make(opt):
-        warm = torch.optim.lr_scheduler.LinearLR(opt, start_factor=start_factor, total_iters=warmup)
-        down = torch.optim.lr_scheduler.LinearLR(opt, start_factor=1.0, end_factor=min_lr / lr,
-                                                 total_iters=total - warmup)
-        return torch.optim.lr_scheduler.SequentialLR(opt, [warm, down], milestones=[warmup])
-
-    theirs = torch_lrs(make, lr, total + 1)
-    sched = S.warmup_linear(lr, warmup, total, min_lr=min_lr, start_factor=start_factor)
-    assert_close_curve(sched, theirs, abs_tol=1e-15)
-    assert sched(warmup) == lr and sched(total) == sched(total + 5) == min_lr
-    assert sched((warmup + total) // 2) == pytest.approx((lr + min_lr) / 2, rel=1e-2)   # a line, not a cosine
-    assert sched(warmup - 1) == S.warmup_cosine(lr, warmup, total, min_lr, start_factor)(warmup - 1)
-    with pytest.raises(ValueError, match="warmup_steps"):                              # an ArgumentError
-        S.warmup_linear(lr, total, total)
+    middle = (lr + min_lr) / 2                                  # half-way down: a line is there, a cosine too
+    assert sched((warmup + total) // 2) == pytest.approx(middle, rel=1e-2)
+    quarter = sched(warmup + (total - warmup) // 4)             # a quarter down: the cosine still near lr
+    assert quarter > 0.8 * lr if shape == "cosine" else quarter == pytest.approx(lr - (lr - min_lr) / 4, rel=1e-2)
+    with pytest.raises(ValueError, match="warmup_steps"):       # an ArgumentError
+        factory(lr, total, total)
 
 
 def test_warmup_cosine_default_starts_at_zero():
