@@ -319,8 +319,8 @@ def test_registry_resolves_short_names_and_import_paths():
     assert registry.resolve("optimizer", "adamw", "x") is optim.adamw
     assert registry.resolve("step", "smartcash_fn.step:clip", "x") is step.clip
     assert registry.resolve("loss", "smartcash_fn.step:classification_loss", "x") is step.classification_loss
-    assert set(registry.names("schedule")) == {"constant", "step", "multistep", "cosine", "warmup_cosine", "warmup_linear",
-                                               "one_cycle"}
+    assert set(registry.names("schedule")) == {"constant", "step", "multistep", "cosine", "warmup_cosine",
+                                               "warmup_linear", "one_cycle"}
     for kind, table in registry.builtins().items():       # every built-in resolves
         for name in table:
             assert callable(registry.resolve(kind, name, "x"))

@@ -85,7 +85,8 @@ def _decay(shape, lr, min_lr, span):
     """torch's scheduler for the part after the warmup: a cosine or a line from ``lr`` to ``min_lr``."""
     if shape == "cosine":
         return lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=span, eta_min=min_lr)
-    return lambda opt: torch.optim.lr_scheduler.LinearLR(opt, start_factor=1.0, end_factor=min_lr / lr, total_iters=span)
+    return lambda opt: torch.optim.lr_scheduler.LinearLR(opt, start_factor=1.0, end_factor=min_lr / lr,
+                                                         total_iters=span)
 
 
 @pytest.mark.parametrize("shape,factory", [("cosine", S.warmup_cosine), ("linear", S.warmup_linear)])

@@ -223,11 +223,13 @@ class ScheduleConfig:
                                          "`train.accumulate`", check=_INT_AT_LEAST_1)
     warmup_steps: int = _key(0, "linear warmup updates (warmup_cosine, warmup_linear)", check=_INT_AT_LEAST_0)
     warmup_share: float | None = _key(None, "the most of a run the warmup takes: a run of fewer than `warmup_steps / "
-                                            "warmup_share` updates warms up for this share of them (warmup_cosine, warmup_linear)",
+                                            "warmup_share` updates warms up for this share of them (warmup_cosine, "
+                                            "warmup_linear)",
                                       check=(lambda v: 0 < v < 1, "a number between 0 and 1"))
     min_lr: float = _key(0.0, "final learning rate (cosine, warmup_cosine, warmup_linear); scaled with each group's lr",
                          check=_LR)
-    start_factor: float = _key(0.0, "warmup starts at `lr * start_factor` (warmup_cosine, warmup_linear)", check=_FRACTION)
+    start_factor: float = _key(0.0, "warmup starts at `lr * start_factor` (warmup_cosine, warmup_linear)",
+                               check=_FRACTION)
     step_size: int | None = _key(None, "decay every this many updates (step)", check=_INT_AT_LEAST_1)
     milestones: tuple[int, ...] = _key((), "updates at which to decay (multistep)")
     gamma: float = _key(0.1, "decay factor (step, multistep)", check=_AT_LEAST_0)

@@ -261,6 +261,11 @@ def _readable(image: Path) -> str | None:
 # --------------------------------------------------------------------------- samples
 
 
+WIDE_GREY = ("I", "I;16", "I;16L", "I;16B", "I;16N")
+"""Pillow's modes of a greyscale image wider than 8 bits (a 16-bit PNG or TIFF): ``convert("RGB")`` would clip
+each value at 255, so almost every pixel of such an image would read as white."""
+
+
 def load_image(path: str | os.PathLike) -> torch.Tensor:
     """An image file as float32 ``[3, H, W]`` in [0, 1] (RGB), turned upright as its EXIF orientation says.
 
@@ -276,11 +281,6 @@ def load_image(path: str | os.PathLike) -> torch.Tensor:
         rgb = upright.convert("RGB")
         t = torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8).view(rgb.height, rgb.width, 3)
     return t.permute(2, 0, 1).float().div_(255)
-
-
-WIDE_GREY = ("I", "I;16", "I;16L", "I;16B", "I;16N")
-"""Pillow's modes of a greyscale image wider than 8 bits (a 16-bit PNG or TIFF): ``convert("RGB")`` would clip
-each value at 255, so almost every pixel of such an image would read as white."""
 
 
 def _wide_grey(image: Any) -> torch.Tensor:
