@@ -335,6 +335,13 @@ def _bad_dataset(root: Path, case: str) -> tuple[Path, int]:
         bad.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4)  # a PNG signature, then garbage
         write_labels(root / "train/labels/c.txt", good)
         return bad, 0
+    if case == "float image":  # a float TIFF: no range its values are meant in
+        from PIL import Image
+
+        bad = root / "train/images/c.tif"
+        Image.new("F", (32, 32), 0.5).save(bad)
+        write_labels(root / "train/labels/c.txt", good)
+        return bad, 0
     line = {
         "four fields": "1 0.5 0.5 0.25",
         "not numbers": "1 0.5 zero 0.25 0.25",
@@ -348,10 +355,11 @@ def _bad_dataset(root: Path, case: str) -> tuple[Path, int]:
     return bad, 3
 
 
-CASES = ["label without image", "unreadable image", "four fields", "not numbers", "class out of range",
-         "negative class", "box outside the image", "zero size"]
+CASES = ["label without image", "unreadable image", "float image", "four fields", "not numbers",
+         "class out of range", "negative class", "box outside the image", "zero size"]
 WHY = {
     "label without image": "label file without an image", "unreadable image": "unreadable image",
+    "float image": "a floating-point image",
     "four fields": "expected 5 fields", "not numbers": "not numbers", "class out of range": "class 3 outside 0..2",
     "negative class": "class -1 outside", "box outside the image": "box outside the image",
     "zero size": "non-positive size",

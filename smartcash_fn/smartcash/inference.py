@@ -401,6 +401,8 @@ def _letterboxed(path: Path, size: int) -> tuple[torch.Tensor, torch.Tensor, flo
     """``(original uint8 image, letterboxed float image, scale, left, top)`` of an image file."""
     try:
         image = load_image(path)
+    except DataError:
+        raise
     except Exception as e:  # noqa: BLE001 - any failure to decode is bad input
         raise DataError(f"{path}: unreadable image ({type(e).__name__}: {e})") from None
     boxed, probe = letterbox(image, torch.tensor([[0.0, 0.0, 1.0, 1.0]]), size)

@@ -37,7 +37,9 @@ from ..errors import DataError
 
 log = logging.getLogger("smartcash_fn")
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+"""The image files a dataset's folders and ``predict`` read (Ultralytics reads TIFF too: scanners and
+microscopes write it)."""
 PAD_VALUE = 114 / 255
 
 
@@ -253,7 +255,7 @@ def _readable(image: Path) -> str | None:
             im.verify()
         with Image.open(image) as im:
             im.load()
-        return None
+            return _unusable_mode(im)
     except Exception as e:  # noqa: BLE001 - any failure means unreadable
         return f"unreadable image ({type(e).__name__}: {e})"
 
@@ -275,12 +277,23 @@ def load_image(path: str | os.PathLike) -> torch.Tensor:
     from PIL import Image, ImageOps
 
     with Image.open(path) as im:
+        why = _unusable_mode(im)
+        if why:
+            raise DataError(f"{path}: {why}")
         upright = ImageOps.exif_transpose(im)
         if upright.mode in WIDE_GREY:
             return _wide_grey(upright)
         rgb = upright.convert("RGB")
         t = torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8).view(rgb.height, rgb.width, 3)
     return t.permute(2, 0, 1).float().div_(255)
+
+
+def _unusable_mode(image: Any) -> str | None:
+    """Why a Pillow image's pixels cannot be read as colours, or None: a floating-point image (mode ``F``, a
+    float TIFF) carries no range its values are meant in (0-1? 0-255?), and read as colours it would be black."""
+    if image.mode == "F":
+        return "a floating-point image (Pillow mode F): its values have no known range; save it with 8 or 16 bits"
+    return None
 
 
 def _wide_grey(image: Any) -> torch.Tensor:
