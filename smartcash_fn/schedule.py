@@ -236,9 +236,11 @@ class WarmupCosine:
         if count < self.warmup_steps:
             factor = self.start_factor + (1.0 - self.start_factor) * count / self.warmup_steps
             return self.lr * factor
-        return _cosine_between(
-            self.lr, self.min_lr, count - self.warmup_steps, self.total_steps - self.warmup_steps
-        )
+        return self._decay(count - self.warmup_steps, self.total_steps - self.warmup_steps)
+
+    def _decay(self, t: int, span: int) -> float:
+        """The rate ``t`` updates after the warmup, of ``span``: half a cosine from ``lr`` to ``min_lr``."""
+        return _cosine_between(self.lr, self.min_lr, t, span)
 
 
 def _linear_between(high: float, low: float, t: int, span: int) -> float:
@@ -259,11 +261,8 @@ class WarmupLinear(WarmupCosine):
     cosine, which lingers near ``lr`` and then near ``min_lr``.
     """
 
-    def __call__(self, count: int) -> float:
-        _check_count(count)
-        if count < self.warmup_steps:
-            return super().__call__(count)
-        return _linear_between(self.lr, self.min_lr, count - self.warmup_steps, self.total_steps - self.warmup_steps)
+    def _decay(self, t: int, span: int) -> float:
+        return _linear_between(self.lr, self.min_lr, t, span)
 
 
 def _anneal(anneal: str, start: float, end: float, pct: float) -> float:
