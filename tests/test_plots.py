@@ -140,8 +140,8 @@ def test_plot_curves_by_default_draws_when_drawing_is_cheap_next_to_the_epochs(t
         return state
 
     small_fit(4, Callback("epoch_end", wait, priority=599), plot_curves(tmp_path))
-    # epoch 1: first drawing; 2, 3: too soon; 4: after the long wait; then the final drawing
-    assert drawn == [1, 4, 4]
+    # epoch 1: never (one point a curve); 2: first drawing; 3: too soon; 4: after the long wait; then the final one
+    assert drawn == [2, 4, 4]
 
 
 def test_plot_curves_rejects_bad_arguments():

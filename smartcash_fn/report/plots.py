@@ -263,9 +263,10 @@ def plot_curves(run_dir: str | os.PathLike, every_epochs: int | None = None, per
     update (:func:`lr_series`), so a warm-up shows; the best epoch comes from
     ``state.best`` (its monitor and epoch). They are always written at
     ``training_end``; during the run every ``every_epochs`` epochs (0: never),
-    or by default at an epoch end once the time since the last drawing is at
-    least 20 times what drawing took, so plots cost at most about 5% of a run
-    whose epochs are short, and are fresh after each epoch of a long one::
+    or by default at an epoch end from the second on, once the time since the
+    last drawing is at least 20 times what drawing took, so plots cost at most
+    about 5% of a run whose epochs are short, and are fresh after each epoch of
+    a long one (:func:`curves_due`)::
 
         loop = loop.add(keep_best(Monitor("val/acc", "max")), plot_curves("runs/a"))
     """
@@ -314,14 +315,17 @@ class _Clock:
 
 
 def curves_due(epoch: int, every_epochs: int | None, done: float | None, took: float, now: float) -> bool:
-    """Whether the curves are drawn at this epoch end: every ``every_epochs``, or (None) once the time since
-    the last drawing ``done`` is at least 20 times what drawing ``took``.
+    """Whether the curves are drawn at this epoch end: every ``every_epochs``, or (None) from the second epoch on,
+    once the time since the last drawing ``done`` is at least 20 times what drawing ``took``.
 
+    By time, the first epoch is never drawn: its curves are single points, and its end is what a
+    :func:`~smartcash_fn.callbacks.time_budget` times, so a first drawing (seconds, with matplotlib's import)
+    would be counted into the plan as part of every epoch.
     ``curves_due(4, 2, None, 0.0, now)`` is True; ``curves_due(3, None, now - 1.0, 0.1, now)`` is False.
     """
     if every_epochs is not None:
         return bool(every_epochs) and epoch % every_epochs == 0
-    return done is None or now - done >= 20 * took
+    return epoch >= 2 and (done is None or now - done >= 20 * took)
 
 
 # --------------------------------------------------------------------------- classes
