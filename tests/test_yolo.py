@@ -449,6 +449,47 @@ def test_a_photo_is_read_upright_as_its_exif_orientation_says(tmp_path):
     assert load_image(tmp_path / "plain.jpg").shape == (3, 20, 40)
 
 
+def test_a_large_jpeg_is_decoded_smaller_for_its_input_size(tmp_path):
+    from PIL import Image
+
+    from smartcash_fn.smartcash.inference import _letterboxed
+
+    # a 2048 x 1536 photo with a white rectangle at (512, 384)-(1024, 768), labelled; 256-px input
+    rect = [(512, 384, 1024, 768, (255, 255, 255))]
+    write_png(tmp_path / "train/images/photo.png", 2048, 1536, rect)
+    with Image.open(tmp_path / "train/images/photo.png") as im:
+        im.save(tmp_path / "train/images/photo.jpg", quality=95)
+    (tmp_path / "train/images/photo.png").unlink()
+    write_labels(tmp_path / "train/labels/photo.txt", "0 0.375 0.375 0.25 0.25\n")
+    jpg = tmp_path / "train/images/photo.jpg"
+    assert load_image(jpg, fit=256).shape == (3, 192, 256)        # 1/8: the long side still 256
+    assert load_image(jpg, fit=300).shape == (3, 384, 512)        # 1/4: 1/8 would be under 300
+    assert load_image(jpg).shape == load_image(jpg, fit=2048).shape == (3, 1536, 2048)
+    full = letterbox(load_image(jpg), torch.zeros(0, 4), 256)[0]
+    small = letterbox(load_image(jpg, fit=256), torch.zeros(0, 4), 256)[0]
+    assert (full - small).abs().mean() < 0.01                    # the same picture, as the model sees it
+
+    ds = YoloDataset.scan(read_data_yaml(write_yaml(tmp_path)), "train", size=256)
+    image, target = ds[0]                                        # scale 1/8, 32 grey rows above
+    assert torch.allclose(target["boxes"], torch.tensor([[64.0, 80.0, 128.0, 128.0]]))
+    assert torch.all(image[:, 84:124, 68:124] > 0.9) and torch.all(image[:, 36:76, :] < 0.1)
+
+    original, boxed, scale, left, top = _letterboxed(jpg, 256)   # predict: what eval sees, mapped to the photo
+    assert original.shape == (3, 1536, 2048) and torch.equal(boxed, image)
+    assert (scale, left, top) == (0.125, 0.0, 32.0)
+
+
+@pytest.mark.parametrize("w, h, fit, shape", [(2050, 1536, 256, (3, 768, 1025)),   # 4 and 8 do not divide 2050
+                                              (2051, 1536, 256, (3, 1536, 2051))])  # nothing divides 2051
+def test_a_jpeg_is_decoded_smaller_only_by_a_scale_that_divides_its_sides(tmp_path, w, h, fit, shape):
+    from PIL import Image
+
+    Image.new("RGB", (w, h), (90, 120, 30)).save(tmp_path / "odd.jpg")
+    Image.new("RGB", (w, h), (90, 120, 30)).save(tmp_path / "odd.png")
+    assert load_image(tmp_path / "odd.jpg", fit=fit).shape == shape
+    assert load_image(tmp_path / "odd.png", fit=fit).shape == (3, h, w)   # only a JPEG's decoder scales
+
+
 def test_a_16_bit_greyscale_image_reads_at_its_own_scale(tmp_path):
     import numpy as np
     from PIL import Image

@@ -398,16 +398,22 @@ def image_files(inputs: Sequence[str | os.PathLike]) -> list[Path]:
 
 
 def _letterboxed(path: Path, size: int) -> tuple[torch.Tensor, torch.Tensor, float, float, float]:
-    """``(original uint8 image, letterboxed float image, scale, left, top)`` of an image file."""
+    """``(original uint8 image, letterboxed float image, scale, left, top)`` of an image file.
+
+    The model sees the pixels ``eval`` and training give it (a large JPEG decoded smaller, ``load_image``'s
+    ``fit``); the boxes are drawn on, and mapped back to, the image at its own size.
+    """
     try:
         image = load_image(path)
+        seen = load_image(path, fit=size)
     except DataError:
         raise
     except Exception as e:  # noqa: BLE001 - any failure to decode is bad input
         raise DataError(f"{path}: unreadable image ({type(e).__name__}: {e})") from None
-    boxed, probe = letterbox(image, torch.tensor([[0.0, 0.0, 1.0, 1.0]]), size)
+    boxed, probe = letterbox(seen, torch.tensor([[0.0, 0.0, 1.0, 1.0]]), size)
     left, top = float(probe[0, 0]), float(probe[0, 1])
-    scale = float(probe[0, 2]) - left  # where the unit box lands: the letterbox's scale and offsets
+    drafted = image.shape[-1] // seen.shape[-1]  # 1, 2, 4 or 8: a whole scale (yolo.draft_scale)
+    scale = (float(probe[0, 2]) - left) / drafted  # where the unit box lands: the letterbox's scale and offsets
     return (image * 255).round().to(torch.uint8), boxed, scale, left, top
 
 

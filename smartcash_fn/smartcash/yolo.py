@@ -268,11 +268,16 @@ WIDE_GREY = ("I", "I;16", "I;16L", "I;16B", "I;16N")
 each value at 255, so almost every pixel of such an image would read as white."""
 
 
-def load_image(path: str | os.PathLike) -> torch.Tensor:
+def load_image(path: str | os.PathLike, fit: int | None = None) -> torch.Tensor:
     """An image file as float32 ``[3, H, W]`` in [0, 1] (RGB), turned upright as its EXIF orientation says.
 
     A phone stores a photo as its sensor read it and records how to turn it; viewers, annotation tools
     and Ultralytics show and label it turned, so labels and predicted boxes refer to the upright image.
+    With ``fit`` (the input size it will be letterboxed to), a large JPEG is decoded smaller
+    (:func:`draft_scale`): a 4000 x 3000 photo for a 640-px input as 1000 x 750, about a quarter of the
+    time to read and letterbox. Labels are fractions of the image, so they hold at any scale::
+
+        image = load_image("photos/IMG_0001.jpg", fit=640)     # [3, 750, 1000] for a 4000 x 3000 photo
     """
     from PIL import Image, ImageOps
 
@@ -280,12 +285,30 @@ def load_image(path: str | os.PathLike) -> torch.Tensor:
         why = _unusable_mode(im)
         if why:
             raise DataError(f"{path}: {why}")
+        if fit is not None:
+            s = draft_scale(im, fit)
+            if s > 1:
+                im.draft(None, (im.width // s, im.height // s))
         upright = ImageOps.exif_transpose(im)
         if upright.mode in WIDE_GREY:
             return _wide_grey(upright)
         rgb = upright.convert("RGB")
         t = torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8).view(rgb.height, rgb.width, 3)
     return t.permute(2, 0, 1).float().div_(255)
+
+
+def draft_scale(image: Any, fit: int) -> int:
+    """The 1/8, 1/4 or 1/2 scale (8, 4, 2; else 1) at which :func:`load_image` decodes an opened Pillow image
+    for an input of ``fit`` pixels: JPEG only, whose decoder scales in the frequency domain while it reads
+    (Pillow's ``draft``, an averaging downscale); the largest scale that keeps the long side at least ``fit``
+    and divides both sides, so every decoded pixel is whole and a label's fraction lands where it did.
+
+    ``draft_scale(Image.open("IMG_0001.jpg"), 640)`` is 4 for a 4000 x 3000 photo, 1 for a 1000 x 750 one.
+    """
+    if image.format != "JPEG":
+        return 1
+    w, h = image.size
+    return next((s for s in (8, 4, 2) if max(w, h) // s >= fit and w % s == 0 and h % s == 0), 1)
 
 
 def _unusable_mode(image: Any) -> str | None:
@@ -637,7 +660,7 @@ class YoloDataset:
         return image, {"boxes": boxes.float(), "labels": labels}
 
     def _letterboxed(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        image = load_image(self.images[index])
+        image = load_image(self.images[index], fit=self.size)
         _, h, w = image.shape
         rows = self.labels[index]
         cx, cy, bw, bh = rows[:, 1] * w, rows[:, 2] * h, rows[:, 3] * w, rows[:, 4] * h
