@@ -20,7 +20,7 @@ from smartcash_fn.errors import DataError
 from smartcash_fn.smartcash.scenes import CLASSES, LAYERS, collate
 from smartcash_fn.smartcash.yolo import (PAD_VALUE, Augment, Problem, YoloDataset, group_layers, label_path, layer_of,
                                affine, letterbox, load_image, mosaic, parse_labels, parse_yaml, read_data_yaml,
-                               turn_hue)
+                               jitter_colours, turn_hue)
 
 NAMES = ("001", "l2_001", "l3_sign")
 
@@ -714,6 +714,25 @@ def test_turn_hue_rotates_colours_about_the_grey_axis():
     assert turn_hue(reddish, 0.05)[1] > reddish[1] and turn_hue(reddish, 0.05)[2] < reddish[2]
     # clamped into [0, 1]
     assert turn_hue(torch.tensor([1.0, 0.0, 0.0]).view(3, 1, 1), 0.05).min() >= 0
+
+
+@pytest.mark.parametrize("order", [(0, 1, 2), (2, 1, 0), (1, 0, 2)])
+def test_jitter_colours_is_torchvision_s_three_changes_in_any_order_then_the_hue_turn(order):
+    from torchvision.transforms.v2 import functional as F
+
+    image = torch.rand(3, 24, 24, generator=torch.Generator().manual_seed(3)) * 0.4 + 0.3  # nothing clamps
+    factors = (1.15, 0.8, 1.2)
+    changes = (F.adjust_brightness, F.adjust_contrast, F.adjust_saturation)
+    expected = image
+    for i in order:
+        expected = changes[i](expected, factors[i])
+    expected = turn_hue(expected, 0.03)
+    assert torch.allclose(jitter_colours(image, *factors, turn=0.03), expected, atol=1e-5)
+    assert torch.allclose(jitter_colours(image, 1.0, 1.0, 1.0), image, atol=1e-6)
+    # one clamp, at the end: greys 0.8 and 0.2 (mean 0.5), twice as bright, half the contrast: 1.3 -> 1 and 0.7
+    # (clamping after each change, as ColorJitter does, gives 0.85 and 0.55)
+    greys = torch.tensor([0.8, 0.2]).expand(3, 1, 2)
+    assert torch.allclose(jitter_colours(greys, 2.0, 0.5, 1.0), torch.tensor([1.0, 0.7]).expand(3, 1, 2), atol=1e-3)
 
 
 def test_the_augment_s_hue_turn_is_drawn_from_the_generator():

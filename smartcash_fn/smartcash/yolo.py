@@ -13,7 +13,7 @@ optionally augmented samples::
     ds.problems                    # the bad files and lines, each with its file and line
 
 Augmentation (``Augment``: one :func:`affine` for the flip, turn, scale and
-shift, torchvision's colour jitter) is a pure function of the generator the
+shift, :func:`jitter_colours` for the colours) is a pure function of the generator the
 loader passes to ``sample(index, generator)``.
 """
 
@@ -28,10 +28,7 @@ from typing import Any, Callable, Mapping, Sequence
 import attrs
 import torch
 import yaml
-from torchvision import tv_tensors
-from torchvision.transforms import v2
 
-from .. import rng
 from ..environment import one_torch_thread
 from ..errors import DataError
 
@@ -383,6 +380,15 @@ def mosaic(tiles: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], cen
     return canvas[:, oy:oy + size, ox:ox + size].contiguous(), clipped[keep], labels[keep]
 
 
+def _hue_rotation(turn: float, dtype: torch.dtype) -> torch.Tensor:
+    """The 3 × 3 rotation of RGB space by ``turn`` of the colour wheel about the grey axis (:func:`turn_hue`)."""
+    c, third = math.cos(2 * math.pi * turn), 1.0 / 3.0
+    r = math.sin(2 * math.pi * turn) / math.sqrt(3)
+    return torch.tensor([[c + (1 - c) * third, (1 - c) * third - r, (1 - c) * third + r],
+                         [(1 - c) * third + r, c + (1 - c) * third, (1 - c) * third - r],
+                         [(1 - c) * third - r, (1 - c) * third + r, c + (1 - c) * third]], dtype=dtype)
+
+
 def turn_hue(image: torch.Tensor, turn: float) -> torch.Tensor:
     """``image`` (``[3, H, W]`` RGB in [0, 1]) with its colours turned by ``turn`` of the colour wheel.
 
@@ -395,12 +401,35 @@ def turn_hue(image: torch.Tensor, turn: float) -> torch.Tensor:
 
         turn_hue(torch.tensor([1.0, 0, 0]).view(3, 1, 1), 1 / 3).flatten()   # pure red turned a third: green
     """
-    c, third = math.cos(2 * math.pi * turn), 1.0 / 3.0
-    r = math.sin(2 * math.pi * turn) / math.sqrt(3)
-    rotation = torch.tensor([[c + (1 - c) * third, (1 - c) * third - r, (1 - c) * third + r],
-                             [(1 - c) * third + r, c + (1 - c) * third, (1 - c) * third - r],
-                             [(1 - c) * third - r, (1 - c) * third + r, c + (1 - c) * third]], dtype=image.dtype)
+    rotation = _hue_rotation(turn, image.dtype)
     return (rotation @ image.reshape(3, -1)).reshape(image.shape).clamp_(0, 1)
+
+
+LUMA = (0.2989, 0.587, 0.114)
+"""The weights of R, G and B in an image's grey (ITU-R 601, as torchvision's ``rgb_to_grayscale``)."""
+
+
+def jitter_colours(image: torch.Tensor, brightness: float, contrast: float, saturation: float,
+                   turn: float = 0.0) -> torch.Tensor:
+    """``image`` (``[3, H, W]`` RGB in [0, 1]) with its brightness, contrast and saturation scaled by these
+    factors (1: unchanged) and its hue turned by ``turn`` (:func:`turn_hue`), clamped into [0, 1] once.
+
+    Brightness scales every value; contrast blends the image with its mean grey, saturation each pixel
+    with its own grey, by the factor (torchvision's definitions). All three are linear in the pixel and,
+    before clamping, commute (the grey of a pixel of grey ``g`` is ``g``), so they are one 3 × 3 matrix
+    and one grey offset, the hue turn folded in: one pass over the pixels where torchvision's
+    ``ColorJitter`` makes several, each clamped (a value pushed past 1 by one factor stays past it here
+    until the end)::
+
+        jitter_colours(image, 1.2, 0.8, 1.1, turn=0.01)   # brighter, flatter, more colourful, a little greener
+    """
+    luma = torch.tensor(LUMA, dtype=torch.float64)
+    mean_grey = float(luma @ image.mean((1, 2), dtype=torch.float64))
+    saturate = saturation * torch.eye(3, dtype=torch.float64) + (1 - saturation) * luma.expand(3, 3)
+    matrix = brightness * contrast * (_hue_rotation(turn, torch.float64) @ saturate)
+    offset = brightness * (1 - contrast) * mean_grey  # a grey: the hue turn leaves it as it is
+    out = torch.addmm(torch.full((3, 1), offset, dtype=image.dtype), matrix.to(image.dtype), image.reshape(3, -1))
+    return out.reshape(image.shape).clamp_(0, 1)
 
 
 def affine(image: torch.Tensor, boxes: torch.Tensor, matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -449,8 +478,10 @@ class Augment:
     is a function of ``(seed, epoch, index)``. ``mosaic`` is the probability
     that a sample is a :func:`mosaic` of itself and three other samples of
     the split, drawn by that generator (the affine and the colours then apply
-    to the whole mosaic). ``hue`` turns the colours by up to that fraction of
-    the colour wheel (:func:`turn_hue`). ``degrees`` is 0 by default: a turned image's box is the box around the turned
+    to the whole mosaic). ``brightness``, ``contrast`` and ``saturation`` scale
+    by a factor drawn from ``[1 - v, 1 + v]`` and ``hue`` turns the colours by up
+    to that fraction of the colour wheel, all four in one pass
+    (:func:`jitter_colours`). ``degrees`` is 0 by default: a turned image's box is the box around the turned
     box, larger than the object inside it unless the object filled its box (a note already askew, a printed
     number, a security thread do not), so turning teaches boxes too large (docs/detector.md).
     The flip, turn, scale and shift are one :func:`affine` (bilinear: the nearest pixel moves an edge by up to
@@ -507,13 +538,12 @@ class Augment:
                  generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         h, w = image.shape[-2:]
         img, bb = affine(image, boxes, self.matrix(h, w, generator))
-        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-        with rng.seeded(seed, "augment"):  # torchvision's colour jitter draws from the global generator
-            img = v2.ColorJitter(self.brightness, self.contrast, self.saturation)(tv_tensors.Image(img))
-            turn = float(torch.empty(()).uniform_(-self.hue, self.hue)) if self.hue > 0 else 0.0
-        img = img.as_subclass(torch.Tensor).clamp_(0, 1)
-        if turn:
-            img = turn_hue(img, turn)
+        u = torch.rand(4, generator=generator, dtype=torch.float64).tolist()
+        factors = [max(0.0, 1 - v) + (1 + v - max(0.0, 1 - v)) * x
+                   for x, v in zip(u, (self.brightness, self.contrast, self.saturation))]
+        turn = (2 * u[3] - 1) * self.hue
+        if factors != [1.0, 1.0, 1.0] or turn:
+            img = jitter_colours(img, *factors, turn=turn)
         area = (bb[:, 2] - bb[:, 0]).clamp(min=0) * (bb[:, 3] - bb[:, 1]).clamp(min=0)
         keep = area >= self.min_area
         return img, bb[keep], labels[keep]
