@@ -274,7 +274,8 @@ def load_image(path: str | os.PathLike, fit: int | None = None) -> torch.Tensor:
     (:func:`draft_scale`): a 4000 x 3000 photo for a 640-px input as 1000 x 750, about a quarter of the
     time to read and letterbox. Labels are fractions of the image, so they hold at any scale::
 
-        image = load_image("photos/IMG_0001.jpg", fit=640)     # [3, 750, 1000] for a 4000 x 3000 photo
+        load_image("photo.jpg", fit=640).shape   # [3, 750, 1000] for a 4000 x 3000 photo: read at 1/4
+        load_image("photo.jpg", fit=32).shape    # [3, 32, 48] for a 96 x 64 one: at 1/2, still 32 long
     """
     from PIL import Image, ImageOps
 
