@@ -52,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=640)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
+    from PIL import Image
+
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     none = torch.zeros(0, 4)
     with tempfile.TemporaryDirectory() as tmp:
@@ -65,8 +67,6 @@ def main(argv: list[str] | None = None) -> int:
                 best[label] = min(best[label], (time.perf_counter() - t0) / len(photos))
         full = yolo.letterbox(yolo.load_image(photos[0]), none, args.size)[0]
         scaled = yolo.letterbox(yolo.load_image(photos[0], fit=args.size), none, args.size)[0]
-        from PIL import Image
-
         with Image.open(photos[0]) as im:
             scale = yolo.draft_scale(im, args.size)
     print(f"{args.photos} JPEGs of {args.width} x {args.height}, letterboxed to {args.size} px, "

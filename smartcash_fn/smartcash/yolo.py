@@ -540,8 +540,8 @@ class Augment:
         h, w = image.shape[-2:]
         img, bb = affine(image, boxes, self.matrix(h, w, generator))
         u = torch.rand(4, generator=generator, dtype=torch.float64).tolist()
-        factors = [max(0.0, 1 - v) + (1 + v - max(0.0, 1 - v)) * x
-                   for x, v in zip(u, (self.brightness, self.contrast, self.saturation))]
+        ranges = [(max(0.0, 1 - v), 1 + v) for v in (self.brightness, self.contrast, self.saturation)]
+        factors = [lo + (hi - lo) * x for x, (lo, hi) in zip(u, ranges)]
         turn = (2 * u[3] - 1) * self.hue
         if factors != [1.0, 1.0, 1.0] or turn:
             img = jitter_colours(img, *factors, turn=turn)
