@@ -295,8 +295,8 @@ def test_a_missing_labels_folder_is_an_error(tmp_path):
         YoloDataset.scan(read_data_yaml(write_yaml(tmp_path)), "train", size=32)
 
 
-@pytest.mark.parametrize("split", ["train", "val"])
-def test_a_truncated_jpeg_is_found_at_the_scan_under_both_policies(tmp_path, split):
+@pytest.mark.parametrize("split, size", [("train", 64), ("val", 64), ("train", 16)])   # 16: decoded at 1/4
+def test_a_truncated_jpeg_is_found_at_the_scan_under_both_policies(tmp_path, split, size):
     from PIL import Image
 
     for s in ("train", "val"):
@@ -308,12 +308,12 @@ def test_a_truncated_jpeg_is_found_at_the_scan_under_both_policies(tmp_path, spl
     bad = tmp_path / f"{split}/images/b.jpg"
     bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])     # the header intact, half the pixels gone
     spec = read_data_yaml(write_yaml(tmp_path))
-    ds = YoloDataset.scan(spec, split, size=32, on_bad="skip")
+    ds = YoloDataset.scan(spec, split, size=size, on_bad="skip")
     assert [p.name for p in ds.images] == ["a.jpg"]
     (problem,) = ds.problems
     assert str(problem).startswith(f"{bad}: unreadable image")
     with pytest.raises(DataError, match=rf"^{bad}: unreadable image"):
-        YoloDataset.scan(spec, split, size=32, on_bad="fail")
+        YoloDataset.scan(spec, split, size=size, on_bad="fail")
 
 
 # --------------------------------------------------------------------------- bad files

@@ -238,8 +238,9 @@ def parse_labels(path: Path, num_classes: int, tolerance: float = 1e-3) -> tuple
     return (torch.tensor(rows, dtype=torch.float32) if rows else torch.zeros((0, 5))), problems
 
 
-def _readable(image: Path) -> str | None:
-    """Why ``image`` cannot be used, or None: its header is checked, then every pixel decoded.
+def _readable(image: Path, fit: int | None = None) -> str | None:
+    """Why ``image`` cannot be used, or None: its header is checked, then every pixel decoded, at the scale
+    :func:`load_image` reads it for an input of ``fit`` pixels (the decoder still reads all of the file).
 
     ``verify()`` alone passes a JPEG truncated after an intact header, which
     would fail only when sampled, mid-run, past ``on_bad``; decoding at the
@@ -251,6 +252,7 @@ def _readable(image: Path) -> str | None:
         with Image.open(image) as im:
             im.verify()
         with Image.open(image) as im:
+            _draft(im, fit)
             im.load()
             return _unusable_mode(im)
     except Exception as e:  # noqa: BLE001 - any failure means unreadable
@@ -283,10 +285,7 @@ def load_image(path: str | os.PathLike, fit: int | None = None) -> torch.Tensor:
         why = _unusable_mode(im)
         if why:
             raise DataError(f"{path}: {why}")
-        if fit is not None:
-            s = draft_scale(im, fit)
-            if s > 1:
-                im.draft(None, (im.width // s, im.height // s))
+        _draft(im, fit)
         upright = ImageOps.exif_transpose(im)
         if upright.mode in WIDE_GREY:
             return _wide_grey(upright)
@@ -307,6 +306,13 @@ def draft_scale(image: Any, fit: int) -> int:
         return 1
     w, h = image.size
     return next((s for s in (8, 4, 2) if max(w, h) // s >= fit and w % s == 0 and h % s == 0), 1)
+
+
+def _draft(image: Any, fit: int | None) -> None:
+    """Set an opened Pillow image, before it is loaded, to decode at :func:`draft_scale` for ``fit`` (None: whole)."""
+    s = 1 if fit is None else draft_scale(image, fit)
+    if s > 1:
+        image.draft(None, (image.width // s, image.height // s))
 
 
 def _unusable_mode(image: Any) -> str | None:
@@ -641,7 +647,7 @@ class YoloDataset:
         sources = spec.splits[split]
         found = [img for source in sources for img in _split_images(spec.source, split, source, bad)]
         for img in found:
-            why = _readable(img)
+            why = _readable(img, size)
             if why:
                 bad(Problem(str(img), 0, why))
                 continue
