@@ -81,12 +81,11 @@ def test_cosine_matches_cosineannealinglr(min_lr):
     assert sched(total) == sched(total + 1) == sched(10 * total) == min_lr
 
 
-def _decay(shape, lr, min_lr, span):
+def _decay(shape, opt, lr, min_lr, span):
     """torch's scheduler for the part after the warmup: a cosine or a line from ``lr`` to ``min_lr``."""
     if shape == "cosine":
-        return lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=span, eta_min=min_lr)
-    return lambda opt: torch.optim.lr_scheduler.LinearLR(opt, start_factor=1.0, end_factor=min_lr / lr,
-                                                         total_iters=span)
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=span, eta_min=min_lr)
+    return torch.optim.lr_scheduler.LinearLR(opt, start_factor=1.0, end_factor=min_lr / lr, total_iters=span)
 
 
 @pytest.mark.parametrize("shape,factory", [("cosine", S.warmup_cosine), ("linear", S.warmup_linear)])
@@ -97,7 +96,7 @@ def test_warmup_then_decay_matches_torchs_sequential_schedulers(shape, factory, 
 
     def make(opt):
         warm = torch.optim.lr_scheduler.LinearLR(opt, start_factor=start_factor, total_iters=warmup)
-        return torch.optim.lr_scheduler.SequentialLR(opt, [warm, _decay(shape, lr, min_lr, total - warmup)(opt)],
+        return torch.optim.lr_scheduler.SequentialLR(opt, [warm, _decay(shape, opt, lr, min_lr, total - warmup)],
                                                      milestones=[warmup])
 
     theirs = torch_lrs(make, lr, total + 1)
